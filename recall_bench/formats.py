@@ -150,3 +150,8 @@ def render_tokens(tokens: np.ndarray) -> Sequences:
     mask = np.ones(tokens.shape, np.float32)
     mask[:, 0] = 0.0
     return Sequences(tokens.astype(np.int32), mask, mask.copy(), 1)
+
+
+def max_length(spec: FactSpec) -> int:
+    """Length of the longest rendered sequence (the in-tool one); the model's position table."""
+    return 1 + 2 * (spec.key_length + 1) + 2 + (spec.value_length + 2) + spec.value_length + 1

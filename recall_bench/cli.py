@@ -1,0 +1,175 @@
+"""The `recall-bench` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from recall_bench.worlds import SpecError
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive finite number")
+    return value
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of integers (e.g. 4096,1000)"
+        ) from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: every value must be >= 1")
+    return values
+
+
+def add_run_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "run",
+        help="train and evaluate one model (with no --mode/--facts: the default benchmark)",
+        description="Without --mode and --facts, runs the default benchmark: one small model "
+        "in both modes over fact counts from below to past its in-weight capacity.",
+    )
+    p.add_argument("--mode", choices=["in-weight", "in-tool"])
+    p.add_argument("--facts", type=positive_int, help="number of facts (entities x attributes)")
+    p.add_argument("--layers", type=positive_int, default=2)
+    p.add_argument("--width", type=positive_int, default=32)
+    p.add_argument("--heads", type=positive_int, default=4)
+    p.add_argument("--steps", type=positive_int, default=3000, help="step budget")
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--lr", type=positive_float, default=1e-2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument(
+        "--attributes",
+        type=int_list,
+        default=(4096,),
+        help="value-space size of each attribute, comma-separated (default 4096: 12 bits)",
+    )
+    p.add_argument("--store", choices=["memory", "sqlite"], default="memory")
+    p.add_argument("--out", type=Path, help="output folder (default: ./recall_bench_out/...)")
+    p.add_argument("--json", action="store_true", help="print the JSON record only")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_run)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from recall_bench.experiments import default
+    from recall_bench.experiments.run import RunConfig, run
+
+    progress = not (args.quiet or args.json)
+    if args.mode is None and args.facts is None:
+        summary = default.run_default(args.out or Path("recall_bench_out/default"), progress)
+        print(json.dumps(summary, indent=2) if args.json else default.format_table(summary))
+        return 0
+    if args.mode is None or args.facts is None:
+        raise ValueError("give both --mode and --facts for a single run (or neither)")
+    cfg = RunConfig(
+        mode=args.mode,
+        n_facts=args.facts,
+        layers=args.layers,
+        width=args.width,
+        heads=args.heads,
+        dtype=args.dtype,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        attribute_sizes=args.attributes,
+        store=args.store,
+    )
+    out = args.out or Path("recall_bench_out") / (
+        f"{cfg.mode}-n{cfg.n_facts}-L{cfg.layers}-d{cfg.width}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
+    record = run(cfg, out, progress=progress)
+    if args.json:
+        print(json.dumps(record, indent=2))
+    else:
+        print(format_record(record))
+        print(f"record: {out / 'record.json'}")
+    return 0
+
+
+def format_record(record: dict) -> str:
+    """A short human summary of one run record."""
+    m, t, p = record["metrics"], record["train"], record["params"]
+    rows = [
+        ("mode", record["mode"]),
+        ("facts", f"{record['n_facts']} x {record['bits_per_fact']:.2f} bits"),
+        ("params", f"{p['total']:,} total, {p['non_embedding']:,} non-embedding"),
+        (
+            "steps",
+            f"{t['steps']} ({t['stop_reason']}, {t['exposures_per_fact']:.0f} exposures/fact)",
+        ),
+        ("train time", f"{t['wall_s']:.1f} s (+{t['compile_s']:.1f} s compile)"),
+        ("recall", f"{m['recall']:.4f}"),
+    ]
+    for key in (
+        "recall_trained",
+        "recall_unseen",
+        "call_valid",
+        "call_key_accuracy",
+        "copy_accuracy",
+    ):
+        if m.get(key) is not None:
+            rows.append((key.replace("_", " "), f"{m[key]:.4f}"))
+    rows += [
+        ("token accuracy", f"{m['token_accuracy']:.4f}"),
+        ("bits memorized", f"{m['bits_memorized']:,.0f} of {record['world']['entropy_bits']:,.0f}"),
+        (
+            "bits/param",
+            f"{m['bits_per_param']:.3f} ({m['bits_per_param_non_embedding']:.3f} non-emb.)",
+        ),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="recall-bench",
+        description="How many facts can a model store in its weights, and what does it gain "
+        "by calling a key-value tool instead?",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_run_parser(sub)
+    from recall_bench.leaderboard import add_leaderboard_parser
+
+    add_leaderboard_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, SpecError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""The default benchmark: one small model in both modes, at fact counts from well below to
+well past its in-weight capacity. Each cell's record is kept, so a killed run resumes."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+from recall_bench import plots
+from recall_bench.experiments.run import RunConfig, run
+from recall_bench.records import read_json, write_json_atomic
+
+FACT_COUNTS = (256, 1024, 2048, 4096, 8192, 16384)
+BASE = RunConfig(layers=2, width=32, heads=4, steps=2000, batch_size=256, lr=1e-2)
+
+
+def cells() -> list[RunConfig]:
+    return [
+        dataclasses.replace(BASE, mode=mode, n_facts=n)
+        for mode in ("in-weight", "in-tool")
+        for n in FACT_COUNTS
+    ]
+
+
+def summary_row(record: dict) -> dict:
+    m, t = record["metrics"], record["train"]
+    return {
+        "mode": record["mode"],
+        "n_facts": record["n_facts"],
+        "params": record["params"]["total"],
+        "recall": m["recall"],
+        "recall_unseen": m.get("recall_unseen"),
+        "bits_memorized": m["bits_memorized"],
+        "bits_per_param": m["bits_per_param"],
+        "steps": t["steps"],
+        "stop_reason": t["stop_reason"],
+        "train_s": t["wall_s"],
+    }
+
+
+def run_default(out: Path, progress: bool = True) -> dict:
+    """Run (or resume) every cell under `out`; write summary.json and recall_vs_facts.png."""
+    out = Path(out)
+    t0 = time.perf_counter()
+    rows = []
+    todo = cells()
+    for i, cfg in enumerate(todo, 1):
+        cell_dir = out / f"{cfg.mode}-{cfg.n_facts}"
+        record_path = cell_dir / "record.json"
+        if record_path.exists() and read_json(record_path).get("config") == dataclasses.asdict(cfg):
+            record = read_json(record_path)
+            status = "done earlier"
+        else:
+            if progress:
+                print(f"[{i}/{len(todo)}] {cfg.mode}, {cfg.n_facts} facts", file=sys.stderr)
+            record = run(cfg, cell_dir, progress=progress)
+            status = "ran"
+        rows.append(summary_row(record))
+        if progress:
+            r = rows[-1]
+            print(
+                f"    recall {r['recall']:.3f} after {r['steps']} steps ({status})", file=sys.stderr
+            )
+    plot = plots.recall_vs_facts(
+        rows,
+        out / "recall_vs_facts.png",
+        f"{BASE.layers} layers, d={BASE.width} ({rows[0]['params']:,} params)",
+    )
+    summary = {
+        "benchmark": "default",
+        "model": {"layers": BASE.layers, "width": BASE.width, "heads": BASE.heads},
+        "params": rows[0]["params"],
+        "rows": rows,
+        "plot": str(plot),
+        "wall_s": time.perf_counter() - t0,
+    }
+    write_json_atomic(out / "summary.json", summary)
+    return summary
+
+
+def format_table(summary: dict) -> str:
+    header = (
+        f"{'mode':<10} {'facts':>6} {'recall':>7} {'unseen':>7} {'bits/param':>10} {'steps':>6}"
+        "  stop"
+    )
+    lines = [f"default benchmark: {summary['params']:,}-parameter model", header]
+    for r in summary["rows"]:
+        unseen = "-" if r["recall_unseen"] is None else f"{r['recall_unseen']:.3f}"
+        lines.append(
+            f"{r['mode']:<10} {r['n_facts']:>6} {r['recall']:>7.3f} {unseen:>7} "
+            f"{r['bits_per_param']:>10.3f} {r['steps']:>6}  {r['stop_reason']}"
+        )
+    lines.append(f"plot: {summary['plot']}   total {summary['wall_s']:.0f} s")
+    return "\n".join(lines)

@@ -1,0 +1,252 @@
+"""One run: build a fact world, train a model in-weight or in-tool, evaluate it by real
+greedy decoding, and write its record.
+
+In-weight: the model trains on all N facts and is evaluated on them.
+In-tool: the store holds all N facts; the model trains on traces of the first entities and
+never sees the last `unseen` ones (invariant 6), which are evaluated through the store only.
+Its stopping rule watches extra validation entities beyond the world, so neither the
+trained nor the unseen test facts decide when training ends.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recall_bench import formats
+from recall_bench.decode import Decoded, greedy_decode
+from recall_bench.metrics import sequence_stats, summarize_in_weight
+from recall_bench.model import ModelConfig, count_params
+from recall_bench.records import new_record, write_json_atomic
+from recall_bench.tool import ERROR_STATUS, OK, Store, build_store
+from recall_bench.train import Task, TrainConfig, TrainResult, train_models
+from recall_bench.worlds import FactSpec, FactWorld, make_fact_world, spec_hash
+
+MODES = ("in-weight", "in-tool")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    mode: str = "in-weight"
+    n_facts: int = 256
+    layers: int = 2
+    width: int = 32
+    heads: int = 4
+    mlp_ratio: int = 4
+    dtype: str = "float32"
+    steps: int = 3000
+    batch_size: int = 256
+    lr: float = 1e-2
+    seed: int = 0  # seeds the world, the initialization and the batch stream
+    attribute_sizes: tuple[int, ...] = (4096,)
+    key_length: int = 4
+    key_alphabet: int = 64
+    value_length: int = 2
+    value_alphabet: int = 64
+    store: str = "memory"  # in-tool: memory | sqlite
+    unseen_fraction: float = 0.2  # in-tool: share of entities held out of training
+    max_unseen: int = 1000  # in-tool: cap on held-out entities
+    validation_entities: int = 256  # in-tool: extra entities watched by the stopping rule
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "attribute_sizes", tuple(self.attribute_sizes))
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.n_facts < 1 or self.n_facts % len(self.attribute_sizes):
+            raise ValueError(
+                f"n_facts = {self.n_facts} must be a positive multiple of the number of "
+                f"attributes ({len(self.attribute_sizes)})"
+            )
+        if self.store not in ("memory", "sqlite"):
+            raise ValueError(f"store must be 'memory' or 'sqlite', got {self.store!r}")
+        if not 0.0 < self.unseen_fraction < 1.0:
+            raise ValueError(f"unseen_fraction must be in (0, 1), got {self.unseen_fraction}")
+
+    @property
+    def spec(self) -> FactSpec:
+        return FactSpec(
+            n_entities=self.n_facts // len(self.attribute_sizes),
+            attribute_sizes=self.attribute_sizes,
+            key_length=self.key_length,
+            key_alphabet=self.key_alphabet,
+            value_length=self.value_length,
+            value_alphabet=self.value_alphabet,
+            seed=self.seed,
+        )
+
+    def model_config(self) -> ModelConfig:
+        spec = self.spec
+        return ModelConfig(
+            vocab_size=formats.Vocab.of(spec).size,
+            max_len=formats.max_length(spec),
+            layers=self.layers,
+            width=self.width,
+            heads=self.heads,
+            mlp_ratio=self.mlp_ratio,
+            dtype=self.dtype,
+        )
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr)
+
+    def unseen_entities(self) -> int:
+        if self.mode != "in-tool":
+            return 0
+        n = self.spec.n_entities
+        return min(self.max_unseen, max(1, round(self.unseen_fraction * n)), n - 1)
+
+
+def make_task(cfg: RunConfig, world: FactWorld) -> Task:
+    """Training sequences and the monitored facts of a run."""
+    spec = world.spec
+    trained = np.arange(spec.n_entities - cfg.unseen_entities())
+    train = formats.render(world, cfg.mode, trained)
+    if cfg.mode == "in-tool":
+        extra = make_fact_world(spec.with_entities(spec.n_entities + cfg.validation_entities))
+        watched = np.arange(spec.n_entities, extra.spec.n_entities)
+        monitor = formats.render(extra, cfg.mode, watched)
+        return Task(train, monitor, extra.fact_bits()[: len(monitor.tokens)])
+    limit = cfg.train_config().monitor_facts
+    rows = np.random.default_rng([cfg.seed, 3]).permutation(len(train.tokens))[:limit]
+    rows.sort()
+    monitor = formats.Sequences(
+        train.tokens[rows], train.loss_mask[rows], train.value_mask[rows], train.prompt_length
+    )
+    return Task(train, monitor, world.fact_bits()[rows])
+
+
+def evaluate(
+    cfg: RunConfig,
+    world: FactWorld,
+    graphdef,
+    params,
+    store: Store | None = None,
+    entities: np.ndarray | None = None,
+) -> tuple[dict[str, float], Decoded]:
+    """Decode every fact of `entities` (default: all) greedily, with `store` in the loop for
+    in-tool, and compute the metrics of the run's mode. In-tool, entities at or past
+    spec.n_entities - cfg.unseen_entities() count as unseen."""
+    spec = world.spec
+    entity, attribute = formats.fact_index(spec, entities)
+    expected = formats.answer_tokens(world, entity, attribute)
+    vocab = formats.Vocab.of(spec)
+    t0 = time.perf_counter()
+    decoded = greedy_decode(
+        graphdef,
+        params,
+        formats.prompt_tokens(world, entity, attribute),
+        vocab,
+        spec.key_length,
+        spec.value_length,
+        store,
+    )
+    eval_s = time.perf_counter() - t0
+    right = answered(decoded, expected)
+    seqs = formats.render(world, cfg.mode, entities)
+    stats = sequence_stats(graphdef, params, seqs.tokens, seqs.loss_mask, seqs.value_mask)
+    n_params = count_params(params)
+    fact_bits = spec.attribute_bits[attribute]
+    metrics = summarize_in_weight(
+        stats, seqs.value_mask, fact_bits, n_params["total"], n_params["non_embedding"]
+    )
+    metrics.update(recall=float(right.mean()), eval_s=eval_s)
+    if cfg.mode == "in-tool":
+        unseen = entity >= spec.n_entities - cfg.unseen_entities()
+        key_right = decoded.call_valid & np.all(decoded.call_key == world.keys[entity], axis=1)
+        key_right &= decoded.call_attribute == attribute
+        ok = decoded.store_status == OK
+        copied = answered(decoded, decoded.store_value + vocab.value_offset)
+        metrics.update(
+            recall_trained=float(right[~unseen].mean()) if (~unseen).any() else None,
+            recall_unseen=float(right[unseen].mean()) if unseen.any() else None,
+            call_valid=float(decoded.call_valid.mean()),
+            call_key_accuracy=float(key_right.mean()),
+            copy_accuracy=float(copied[ok].mean()) if ok.any() else 0.0,
+            store_errors=float(np.mean(decoded.store_status == ERROR_STATUS)),
+            lookup_s=decoded.lookup_s,
+        )
+    return metrics, decoded
+
+
+def answered(decoded: Decoded, expected: np.ndarray) -> np.ndarray:
+    """Rows whose final answer is exactly `expected` [N, value_length] followed by EOS."""
+    v = expected.shape[1]
+    return (decoded.answer_length == v) & np.all(decoded.answer[:, :v] == expected, axis=1)
+
+
+def run(cfg: RunConfig, out_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train and evaluate one configuration; write record.json (and traces.npz) to out_dir."""
+    world = make_fact_world(cfg.spec)
+    task = make_task(cfg, world)
+    model_cfg = cfg.model_config()
+    train_cfg = cfg.train_config()
+    result = train_models(model_cfg, train_cfg, [task], [cfg.seed], progress=progress)
+    params = result.model(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = None
+        if cfg.mode == "in-tool":
+            path = Path(out_dir or tmp) / "store.sqlite" if cfg.store == "sqlite" else None
+            store = build_store(world, cfg.store, path)
+        metrics, decoded = evaluate(cfg, world, result.graphdef, params, store)
+        store_size = len(store) if store is not None else None
+        if store is not None:
+            store.close()
+    record = make_record(cfg, world, model_cfg, train_cfg, result, metrics, task)
+    if store_size is not None:
+        record["store"] = {"kind": cfg.store, "facts": store_size}
+    if out_dir is not None:
+        out = Path(out_dir)
+        write_json_atomic(out / "record.json", record)
+        save_traces(out / "traces.npz", decoded)
+    return record
+
+
+def make_record(cfg, world, model_cfg, train_cfg, result: TrainResult, metrics, task) -> dict:
+    spec = world.spec
+    n_params = count_params(result.model(0))
+    steps = result.steps[0]
+    history = result.history[0]
+    reason = result.stop_reason[0]
+    return new_record(
+        mode=cfg.mode,
+        n_facts=spec.n_facts,
+        bits_per_fact=spec.bits_per_fact,
+        seed=cfg.seed,
+        config=dataclasses.asdict(cfg),
+        world={
+            "kind": "facts",
+            "spec": dataclasses.asdict(spec),
+            "hash": spec_hash(spec),
+            "entropy_bits": spec.entropy_bits,
+        },
+        model=dataclasses.asdict(model_cfg),
+        params=n_params,
+        train={
+            "steps": steps,
+            "budget": train_cfg.budget,
+            "batch_size": train_cfg.batch_size,
+            "lr": train_cfg.lr,
+            "trained_facts": len(task.train.tokens),
+            "exposures_per_fact": steps * train_cfg.batch_size / len(task.train.tokens),
+            "stop_reason": reason,
+            "converged": reason in ("recall", "plateau"),
+            "final_loss": history[-1]["loss"],
+            "wall_s": result.wall_s,
+            "compile_s": result.compile_s,
+            "history": history,
+        },
+        metrics=metrics,
+    )
+
+
+def save_traces(path: Path, decoded: Decoded) -> None:
+    """Per-fact traces of the evaluation (call, parse, key, store answer, final answer)."""
+    arrays = {k: v for k, v in dataclasses.asdict(decoded).items() if isinstance(v, np.ndarray)}
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(path)

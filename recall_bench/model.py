@@ -1,0 +1,130 @@
+"""A GPT-style decoder in Flax NNX: learned absolute positions, pre-LayerNorm blocks, tied
+input/output embeddings. Small enough to read in one sitting."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int
+    max_len: int
+    layers: int = 2
+    width: int = 32
+    heads: int = 4
+    mlp_ratio: int = 4
+    dtype: str = "float32"  # parameters and activations; logits and loss are float32
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "max_len", "layers", "width", "heads", "mlp_ratio"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"model {name} must be >= 1, got {getattr(self, name)}")
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} must be divisible by heads {self.heads}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+
+
+class Block(nnx.Module):
+    """Pre-LN transformer block: causal self-attention then a GELU MLP, both residual."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        dt = DTYPES[cfg.dtype]
+        kw = dict(use_bias=False, dtype=dt, param_dtype=dt, rngs=rngs)
+        self.heads = cfg.heads
+        self.ln_attn = nnx.LayerNorm(cfg.width, dtype=dt, param_dtype=dt, rngs=rngs)
+        self.qkv = nnx.Linear(cfg.width, 3 * cfg.width, **kw)
+        self.attn_out = nnx.Linear(cfg.width, cfg.width, **kw)
+        self.ln_mlp = nnx.LayerNorm(cfg.width, dtype=dt, param_dtype=dt, rngs=rngs)
+        self.mlp_in = nnx.Linear(cfg.width, cfg.mlp_ratio * cfg.width, **kw)
+        self.mlp_out = nnx.Linear(cfg.mlp_ratio * cfg.width, cfg.width, **kw)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, t, d = x.shape
+        q, k, v = jnp.split(self.qkv(self.ln_attn(x)), 3, axis=-1)
+        q, k, v = (z.reshape(b, t, self.heads, d // self.heads) for z in (q, k, v))
+        attended = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+        return self._finish(x, attended.reshape(b, t, d))
+
+    def decode_step(self, x: jax.Array, pos: jax.Array, cache: tuple) -> tuple[jax.Array, tuple]:
+        """One token per row: x [B, D] at positions pos [B]; cache (k, v) [B, T, H, Dh]."""
+        b, d = x.shape
+        q, k, v = jnp.split(self.qkv(self.ln_attn(x)), 3, axis=-1)
+        q, k, v = (z.reshape(b, self.heads, d // self.heads) for z in (q, k, v))
+        rows = jnp.arange(b)
+        k_cache, v_cache = cache[0].at[rows, pos].set(k), cache[1].at[rows, pos].set(v)
+        scores = jnp.einsum("bhd,bthd->bht", q, k_cache).astype(jnp.float32)
+        visible = jnp.arange(k_cache.shape[1])[None, None, :] <= pos[:, None, None]
+        scores = jnp.where(visible, scores / jnp.sqrt(d // self.heads), -jnp.inf)
+        weights = jax.nn.softmax(scores, axis=-1).astype(v_cache.dtype)
+        attended = jnp.einsum("bht,bthd->bhd", weights, v_cache).reshape(b, d)
+        return self._finish(x, attended), (k_cache, v_cache)
+
+    def _finish(self, x: jax.Array, attended: jax.Array) -> jax.Array:
+        x = x + self.attn_out(attended)
+        return x + self.mlp_out(jax.nn.gelu(self.mlp_in(self.ln_mlp(x))))
+
+
+class GPT(nnx.Module):
+    """tokens [B, T] int -> logits [B, T, vocab] float32."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        dt = DTYPES[cfg.dtype]
+        self.token_embed = nnx.Embed(cfg.vocab_size, cfg.width, dtype=dt, param_dtype=dt, rngs=rngs)
+        self.pos_embed = nnx.Embed(cfg.max_len, cfg.width, dtype=dt, param_dtype=dt, rngs=rngs)
+        self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.layers)])
+        self.ln_final = nnx.LayerNorm(cfg.width, dtype=dt, param_dtype=dt, rngs=rngs)
+
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        x = self.token_embed(tokens) + self.pos_embed(jnp.arange(tokens.shape[1]))
+        for block in self.blocks:
+            x = block(x)
+        return self.token_embed.attend(self.ln_final(x)).astype(jnp.float32)
+
+    def empty_cache(self, batch: int) -> list[tuple[jax.Array, jax.Array]]:
+        """Zeroed key/value caches, one (k, v) pair per block, for decode_step."""
+        block = self.blocks[0]
+        t, d = self.pos_embed.num_embeddings, self.token_embed.features
+        shape = (batch, t, block.heads, d // block.heads)
+        dtype = self.token_embed.embedding.dtype
+        return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in self.blocks]
+
+    def decode_step(self, tokens: jax.Array, pos: jax.Array, cache: list) -> tuple[jax.Array, list]:
+        """Logits [B, vocab] for the token after tokens [B] at positions pos [B], with the
+        key/value cache of earlier positions; equals __call__ on the full prefix."""
+        x = self.token_embed(tokens) + self.pos_embed(pos)
+        new_cache = []
+        for block, layer_cache in zip(self.blocks, cache, strict=True):
+            x, layer_cache = block.decode_step(x, pos, layer_cache)
+            new_cache.append(layer_cache)
+        return self.token_embed.attend(self.ln_final(x)).astype(jnp.float32), new_cache
+
+
+def init_model(cfg: ModelConfig, seed: int) -> tuple[nnx.GraphDef, nnx.State]:
+    """Build a model and split it into its static graph and its parameter state."""
+    return nnx.split(GPT(cfg, nnx.Rngs(seed)))
+
+
+def apply(graphdef: nnx.GraphDef, params: nnx.State, tokens: jax.Array) -> jax.Array:
+    """Functional forward pass: logits of `tokens` under `params`."""
+    return nnx.merge(graphdef, params)(tokens)
+
+
+def count_params(params: nnx.State) -> dict[str, int]:
+    """Total parameters and non-embedding parameters (total minus token and position tables)."""
+
+    def size(tree) -> int:
+        return sum(int(leaf.size) for leaf in jax.tree.leaves(tree))
+
+    total = size(params)
+    return {
+        "total": total,
+        "non_embedding": total - size(params["token_embed"]) - size(params["pos_embed"]),
+    }

@@ -1,0 +1,236 @@
+"""Training: a functional AdamW step over split NNX state, many steps per compiled call
+(lax.scan), several same-shaped models at once (vmap over a stacked ensemble axis), and the
+stopping rule (recall target, plateau, or budget).
+
+Every model of an ensemble is trained exactly as it would be alone: its own init seed, its
+own batch stream, and its updates frozen once it has stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from tqdm.auto import tqdm
+
+from recall_bench.formats import Sequences
+from recall_bench.metrics import bits_memorized, sequence_stats
+from recall_bench.model import ModelConfig, apply, init_model
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 3000  # step budget (rounded up to a multiple of steps_per_call)
+    batch_size: int = 128
+    lr: float = 1e-2
+    warmup_steps: int = 50
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    steps_per_call: int = 25  # optimizer steps per compiled call
+    eval_every: int = 100  # steps between progress checks (a multiple of steps_per_call)
+    monitor_facts: int = 2048  # facts checked at each progress check
+    target_recall: float = 1.0  # stop once the monitored recall reaches this
+    plateau_window: float = 0.3  # plateau: bits gained over the last 30% of steps...
+    plateau_tol: float = 0.01  # ...are under 1% of the bits held...
+    plateau_min_bits: float = 0.02  # ...and the model holds >= 2% of the monitored entropy
+    plateau_min_steps: int = 1000  # no plateau is declared before this step
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "steps_per_call", "eval_every", "monitor_facts"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train {name} must be >= 1, got {getattr(self, name)}")
+        if self.eval_every % self.steps_per_call:
+            raise ValueError(
+                f"eval_every ({self.eval_every}) must be a multiple of steps_per_call "
+                f"({self.steps_per_call})"
+            )
+        if not self.lr > 0:
+            raise ValueError(f"learning rate must be > 0, got {self.lr}")
+
+    @property
+    def budget(self) -> int:
+        return -(-self.steps // self.steps_per_call) * self.steps_per_call
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """What one model trains on, and which facts decide when it has learned them."""
+
+    train: Sequences
+    monitor: Sequences
+    monitor_bits: np.ndarray  # entropy of each monitored sequence, in bits
+
+
+@dataclasses.dataclass
+class TrainResult:
+    graphdef: nnx.GraphDef
+    params: nnx.State  # stacked: leading axis = model
+    steps: list[int]
+    stop_reason: list[str]  # "recall" | "plateau" | "budget"
+    history: list[list[dict]]  # per model: {step, loss, recall, bits} at each check
+    wall_s: float
+    compile_s: float
+
+    def model(self, k: int) -> nnx.State:
+        return take(self.params, k)
+
+
+def take(stacked, k: int):
+    """Model k of a stacked ensemble tree."""
+    return jax.tree.map(lambda x: x[k], stacked)
+
+
+def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, cfg.lr, min(cfg.warmup_steps, cfg.budget - 1), cfg.budget, end_value=cfg.lr * 0.05
+    )
+    return optax.chain(
+        optax.clip_by_global_norm(cfg.grad_clip),
+        optax.adamw(schedule, b1=0.9, b2=0.98, weight_decay=cfg.weight_decay),
+    )
+
+
+def masked_loss(graphdef, params, tokens, loss_mask):
+    """Mean next-token cross-entropy (nats) over the loss-masked targets."""
+    logits = apply(graphdef, params, tokens[:, :-1])
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
+    mask = loss_mask[:, 1:]
+    return jnp.sum(nll * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def make_train_chunk(graphdef, optimizer, cfg: TrainConfig) -> Callable:
+    """A compiled call running cfg.steps_per_call AdamW steps on every model of an ensemble.
+
+    (params, opt_state, rng, tokens, loss_mask, active) -> same, plus losses [K, steps].
+    Models with active=False keep their state unchanged.
+    """
+
+    def one_step(carry, _, tokens, loss_mask, active):
+        params, opt_state, rng = carry
+        rng, sample = jax.random.split(rng)
+        idx = jax.random.randint(sample, (cfg.batch_size,), 0, tokens.shape[0])
+        loss, grads = jax.value_and_grad(masked_loss, argnums=1)(
+            graphdef, params, tokens[idx], loss_mask[idx]
+        )
+        updates, new_opt_state = optimizer.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        keep = functools.partial(jax.tree.map, lambda new, old: jnp.where(active, new, old))
+        return (keep(new_params, params), keep(new_opt_state, opt_state), rng), loss
+
+    def chunk(params, opt_state, rng, tokens, loss_mask, active):
+        body = functools.partial(one_step, tokens=tokens, loss_mask=loss_mask, active=active)
+        (params, opt_state, rng), losses = jax.lax.scan(
+            body, (params, opt_state, rng), None, length=cfg.steps_per_call
+        )
+        return params, opt_state, rng, losses
+
+    return jax.jit(jax.vmap(chunk), donate_argnums=(0, 1, 2))
+
+
+def stack(trees: list) -> nnx.State:
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def plateaued(history: list[dict], cfg: TrainConfig, monitor_entropy: float) -> bool:
+    """Bits gained over the last plateau_window of steps are under plateau_tol of the bits
+    held, and the model holds enough bits to have left the early no-knowledge plateau."""
+    now = history[-1]
+    if now["step"] < cfg.plateau_min_steps or now["bits"] < cfg.plateau_min_bits * monitor_entropy:
+        return False
+    earlier = [h for h in history if h["step"] <= now["step"] * (1 - cfg.plateau_window)]
+    if not earlier:
+        return False
+    return now["bits"] - earlier[-1]["bits"] < cfg.plateau_tol * now["bits"]
+
+
+def check_progress(graphdef, params, task: Task) -> dict:
+    stats = sequence_stats(
+        graphdef, params, task.monitor.tokens, task.monitor.loss_mask, task.monitor.value_mask
+    )
+    return {
+        "recall": float(np.mean(stats["exact"])),
+        "bits": bits_memorized(stats["value_nll_bits"], task.monitor_bits),
+        "monitor_loss": float(stats["loss_sum"].sum() / task.monitor.loss_mask[:, 1:].sum()),
+    }
+
+
+def train_models(
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    tasks: list[Task],
+    seeds: list[int],
+    progress: bool = True,
+) -> TrainResult:
+    """Train one model per task (same shapes), all in one vmapped compiled loop."""
+    if len(tasks) != len(seeds):
+        raise ValueError("one seed per task")
+    shapes = {t.train.tokens.shape for t in tasks}
+    if len(shapes) != 1:
+        raise ValueError(f"ensemble tasks must share one data shape, got {sorted(shapes)}")
+    inits = [init_model(model_cfg, s) for s in seeds]
+    graphdef, params = inits[0][0], stack([p for _, p in inits])
+    optimizer = make_optimizer(cfg)
+    opt_state = jax.vmap(optimizer.init)(params)
+    rng = jnp.stack([jax.random.PRNGKey(s + 1_000_003) for s in seeds])
+    tokens = jnp.asarray(np.stack([t.train.tokens for t in tasks]))
+    loss_mask = jnp.asarray(np.stack([t.train.loss_mask for t in tasks]))
+    k = len(tasks)
+    active = np.ones(k, bool)
+
+    t0 = time.perf_counter()
+    chunk = (
+        make_train_chunk(graphdef, optimizer, cfg)
+        .lower(params, opt_state, rng, tokens, loss_mask, jnp.asarray(active))
+        .compile()
+    )
+    compile_s = time.perf_counter() - t0
+
+    steps = [0] * k
+    stop_reason = ["budget"] * k
+    history: list[list[dict]] = [[] for _ in range(k)]
+    bar = tqdm(total=cfg.budget, disable=not progress, desc="train", unit="step", leave=False)
+    step = 0
+    t0 = time.perf_counter()
+    while active.any():
+        params, opt_state, rng, losses = chunk(
+            params, opt_state, rng, tokens, loss_mask, jnp.asarray(active)
+        )
+        step += cfg.steps_per_call
+        bar.update(cfg.steps_per_call)
+        losses = np.asarray(losses)
+        if not np.isfinite(losses[active]).all():
+            raise TrainingDiverged(
+                f"loss became {losses[active].ravel()[~np.isfinite(losses[active].ravel())][0]}"
+                f" by step {step}: lower the learning rate (--lr) or use float32"
+            )
+        if step % cfg.eval_every and step < cfg.budget:
+            continue
+        for m in np.flatnonzero(active):
+            check = check_progress(graphdef, take(params, m), tasks[m])
+            check.update(step=step, loss=float(losses[m].mean()))
+            history[m].append(check)
+            steps[m] = step
+            if check["recall"] >= cfg.target_recall:
+                stop_reason[m], active[m] = "recall", False
+            elif plateaued(history[m], cfg, float(tasks[m].monitor_bits.sum())):
+                stop_reason[m], active[m] = "plateau", False
+            elif step >= cfg.budget:
+                active[m] = False
+        last = history[int(np.flatnonzero(active)[0]) if active.any() else 0][-1]
+        bar.set_postfix(loss=f"{last['loss']:.3f}", recall=f"{last['recall']:.3f}")
+    bar.close()
+    jax.block_until_ready(params)
+    return TrainResult(
+        graphdef, params, steps, stop_reason, history, time.perf_counter() - t0, compile_s
+    )

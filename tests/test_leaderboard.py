@@ -1,0 +1,558 @@
+"""Leaderboard export, validation, merge and display; hostile input is a LeaderboardError."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import datetime
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from recall_bench import leaderboard as lb
+from recall_bench import records, worlds
+from recall_bench.leaderboard import LeaderboardError
+
+# ---------------------------------------------------------------- fake but realistic records
+
+
+def make_record(
+    out_dir: Path,
+    *,
+    n_facts: int = 1000,
+    width: int = 32,
+    layers: int = 2,
+    seed: int = 0,
+    dtype: str = "float32",
+    mode: str = "in-weight",
+    recall: float = 0.9,
+    created: str | None = None,
+) -> dict[str, Any]:
+    """A record shaped like an in-weight (or in-tool) run, written to out_dir/record.json."""
+    spec = worlds.FactSpec(n_entities=n_facts, seed=seed)
+    model = {
+        "vocab_size": 140,
+        "max_len": 8,
+        "layers": layers,
+        "width": width,
+        "heads": 4,
+        "mlp_ratio": 4,
+        "dtype": dtype,
+    }
+    embedding = 140 * width + 8 * width
+    non_embedding = layers * 12 * width * width
+    train_cfg = {"steps": 3000, "batch_size": 128, "lr": 1e-2, "steps_per_call": 25}
+    config = {
+        "mode": mode,
+        "world": dataclasses.asdict(spec),
+        "model": model,
+        "train": train_cfg,
+        "seed": seed,
+        "out_dir": str(out_dir),  # where it ran must not change the id
+        "progress": False,
+    }
+    bits = recall * spec.entropy_bits
+    total = embedding + non_embedding
+    metrics: dict[str, Any] = {
+        "recall": recall,
+        "recall_trained": recall,
+        "token_accuracy": min(1.0, recall + 0.05),
+        "bits_memorized": bits,
+        "bits_per_param": bits / total,
+        "bits_per_param_non_embedding": bits / non_embedding,
+        "value_nll_bits": None,  # non-finite in the run: written as null
+        "eval_s": 0.25,
+    }
+    if mode == "in-tool":
+        metrics.update(recall_unseen=recall, call_valid=1.0, call_key_accuracy=recall)
+    record = records.new_record(
+        mode=mode,
+        n_facts=spec.n_facts,
+        bits_per_fact=spec.bits_per_fact,
+        seed=seed,
+        config=config,
+        world={
+            "kind": "fact",
+            "spec": dataclasses.asdict(spec),
+            "hash": worlds.spec_hash(spec),
+            "entropy_bits": spec.entropy_bits,
+        },
+        model=model,
+        params={"total": total, "non_embedding": non_embedding},
+        train={
+            "steps": 2400,
+            "exposures_per_fact": 2400 * 128 / spec.n_facts,
+            "wall_s": 12.5,
+            "compile_s": 3.1,
+            "converged": True,
+            "stop_reason": "recall",
+            "history": [{"step": 100, "loss": 3.2, "recall": 0.1}],
+        },
+        metrics=metrics,
+    )
+    if created is not None:
+        record["created"] = created
+    records.write_json_atomic(out_dir / "record.json", record)
+    return record
+
+
+@pytest.fixture(scope="session")
+def board(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A valid leaderboard exported from a small sweep (3 cells) and one in-tool run."""
+    root = tmp_path_factory.mktemp("runs")
+    for i, (width, recall) in enumerate([(16, 0.5), (32, 0.9), (64, 0.7)]):
+        make_record(root / "sweep" / f"cell{i}", width=width, recall=recall)
+    make_record(root / "tool", mode="in-tool", recall=0.95)
+    out = root / "board.json"
+    lb.export([root], out)
+    return out
+
+
+# ---------------------------------------------------------------- entries and export
+
+
+def test_schema_is_valid_draft_2020_12() -> None:
+    jsonschema.Draft202012Validator.check_schema(lb.load_schema())
+
+
+def test_entry_from_record(tmp_path: Path) -> None:
+    record = make_record(tmp_path / "a")
+    entry = lb.entry_from_record(record)
+    assert set(entry) == {
+        "id",
+        "run_id",
+        "created",
+        "benchmark_version",
+        "mode",
+        "n_facts",
+        "seed",
+        "world",
+        "model",
+        "config",
+        "train",
+        "metrics",
+        "better",
+        "env",
+    }
+    assert entry["model"]["params"] == record["params"]
+    assert entry["model"]["width"] == 32 and entry["model"]["dtype"] == "float32"
+    assert "value_nll_bits" not in entry["metrics"]  # null metric dropped
+    assert set(entry["better"]) <= set(entry["metrics"])
+    assert entry["better"]["recall"] == "higher"
+    assert "history" not in entry["train"]
+    assert re.fullmatch(r"[0-9a-f]{64}", entry["id"])
+
+    # Same config, run again elsewhere: same id. Another seed: another id.
+    again = lb.entry_from_record(make_record(tmp_path / "b", recall=0.8))
+    assert again["id"] == entry["id"] and again["run_id"] != entry["run_id"]
+    other = lb.entry_from_record(make_record(tmp_path / "c", seed=1))
+    assert other["id"] != entry["id"]
+
+
+def test_entry_from_bad_record_names_the_field(tmp_path: Path) -> None:
+    record = make_record(tmp_path)
+    record["metrics"]["recall"] = 1.7
+    with pytest.raises(LeaderboardError, match=r"metrics\.recall: 1\.7 is above 1"):
+        lb.entry_from_record(record)
+    del record["params"]
+    with pytest.raises(LeaderboardError, match=r"model\.params: missing required field"):
+        lb.entry_from_record(record)
+    with pytest.raises(LeaderboardError, match=re.escape("not 'recall_bench.record/1'")):
+        lb.entry_from_record({"schema": "other"})
+
+
+def test_export_validate_merge_round_trip(tmp_path: Path, board: Path) -> None:
+    doc = lb.validate(board)
+    assert doc["format"] == "recall_bench.leaderboard" and doc["schema_version"] == 1
+    assert len(doc["entries"]) == 4
+    assert lb.find_records([board.parent / "sweep"])[0].name == "record.json"
+
+    same = lb.merge(board, board, tmp_path / "same.json")
+    assert same["duplicates_dropped"] == 4 and same["entries"] == 4
+    assert lb.validate(tmp_path / "same.json")["entries"] == doc["entries"]
+
+    make_record(tmp_path / "more" / "x", n_facts=2000)
+    make_record(tmp_path / "more" / "y", n_facts=4000, dtype="bfloat16")
+    other = tmp_path / "other.json"
+    lb.export(tmp_path / "more", other)
+    union = lb.merge(board, other, tmp_path / "union.json")
+    assert union["entries"] == 6 and union["duplicates_dropped"] == 0
+    ids = {e["id"] for e in lb.validate(tmp_path / "union.json")["entries"]}
+    assert ids == {e["id"] for e in doc["entries"]} | {
+        e["id"] for e in lb.validate(other)["entries"]
+    }
+
+
+def test_duplicates_keep_the_newer(tmp_path: Path) -> None:
+    make_record(tmp_path / "old", recall=0.5, created="2025-01-01T00:00:00+00:00")
+    make_record(tmp_path / "new", recall=0.6, created="2025-02-01T00:00:00+00:00")
+    doc = lb.export(tmp_path, tmp_path / "one.json")
+    assert [e["metrics"]["recall"] for e in doc["entries"]] == [0.6]
+
+    lb.export(tmp_path / "old", tmp_path / "a.json")
+    lb.export(tmp_path / "new", tmp_path / "b.json")
+    for a, b in [("a.json", "b.json"), ("b.json", "a.json")]:
+        result = lb.merge(tmp_path / a, tmp_path / b, tmp_path / "m.json")
+        assert result["duplicates_dropped"] == 1
+        assert [e["metrics"]["recall"] for e in result["leaderboard"]["entries"]] == [0.6]
+
+
+def test_export_without_records(tmp_path: Path) -> None:
+    with pytest.raises(LeaderboardError, match=re.escape("no record.json found")):
+        lb.export(tmp_path, tmp_path / "out.json")
+
+
+# ---------------------------------------------------------------- hostile input
+
+
+def test_specific_rejections(tmp_path: Path, board: Path) -> None:
+    doc = json.loads(board.read_text())
+    cases: list[tuple[str, Any]] = []
+
+    d = copy.deepcopy(doc)
+    d["entries"][1] = copy.deepcopy(d["entries"][0])
+    cases.append((re.escape("entries[1].id: duplicate of entries[0].id"), d))
+    d = copy.deepcopy(doc)
+    d["schema_version"] = True
+    cases.append(("schema_version: true is not supported", d))
+    d = copy.deepcopy(doc)
+    d["entries"][0]["n_facts"] = 1000.0
+    cases.append((r"entries\[0\]\.n_facts: expected integer, got number", d))
+    d = copy.deepcopy(doc)
+    d["entries"][0]["mode"] += "\n"
+    cases.append((r"entries\[0\]\.mode: .* does not match", d))
+    d = copy.deepcopy(doc)
+    d["entries"][2]["metrics"]["recall"] = 1.7
+    cases.append((r"entries\[2\]\.metrics\.recall: 1\.7 is above 1", d))
+    d = copy.deepcopy(doc)
+    d["entries"][0]["model"]["params"]["non_embedding"] = 10**9
+    cases.append((re.escape("non_embedding: 1000000000 is above model.params.total"), d))
+    d = copy.deepcopy(doc)
+    d["entries"][0]["better"]["recall"] = "lower"
+    cases.append(("always 'higher'-is-better", d))
+    d = copy.deepcopy(doc)
+    d["entries"][0]["created"] = "2025-01-01T00:00:00"
+    cases.append(("with a timezone", d))
+    d = copy.deepcopy(doc)
+    d["entries"][0]["model"]["width"] = 48
+    cases.append((r"entries\[0\]\.id: does not match", d))
+    for pattern, bad in cases:
+        with pytest.raises(LeaderboardError, match=pattern):
+            lb.validate(bad)
+
+    path = tmp_path / "x.json"
+    for text, pattern in [
+        (board.read_text().replace('"eval_s": 0.25', '"eval_s": NaN'), "NaN is not valid JSON"),
+        (board.read_text().replace('"eval_s": 0.25', '"eval_s": 1e999'), "1e999 overflows"),
+        ('{"format": "recall_bench.leaderboard", "format": 1}', "duplicate key"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ]:
+        path.write_text(text)
+        with pytest.raises(LeaderboardError, match=pattern):
+            lb.validate(path)
+    with pytest.raises(LeaderboardError, match="not a JSON value"):
+        lb.validate({"format": float("nan")})
+    with pytest.raises(LeaderboardError, match="no such file"):
+        lb.validate(tmp_path / "missing.json")
+    for bad_path in ("bad\0path.json", str(tmp_path)):
+        with pytest.raises(LeaderboardError):
+            lb.validate(bad_path)
+
+
+def test_oversized_file_rejected_before_reading(
+    board: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_open(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("opened a file over the limit")
+
+    monkeypatch.setattr(lb, "MAX_BYTES", 1000)
+    monkeypatch.setattr(lb, "open", no_open, raising=False)
+    with pytest.raises(LeaderboardError, match="over the 1000-byte limit"):
+        lb.validate(board)
+
+
+_ENTRY_TYPES: dict[tuple[str, ...], set[str]] = {
+    ("id",): {"str"},
+    ("run_id",): {"str"},
+    ("created",): {"str"},
+    ("benchmark_version",): {"str"},
+    ("mode",): {"str"},
+    ("n_facts",): {"int"},
+    ("seed",): {"int"},
+    ("world",): {"dict"},
+    ("world", "kind"): {"str"},
+    ("world", "spec"): {"dict"},
+    ("world", "hash"): {"str"},
+    ("world", "entropy_bits"): {"int", "float"},
+    ("model",): {"dict"},
+    ("model", "layers"): {"int"},
+    ("model", "width"): {"int"},
+    ("model", "heads"): {"int"},
+    ("model", "mlp_ratio"): {"int", "float"},
+    ("model", "dtype"): {"str"},
+    ("model", "params"): {"dict"},
+    ("model", "params", "total"): {"int"},
+    ("model", "params", "non_embedding"): {"int"},
+    ("config",): {"dict"},
+    ("train",): {"dict"},
+    ("train", "steps"): {"int"},
+    ("train", "exposures_per_fact"): {"int", "float", "NoneType"},
+    ("train", "wall_s"): {"int", "float"},
+    ("train", "converged"): {"bool"},
+    ("train", "stop_reason"): {"str", "NoneType"},
+    ("metrics",): {"dict"},
+    ("metrics", "recall"): {"int", "float"},
+    ("metrics", "eval_s"): {"int", "float"},
+    ("better",): {"dict"},
+    ("better", "recall"): {"str"},
+    ("env",): {"dict"},
+    ("env", "jax"): {"str", "NoneType"},
+    ("env", "device_count"): {"int"},
+    ("env", "git_commit"): {"str", "NoneType"},
+    ("env", "git_dirty"): {"bool", "NoneType"},
+}
+_TOP_TYPES: dict[tuple[str, ...], set[str]] = {
+    ("format",): {"str"},
+    ("schema_version",): {"int"},
+    ("benchmark_version",): {"str"},
+    ("created",): {"str"},
+    ("entries",): {"list"},
+}
+_REQUIRED = [p for p in _ENTRY_TYPES if p[-1] not in ("entropy_bits", "heads", "mlp_ratio")]
+_REQUIRED = [p for p in _REQUIRED if p[0] not in ("metrics", "better") or len(p) == 1]
+_POOL = [None, True, False, 0, 7, 2.0, 0.5, "x", "", [], [1], {}, {"a": 1}]
+_FRACTIONS = ["recall", "recall_trained", "token_accuracy"]
+_HUGE = "__HUGE_LITERAL__"
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return "float"  # 2.0 is not an integer here
+    return type(value).__name__
+
+
+def _set(doc: Any, path: tuple[Any, ...], value: Any) -> None:
+    for key in path[:-1]:
+        doc = doc[key]
+    doc[path[-1]] = value
+
+
+def _nested(depth: int, as_dict: bool) -> Any:
+    junk: Any = 1
+    for _ in range(depth):
+        junk = {"k": junk} if as_dict else [junk]
+    return junk
+
+
+@st.composite
+def corruptions(draw: st.DrawFn, text: str) -> bytes:
+    """A corrupted leaderboard file (never a valid one)."""
+    doc = json.loads(text)
+    n = len(doc["entries"])
+    i = draw(st.integers(0, n - 1))
+    kind = draw(
+        st.sampled_from(
+            [
+                "delete",
+                "type",
+                "metric",
+                "version",
+                "recall",
+                "params",
+                "junk",
+                "deep_text",
+                "truncate",
+                "insert",
+                "format",
+            ]
+        )
+    )
+    if kind == "delete":
+        top = draw(st.booleans())
+        path = draw(st.sampled_from(list(_TOP_TYPES) if top else _REQUIRED))
+        target = doc if top else doc["entries"][i]
+        for key in path[:-1]:
+            target = target[key]
+        del target[path[-1]]
+    elif kind == "type":
+        top = draw(st.booleans())
+        table = _TOP_TYPES if top else _ENTRY_TYPES
+        path = draw(st.sampled_from(list(table)))
+        value = draw(st.sampled_from([v for v in _POOL if _kind(v) not in table[path]]))
+        _set(doc, path if top else ("entries", i, *path), copy.deepcopy(value))
+    elif kind == "metric":
+        name = draw(st.sampled_from(sorted(doc["entries"][i]["metrics"])))
+        bad = [float("nan"), float("inf"), -float("inf"), _HUGE, 10**30, -(10**30), True, False]
+        bad += ["0.5", None, [], {}]
+        if name in _FRACTIONS or name == "bits_memorized":
+            bad += [-0.5, -1]
+        if name in _FRACTIONS:
+            bad += [1.0001, 2]
+        _set(doc, ("entries", i, "metrics", name), draw(st.sampled_from(bad)))
+    elif kind == "version":
+        doc["schema_version"] = draw(
+            st.one_of(
+                st.integers().filter(lambda v: v != 1),
+                st.sampled_from([True, 1.0, "1", None, [1]]),
+            )
+        )
+    elif kind == "recall":
+        value = draw(st.floats(min_value=1, max_value=1e12, exclude_min=True))
+        _set(doc, ("entries", i, "metrics", "recall"), value)
+    elif kind == "params":
+        field = draw(st.sampled_from(["total", "non_embedding"]))
+        _set(doc, ("entries", i, "model", "params", field), draw(st.integers(-(2**62), -1)))
+    elif kind == "junk":
+        junk = _nested(draw(st.integers(15, 60)), draw(st.booleans()))
+        where = draw(st.sampled_from([("config",), ("world", "spec"), ("model", "params")]))
+        target = doc["entries"][i]
+        for key in where:
+            target = target[key]
+        target["junk"] = junk
+    out = json.dumps(doc, indent=2).replace(f'"{_HUGE}"', "1e999")
+    data = out.encode()
+    if kind == "deep_text":
+        depth = draw(st.integers(17, 5000))
+        data = data.replace(b'"steps": ', b'"steps": ' + b"[" * depth + b"0" + b"]" * depth, 1)
+    elif kind == "truncate":
+        data = data[: draw(st.integers(0, len(data.rstrip()) - 1))]
+    elif kind == "insert":
+        poison = draw(st.sampled_from([*range(0, 9), 0x0B, 0x0C, *range(0x0E, 0x20), 0xFF]))
+        junk = draw(st.binary(max_size=20)) + bytes([poison])
+        at = draw(st.integers(0, len(data)))
+        data = data[:at] + junk + data[at:]
+    elif kind == "format":
+        data = data.replace(b'"recall_bench.leaderboard"', draw(st.sampled_from([b'"x"', b"1"])))
+    return data
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_corruptions_are_rejected(board: Path, data: st.DataObject) -> None:
+    bad = data.draw(corruptions(board.read_text()))
+    path = _write(board.parent / "corrupt.json", bad)
+    with pytest.raises(LeaderboardError) as e:
+        lb.validate(path)
+    message = str(e.value)
+    assert message.strip() and "\n" not in message
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_random_mutations_never_crash(board: Path, data: st.DataObject) -> None:
+    """Random byte edits may or may not stay valid; only LeaderboardError may come out."""
+    raw = board.read_bytes()
+    at = data.draw(st.integers(0, len(raw)))
+    cut = data.draw(st.integers(0, 8))
+    new = data.draw(st.binary(max_size=8))
+    path = _write(board.parent / "mutated.json", raw[:at] + new + raw[at + cut :])
+    try:
+        assert isinstance(lb.validate(path), dict)
+    except LeaderboardError as e:
+        assert str(e).strip()
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(value=_JSON, where=st.sampled_from(["top", "entry", "metrics", "model", "env"]))
+def test_arbitrary_objects_never_crash(board: Path, value: Any, where: str) -> None:
+    """Any Python value, alone or in place of part of a valid board: only LeaderboardError."""
+    doc = json.loads(board.read_text())
+    if where == "top":
+        doc = value
+    elif where == "entry":
+        doc["entries"][0] = value
+    else:
+        doc["entries"][0][where] = value
+    try:
+        assert isinstance(lb.validate(doc), dict)
+    except LeaderboardError as e:
+        assert str(e).strip()
+
+
+def test_valid_file_passes(board: Path) -> None:
+    doc = lb.validate(board)
+    assert lb.validate(doc) == doc  # a parsed object validates too
+
+
+# ---------------------------------------------------------------- show and CLI
+
+
+def test_show_ranks_by_better_direction(board: Path) -> None:
+    lines = lb.show(board).splitlines()
+    assert lines[0].split()[:3] == ["rank", "mode", "n_facts"]
+    recalls = [float(line.split()[5]) for line in lines[2:]]
+    assert recalls == sorted(recalls, reverse=True) == [0.95, 0.9, 0.7, 0.5]
+    assert [line.split()[0] for line in lines[2:]] == ["1", "2", "3", "4"]
+
+    # eval_s is lower-is-better: all tie at 0.25, so they share rank 1.
+    lines = lb.show(board, sort_by="eval_s").splitlines()
+    assert lines[0].split()[-1] == "eval_s"
+    assert {line.split()[0] for line in lines[2:]} == {"1"}
+    with pytest.raises(LeaderboardError, match="no entry has this metric"):
+        lb.show(board, sort_by="kl")
+
+
+def test_show_markdown_is_a_table(board: Path) -> None:
+    lines = lb.show(board, markdown=True).splitlines()
+    cells = [line.strip("|").split("|") for line in lines]
+    assert len(lines) == 6 and all(len(c) == 11 for c in cells)
+    assert [c.strip() for c in cells[0]][:2] == ["rank", "mode"]
+    assert all(re.fullmatch(r"\s*:?-+:?\s*", c) for c in cells[1])
+    assert [c.strip() for c in cells[2]][:2] == ["1", "in-tool"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recall-bench")
+    lb.add_leaderboard_parser(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def _run(*argv: str) -> int:
+    args = _parser().parse_args(["leaderboard", *argv])
+    return args.func(args)
+
+
+def test_cli(tmp_path: Path, board: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run("validate", str(board)) == 0
+    assert _run("show", str(board), "--markdown", "--sort", "recall") == 0
+    assert capsys.readouterr().out.count("\n") >= 6
+    assert _run("merge", str(board), str(board), "-o", str(tmp_path / "m.json")) == 0
+    assert "4 duplicates dropped" in capsys.readouterr().out
+    assert _run("export", str(board.parent / "sweep"), "-o", str(tmp_path / "e.json")) == 0
+    assert "3 entries from 3 records" in capsys.readouterr().out
+
+    corrupt = _write(tmp_path / "corrupt.json", board.read_bytes()[:-40])
+    for argv in (
+        ["validate", str(corrupt)],
+        ["show", str(corrupt)],
+        ["merge", str(board), str(corrupt), "-o", str(tmp_path / "x.json")],
+        ["export", str(tmp_path / "nowhere"), "-o", str(tmp_path / "y.json")],
+    ):
+        assert _run(*argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_created_is_utc_iso() -> None:
+    stamp = lb._now()
+    assert datetime.datetime.fromisoformat(stamp).utcoffset() == datetime.timedelta(0)
