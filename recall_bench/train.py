@@ -142,6 +142,18 @@ def stack(trees: list) -> nnx.State:
     return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
+def shard_models(tree):
+    """Spread the leading (model) axis over all local devices when it divides evenly; the
+    compiled step then runs each device's models in place. One device: unchanged."""
+    devices = jax.local_devices()
+    k = jax.tree.leaves(tree)[0].shape[0]
+    if len(devices) == 1 or k % len(devices):
+        return tree
+    mesh = jax.sharding.Mesh(np.array(devices), ("model",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("model"))
+    return jax.device_put(tree, sharding)
+
+
 def plateaued(history: list[dict], cfg: TrainConfig, monitor_entropy: float) -> bool:
     """Bits gained over the last plateau_window of steps are under plateau_tol of the bits
     held, and the model holds enough bits to have left the early no-knowledge plateau."""
@@ -171,20 +183,23 @@ def train_models(
     tasks: list[Task],
     seeds: list[int],
     progress: bool = True,
+    init_params: list[nnx.State] | None = None,
 ) -> TrainResult:
-    """Train one model per task (same shapes), all in one vmapped compiled loop."""
+    """Train one model per task (same shapes), all in one vmapped compiled loop, starting
+    from init_params (one per task) or a fresh initialization from each seed."""
     if len(tasks) != len(seeds):
         raise ValueError("one seed per task")
     shapes = {t.train.tokens.shape for t in tasks}
     if len(shapes) != 1:
         raise ValueError(f"ensemble tasks must share one data shape, got {sorted(shapes)}")
     inits = [init_model(model_cfg, s) for s in seeds]
-    graphdef, params = inits[0][0], stack([p for _, p in inits])
+    graphdef = inits[0][0]
+    params = shard_models(stack(init_params or [p for _, p in inits]))
     optimizer = make_optimizer(cfg)
     opt_state = jax.vmap(optimizer.init)(params)
-    rng = jnp.stack([jax.random.PRNGKey(s + 1_000_003) for s in seeds])
-    tokens = jnp.asarray(np.stack([t.train.tokens for t in tasks]))
-    loss_mask = jnp.asarray(np.stack([t.train.loss_mask for t in tasks]))
+    rng = shard_models(jnp.stack([jax.random.PRNGKey(s + 1_000_003) for s in seeds]))
+    tokens = shard_models(jnp.asarray(np.stack([t.train.tokens for t in tasks])))
+    loss_mask = shard_models(jnp.asarray(np.stack([t.train.loss_mask for t in tasks])))
     k = len(tasks)
     active = np.ones(k, bool)
 

@@ -181,37 +181,62 @@ def answered(decoded: Decoded, expected: np.ndarray) -> np.ndarray:
 
 def run(cfg: RunConfig, out_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Train and evaluate one configuration; write record.json (and traces.npz) to out_dir."""
-    world = make_fact_world(cfg.spec)
-    task = make_task(cfg, world)
-    model_cfg = cfg.model_config()
-    train_cfg = cfg.train_config()
-    result = train_models(model_cfg, train_cfg, [task], [cfg.seed], progress=progress)
-    params = result.model(0)
+    return run_group([cfg], [out_dir], progress)[0]
+
+
+def group_key(cfg: RunConfig) -> RunConfig:
+    """Configs with the same key train together as one ensemble (they differ only in seed)."""
+    return dataclasses.replace(cfg, seed=0)
+
+
+def run_group(
+    cfgs: list[RunConfig], out_dirs: list[str | Path | None], progress: bool = True
+) -> list[dict[str, Any]]:
+    """Train same-shaped configurations (differing only in seed) as one vmapped ensemble,
+    then evaluate and record each one as if it had been trained alone."""
+    if len({group_key(c) for c in cfgs}) != 1:
+        raise ValueError("run_group needs configs that differ only in seed")
+    worlds = [make_fact_world(c.spec) for c in cfgs]
+    tasks = [make_task(c, w) for c, w in zip(cfgs, worlds, strict=True)]
+    model_cfg, train_cfg = cfgs[0].model_config(), cfgs[0].train_config()
+    result = train_models(model_cfg, train_cfg, tasks, [c.seed for c in cfgs], progress=progress)
+    return [
+        finish(cfg, world, task, result, k, out_dir)
+        for k, (cfg, world, task, out_dir) in enumerate(
+            zip(cfgs, worlds, tasks, out_dirs, strict=True)
+        )
+    ]
+
+
+def finish(
+    cfg: RunConfig, world: FactWorld, task: Task, result: TrainResult, k: int, out_dir
+) -> dict[str, Any]:
+    """Evaluate model k of a training result and write its record and traces."""
+    params = result.model(k)
     with tempfile.TemporaryDirectory() as tmp:
         store = None
         if cfg.mode == "in-tool":
-            path = Path(out_dir or tmp) / "store.sqlite" if cfg.store == "sqlite" else None
+            folder = Path(out_dir or tmp)
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / "store.sqlite" if cfg.store == "sqlite" else None
             store = build_store(world, cfg.store, path)
         metrics, decoded = evaluate(cfg, world, result.graphdef, params, store)
-        store_size = len(store) if store is not None else None
+        store_info = None if store is None else {"kind": cfg.store, "facts": len(store)}
         if store is not None:
             store.close()
-    record = make_record(cfg, world, model_cfg, train_cfg, result, metrics, task)
-    if store_size is not None:
-        record["store"] = {"kind": cfg.store, "facts": store_size}
+    record = make_record(cfg, world, result, k, metrics, task)
+    if store_info is not None:
+        record["store"] = store_info
     if out_dir is not None:
-        out = Path(out_dir)
-        write_json_atomic(out / "record.json", record)
-        save_traces(out / "traces.npz", decoded)
+        write_json_atomic(Path(out_dir) / "record.json", record)
+        save_traces(Path(out_dir) / "traces.npz", decoded)
     return record
 
 
-def make_record(cfg, world, model_cfg, train_cfg, result: TrainResult, metrics, task) -> dict:
+def make_record(cfg: RunConfig, world, result: TrainResult, k: int, metrics, task) -> dict:
     spec = world.spec
-    n_params = count_params(result.model(0))
-    steps = result.steps[0]
-    history = result.history[0]
-    reason = result.stop_reason[0]
+    train_cfg = cfg.train_config()
+    steps, history, reason = result.steps[k], result.history[k], result.stop_reason[k]
     return new_record(
         mode=cfg.mode,
         n_facts=spec.n_facts,
@@ -224,8 +249,8 @@ def make_record(cfg, world, model_cfg, train_cfg, result: TrainResult, metrics, 
             "hash": spec_hash(spec),
             "entropy_bits": spec.entropy_bits,
         },
-        model=dataclasses.asdict(model_cfg),
-        params=n_params,
+        model=dataclasses.asdict(cfg.model_config()),
+        params=count_params(result.model(k)),
         train={
             "steps": steps,
             "budget": train_cfg.budget,
@@ -238,6 +263,7 @@ def make_record(cfg, world, model_cfg, train_cfg, result: TrainResult, metrics, 
             "final_loss": history[-1]["loss"],
             "wall_s": result.wall_s,
             "compile_s": result.compile_s,
+            "ensemble_size": len(result.steps),
             "history": history,
         },
         metrics=metrics,
