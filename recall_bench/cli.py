@@ -70,6 +70,9 @@ def add_run_parser(subparsers) -> None:
     p.add_argument("--out", type=Path, help="output folder (default: ./recall_bench_out/...)")
     p.add_argument("--json", action="store_true", help="print the JSON record only")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--resume", action="store_true", help="continue a killed run from its --out folder"
+    )
     p.set_defaults(func=cmd_run)
 
 
@@ -79,7 +82,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     progress = not (args.quiet or args.json)
     if args.mode is None and args.facts is None:
-        summary = default.run_default(args.out or Path("recall_bench_out/default"), progress)
+        summary = default.run_default(
+            args.out or Path("recall_bench_out/default"), progress, args.resume
+        )
         print(json.dumps(summary, indent=2) if args.json else default.format_table(summary))
         return 0
     if args.mode is None or args.facts is None:
@@ -101,7 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = args.out or Path("recall_bench_out") / (
         f"{cfg.mode}-n{cfg.n_facts}-L{cfg.layers}-d{cfg.width}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
-    record = run(cfg, out, progress=progress)
+    record = run(cfg, out, progress=progress, resume=args.resume)
     if args.json:
         print(json.dumps(record, indent=2))
     else:

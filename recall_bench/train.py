@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +21,7 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
+from recall_bench.checkpoint import Checkpoints
 from recall_bench.formats import Sequences
 from recall_bench.metrics import bits_memorized, sequence_stats
 from recall_bench.model import ModelConfig, apply, init_model
@@ -184,55 +186,95 @@ def train_models(
     seeds: list[int],
     progress: bool = True,
     init_params: list[nnx.State] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    checkpoint_every_s: float = 30.0,
 ) -> TrainResult:
     """Train one model per task (same shapes), all in one vmapped compiled loop, starting
-    from init_params (one per task) or a fresh initialization from each seed."""
+    from init_params (one per task) or a fresh initialization from each seed.
+
+    With checkpoint_dir, the whole loop state is saved at progress checks (at most every
+    checkpoint_every_s seconds); resume=True continues from the latest one and ends exactly
+    as an uninterrupted run would.
+    """
     if len(tasks) != len(seeds):
         raise ValueError("one seed per task")
     shapes = {t.train.tokens.shape for t in tasks}
     if len(shapes) != 1:
         raise ValueError(f"ensemble tasks must share one data shape, got {sorted(shapes)}")
-    inits = [init_model(model_cfg, s) for s in seeds]
-    graphdef = inits[0][0]
-    params = shard_models(stack(init_params or [p for _, p in inits]))
+    k = len(tasks)
+    graphdef, _ = init_model(model_cfg, seeds[0])
+    params = stack(init_params or [init_model(model_cfg, s)[1] for s in seeds])
     optimizer = make_optimizer(cfg)
-    opt_state = jax.vmap(optimizer.init)(params)
-    rng = shard_models(jnp.stack([jax.random.PRNGKey(s + 1_000_003) for s in seeds]))
+    state = {
+        "params": params,
+        "opt_state": jax.vmap(optimizer.init)(params),
+        "rng": jnp.stack([jax.random.PRNGKey(s + 1_000_003) for s in seeds]),
+    }
+    meta = {
+        "step": 0,
+        "steps": [0] * k,
+        "stop_reason": ["budget"] * k,
+        "active": [True] * k,
+        "history": [[] for _ in range(k)],
+        "wall_s": 0.0,
+    }
+    checkpoints = Checkpoints(checkpoint_dir) if checkpoint_dir is not None else None
+    if checkpoints is not None and checkpoints.latest_step() is not None:
+        if not resume:
+            raise ValueError(
+                f"{checkpoint_dir} already holds checkpoints: pass --resume to continue that "
+                "run, or choose another output folder"
+            )
+        state, meta = checkpoints.restore(state)
+    state = shard_models(state)
     tokens = shard_models(jnp.asarray(np.stack([t.train.tokens for t in tasks])))
     loss_mask = shard_models(jnp.asarray(np.stack([t.train.loss_mask for t in tasks])))
-    k = len(tasks)
-    active = np.ones(k, bool)
+    active = np.array(meta["active"], bool)
+    step, steps, stop_reason, history = (
+        meta["step"],
+        meta["steps"],
+        meta["stop_reason"],
+        meta["history"],
+    )
 
     t0 = time.perf_counter()
     chunk = (
         make_train_chunk(graphdef, optimizer, cfg)
-        .lower(params, opt_state, rng, tokens, loss_mask, jnp.asarray(active))
+        .lower(*state.values(), tokens, loss_mask, jnp.asarray(active))
         .compile()
     )
     compile_s = time.perf_counter() - t0
 
-    steps = [0] * k
-    stop_reason = ["budget"] * k
-    history: list[list[dict]] = [[] for _ in range(k)]
-    bar = tqdm(total=cfg.budget, disable=not progress, desc="train", unit="step", leave=False)
-    step = 0
-    t0 = time.perf_counter()
+    bar = tqdm(
+        total=cfg.budget, initial=step, disable=not progress, desc="train", unit="step", leave=False
+    )
+    t0 = time.perf_counter() - meta["wall_s"]
+    last_save = time.perf_counter()
     while active.any():
-        params, opt_state, rng, losses = chunk(
-            params, opt_state, rng, tokens, loss_mask, jnp.asarray(active)
-        )
+        *new_state, losses = chunk(*state.values(), tokens, loss_mask, jnp.asarray(active))
+        state = dict(zip(state, new_state, strict=True))
         step += cfg.steps_per_call
         bar.update(cfg.steps_per_call)
         losses = np.asarray(losses)
-        if not np.isfinite(losses[active]).all():
+        bad = losses[active][~np.isfinite(losses[active])]
+        if bad.size:
+            kept = (
+                ""
+                if checkpoints is None
+                else (
+                    f"; the last good checkpoint (step {checkpoints.latest_step()}) is kept in "
+                    f"{checkpoint_dir}"
+                )
+            )
             raise TrainingDiverged(
-                f"loss became {losses[active].ravel()[~np.isfinite(losses[active].ravel())][0]}"
-                f" by step {step}: lower the learning rate (--lr) or use float32"
+                f"loss became {bad[0]} by step {step}: lower the learning rate (--lr) or use "
+                f"float32{kept}"
             )
         if step % cfg.eval_every and step < cfg.budget:
             continue
         for m in np.flatnonzero(active):
-            check = check_progress(graphdef, take(params, m), tasks[m])
+            check = check_progress(graphdef, take(state["params"], m), tasks[m])
             check.update(step=step, loss=float(losses[m].mean()))
             history[m].append(check)
             steps[m] = step
@@ -244,8 +286,21 @@ def train_models(
                 active[m] = False
         last = history[int(np.flatnonzero(active)[0]) if active.any() else 0][-1]
         bar.set_postfix(loss=f"{last['loss']:.3f}", recall=f"{last['recall']:.3f}")
+        if checkpoints is not None and time.perf_counter() - last_save >= checkpoint_every_s:
+            meta = {
+                "step": step,
+                "steps": steps,
+                "stop_reason": stop_reason,
+                "active": active.tolist(),
+                "history": history,
+                "wall_s": time.perf_counter() - t0,
+            }
+            checkpoints.save(step, state, meta)
+            last_save = time.perf_counter()
     bar.close()
-    jax.block_until_ready(params)
+    jax.block_until_ready(state["params"])
+    if checkpoints is not None:
+        checkpoints.close()
     return TrainResult(
-        graphdef, params, steps, stop_reason, history, time.perf_counter() - t0, compile_s
+        graphdef, state["params"], steps, stop_reason, history, time.perf_counter() - t0, compile_s
     )

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from recall_bench import plots
 from recall_bench.experiments.run import RunConfig, run
-from recall_bench.records import read_json, write_json_atomic
+from recall_bench.records import write_json_atomic
 
 FACT_COUNTS = (256, 1024, 2048, 4096, 8192, 16384)
 BASE = RunConfig(layers=2, width=32, heads=4, steps=2000, batch_size=256, lr=1e-2)
@@ -40,29 +40,26 @@ def summary_row(record: dict) -> dict:
     }
 
 
-def run_default(out: Path, progress: bool = True) -> dict:
-    """Run (or resume) every cell under `out`; write summary.json and recall_vs_facts.png."""
+def run_default(out: Path, progress: bool = True, resume: bool = False) -> dict:
+    """Run every cell under `out` (with resume: keep finished cells, continue a killed one);
+    write summary.json and recall_vs_facts.png."""
     out = Path(out)
+    if not resume and any(out.glob("*/record.json")):
+        raise ValueError(
+            f"{out} holds an earlier default run: pass --resume to reuse its finished cells, "
+            "or choose another --out"
+        )
     t0 = time.perf_counter()
     rows = []
     todo = cells()
     for i, cfg in enumerate(todo, 1):
-        cell_dir = out / f"{cfg.mode}-{cfg.n_facts}"
-        record_path = cell_dir / "record.json"
-        if record_path.exists() and read_json(record_path).get("config") == dataclasses.asdict(cfg):
-            record = read_json(record_path)
-            status = "done earlier"
-        else:
-            if progress:
-                print(f"[{i}/{len(todo)}] {cfg.mode}, {cfg.n_facts} facts", file=sys.stderr)
-            record = run(cfg, cell_dir, progress=progress)
-            status = "ran"
+        if progress:
+            print(f"[{i}/{len(todo)}] {cfg.mode}, {cfg.n_facts} facts", file=sys.stderr)
+        record = run(cfg, out / f"{cfg.mode}-{cfg.n_facts}", progress=progress, resume=resume)
         rows.append(summary_row(record))
         if progress:
             r = rows[-1]
-            print(
-                f"    recall {r['recall']:.3f} after {r['steps']} steps ({status})", file=sys.stderr
-            )
+            print(f"    recall {r['recall']:.3f} after {r['steps']} steps", file=sys.stderr)
     plot = plots.recall_vs_facts(
         rows,
         out / "recall_vs_facts.png",

@@ -11,6 +11,7 @@ trained nor the unseen test facts decide when training ends.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from recall_bench import formats
 from recall_bench.decode import Decoded, greedy_decode
 from recall_bench.metrics import sequence_stats, summarize_in_weight
 from recall_bench.model import ModelConfig, count_params
-from recall_bench.records import new_record, write_json_atomic
+from recall_bench.records import new_record, read_json, write_json_atomic
 from recall_bench.tool import ERROR_STATUS, OK, Store, build_store
 from recall_bench.train import Task, TrainConfig, TrainResult, train_models
 from recall_bench.worlds import FactSpec, FactWorld, make_fact_world, spec_hash
@@ -179,9 +180,13 @@ def answered(decoded: Decoded, expected: np.ndarray) -> np.ndarray:
     return (decoded.answer_length == v) & np.all(decoded.answer[:, :v] == expected, axis=1)
 
 
-def run(cfg: RunConfig, out_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train and evaluate one configuration; write record.json (and traces.npz) to out_dir."""
-    return run_group([cfg], [out_dir], progress)[0]
+def run(
+    cfg: RunConfig, out_dir: str | Path | None = None, progress: bool = True, resume: bool = False
+) -> dict[str, Any]:
+    """Train and evaluate one configuration; write record.json (and traces.npz) to out_dir,
+    checkpointing into out_dir/checkpoints meanwhile (removed once the record is written)."""
+    checkpoints = None if out_dir is None else Path(out_dir) / "checkpoints"
+    return run_group([cfg], [out_dir], progress, checkpoints, resume)[0]
 
 
 def group_key(cfg: RunConfig) -> RunConfig:
@@ -190,22 +195,42 @@ def group_key(cfg: RunConfig) -> RunConfig:
 
 
 def run_group(
-    cfgs: list[RunConfig], out_dirs: list[str | Path | None], progress: bool = True
+    cfgs: list[RunConfig],
+    out_dirs: list[str | Path | None],
+    progress: bool = True,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
 ) -> list[dict[str, Any]]:
     """Train same-shaped configurations (differing only in seed) as one vmapped ensemble,
     then evaluate and record each one as if it had been trained alone."""
+    done = [Path(d) / "record.json" for d in out_dirs if d is not None]
+    if resume and len(done) == len(cfgs) and all(p.exists() for p in done):
+        records = [read_json(p) for p in done]
+        if [r.get("config") for r in records] == [dataclasses.asdict(c) for c in cfgs]:
+            return records
     if len({group_key(c) for c in cfgs}) != 1:
         raise ValueError("run_group needs configs that differ only in seed")
     worlds = [make_fact_world(c.spec) for c in cfgs]
     tasks = [make_task(c, w) for c, w in zip(cfgs, worlds, strict=True)]
     model_cfg, train_cfg = cfgs[0].model_config(), cfgs[0].train_config()
-    result = train_models(model_cfg, train_cfg, tasks, [c.seed for c in cfgs], progress=progress)
-    return [
+    result = train_models(
+        model_cfg,
+        train_cfg,
+        tasks,
+        [c.seed for c in cfgs],
+        progress=progress,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+    )
+    records = [
         finish(cfg, world, task, result, k, out_dir)
         for k, (cfg, world, task, out_dir) in enumerate(
             zip(cfgs, worlds, tasks, out_dirs, strict=True)
         )
     ]
+    if checkpoint_dir is not None:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    return records
 
 
 def finish(
