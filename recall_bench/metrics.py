@@ -31,7 +31,11 @@ def bits_memorized(value_nll_bits: np.ndarray, fact_bits: np.ndarray) -> float:
 @functools.partial(jax.jit, static_argnums=0)
 def _sequence_stats(graphdef, params, tokens, loss_mask, value_mask):
     """Teacher-forced per-sequence stats of one model on a [M, L] block of sequences."""
-    logits = apply(graphdef, params, tokens[:, :-1])
+    return stats_from_logits(apply(graphdef, params, tokens[:, :-1]), tokens, loss_mask, value_mask)
+
+
+def stats_from_logits(logits, tokens, loss_mask, value_mask) -> dict[str, jax.Array]:
+    """Per-sequence stats from next-token logits [M, L-1, V] of sequences tokens [M, L]."""
     targets = tokens[:, 1:]
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]

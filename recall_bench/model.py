@@ -1,13 +1,17 @@
 """A GPT-style decoder in Flax NNX: learned absolute positions, pre-LayerNorm blocks, tied
-input/output embeddings. Small enough to read in one sitting."""
+input/output embeddings, and optionally a product-key memory in place of one block's MLP.
+Small enough to read in one sitting."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from recall_bench.pkm import ProductKeyMemory
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -21,21 +25,46 @@ class ModelConfig:
     heads: int = 4
     mlp_ratio: int = 4
     dtype: str = "float32"  # parameters and activations; logits and loss are float32
+    memory_layer: int | None = None  # block whose MLP is replaced by a product-key memory
+    memory_size: int = 0  # value rows, a perfect square (0 without a memory)
+    memory_topk: int = 32  # rows read per head and token
+    memory_heads: int = 4
+    memory_key_dim: int = 32  # query size per head, split in two halves
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "max_len", "layers", "width", "heads", "mlp_ratio"):
             if getattr(self, name) < 1:
                 raise ValueError(f"model {name} must be >= 1, got {getattr(self, name)}")
+        if self.memory_layer is not None:
+            self._check_memory()
+        elif self.memory_size:
+            raise ValueError(f"memory_size {self.memory_size} given without a memory_layer")
         if self.width % self.heads:
             raise ValueError(f"width {self.width} must be divisible by heads {self.heads}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
 
+    def _check_memory(self) -> None:
+        if not 0 <= self.memory_layer < self.layers:
+            raise ValueError(f"memory_layer must be in [0, {self.layers}), got {self.memory_layer}")
+        side = math.isqrt(self.memory_size)
+        if self.memory_size < 1 or side * side != self.memory_size:
+            raise ValueError(f"memory_size must be a perfect square >= 1, got {self.memory_size}")
+        if not 1 <= self.memory_topk <= side:
+            raise ValueError(
+                f"memory_topk must be in [1, sqrt(memory_size) = {side}], got {self.memory_topk}"
+            )
+        if self.memory_heads < 1:
+            raise ValueError(f"memory_heads must be >= 1, got {self.memory_heads}")
+        if self.memory_key_dim < 2 or self.memory_key_dim % 2:
+            raise ValueError(f"memory_key_dim must be even and >= 2, got {self.memory_key_dim}")
+
 
 class Block(nnx.Module):
-    """Pre-LN transformer block: causal self-attention then a GELU MLP, both residual."""
+    """Pre-LN transformer block: causal self-attention then a GELU MLP (or, with
+    memory=True, a product-key memory), both residual."""
 
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, memory: bool = False):
         dt = DTYPES[cfg.dtype]
         kw = dict(use_bias=False, dtype=dt, param_dtype=dt, rngs=rngs)
         self.heads = cfg.heads
@@ -43,8 +72,20 @@ class Block(nnx.Module):
         self.qkv = nnx.Linear(cfg.width, 3 * cfg.width, **kw)
         self.attn_out = nnx.Linear(cfg.width, cfg.width, **kw)
         self.ln_mlp = nnx.LayerNorm(cfg.width, dtype=dt, param_dtype=dt, rngs=rngs)
-        self.mlp_in = nnx.Linear(cfg.width, cfg.mlp_ratio * cfg.width, **kw)
-        self.mlp_out = nnx.Linear(cfg.mlp_ratio * cfg.width, cfg.width, **kw)
+        self.use_memory = memory
+        if memory:
+            self.memory = ProductKeyMemory(
+                cfg.width,
+                cfg.memory_size,
+                cfg.memory_topk,
+                cfg.memory_heads,
+                cfg.memory_key_dim,
+                dt,
+                rngs,
+            )
+        else:
+            self.mlp_in = nnx.Linear(cfg.width, cfg.mlp_ratio * cfg.width, **kw)
+            self.mlp_out = nnx.Linear(cfg.mlp_ratio * cfg.width, cfg.width, **kw)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         b, t, d = x.shape
@@ -69,7 +110,10 @@ class Block(nnx.Module):
 
     def _finish(self, x: jax.Array, attended: jax.Array) -> jax.Array:
         x = x + self.attn_out(attended)
-        return x + self.mlp_out(jax.nn.gelu(self.mlp_in(self.ln_mlp(x))))
+        h = self.ln_mlp(x)
+        return x + (
+            self.memory(h) if self.use_memory else self.mlp_out(jax.nn.gelu(self.mlp_in(h)))
+        )
 
 
 class GPT(nnx.Module):
@@ -79,7 +123,9 @@ class GPT(nnx.Module):
         dt = DTYPES[cfg.dtype]
         self.token_embed = nnx.Embed(cfg.vocab_size, cfg.width, dtype=dt, param_dtype=dt, rngs=rngs)
         self.pos_embed = nnx.Embed(cfg.max_len, cfg.width, dtype=dt, param_dtype=dt, rngs=rngs)
-        self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.layers)])
+        self.blocks = nnx.List(
+            [Block(cfg, rngs, memory=i == cfg.memory_layer) for i in range(cfg.layers)]
+        )
         self.ln_final = nnx.LayerNorm(cfg.width, dtype=dt, param_dtype=dt, rngs=rngs)
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
@@ -117,14 +163,34 @@ def apply(graphdef: nnx.GraphDef, params: nnx.State, tokens: jax.Array) -> jax.A
     return nnx.merge(graphdef, params)(tokens)
 
 
-def count_params(params: nnx.State) -> dict[str, int]:
-    """Total parameters and non-embedding parameters (total minus token and position tables)."""
+def count_params(params: nnx.State, cfg: ModelConfig | None = None) -> dict[str, int]:
+    """Total parameters and non-embedding parameters (total minus token and position tables).
+
+    With a product-key memory (cfg required) also: memory = its value table and sub-keys
+    (the query projection and its norm count as dense), dense = total - memory, and
+    active_per_token = dense + sub-keys (all scored for every token) + the value entries
+    read per token, memory_heads x memory_topk x width (a row read by two heads counts twice).
+    """
 
     def size(tree) -> int:
         return sum(int(leaf.size) for leaf in jax.tree.leaves(tree))
 
     total = size(params)
-    return {
+    counts = {
         "total": total,
         "non_embedding": total - size(params["token_embed"]) - size(params["pos_embed"]),
+    }
+    if not any("memory" in block for block in params["blocks"].values()):
+        return counts
+    if cfg is None or cfg.memory_layer is None:
+        raise ValueError("count_params needs the model's ModelConfig to count its memory")
+    memory = params["blocks"][cfg.memory_layer]["memory"]
+    keys, table = size(memory["sub_keys"]), size(memory["value_table"])
+    dense = total - keys - table
+    read = cfg.memory_heads * cfg.memory_topk * cfg.width
+    return {
+        **counts,
+        "memory": keys + table,
+        "dense": dense,
+        "active_per_token": dense + keys + read,
     }

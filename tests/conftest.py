@@ -1,0 +1,5 @@
+"""Tests run on CPU, deterministically."""
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")

@@ -1,0 +1,66 @@
+"""In-weight end to end: a ~20k-parameter model learns 200 facts, and cannot hold 20,000."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from recall_bench import formats
+from recall_bench.experiments.run import RunConfig, make_task, run
+from recall_bench.metrics import sequence_stats
+from recall_bench.model import count_params, init_model
+from recall_bench.train import TrainConfig, train_models
+from recall_bench.worlds import make_fact_world
+
+SMALL = RunConfig(mode="in-weight", layers=1, width=32, heads=4, steps=1000, batch_size=256)
+
+
+def test_parameter_count_does_not_depend_on_fact_count():
+    counts = [
+        count_params(init_model(dataclasses.replace(SMALL, n_facts=n).model_config(), 0)[1])
+        for n in (100, 100_000)
+    ]
+    assert counts[0] == counts[1]
+    assert 15_000 <= counts[0]["total"] <= 25_000
+
+
+def test_learns_200_facts_within_a_minute():
+    record = run(dataclasses.replace(SMALL, n_facts=200), progress=False)
+    assert record["metrics"]["recall"] >= 0.99
+    assert record["train"]["wall_s"] + record["train"]["compile_s"] < 60
+    assert record["train"]["stop_reason"] == "recall" and record["train"]["converged"]
+    bits = record["metrics"]["bits_memorized"]
+    assert 0.95 * 200 * 12 <= bits <= 200 * 12
+
+
+def test_far_more_facts_than_it_can_hold():
+    cfg = dataclasses.replace(SMALL, n_facts=20_000, steps=300)
+    record = run(cfg, progress=False)
+    m = record["metrics"]
+    assert m["recall"] < 0.5
+    assert 0 < m["bits_memorized"] < record["world"]["entropy_bits"]
+    assert not record["train"]["converged"] and record["train"]["stop_reason"] == "budget"
+    assert m["bits_per_param"] == pytest.approx(m["bits_memorized"] / record["params"]["total"])
+
+
+def test_greedy_decoding_agrees_with_teacher_forced_exact_match():
+    """Recall by real decoding equals 'every answer token is the argmax' per fact."""
+    from recall_bench.experiments.run import evaluate
+
+    cfg = dataclasses.replace(SMALL, n_facts=600, steps=150)
+    world = make_fact_world(cfg.spec)
+    result = train_models(
+        cfg.model_config(),
+        TrainConfig(steps=150, batch_size=256),
+        [make_task(cfg, world)],
+        [0],
+        progress=False,
+    )
+    params = result.model(0)
+    metrics, decoded = evaluate(cfg, world, result.graphdef, params)
+    seqs = formats.render(world, "in-weight")
+    stats = sequence_stats(result.graphdef, params, seqs.tokens, seqs.loss_mask, seqs.value_mask)
+    assert 0.05 < metrics["recall"] < 0.95  # a mix of right and wrong facts
+    expected = formats.answer_tokens(world, *formats.fact_index(world.spec))
+    right = (decoded.answer_length == 2) & (decoded.answer[:, :2] == expected).all(axis=1)
+    np.testing.assert_array_equal(right, stats["exact"])

@@ -1,0 +1,55 @@
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from recall_bench.metrics import bits_memorized, kl_tv, stats_from_logits
+
+
+def logits_for(probs_of_target, vocab=4, target=1):
+    """Logits whose softmax gives `p` to `target` and the rest spread evenly."""
+    out = []
+    for p in probs_of_target:
+        row = np.full(vocab, (1 - p) / (vocab - 1))
+        row[target] = p
+        out.append(np.log(row))
+    return np.array(out, np.float32)
+
+
+def test_bits_memorized_by_hand():
+    # Three facts of 12 bits, two value tokens each (positions 1 and 2; position 3 is EOS).
+    # fact A: p = 1/2 and 1/4 -> NLL 1 + 2 = 3 bits -> 9 bits memorized
+    # fact B: p = 1/64 and 1/64 -> NLL 12 bits -> 0
+    # fact C: p = 1/256 and 1/256 -> NLL 16 bits > 12 -> clipped to 0 (never -4)
+    probs = {"A": (0.5, 0.25), "B": (1 / 64, 1 / 64), "C": (1 / 256, 1 / 256)}
+    tokens = np.array([[0, 1, 1, 1]] * 3)
+    logits = np.stack([logits_for([*p, 0.9], vocab=512) for p in probs.values()])
+    value_mask = np.array([[0, 1, 1, 0]] * 3, np.float32)
+    loss_mask = np.array([[0, 1, 1, 1]] * 3, np.float32)
+    stats = stats_from_logits(jnp.asarray(logits), tokens, loss_mask, value_mask)
+    nll = np.asarray(stats["value_nll_bits"])
+    np.testing.assert_allclose(nll, [3.0, 12.0, 16.0], rtol=1e-5)
+    assert bits_memorized(nll, np.full(3, 12.0)) == pytest.approx(9.0, rel=1e-5)
+    # clipping is per fact, not per token: A's second token alone costs 2 bits but counts
+    assert bits_memorized(np.array([13.0, 11.0]), np.array([12.0, 12.0])) == pytest.approx(1.0)
+    assert np.asarray(stats["value_correct"]).tolist() == [2, 2, 2]  # still each argmax
+
+
+def test_exact_means_every_loss_token_is_the_argmax():
+    tokens = np.array([[0, 1, 1], [0, 1, 1]])
+    logits = np.stack([logits_for([0.9, 0.9]), logits_for([0.9, 0.1])])
+    mask = np.array([[0, 1, 1]] * 2, np.float32)
+    stats = stats_from_logits(jnp.asarray(logits), tokens, mask, mask)
+    assert np.asarray(stats["exact"]).tolist() == [True, False]
+
+
+def test_kl_and_tv_by_hand():
+    p = np.array([[0.5, 0.25, 0.25]])
+    q = np.array([[0.25, 0.25, 0.5]])
+    kl, tv = kl_tv(jnp.log(p)[None], jnp.log(q)[None], jnp.ones((1, 1)))
+    # KL = 0.5 ln 2 + 0 + 0.25 ln 0.5 = 0.25 ln 2; TV = 0.5 (0.25 + 0 + 0.25) = 0.25
+    assert kl == pytest.approx(0.25 * math.log(2), rel=1e-5)
+    assert tv == pytest.approx(0.25, rel=1e-5)
+    kl0, tv0 = kl_tv(jnp.log(p)[None], jnp.log(p)[None], jnp.ones((1, 1)))
+    assert kl0 == pytest.approx(0.0, abs=1e-7) and tv0 == pytest.approx(0.0, abs=1e-7)
