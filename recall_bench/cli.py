@@ -73,6 +73,13 @@ def add_run_parser(subparsers) -> None:
     p.add_argument(
         "--resume", action="store_true", help="continue a killed run from its --out folder"
     )
+    p.add_argument(
+        "--checkpoint-every",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="save a checkpoint at most this often (default 30)",
+    )
     p.set_defaults(func=cmd_run)
 
 
@@ -106,7 +113,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = args.out or Path("recall_bench_out") / (
         f"{cfg.mode}-n{cfg.n_facts}-L{cfg.layers}-d{cfg.width}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
-    record = run(cfg, out, progress=progress, resume=args.resume)
+    record = run(cfg, out, progress, args.resume, args.checkpoint_every)
     if args.json:
         print(json.dumps(record, indent=2))
     else:

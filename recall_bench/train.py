@@ -27,6 +27,9 @@ from recall_bench.metrics import bits_memorized, sequence_stats
 from recall_bench.model import ModelConfig, apply, init_model
 
 
+STATE_KEYS = ("params", "opt_state", "rng")  # the loop state, in make_train_chunk's order
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
@@ -241,7 +244,7 @@ def train_models(
     t0 = time.perf_counter()
     chunk = (
         make_train_chunk(graphdef, optimizer, cfg)
-        .lower(*state.values(), tokens, loss_mask, jnp.asarray(active))
+        .lower(*(state[k] for k in STATE_KEYS), tokens, loss_mask, jnp.asarray(active))
         .compile()
     )
     compile_s = time.perf_counter() - t0
@@ -252,8 +255,10 @@ def train_models(
     t0 = time.perf_counter() - meta["wall_s"]
     last_save = time.perf_counter()
     while active.any():
-        *new_state, losses = chunk(*state.values(), tokens, loss_mask, jnp.asarray(active))
-        state = dict(zip(state, new_state, strict=True))
+        *new_state, losses = chunk(
+            *(state[k] for k in STATE_KEYS), tokens, loss_mask, jnp.asarray(active)
+        )
+        state = dict(zip(STATE_KEYS, new_state, strict=True))
         step += cfg.steps_per_call
         bar.update(cfg.steps_per_call)
         losses = np.asarray(losses)

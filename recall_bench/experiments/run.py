@@ -181,12 +181,16 @@ def answered(decoded: Decoded, expected: np.ndarray) -> np.ndarray:
 
 
 def run(
-    cfg: RunConfig, out_dir: str | Path | None = None, progress: bool = True, resume: bool = False
+    cfg: RunConfig,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+    resume: bool = False,
+    checkpoint_every_s: float = 30.0,
 ) -> dict[str, Any]:
     """Train and evaluate one configuration; write record.json (and traces.npz) to out_dir,
     checkpointing into out_dir/checkpoints meanwhile (removed once the record is written)."""
     checkpoints = None if out_dir is None else Path(out_dir) / "checkpoints"
-    return run_group([cfg], [out_dir], progress, checkpoints, resume)[0]
+    return run_group([cfg], [out_dir], progress, checkpoints, resume, checkpoint_every_s)[0]
 
 
 def group_key(cfg: RunConfig) -> RunConfig:
@@ -200,6 +204,7 @@ def run_group(
     progress: bool = True,
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
+    checkpoint_every_s: float = 30.0,
 ) -> list[dict[str, Any]]:
     """Train same-shaped configurations (differing only in seed) as one vmapped ensemble,
     then evaluate and record each one as if it had been trained alone."""
@@ -221,6 +226,7 @@ def run_group(
         progress=progress,
         checkpoint_dir=checkpoint_dir,
         resume=resume,
+        checkpoint_every_s=checkpoint_every_s,
     )
     records = [
         finish(cfg, world, task, result, k, out_dir)
