@@ -157,6 +157,29 @@ def format_record(record: dict) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
+def add_store_scale_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "store-scale",
+        help="one in-tool model against stores of 10^4..10^6 facts (unseen entities)",
+    )
+    p.add_argument("--out", type=Path, default=Path("recall_bench_out/store_scale"))
+    p.add_argument("--sizes", type=int_list, default=(10_000, 100_000, 1_000_000))
+    p.add_argument("--sample", type=positive_int, default=2000, help="unseen entities per size")
+    p.add_argument("--store", choices=["memory", "sqlite"], default="sqlite")
+    p.add_argument("--json", action="store_true", help="print the summary JSON only")
+    p.set_defaults(func=cmd_store_scale)
+
+
+def cmd_store_scale(args: argparse.Namespace) -> int:
+    from recall_bench.experiments import store_scale
+
+    summary = store_scale.run_store_scale(
+        args.out, args.sizes, args.sample, args.store, progress=not args.json
+    )
+    print(json.dumps(summary, indent=2) if args.json else store_scale.format_table(summary))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="recall-bench",
@@ -165,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     add_run_parser(sub)
+    add_store_scale_parser(sub)
     from recall_bench.leaderboard import add_leaderboard_parser
 
     add_leaderboard_parser(sub)

@@ -101,11 +101,15 @@ class RunConfig:
         n = self.spec.n_entities
         return min(self.max_unseen, max(1, round(self.unseen_fraction * n)), n - 1)
 
+    def trained_entities(self) -> int:
+        """Entities 0..trained_entities()-1 are trained on; any later entity is unseen."""
+        return self.spec.n_entities - self.unseen_entities()
+
 
 def make_task(cfg: RunConfig, world: FactWorld) -> Task:
     """Training sequences and the monitored facts of a run."""
     spec = world.spec
-    trained = np.arange(spec.n_entities - cfg.unseen_entities())
+    trained = np.arange(cfg.trained_entities())
     train = formats.render(world, cfg.mode, trained)
     if cfg.mode == "in-tool":
         extra = make_fact_world(spec.with_entities(spec.n_entities + cfg.validation_entities))
@@ -131,7 +135,7 @@ def evaluate(
 ) -> tuple[dict[str, float], Decoded]:
     """Decode every fact of `entities` (default: all) greedily, with `store` in the loop for
     in-tool, and compute the metrics of the run's mode. In-tool, entities at or past
-    spec.n_entities - cfg.unseen_entities() count as unseen."""
+    cfg.trained_entities() count as unseen (`world` may be larger than cfg's world)."""
     spec = world.spec
     entity, attribute = formats.fact_index(spec, entities)
     expected = formats.answer_tokens(world, entity, attribute)
@@ -157,7 +161,7 @@ def evaluate(
     )
     metrics.update(recall=float(right.mean()), eval_s=eval_s)
     if cfg.mode == "in-tool":
-        unseen = entity >= spec.n_entities - cfg.unseen_entities()
+        unseen = entity >= cfg.trained_entities()
         key_right = decoded.call_valid & np.all(decoded.call_key == world.keys[entity], axis=1)
         key_right &= decoded.call_attribute == attribute
         ok = decoded.store_status == OK

@@ -1,0 +1,100 @@
+"""One in-tool model, trained once, evaluated against ever larger stores (10^4 to 10^6
+facts) on samples of entities it never saw. Tool use should make recall independent of how
+much the store holds: the model copies a key, it does not hold the facts."""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from recall_bench.experiments.run import RunConfig, evaluate, make_record, make_task
+from recall_bench.records import write_json_atomic
+from recall_bench.tool import build_store
+from recall_bench.train import train_models
+from recall_bench.worlds import make_fact_world
+
+SIZES = (10_000, 100_000, 1_000_000)
+CONFIG = RunConfig(mode="in-tool", n_facts=10_000, layers=2, width=32, heads=4, steps=2000)
+
+
+def run_store_scale(
+    out: Path,
+    sizes: tuple[int, ...] = SIZES,
+    sample: int = 2000,
+    store_kind: str = "sqlite",
+    cfg: RunConfig = CONFIG,
+    progress: bool = True,
+) -> dict:
+    """Train cfg once; for each store size, evaluate `sample` unseen entities' facts through
+    a store holding that many facts. Writes one record per size and summary.json."""
+    out = Path(out)
+    world = make_fact_world(cfg.spec)
+    task = make_task(cfg, world)
+    result = train_models(cfg.model_config(), cfg.train_config(), [task], [cfg.seed], progress)
+    params = result.model(0)
+    rows = []
+    for size in sizes:
+        n_entities = size // cfg.spec.n_attributes
+        if n_entities <= cfg.trained_entities():
+            raise ValueError(f"store size {size} leaves no unseen entities beyond the training set")
+        large = make_fact_world(cfg.spec.with_entities(n_entities))  # same first entities
+        rng = np.random.default_rng([cfg.seed, 4, size])
+        pool = np.arange(cfg.trained_entities(), n_entities)
+        entities = np.sort(rng.choice(pool, min(sample, len(pool)), replace=False))
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            store = build_store(large, store_kind, Path(tmp) / "store.sqlite")
+            build_s = time.perf_counter() - t0
+            metrics, _ = evaluate(cfg, large, result.graphdef, params, store, entities)
+            store_info = {
+                "kind": store_kind,
+                "facts": len(store),
+                "build_s": build_s,
+                "lookup_s": metrics["lookup_s"],
+                "lookups": len(entities) * cfg.spec.n_attributes,
+            }
+            store.close()
+        record = make_record(cfg, world, result, 0, metrics, task)
+        record.update(
+            store=store_info, evaluated={"entities": "unseen sample", "count": len(entities)}
+        )
+        write_json_atomic(out / f"store-{size}" / "record.json", record)
+        rows.append(
+            {
+                "store_facts": size,
+                **{
+                    k: metrics[k]
+                    for k in ("recall", "recall_unseen", "call_valid", "copy_accuracy")
+                },
+                **store_info,
+            }
+        )
+        if progress:
+            print(f"store of {size:,} facts: recall on unseen {metrics['recall_unseen']:.4f}")
+    summary = {
+        "experiment": "store_scale",
+        "config": dataclasses.asdict(cfg),
+        "train": {
+            "steps": result.steps[0],
+            "stop_reason": result.stop_reason[0],
+            "wall_s": result.wall_s,
+        },
+        "rows": rows,
+    }
+    write_json_atomic(out / "summary.json", summary)
+    return summary
+
+
+def format_table(summary: dict) -> str:
+    header = ("store facts", "recall", "calls ok", "copy", "build s", "lookup s")
+    lines = [" ".join(f"{h:>12}" if i == 0 else f"{h:>9}" for i, h in enumerate(header))]
+    for r in summary["rows"]:
+        lines.append(
+            f"{r['store_facts']:>12,} {r['recall']:>9.4f} {r['call_valid']:>9.4f} "
+            f"{r['copy_accuracy']:>9.4f} {r['build_s']:>9.2f} {r['lookup_s']:>9.4f}"
+        )
+    return "\n".join(lines)
