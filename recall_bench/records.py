@@ -13,6 +13,7 @@ Record layout (schema "recall_bench.record/1"):
 from __future__ import annotations
 
 import datetime
+import functools
 import importlib.metadata
 import json
 import math
@@ -80,8 +81,10 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+@functools.cache
 def environment() -> dict[str, Any]:
-    """Versions, platform, devices and git state of this process."""
+    """Versions, platform, devices and git state of this process, read once: a long run
+    records the code state it started with, not whatever is checked out when it ends."""
     import jax
 
     env: dict[str, Any] = {"python": platform.python_version()}
@@ -115,7 +118,7 @@ def new_record(**fields: Any) -> dict[str, Any]:
     }
     record.update(fields)
     record["better"] = {k: BETTER[k] for k in record.get("metrics", {}) if k in BETTER}
-    record["env"] = environment()
+    record["env"] = dict(environment())
     record["determinism"] = DETERMINISM
     return record
 

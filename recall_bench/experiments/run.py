@@ -23,7 +23,7 @@ from recall_bench import formats
 from recall_bench.decode import Decoded, greedy_decode
 from recall_bench.metrics import sequence_stats, summarize_in_weight
 from recall_bench.model import ModelConfig, count_params
-from recall_bench.records import new_record, read_json, write_json_atomic
+from recall_bench.records import environment, new_record, read_json, write_json_atomic
 from recall_bench.tool import ERROR_STATUS, OK, Store, build_store
 from recall_bench.train import Task, TrainConfig, TrainResult, train_models
 from recall_bench.worlds import FactSpec, FactWorld, make_fact_world, spec_hash
@@ -219,6 +219,7 @@ def run_group(
             return records
     if len({group_key(c) for c in cfgs}) != 1:
         raise ValueError("run_group needs configs that differ only in seed")
+    environment()  # provenance as of the start of training
     worlds = [make_fact_world(c.spec) for c in cfgs]
     tasks = [make_task(c, w) for c, w in zip(cfgs, worlds, strict=True)]
     model_cfg, train_cfg = cfgs[0].model_config(), cfgs[0].train_config()
