@@ -59,9 +59,9 @@ def run_store_scale(
             }
             store.close()
         record = make_record(cfg, world, result, 0, metrics, task)
-        record.update(
-            store=store_info, evaluated={"entities": "unseen sample", "count": len(entities)}
-        )
+        evaluation = {"store_facts": size, "entities": "unseen sample", "count": len(entities)}
+        record["config"]["evaluation"] = evaluation  # part of what was run: distinct entries
+        record["store"] = store_info
         write_json_atomic(out / f"store-{size}" / "record.json", record)
         rows.append(
             {
