@@ -60,12 +60,12 @@ def fit_bits_per_param(
 def loss_peak(dataset_bits: np.ndarray, test_loss: np.ndarray, capacity_bits: float) -> dict:
     """Where held-out loss peaks against dataset size (the double-descent point: past it,
     more data lowers test loss again), and that dataset's entropy over the model's capacity.
-    A peak at the largest size means the loss had not yet turned."""
+    turned: the peak is inside the range, so the loss was seen both rising and falling."""
     bits = np.asarray(dataset_bits, np.float64)
     i = int(np.nanargmax(np.asarray(test_loss, np.float64)))
     return {
         "index": i,
         "dataset_bits": float(bits[i]),
         "over_capacity": float(bits[i] / capacity_bits),
-        "turned": i < len(bits) - 1,
+        "turned": 0 < i < len(bits) - 1,
     }

@@ -5,7 +5,7 @@ facts never touch, written in the facts' vocabulary so one model can hold both.
 
 Data and answers are value-alphabet symbols; SEP and the task markers are the reserved
 special ids 9..15. Skills: copy, reverse, sort (ascending), add (two `digits`-digit base-10
-numbers, least significant digit first, sum mod 10**digits), brackets (a prefix over `( [ ) ]`
+numbers -> their digitwise sum mod 10, no carries), brackets (a prefix over `( [ ) ]`
 -> the closers that balance it, innermost first; empty when already balanced). Every skill's
 sequences are padded to one width so they stack with fact sequences. Test prompts never occur
 in training.
@@ -14,6 +14,7 @@ in training.
 from __future__ import annotations
 
 import dataclasses
+
 import jax
 import numpy as np
 from flax import nnx
@@ -110,9 +111,7 @@ def answers(skill: str, data: np.ndarray) -> np.ndarray:
         return np.sort(data, axis=1)
     if skill == "add":
         d = data.shape[1] // 2
-        powers = BASE ** np.arange(d)
-        total = (data[:, :d] @ powers + data[:, d:] @ powers) % BASE**d
-        return (total[:, None] // powers) % BASE
+        return (data[:, :d] + data[:, d:]) % BASE
     if skill == "brackets":
         out = np.full(data.shape, -1, np.int64)
         for r, row in enumerate(data):
@@ -148,10 +147,11 @@ def render(skill: str, data: np.ndarray, vocab: Vocab, width: int) -> Sequences:
 
 def make_suite(cfg: SuiteConfig, vocab: Vocab) -> Suite:
     """Train and held-out test sequences of every skill, a pure function of cfg."""
-    if max(cfg.alphabet(s) for s in cfg.skills) > vocab.value_alphabet:
+    needed = max(cfg.alphabet(s) for s in cfg.skills)
+    if needed > vocab.value_alphabet:
         raise ValueError(
-            f"the suite needs {cfg.symbols} data symbols but the value alphabet has "
-            f"{vocab.value_alphabet}: lower --symbols"
+            f"the suite needs {needed} data symbols but the value alphabet has "
+            f"{vocab.value_alphabet}: lower the suite's symbols or raise value_alphabet"
         )
     train, test = [], {}
     for i, skill in enumerate(cfg.skills):
@@ -208,7 +208,8 @@ def divergence(
     for skill, seqs in suite.test.items():
         tokens = seqs.tokens[:, :-1]
         kl, tv = kl_tv(
-            _logits(graphdef, base_params, tokens), _logits(graphdef, params, tokens),
+            _logits(graphdef, base_params, tokens),
+            _logits(graphdef, params, tokens),
             seqs.loss_mask[:, 1:],
         )
         out[f"{skill}_kl"], out[f"{skill}_tv"] = float(kl), float(tv)

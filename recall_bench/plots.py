@@ -46,3 +46,139 @@ def recall_vs_facts(rows: list[dict], path: str | Path, title: str = "") -> Path
     ax.grid(alpha=0.3)
     ax.legend()
     return save(fig, path)
+
+
+def bits_vs_facts(models: list[dict], path: str | Path, title: str = "") -> Path:
+    """Bits memorized against fact count, one line per model (mean over seeds), beside the
+    data's entropy: a line bending away from it is the model reaching its capacity."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    entropy = sorted({(p["n_facts"], p["entropy_bits"]) for m in models for p in m["curve"]})
+    ax.plot(*zip(*entropy, strict=True), "k:", label="entropy of the data")
+    for m in models:
+        pts = m["curve"]
+        ax.plot(
+            [p["n_facts"] for p in pts],
+            [p["bits"] for p in pts],
+            marker="o",
+            label=f"{m['name']} ({m['params']['total']:,} params)",
+        )
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("facts (random-tokens: sequences)")
+    ax.set_ylabel("bits memorized")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return save(fig, path)
+
+
+def capacity_vs_params(groups: list[dict], path: str | Path) -> Path:
+    """Capacity against parameters per world kind and dtype (every seed, and the fitted
+    line), with the published 2 (facts) and 3.6 (random tokens) bits/param lines; hollow
+    points are lower bounds (the model held every fact it was given)."""
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    xs = [m["params"]["total"] for g in groups for m in g["models"]]
+    span = [min(xs) / 1.5, max(xs) * 1.5]
+    for alpha, style in ((2.0, "--"), (3.6, "-.")):
+        ax.plot(span, [alpha * x for x in span], "k" + style, lw=0.8, label=f"{alpha} bits/param")
+    for g in groups:
+        fit = g["fit"]
+        label = (
+            f"{g['world']} {g['dtype']}: {fit['bits_per_param']:.2f} "
+            f"[{fit['interval'][0]:.2f}, {fit['interval'][1]:.2f}]"
+        )
+        line = ax.plot(span, [fit["bits_per_param"] * x for x in span], lw=1, label=label)[0]
+        for m in g["models"]:
+            caps = m["capacity_bits_by_seed"]
+            color = line.get_color()
+            ax.scatter(
+                [m["params"]["total"]] * len(caps),
+                caps,
+                s=14,
+                edgecolors=color,
+                facecolors=color if m["saturated"] else "none",
+            )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("parameters (total)")
+    ax.set_ylabel("capacity (bits)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return save(fig, path)
+
+
+def params_for_recall(rows: list[dict], path: str | Path) -> Path:
+    """Smallest model reaching the recall target against fact count, per mode; a fact
+    count no model of the sweep passed is marked at the top, above the largest tried."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    top = max(r["largest_params_tried"] for r in rows) * 2
+    for mode in sorted({r["mode"] for r in rows}):
+        pts = [r for r in rows if r["mode"] == mode]
+        passed = [r for r in pts if r["params"] is not None]
+        line = ax.plot(
+            [r["n_facts"] for r in passed], [r["params"] for r in passed], marker="o", label=mode
+        )[0]
+        failed = [r["n_facts"] for r in pts if r["params"] is None]
+        if failed:
+            ax.scatter(
+                failed,
+                [top] * len(failed),
+                marker="^",
+                color=line.get_color(),
+                label=f"{mode}: none of the sweep's models passed",
+            )
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("facts")
+    ax.set_ylabel("params of the smallest model with >= 95% recall")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return save(fig, path)
+
+
+def degradation(rows: list[dict], base: dict, path: str | Path) -> Path:
+    """Recall, general accuracy and KL(base || new) against fact count, one line per mode;
+    the base model's general accuracy dashed."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    panels = (
+        ("recall", "fact recall (greedy decoding)"),
+        ("general_accuracy", "general-suite accuracy (held out)"),
+        ("kl", "KL(base || new), nats/token"),
+    )
+    for ax, (key, label) in zip(axes, panels, strict=True):
+        for mode in sorted({r["mode"] for r in rows}):
+            pts = sorted((r["n_facts"], r[key]) for r in rows if r["mode"] == mode)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=mode)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("facts injected")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[1].axhline(base["general_accuracy"], color="gray", linestyle="--", label="base model")
+    axes[0].set_ylim(-0.02, 1.02)
+    axes[1].set_ylim(-0.02, 1.02)
+    axes[2].set_yscale("symlog", linthresh=1e-3)
+    axes[1].legend()
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def held_out_loss_vs_data(models: list[dict], path: str | Path) -> Path:
+    """Held-out loss against the data's entropy over the model's capacity, one line per
+    random-token model with several dataset sizes: where it turns is the double-descent
+    point."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in models:
+        pts = m["curve"]
+        ax.plot(
+            [p["entropy_bits"] / m["capacity_bits"] for p in pts],
+            [p["held_out_loss"] for p in pts],
+            marker="o",
+            label=f"{m['name']} ({m['params']['total']:,} params)",
+        )
+    ax.axvline(1.0, color="k", ls=":", lw=0.8, label="data bits = capacity")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("dataset entropy / model capacity")
+    ax.set_ylabel("held-out loss (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return save(fig, path)

@@ -25,7 +25,7 @@ from recall_bench.metrics import sequence_stats, summarize_in_weight
 from recall_bench.model import ModelConfig, count_params
 from recall_bench.records import environment, new_record, read_json, write_json_atomic
 from recall_bench.tool import ERROR_STATUS, OK, Store, build_store
-from recall_bench.train import Task, TrainConfig, TrainResult, train_models
+from recall_bench.train import Task, TrainConfig, TrainResult, plateaued, train_models
 from recall_bench.worlds import FactSpec, FactWorld, make_fact_world, spec_hash
 
 MODES = ("in-weight", "in-tool")
@@ -296,6 +296,7 @@ def make_record(cfg: RunConfig, world, result: TrainResult, k: int, metrics, tas
             "exposures_per_fact": steps * train_cfg.batch_size / len(task.train.tokens),
             "stop_reason": reason,
             "converged": reason in ("recall", "plateau"),
+            "plateaued": plateaued(history, train_cfg, float(task.monitor_bits.sum())),
             "final_loss": history[-1]["loss"],
             "wall_s": result.wall_s,
             "compile_s": result.compile_s,
