@@ -192,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     from recall_bench.leaderboard import add_leaderboard_parser
 
     add_leaderboard_parser(sub)
+    from recall_bench.experiments.capacity import add_capacity_parser
+    from recall_bench.experiments.sweep import add_sweep_parser
+
+    add_sweep_parser(sub)
+    add_capacity_parser(sub)
     return parser
 
 

@@ -157,6 +157,7 @@ def degradation(rows: list[dict], base: dict, path: str | Path) -> Path:
     axes[0].set_ylim(-0.02, 1.02)
     axes[1].set_ylim(-0.02, 1.02)
     axes[2].set_yscale("symlog", linthresh=1e-3)
+    axes[2].set_ylim(bottom=0)
     axes[1].legend()
     fig.tight_layout()
     return save(fig, path)

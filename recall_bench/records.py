@@ -44,6 +44,8 @@ BETTER = {
     "store_errors": "lower",
     "lookup_s": "lower",
     "eval_s": "lower",
+    "train_loss": "lower",
+    "held_out_loss": "lower",
     "general_accuracy": "higher",
     "general_loss": "lower",
     "kl": "lower",

@@ -269,10 +269,30 @@ def finish(
     return record
 
 
+def train_info(train_cfg: TrainConfig, result: TrainResult, k: int, task: Task) -> dict:
+    """The `train` block of a record: budget, steps, exposures, why and whether it stopped."""
+    steps, history, reason = result.steps[k], result.history[k], result.stop_reason[k]
+    n_trained = len(task.train.tokens)
+    return {
+        "steps": steps,
+        "budget": train_cfg.budget,
+        "batch_size": train_cfg.batch_size,
+        "lr": train_cfg.lr,
+        "trained_facts": n_trained,
+        "exposures_per_fact": steps * train_cfg.batch_size / n_trained,
+        "stop_reason": reason,
+        "converged": reason in ("recall", "plateau"),
+        "plateaued": plateaued(history, train_cfg, float(task.monitor_bits.sum())),
+        "final_loss": history[-1]["loss"],
+        "wall_s": result.wall_s,
+        "compile_s": result.compile_s,
+        "ensemble_size": len(result.steps),
+        "history": history,
+    }
+
+
 def make_record(cfg: RunConfig, world, result: TrainResult, k: int, metrics, task) -> dict:
     spec = world.spec
-    train_cfg = cfg.train_config()
-    steps, history, reason = result.steps[k], result.history[k], result.stop_reason[k]
     return new_record(
         mode=cfg.mode,
         n_facts=spec.n_facts,
@@ -287,22 +307,7 @@ def make_record(cfg: RunConfig, world, result: TrainResult, k: int, metrics, tas
         },
         model=dataclasses.asdict(cfg.model_config()),
         params=count_params(result.model(k)),
-        train={
-            "steps": steps,
-            "budget": train_cfg.budget,
-            "batch_size": train_cfg.batch_size,
-            "lr": train_cfg.lr,
-            "trained_facts": len(task.train.tokens),
-            "exposures_per_fact": steps * train_cfg.batch_size / len(task.train.tokens),
-            "stop_reason": reason,
-            "converged": reason in ("recall", "plateau"),
-            "plateaued": plateaued(history, train_cfg, float(task.monitor_bits.sum())),
-            "final_loss": history[-1]["loss"],
-            "wall_s": result.wall_s,
-            "compile_s": result.compile_s,
-            "ensemble_size": len(result.steps),
-            "history": history,
-        },
+        train=train_info(cfg.train_config(), result, k, task),
         metrics=metrics,
     )
 

@@ -1,0 +1,434 @@
+"""Capacity measurements from run records: the random-token probe (Morris et al.), each
+model's bits-memorized curve and capacity, the bits/param fit per world kind and dtype, and
+the params-for-recall table (Houliston et al.).
+
+Random-token cells are sweep cells of mode "random-tokens": n_facts uniform random
+sequences of `length` tokens over `vocab`, every token after the first a target, so each
+sequence carries (length - 1) log2 vocab bits (invariant 3). Their held-out loss is taken
+on fresh sequences from an independent stream; the uniform guess scores ln vocab.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import shlex
+import shutil
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recall_bench import capacity, formats, plots
+from recall_bench.experiments.run import group_key, train_info
+from recall_bench.metrics import sequence_stats, summarize_in_weight
+from recall_bench.model import ModelConfig, count_params
+from recall_bench.records import environment, new_record, read_json, write_json_atomic
+from recall_bench.train import Task, TrainConfig, TrainResult, train_models
+from recall_bench.worlds import TokenSpec, make_token_world, spec_hash
+
+TOKENS = "random-tokens"
+HELD_OUT_SEED = 1 << 20  # held-out sequences: TokenSpec seed offset, an independent stream
+PUBLISHED = {"facts": 2.0, TOKENS: 3.6}  # bits/param: Allen-Zhu & Li; Morris et al.
+RECALL_TARGET = 0.95
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenRunConfig:
+    """A random-token cell; n_facts counts sequences (one sequence = one datum)."""
+
+    mode: str = TOKENS
+    n_facts: int = 256
+    length: int = 16
+    vocab: int = 64
+    layers: int = 1
+    width: int = 32
+    heads: int = 4
+    mlp_ratio: int = 4
+    dtype: str = "float32"
+    steps: int = 3000
+    batch_size: int = 256
+    lr: float = 1e-2
+    seed: int = 0
+    held_out: int = 512  # fresh sequences scored for the held-out loss
+
+    def __post_init__(self) -> None:
+        if self.mode != TOKENS:
+            raise ValueError(f"TokenRunConfig mode must be {TOKENS!r}, got {self.mode!r}")
+        self.spec  # noqa: B018 - validates n_facts, length and vocab
+        self.model_config()
+
+    @property
+    def spec(self) -> TokenSpec:
+        return TokenSpec(self.n_facts, self.length, self.vocab, self.seed)
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(
+            vocab_size=self.vocab,
+            max_len=self.length,
+            layers=self.layers,
+            width=self.width,
+            heads=self.heads,
+            mlp_ratio=self.mlp_ratio,
+            dtype=self.dtype,
+        )
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr)
+
+
+def token_task(cfg: TokenRunConfig) -> Task:
+    """All sequences train; up to monitor_facts of them decide when training stops."""
+    train = formats.render_tokens(make_token_world(cfg.spec))
+    limit = cfg.train_config().monitor_facts
+    rows = np.sort(np.random.default_rng([cfg.seed, 3]).permutation(cfg.n_facts)[:limit])
+    monitor = formats.Sequences(
+        train.tokens[rows], train.loss_mask[rows], train.value_mask[rows], 1
+    )
+    return Task(train, monitor, np.full(len(rows), cfg.spec.bits_per_sequence))
+
+
+def run_token_group(
+    cfgs: list[TokenRunConfig],
+    out_dirs: list[str | Path | None],
+    progress: bool = True,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+) -> list[dict[str, Any]]:
+    """Train random-token cells differing only in seed as one ensemble, record each one,
+    then drop the ensemble's checkpoints (like run_group)."""
+    if len({group_key(c) for c in cfgs}) != 1:
+        raise ValueError("run_token_group needs configs that differ only in seed")
+    tasks = [token_task(c) for c in cfgs]
+    result = train_models(
+        cfgs[0].model_config(),
+        cfgs[0].train_config(),
+        tasks,
+        [c.seed for c in cfgs],
+        progress=progress,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+    )
+    records = []
+    for k, (cfg, task, out_dir) in enumerate(zip(cfgs, tasks, out_dirs, strict=True)):
+        record = token_record(cfg, task, result, k)
+        if out_dir is not None:
+            write_json_atomic(Path(out_dir) / "record.json", record)
+        records.append(record)
+    if checkpoint_dir is not None:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    return records
+
+
+def token_record(cfg: TokenRunConfig, task: Task, result: TrainResult, k: int) -> dict:
+    """Bits memorized on the training sequences and loss on held-out ones, as a run record."""
+    params, spec, train_cfg = result.model(k), cfg.spec, cfg.train_config()
+    n_params = count_params(params)
+    seqs = task.train
+    stats = sequence_stats(result.graphdef, params, seqs.tokens, seqs.loss_mask, seqs.value_mask)
+    metrics = summarize_in_weight(
+        stats,
+        seqs.value_mask,
+        np.full(spec.n_sequences, spec.bits_per_sequence),
+        n_params["total"],
+        n_params["non_embedding"],
+    )
+    held = formats.render_tokens(
+        make_token_world(
+            dataclasses.replace(spec, n_sequences=cfg.held_out, seed=cfg.seed + HELD_OUT_SEED)
+        )
+    )
+    held_stats = sequence_stats(
+        result.graphdef, params, held.tokens, held.loss_mask, held.value_mask
+    )
+    metrics.update(
+        train_loss=float(stats["loss_sum"].sum() / seqs.loss_mask[:, 1:].sum()),
+        held_out_loss=float(held_stats["loss_sum"].sum() / held.loss_mask[:, 1:].sum()),
+        uniform_loss=math.log(cfg.vocab),
+    )
+    return new_record(
+        mode=TOKENS,
+        n_facts=spec.n_sequences,
+        bits_per_fact=spec.bits_per_sequence,
+        seed=cfg.seed,
+        config=dataclasses.asdict(cfg),
+        world={
+            "kind": TOKENS,
+            "spec": dataclasses.asdict(spec),
+            "hash": spec_hash(spec),
+            "entropy_bits": spec.entropy_bits,
+        },
+        model=dataclasses.asdict(cfg.model_config()),
+        params=n_params,
+        train=train_info(train_cfg, result, k, task),
+        metrics=metrics,
+    )
+
+
+def load_records(folders: list[str | Path]) -> list[dict]:
+    """Every record.json under the folders; a config recorded twice (e.g. in two shards'
+    folders) counts once, the newest record kept."""
+    newest: dict[str, dict] = {}
+    for folder in folders:
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"{folder} is not a folder of run records")
+        for path in sorted(Path(folder).rglob("record.json")):
+            record = read_json(path)
+            key = json.dumps(record["config"], sort_keys=True)
+            if key not in newest or record["created"] > newest[key]["created"]:
+                newest[key] = record
+    return list(newest.values())
+
+
+def model_name(model: dict) -> str:
+    return f"L{model['layers']}-d{model['width']}"
+
+
+def model_capacity(records: list[dict]) -> dict:
+    """One model's bits-memorized curve over fact counts (seeds side by side) and its
+    capacity: per seed the maximum over fact counts, then the mean over seeds."""
+    counts = sorted({r["n_facts"] for r in records})
+    seeds = sorted({r["seed"] for r in records})
+    bits = np.full((len(seeds), len(counts)), np.nan)
+    cells = defaultdict(list)
+    for r in records:
+        bits[seeds.index(r["seed"]), counts.index(r["n_facts"])] = r["metrics"]["bits_memorized"]
+        cells[r["n_facts"]].append(r)
+    curve = []
+    for n in counts:
+        rs = sorted(cells[n], key=lambda r: r["seed"])
+        point = {
+            "n_facts": n,
+            "entropy_bits": rs[0]["world"]["entropy_bits"],
+            "bits": float(np.mean([r["metrics"]["bits_memorized"] for r in rs])),
+            "bits_by_seed": [r["metrics"]["bits_memorized"] for r in rs],
+            "recall": float(np.mean([r["metrics"]["recall"] for r in rs])),
+            "steps": [r["train"]["steps"] for r in rs],
+            "stop_reason": [r["train"]["stop_reason"] for r in rs],
+            "converged": all(r["train"]["converged"] for r in rs),
+        }
+        if "held_out_loss" in rs[0]["metrics"]:
+            point["held_out_loss"] = float(np.mean([r["metrics"]["held_out_loss"] for r in rs]))
+        curve.append(point)
+    cap = capacity.capacity_per_seed(bits)
+    best = max(curve, key=lambda p: p["bits"])
+    params = records[0]["params"]
+    out = {
+        "name": model_name(records[0]["model"]),
+        "model": records[0]["model"],
+        "params": params,
+        "capacity_bits": float(cap.mean()),
+        "capacity_bits_by_seed": cap.tolist(),
+        "bits_per_param": float(cap.mean() / params["total"]),
+        "bits_per_param_non_embedding": float(cap.mean() / params["non_embedding"]),
+        "best_n_facts": best["n_facts"],
+        # held < 95% of the best count's entropy: the model, not the data, set the maximum
+        "saturated": best["bits"] < 0.95 * best["entropy_bits"],
+        "converged": best["converged"],
+        "curve": curve,
+    }
+    if len(curve) >= 3 and all("held_out_loss" in p for p in curve):
+        out["loss_peak"] = capacity.loss_peak(
+            [p["entropy_bits"] for p in curve],
+            [p["held_out_loss"] for p in curve],
+            out["capacity_bits"],
+        )
+    return out
+
+
+def capacity_summary(records: list[dict]) -> list[dict]:
+    """Per world kind and dtype: each model's capacity and the bits/param fit over models
+    (total and non-embedding counts). In-tool records are left out: their bits are read
+    from the store, not held in the weights."""
+    by_model = defaultdict(list)
+    for r in records:
+        if r["mode"] != "in-tool":
+            by_model[(r["world"]["kind"], r["model"]["dtype"], json.dumps(r["model"]))].append(r)
+    groups = defaultdict(list)
+    for (kind, dtype, _), rs in by_model.items():
+        groups[(kind, dtype)].append(model_capacity(rs))
+    summary = []
+    for (kind, dtype), models in sorted(groups.items()):
+        models.sort(key=lambda m: m["params"]["total"])
+        caps = [m["capacity_bits_by_seed"] for m in models]
+        summary.append(
+            {
+                "world": kind,
+                "dtype": dtype,
+                "models": models,
+                "fit": capacity.fit_bits_per_param([m["params"]["total"] for m in models], caps),
+                "fit_non_embedding": capacity.fit_bits_per_param(
+                    [m["params"]["non_embedding"] for m in models], caps
+                ),
+                "all_saturated_and_converged": all(
+                    m["saturated"] and m["converged"] for m in models
+                ),
+                "published_bits_per_param": PUBLISHED.get(kind),
+            }
+        )
+    return summary
+
+
+def params_for_recall(
+    records: list[dict], target: float = RECALL_TARGET, dtype: str = "float32"
+) -> list[dict]:
+    """For each mode and fact count, the smallest model (total params) whose recall, mean
+    over its seeds, reaches `target`; params None where no model of the sweep did."""
+    cells = defaultdict(list)
+    for r in records:
+        if r["model"]["dtype"] == dtype and r["mode"] != TOKENS:
+            cells[(r["mode"], r["n_facts"], json.dumps(r["model"]))].append(r)
+    tried = defaultdict(list)
+    for (mode, n, _), rs in cells.items():
+        recall = float(np.mean([r["metrics"]["recall"] for r in rs]))
+        tried[(mode, n)].append((rs[0]["params"]["total"], model_name(rs[0]["model"]), recall))
+    rows = []
+    for (mode, n), models in sorted(tried.items()):
+        passing = sorted(m for m in models if m[2] >= target)
+        params, name, recall = passing[0] if passing else (None, None, None)
+        rows.append(
+            {
+                "n_facts": n,
+                "mode": mode,
+                "params": params,
+                "model": name,
+                "recall": recall,
+                "best_recall": max(m[2] for m in models),
+                "largest_params_tried": max(m[0] for m in models),
+            }
+        )
+    return rows
+
+
+def format_capacity(groups: list[dict]) -> str:
+    """Terminal table of capacity_summary."""
+    lines = []
+    for g in groups:
+        fit, fit_ne = g["fit"], g["fit_non_embedding"]
+        lines.append(
+            f"{g['world']} {g['dtype']}: {fit['bits_per_param']:.2f} bits/param "
+            f"[{fit['interval'][0]:.2f}, {fit['interval'][1]:.2f}], non-embedding "
+            f"{fit_ne['bits_per_param']:.2f} [{fit_ne['interval'][0]:.2f}, "
+            f"{fit_ne['interval'][1]:.2f}]; published {g['published_bits_per_param']}"
+        )
+        lines.append(
+            f"  {'model':<8} {'params':>8} {'non-emb':>8} {'capacity':>9} {'bits/param':>10} "
+            f"{'best n':>7}  status"
+        )
+        for m in g["models"]:
+            status = ("saturated" if m["saturated"] else "data-limited (lower bound)") + (
+                "" if m["converged"] else ", unconverged"
+            )
+            lines.append(
+                f"  {m['name']:<8} {m['params']['total']:>8,} {m['params']['non_embedding']:>8,} "
+                f"{m['capacity_bits']:>9,.0f} {m['bits_per_param']:>10.2f} "
+                f"{m['best_n_facts']:>7}  {status}"
+            )
+            if "loss_peak" in m:
+                peak = m["loss_peak"]
+                lines.append(
+                    f"  {'':<8} held-out loss peaks at {peak['dataset_bits']:,.0f} data bits "
+                    f"= {peak['over_capacity']:.2f} x capacity"
+                    + ("" if peak["turned"] else " (at an end of the range: no turn seen)")
+                )
+    return "\n".join(lines)
+
+
+def format_params_for_recall(rows: list[dict]) -> str:
+    lines = [f"{'mode':<10} {'facts':>6} {'params':>8} {'model':<8} {'recall':>7}"]
+    for r in rows:
+        if r["params"] is None:
+            lines.append(
+                f"{r['mode']:<10} {r['n_facts']:>6} {'none':>8} {'-':<8} "
+                f"{r['best_recall']:>7.3f}  (best of models up to {r['largest_params_tried']:,})"
+            )
+        else:
+            lines.append(
+                f"{r['mode']:<10} {r['n_facts']:>6} {r['params']:>8,} {r['model']:<8} "
+                f"{r['recall']:>7.3f}"
+            )
+    return "\n".join(lines)
+
+
+def write_plots(cap: list[dict], rows: list[dict], folder: str | Path) -> list[str]:
+    """The capacity figures into folder (held-out loss only for random tokens); their
+    paths."""
+    folder = Path(folder)
+    paths = [plots.capacity_vs_params(cap, folder / "capacity_vs_params.png")]
+    for g in cap:
+        name = f"bits_vs_facts_{g['world']}_{g['dtype']}.png"
+        paths.append(plots.bits_vs_facts(g["models"], folder / name, f"{g['world']}, {g['dtype']}"))
+        curves = [m for m in g["models"] if "loss_peak" in m]
+        if curves:
+            name = f"held_out_loss_{g['world']}_{g['dtype']}.png"
+            paths.append(plots.held_out_loss_vs_data(curves, folder / name))
+    if rows:
+        paths.append(plots.params_for_recall(rows, folder / "params_for_recall.png"))
+    return [str(p) for p in paths]
+
+
+def command_line() -> str:
+    """How this process was invoked, as a recall-bench command to regenerate its output."""
+    return shlex.join(["recall-bench", *sys.argv[1:]])
+
+
+def add_capacity_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "capacity",
+        help="capacity fits and params-for-recall from finished sweep folders",
+        description="Reads every record.json under the folders (e.g. a sweep, or its shards), "
+        "computes each model's capacity (max bits memorized over fact counts), the bits/param "
+        "fit with a bootstrap interval over seeds per world kind and dtype, and the smallest "
+        f"model reaching {RECALL_TARGET:.0%} recall per fact count and mode.",
+    )
+    p.add_argument("folders", nargs="+", type=Path, metavar="SWEEP_DIR")
+    p.add_argument("--plots", type=Path, metavar="DIR", help="write the figures into DIR")
+    p.add_argument(
+        "--params-for-recall",
+        type=Path,
+        metavar="FILE",
+        help="write the params-for-recall table with its provenance to FILE",
+    )
+    p.add_argument("--json", action="store_true", help="print the summary JSON only")
+    p.set_defaults(func=cmd_capacity)
+
+
+def cmd_capacity(args: argparse.Namespace) -> int:
+    records = load_records(args.folders)
+    if not records:
+        raise ValueError(f"no record.json under {', '.join(map(str, args.folders))}")
+    cap, rows = capacity_summary(records), params_for_recall(records)
+    summary: dict[str, Any] = {
+        "sources": [str(f) for f in args.folders],
+        "records": len(records),
+        "capacity": cap,
+        "params_for_recall": rows,
+    }
+    if args.plots is not None:
+        summary["plots"] = write_plots(cap, rows, args.plots)
+    if args.params_for_recall is not None:
+        env = environment()
+        write_json_atomic(
+            args.params_for_recall,
+            {
+                "target_recall": RECALL_TARGET,
+                "dtype": "float32",
+                "rows": rows,
+                "provenance": {
+                    "command": command_line(),
+                    "sources": summary["sources"],
+                    "git_commit": env["git_commit"],
+                    "git_dirty": env["git_dirty"],
+                },
+            },
+        )
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(format_capacity(cap))
+        print(format_params_for_recall(rows))
+    return 0

@@ -1,0 +1,406 @@
+"""Sweeps: a grid of runs from a TOML file, trained as seed ensembles, resumable, shardable.
+
+    name = "capacity"                 # optional; default the file's stem
+    out = "results/capacity/sweep"    # optional; default recall_bench_out/sweeps/<name>
+    [defaults]                        # optional: config fields for every cell
+    steps = 2000
+    [[grid]]                          # one or more; the sweep is the union of their cells
+    mode = ["in-weight", "in-tool"]   # in-weight | in-tool | random-tokens
+    width = [8, 16, 32]               # a list is an axis: the grid is their product
+    n_facts = [256, 1024]             # random-tokens: the number of sequences
+    seed = [0, 1, 2]
+    layers = 1                        # a scalar is a fixed field of this grid
+
+Keys are the fields of RunConfig (fact modes) or TokenRunConfig (random-tokens). Each cell
+writes <out>/<cell>/record.json; cells differing only in seed train as one ensemble
+(run_group); a cell whose record holds the same config is never run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+from recall_bench.experiments import capacity
+from recall_bench.experiments.capacity import TOKENS, TokenRunConfig, run_token_group
+from recall_bench.experiments.default import summary_row
+from recall_bench.experiments.run import RunConfig, group_key, run_group
+from recall_bench.records import clean_json, environment, read_json, write_json_atomic
+from recall_bench.worlds import SpecError
+
+CONFIGS = {"in-weight": RunConfig, "in-tool": RunConfig, TOKENS: TokenRunConfig}
+TOP_KEYS = ("name", "out", "defaults", "grid")
+TYPES = {  # field annotation -> (check, words for the error message)
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "tuple[int, ...]": (
+        lambda v: isinstance(v, list) and all(TYPES["int"][0](x) for x in v),
+        "a list of integers",
+    ),
+}
+
+Config = RunConfig | TokenRunConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    name: str
+    out: Path | None
+    cells: tuple[Config, ...]  # unique, in grid order
+
+
+def field_types(cls: type) -> dict[str, str]:
+    return {f.name: f.type for f in dataclasses.fields(cls)}
+
+
+def known_keys() -> list[str]:
+    return sorted({k for cls in CONFIGS.values() for k in field_types(cls)})
+
+
+def is_axis(key: str, value: Any, cls: type) -> bool:
+    """A list is an axis, except for a list-valued field, whose axis is a list of lists."""
+    if field_types(cls)[key].startswith("tuple"):
+        return isinstance(value, list) and bool(value) and isinstance(value[0], list)
+    return isinstance(value, list)
+
+
+def check_value(key: str, value: Any, cls: type, where: str) -> Any:
+    """The value as the config field wants it; a ValueError naming the key if its type is
+    wrong."""
+    check, words = TYPES[field_types(cls)[key]]
+    if not check(value):
+        raise ValueError(f"{where}: {key} must be {words}, got {value!r}")
+    return tuple(value) if isinstance(value, list) else value
+
+
+def expand_grid(grid: dict, defaults: dict, overrides: dict, where: str) -> list[Config]:
+    """Every cell of one [[grid]] table, validated: defaults fill missing keys, overrides
+    replace the keys they apply to."""
+    modes = grid.get("mode")
+    if modes is None:
+        raise ValueError(f"{where}: missing key 'mode' (one of {sorted(CONFIGS)}, or a list)")
+    modes = modes if isinstance(modes, list) else [modes]
+    cells = []
+    for mode in modes:
+        if not isinstance(mode, str) or mode not in CONFIGS:
+            raise ValueError(f"{where}: mode {mode!r} is not one of {sorted(CONFIGS)}")
+        cls = CONFIGS[mode]
+        axes: dict[str, list] = {}
+        own = {k: v for k, v in overrides.items() if k in field_types(cls)}
+        for key, value in {**grid, **own}.items():
+            if key == "mode":
+                continue
+            if key not in field_types(cls):
+                hint = (
+                    f"it does not apply to mode {mode!r}"
+                    if key in known_keys()
+                    else f"known keys: {', '.join(known_keys())}"
+                )
+                raise ValueError(f"{where}: unknown key {key!r} ({hint})")
+            values = value if is_axis(key, value, cls) else [value]
+            if not values:
+                raise ValueError(f"{where}: {key} is an empty list")
+            axes[key] = [check_value(key, v, cls, where) for v in values]
+        base = {
+            k: check_value(k, v, cls, "[defaults]")
+            for k, v in defaults.items()
+            if k in field_types(cls)
+        }
+        for combo in itertools.product(*axes.values()):
+            fields = {**base, **dict(zip(axes, combo, strict=True)), "mode": mode}
+            try:
+                cells.append(cls(**fields))
+                cells[-1].model_config()  # checks the model shape now, not mid-sweep
+            except (ValueError, SpecError) as err:
+                raise ValueError(f"{where}: cell {fields}: {err}") from None
+    return cells
+
+
+def parse_sweep(data: dict, name: str, overrides: dict | None = None) -> Sweep:
+    """A sweep from parsed TOML; overrides (key -> value or axis list) replace that key in
+    every cell it applies to."""
+    unknown = sorted(set(data) - set(TOP_KEYS))
+    if unknown:
+        raise ValueError(f"unknown top-level key {unknown[0]!r}: use {', '.join(TOP_KEYS)}")
+    defaults = data.get("defaults", {})
+    if not isinstance(defaults, dict):
+        raise ValueError("[defaults] must be a table of config fields")
+    for key, value in defaults.items():
+        owners = [cls for cls in CONFIGS.values() if key in field_types(cls)]
+        if not owners:
+            raise ValueError(
+                f"[defaults]: unknown key {key!r} (known keys: {', '.join(known_keys())})"
+            )
+        if key == "mode" or is_axis(key, value, owners[0]):
+            raise ValueError(f"[defaults]: {key} must be a single value; put axes in [[grid]]")
+        check_value(key, value, owners[0], "[defaults]")
+    grids = data.get("grid")
+    if not isinstance(grids, list) or not grids or not all(isinstance(g, dict) for g in grids):
+        raise ValueError("the sweep needs at least one [[grid]] table")
+    overrides = overrides or {}
+    for key in overrides:
+        if key not in known_keys():
+            raise ValueError(f"--set: unknown key {key!r} (known keys: {', '.join(known_keys())})")
+    cells: dict[Config, None] = {}
+    for i, grid in enumerate(grids):
+        cells.update(dict.fromkeys(expand_grid(grid, defaults, overrides, f"[[grid]] #{i + 1}")))
+    out = data.get("out")
+    if out is not None and not isinstance(out, str):
+        raise ValueError(f"out must be a string (a folder), got {out!r}")
+    sweep = Sweep(str(data.get("name", name)), None if out is None else Path(out), tuple(cells))
+    groups(sweep.cells)  # checks that names are unique
+    return sweep
+
+
+def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
+    """Read and validate a sweep file; overrides are KEY=VALUE strings, VALUE in TOML
+    syntax (steps=100, seed=[0, 1])."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{path}: not valid TOML: {err}") from None
+    parsed = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        try:
+            if not sep:
+                raise tomllib.TOMLDecodeError("no '='")
+            parsed[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            raise ValueError(f"--set {item!r}: write KEY=VALUE with a TOML value") from None
+    return parse_sweep(data, path.stem, parsed)
+
+
+def group_name(cfg: Config) -> str:
+    prefix = f"{TOKENS}-V{cfg.vocab}-S{cfg.length}" if cfg.mode == TOKENS else cfg.mode
+    return f"{prefix}-n{cfg.n_facts}-L{cfg.layers}-d{cfg.width}-{cfg.dtype}"
+
+
+def cell_name(cfg: Config) -> str:
+    return f"{group_name(cfg)}-s{cfg.seed}"
+
+
+def groups(cells: tuple[Config, ...] | list[Config]) -> list[list[Config]]:
+    """Cells differing only in seed, as ensembles in order of first appearance; a
+    ValueError if two different ensembles would share a folder name."""
+    by_key: dict[Config, list[Config]] = {}
+    for cfg in cells:
+        by_key.setdefault(group_key(cfg), []).append(cfg)
+    names: dict[str, Config] = {}
+    for key in by_key:
+        if names.setdefault(group_name(key), key) != key:
+            raise ValueError(
+                f"two different groups of cells are both named {group_name(key)!r}: they differ "
+                "in a field the name leaves out; put them in separate sweeps"
+            )
+    return list(by_key.values())
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'i/n' -> (i, n) with 0 <= i < n."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: write i/n, e.g. 0/4") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: needs 0 <= i < n")
+    return i, n
+
+
+def shard_groups(cells: tuple[Config, ...], shard: tuple[int, int]) -> list[list[Config]]:
+    """Ensemble j belongs to shard j mod n: the same file gives every shard the same share."""
+    i, n = shard
+    return [g for j, g in enumerate(groups(cells)) if j % n == i]
+
+
+def finished(cfg: Config, out: Path, resume: bool) -> dict | None:
+    """The cell's record if it already holds this config; None if the cell has not run."""
+    path = out / cell_name(cfg) / "record.json"
+    if not path.exists():
+        return None
+    record = read_json(path)
+    if record.get("config") != clean_json(dataclasses.asdict(cfg)):
+        raise ValueError(
+            f"{path} records a different config than the sweep now asks for: remove that "
+            "folder to rerun it, or choose another --out"
+        )
+    if not resume:
+        raise ValueError(
+            f"{out} holds finished cells: pass --resume to keep them, or choose another --out"
+        )
+    return record
+
+
+def run_sweep(
+    sweep: Sweep,
+    out: str | Path,
+    shard: tuple[int, int] = (0, 1),
+    resume: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Run this shard's missing cells (an ensemble per group), then write and return the
+    summary of all its cells."""
+    out, t0 = Path(out), time.perf_counter()
+    mine = shard_groups(sweep.cells, shard)
+    todo = []
+    for group in mine:
+        missing = [cfg for cfg in group if finished(cfg, out, resume) is None]
+        if missing:
+            todo.append(missing)
+    for j, group in enumerate(todo, 1):
+        name = group_name(group[0])
+        seeds = [c.seed for c in group]
+        if progress:
+            print(f"[{j}/{len(todo)}] {name}, seeds {seeds}", file=sys.stderr)
+        runner = run_token_group if group[0].mode == TOKENS else run_group
+        ckpt = out / "checkpoints" / f"{name}-s{'-'.join(map(str, seeds))}"
+        for r in runner(group, [out / cell_name(c) for c in group], progress, ckpt, resume):
+            if progress:
+                print(f"    {cell_summary(r)}", file=sys.stderr)
+    if (out / "checkpoints").is_dir() and not any((out / "checkpoints").iterdir()):
+        (out / "checkpoints").rmdir()  # every group's checkpoints go once its records exist
+    records = [read_json(out / cell_name(c) / "record.json") for g in mine for c in g]
+    summary = sweep_summary(records, sweep.name, shard)
+    summary.update(ran=sum(map(len, todo)), wall_s=time.perf_counter() - t0, out=str(out))
+    summary["plots"] = capacity.write_plots(summary["capacity"], summary["params_for_recall"], out)
+    name = "summary.json" if shard == (0, 1) else f"summary-shard-{shard[0]}-of-{shard[1]}.json"
+    write_json_atomic(out / name, summary)
+    return summary
+
+
+def cell_summary(record: dict) -> str:
+    m, t = record["metrics"], record["train"]
+    return (
+        f"seed {record['seed']}: recall {m['recall']:.3f}, {m['bits_memorized']:,.0f} bits "
+        f"({m['bits_per_param']:.2f}/param), {t['steps']} steps, {t['stop_reason']}"
+    )
+
+
+def config_of(record: dict) -> Config:
+    return CONFIGS[record["mode"]](**record["config"])
+
+
+def cell_row(record: dict) -> dict:
+    """One summary row per cell: the default benchmark's row plus the model and seed."""
+    model = record["model"]
+    return {
+        "cell": cell_name(config_of(record)),
+        **summary_row(record),
+        "layers": model["layers"],
+        "width": model["width"],
+        "dtype": model["dtype"],
+        "seed": record["seed"],
+        "params_non_embedding": record["params"]["non_embedding"],
+        "converged": record["train"]["converged"],
+        "held_out_loss": record["metrics"].get("held_out_loss"),
+    }
+
+
+def sweep_summary(records: list[dict], name: str, shard: tuple[int, int] | None) -> dict:
+    """Cells, capacity fits and params-for-recall of a set of records."""
+    rows = sorted((cell_row(r) for r in records), key=lambda r: r["cell"])
+    ensembles = {}  # cells of one ensemble share its wall time: count it once
+    for r in records:
+        key = (group_name(config_of(r)), r["train"]["wall_s"])
+        ensembles[key] = r["train"]["wall_s"] + r["train"]["compile_s"]
+    env = environment()
+    return {
+        "format": "recall_bench.sweep/1",
+        "name": name,
+        "command": capacity.command_line(),
+        "shard": None if shard is None else list(shard),
+        "n_cells": len(rows),
+        "train_s": sum(ensembles.values()),
+        "cells": rows,
+        "capacity": capacity.capacity_summary(records),
+        "params_for_recall": capacity.params_for_recall(records),
+        "env": {k: env[k] for k in ("device_kind", "cpu_count", "jax", "git_commit", "git_dirty")},
+    }
+
+
+def merge(folders: list[str | Path], output: str | Path) -> dict:
+    """One summary of the records of several shards' folders, written to `output`."""
+    records = capacity.load_records(folders)
+    if not records:
+        raise ValueError(f"no record.json under {', '.join(map(str, folders))}")
+    summary = sweep_summary(records, "merged", None)
+    summary["sources"] = [str(f) for f in folders]
+    write_json_atomic(output, summary)
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    """Terminal table: every cell, then capacity and params-for-recall."""
+    lines = [
+        f"sweep {summary['name']}: {summary['n_cells']} cells, {summary['train_s']:.0f} s of "
+        "training",
+        f"{'cell':<44} {'params':>7} {'recall':>7} {'bits':>8} {'b/param':>7} {'steps':>6}  stop",
+    ]
+    for r in summary["cells"]:
+        lines.append(
+            f"{r['cell']:<44} {r['params']:>7,} {r['recall']:>7.3f} {r['bits_memorized']:>8,.0f} "
+            f"{r['bits_per_param']:>7.2f} {r['steps']:>6}  {r['stop_reason']}"
+        )
+    if summary["capacity"]:
+        lines += ["", capacity.format_capacity(summary["capacity"])]
+    if summary["params_for_recall"]:
+        lines += ["", capacity.format_params_for_recall(summary["params_for_recall"])]
+    return "\n".join(lines)
+
+
+def add_sweep_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "sweep",
+        help="run a grid of cells from a TOML file (or merge shards' records)",
+        description="recall-bench sweep CONFIG.toml [--out DIR] [--shard i/n] [--resume] | "
+        "recall-bench sweep merge DIR... -o SUMMARY.json. Cells differing only in seed train "
+        "as one ensemble; a cell whose record holds the same config is never rerun.",
+    )
+    p.add_argument("target", nargs="+", metavar="CONFIG.toml | merge DIR...")
+    p.add_argument("--out", type=Path, help="output folder (default: the file's `out`)")
+    p.add_argument(
+        "--shard", type=parse_shard, default=(0, 1), help="run ensembles j with j mod n = i"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key in every grid, VALUE in TOML (steps=100, seed=[0,1])",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="keep finished cells, continue killed ones"
+    )
+    p.add_argument("--json", action="store_true", help="print the summary JSON only")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("-o", "--output", type=Path, help="merge: the summary file to write")
+    p.set_defaults(func=cmd_sweep)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    if args.target[0] == "merge":
+        if len(args.target) < 2 or args.output is None:
+            raise ValueError("sweep merge needs folders and -o SUMMARY.json")
+        summary = merge(args.target[1:], args.output)
+    else:
+        if len(args.target) != 1:
+            raise ValueError("give one sweep file (or: sweep merge DIR... -o SUMMARY.json)")
+        sweep = load_sweep(args.target[0], args.overrides)
+        out = args.out or sweep.out or Path("recall_bench_out/sweeps") / sweep.name
+        summary = run_sweep(sweep, out, args.shard, args.resume, not (args.quiet or args.json))
+    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    return 0

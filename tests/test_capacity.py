@@ -1,0 +1,85 @@
+"""Capacity math: the bits/param fit recovers a known slope, capacity is the curve's maximum,
+and the params-for-recall table picks the smallest passing model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from recall_bench import capacity
+from recall_bench.experiments.capacity import capacity_summary, params_for_recall
+
+
+def test_fit_recovers_known_slope_with_interval():
+    rng = np.random.default_rng(0)
+    params = np.array([2_000, 6_000, 20_000, 60_000])
+    caps = [2.7 * p * (1 + 0.05 * rng.standard_normal(5)) for p in params]
+    fit = capacity.fit_bits_per_param(params, caps, n_boot=500)
+    assert fit["bits_per_param"] == pytest.approx(2.7, rel=0.03)
+    low, high = fit["interval"]
+    assert low < fit["bits_per_param"] < high
+    assert low < 2.7 < high
+    assert high - low < 0.3
+    assert (fit["n_models"], fit["n_seeds"]) == (4, 5)
+
+
+def test_fit_without_noise_is_exact():
+    params = [1_000, 4_000, 9_000]
+    fit = capacity.fit_bits_per_param(params, [np.full(3, 3.6 * p) for p in params], n_boot=50)
+    assert fit["bits_per_param"] == pytest.approx(3.6)
+    assert fit["interval"] == pytest.approx([3.6, 3.6])
+
+
+def test_fit_rejects_mismatched_inputs():
+    with pytest.raises(ValueError, match="one capacity array"):
+        capacity.fit_bits_per_param([1, 2], [np.ones(3)])
+
+
+def test_capacity_is_max_over_fact_counts_ignoring_missing_cells():
+    bits = np.array([[100.0, 300.0, 250.0], [120.0, np.nan, 280.0]])
+    assert capacity.capacity_per_seed(bits).tolist() == [300.0, 280.0]
+
+
+def test_loss_peak_locates_the_turn_relative_to_capacity():
+    peak = capacity.loss_peak([1e3, 4e3, 16e3, 64e3], [4.2, 4.6, 4.4, 4.3], capacity_bits=2e3)
+    assert peak == {"index": 1, "dataset_bits": 4e3, "over_capacity": 2.0, "turned": True}
+    assert not capacity.loss_peak([1, 2], [1.0, 2.0], 1.0)["turned"]
+
+
+def fake_record(mode, width, n, seed, params, bits, recall, dtype="float32"):
+    return {
+        "mode": mode,
+        "n_facts": n,
+        "seed": seed,
+        "world": {"kind": "facts", "entropy_bits": 12.0 * n},
+        "model": {"layers": 1, "width": width, "dtype": dtype},
+        "params": {"total": params, "non_embedding": params // 2},
+        "metrics": {"bits_memorized": bits, "recall": recall},
+        "train": {"steps": 100, "stop_reason": "plateau", "converged": True},
+    }
+
+
+def test_capacity_summary_and_params_for_recall_from_records():
+    records = []
+    for width, params in ((8, 1_000), (16, 4_000)):
+        for n in (64, 256, 1024):
+            for seed in (0, 1):
+                bits = min(12.0 * n, 2.0 * params)  # the model holds 2 bits/param at most
+                records.append(
+                    fake_record("in-weight", width, n, seed, params, bits, bits / (12.0 * n))
+                )
+        records += [fake_record("in-tool", width, n, 0, params, 0.0, 0.99) for n in (64, 1024)]
+    (group,) = capacity_summary(records)
+    assert [m["capacity_bits"] for m in group["models"]] == [2_000.0, 8_000.0]
+    assert group["models"][0]["best_n_facts"] == 256
+    assert all(m["saturated"] for m in group["models"])
+    assert group["fit"]["bits_per_param"] == pytest.approx(2.0)
+    assert group["fit_non_embedding"]["bits_per_param"] == pytest.approx(4.0)
+    rows = {(r["mode"], r["n_facts"]): r["params"] for r in params_for_recall(records)}
+    assert rows == {
+        ("in-tool", 64): 1_000,
+        ("in-tool", 1024): 1_000,
+        ("in-weight", 64): 1_000,
+        ("in-weight", 256): 4_000,
+        ("in-weight", 1024): None,
+    }
