@@ -193,10 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_leaderboard_parser(sub)
     from recall_bench.experiments.capacity import add_capacity_parser
+    from recall_bench.experiments.degrade import add_degrade_parser
     from recall_bench.experiments.sweep import add_sweep_parser
 
     add_sweep_parser(sub)
     add_capacity_parser(sub)
+    add_degrade_parser(sub)
     return parser
 
 

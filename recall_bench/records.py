@@ -47,6 +47,7 @@ BETTER = {
     "train_loss": "lower",
     "held_out_loss": "lower",
     "general_accuracy": "higher",
+    "general_accuracy_kept": "higher",
     "general_loss": "lower",
     "kl": "lower",
     "tv": "lower",

@@ -1,0 +1,393 @@
+"""General-ability degradation (DESIGN.md invariant 8): what storing facts costs a model that
+already knows something else, in its weights versus through a tool.
+
+A base model is trained on the general suite and saved (orbax); every cell starts from it
+and trains on N facts in one mode, all under the same recall target and step budget:
+  in-weight         the N facts, answered from the weights;
+  in-tool           tool-call traces (store of all N facts, some entities held out);
+  in-weight+replay  the N facts mixed with a fraction of general-suite sequences;
+  in-tool+replay    the traces mixed the same way.
+Each cell reports recall (real greedy decoding, the tool in the loop for in-tool), the
+held-out general suite's accuracy and loss, and KL(base || new) / TV of the next-token
+distributions at the suite's answer positions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from recall_bench import formats, general, plots
+from recall_bench.checkpoint import load_params, save_params
+from recall_bench.experiments.run import RunConfig, evaluate, make_record, make_task
+from recall_bench.model import ModelConfig, count_params, init_model
+from recall_bench.records import clean_json, environment, read_json, write_json_atomic
+from recall_bench.tool import build_store
+from recall_bench.train import Task, TrainConfig, train_models
+from recall_bench.worlds import FactWorld, make_fact_world
+
+MODES = ("in-weight", "in-tool", "in-weight+replay", "in-tool+replay")
+FACT_COUNTS = (256, 1024, 4096, 16384)
+
+
+@dataclasses.dataclass(frozen=True)
+class DegradeConfig:
+    fact_counts: tuple[int, ...] = FACT_COUNTS
+    modes: tuple[str, ...] = MODES
+    layers: int = 2
+    width: int = 48
+    heads: int = 4
+    base_steps: int = 1200  # training of the base model on the suite
+    steps: int = 500  # fact-injection step budget, the same for every mode
+    batch_size: int = 256
+    base_lr: float = 1e-2
+    lr: float = 1e-3  # fact injection (fine-tuning)
+    target_recall: float = 0.95  # injection stops once the monitored facts reach this
+    replay_fraction: float = 0.25  # share of general sequences in a replay mix
+    replay_min: int = 4096  # a replay mix holds at least this many general sequences
+    seed: int = 0  # seeds the base model, the facts and the batch streams
+    suite: general.SuiteConfig = dataclasses.field(default_factory=general.SuiteConfig)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fact_counts", tuple(self.fact_counts))
+        object.__setattr__(self, "modes", tuple(self.modes))
+        if not self.fact_counts or min(self.fact_counts) < 2:
+            raise ValueError(f"fact counts must be >= 2, got {self.fact_counts}")
+        unknown = sorted(set(self.modes) - set(MODES))
+        if unknown or not self.modes:
+            raise ValueError(f"modes must be a non-empty subset of {MODES}, got {self.modes}")
+        if not 0.0 < self.replay_fraction < 1.0:
+            raise ValueError(f"replay fraction must be in (0, 1), got {self.replay_fraction}")
+        if not 0.0 < self.target_recall <= 1.0:
+            raise ValueError(f"target recall must be in (0, 1], got {self.target_recall}")
+        self.model_config()  # validates the shape
+
+    def run_config(self, mode: str, n_facts: int) -> RunConfig:
+        """The fact side of a cell (its mode without replay)."""
+        return RunConfig(
+            mode=mode.removesuffix("+replay"),
+            n_facts=n_facts,
+            layers=self.layers,
+            width=self.width,
+            heads=self.heads,
+            steps=self.steps,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            seed=self.seed,
+        )
+
+    def model_config(self) -> ModelConfig:
+        """The fact model's shape, its position table long enough for the suite too."""
+        facts = self.run_config("in-tool", max(self.fact_counts)).model_config()
+        return dataclasses.replace(facts, max_len=max(facts.max_len, self.suite.width))
+
+    def injection_config(self) -> TrainConfig:
+        return TrainConfig(
+            steps=self.steps,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            target_recall=self.target_recall,
+        )
+
+    def base_config(self) -> TrainConfig:
+        return TrainConfig(steps=self.base_steps, batch_size=self.batch_size, lr=self.base_lr)
+
+    def base_key(self) -> dict:
+        """The settings of this config that shape the base model (checked when a saved one is
+        reused; a changed architecture default also fails the restore, by shape)."""
+        model = self.model_config()
+        return clean_json(
+            {
+                "model": {
+                    f: getattr(model, f)
+                    for f in ("vocab_size", "max_len", "layers", "width", "heads", "dtype")
+                },
+                "suite": dataclasses.asdict(self.suite),
+                "train": {
+                    "steps": self.base_steps,
+                    "batch_size": self.batch_size,
+                    "lr": self.base_lr,
+                },
+                "seed": self.seed,
+            }
+        )
+
+
+def suite_task(suite: general.Suite, monitor_rows: int = 2048) -> Task:
+    """The base model's task: the whole suite; progress is watched on its first training rows
+    (teacher-forced exact match; no bits, so it trains to its budget or to 100%)."""
+    seqs = suite.train
+    rows = slice(0, monitor_rows)
+    monitor = formats.Sequences(
+        seqs.tokens[rows], seqs.loss_mask[rows], seqs.value_mask[rows], seqs.prompt_length
+    )
+    return Task(seqs, monitor, np.zeros(len(monitor.tokens)))
+
+
+def train_base(cfg: DegradeConfig, suite: general.Suite, progress: bool = True) -> dict:
+    """Train the base model on the suite: {graphdef, params, info} (info: scores, training)."""
+    result = train_models(
+        cfg.model_config(), cfg.base_config(), [suite_task(suite)], [cfg.seed], progress
+    )
+    params = result.model(0)
+    info = {
+        "config": cfg.base_key(),
+        "params": count_params(params),
+        "scores": general.score(result.graphdef, params, suite),
+        "train": {
+            "steps": result.steps[0],
+            "stop_reason": result.stop_reason[0],
+            "final_loss": result.history[0][-1]["loss"],
+            "wall_s": result.wall_s,
+            "compile_s": result.compile_s,
+        },
+    }
+    return {"graphdef": result.graphdef, "params": params, "info": info}
+
+
+def save_base(folder: str | Path, base: dict) -> None:
+    """Parameters (orbax) then base.json; base.json present means the save completed."""
+    folder = Path(folder)
+    save_params(folder / "params", base["params"])
+    write_json_atomic(folder / "base.json", base["info"])
+
+
+def load_base(folder: str | Path, cfg: DegradeConfig) -> dict:
+    """The base model saved in folder; a ValueError if it was trained under another config."""
+    folder = Path(folder)
+    info = read_json(folder / "base.json")
+    if info["config"] != cfg.base_key():
+        raise ValueError(
+            f"{folder} holds a base model of another configuration (model, suite, base steps, base "
+            "lr or seed differ): choose another --out or delete that folder"
+        )
+    graphdef, like = init_model(cfg.model_config(), cfg.seed)
+    return {"graphdef": graphdef, "params": load_params(folder / "params", like), "info": info}
+
+
+def injection_task(cfg: DegradeConfig, mode: str, world: FactWorld, suite: general.Suite) -> Task:
+    """A cell's training task. Replay repeats the facts `k` times and adds general rows so
+    that they are exactly replay_fraction of the rows (and at least replay_min of them)."""
+    task = make_task(cfg.run_config(mode, world.spec.n_facts), world)
+    if not mode.endswith("+replay"):
+        return task
+    ratio = cfg.replay_fraction / (1.0 - cfg.replay_fraction)
+    n = len(task.train.tokens)
+    k = max(1, math.ceil(cfg.replay_min / (ratio * n)))
+    rows = np.arange(round(ratio * k * n)) % len(suite.train.tokens)
+    replay = formats.Sequences(
+        suite.train.tokens[rows], suite.train.loss_mask[rows], suite.train.value_mask[rows], 0
+    )
+    train = general.concat([task.train] * k + [replay])
+    return Task(train, task.monitor, task.monitor_bits)
+
+
+def run_cell(
+    cfg: DegradeConfig, mode: str, n_facts: int, base: dict, suite: general.Suite, progress: bool
+) -> dict:
+    """Inject n_facts into the base model in one mode; the cell's record."""
+    run_cfg = cfg.run_config(mode, n_facts)
+    world = make_fact_world(run_cfg.spec)
+    task = injection_task(cfg, mode, world, suite)
+    result = train_models(
+        cfg.model_config(),
+        cfg.injection_config(),
+        [task],
+        [cfg.seed],
+        progress,
+        init_params=[base["params"]],
+    )
+    graphdef, params = result.graphdef, result.model(0)
+    store = build_store(world) if run_cfg.mode == "in-tool" else None
+    metrics, _ = evaluate(run_cfg, world, graphdef, params, store)
+    if store is not None:
+        store.close()
+    metrics.update(general.score(graphdef, params, suite))
+    metrics.update(general.divergence(graphdef, base["params"], params, suite))
+    metrics["general_accuracy_kept"] = (
+        metrics["general_accuracy"] / base["info"]["scores"]["general_accuracy"]
+    )
+    record = make_record(run_cfg, world, result, 0, metrics, task)
+    record.update(
+        mode=mode,
+        model=dataclasses.asdict(cfg.model_config()),
+        degrade={"config": clean_json(dataclasses.asdict(cfg)), "base": base["info"]},
+    )
+    return record
+
+
+def summary_row(record: dict) -> dict:
+    m, t = record["metrics"], record["train"]
+    row = {
+        "n_facts": record["n_facts"],
+        "mode": record["mode"],
+        "recall": m["recall"],
+        "recall_unseen": m.get("recall_unseen"),
+        "general_accuracy": m["general_accuracy"],
+        "general_accuracy_kept": m["general_accuracy_kept"],
+        "general_loss": m["general_loss"],
+        "kl": m["kl"],
+        "tv": m["tv"],
+        "steps": t["steps"],
+        "stop_reason": t["stop_reason"],
+        "train_s": t["wall_s"],
+    }
+    skills = record["degrade"]["config"]["suite"]["skills"]
+    row.update(
+        {f"{s}_{k}": m[f"{s}_{k}"] for s in skills for k in ("accuracy", "loss", "kl", "tv")}
+    )
+    return row
+
+
+def command(cfg: DegradeConfig, out: Path) -> str:
+    """The command line that regenerates a sweep."""
+    return (
+        f"recall-bench degrade --facts {','.join(map(str, cfg.fact_counts))} "
+        f"--modes {','.join(cfg.modes)} --layers {cfg.layers} --width {cfg.width} "
+        f"--heads {cfg.heads} --base-steps {cfg.base_steps} --steps {cfg.steps} "
+        f"--batch-size {cfg.batch_size} --base-lr {cfg.base_lr} --lr {cfg.lr} "
+        f"--target-recall {cfg.target_recall} "
+        f"--replay-fraction {cfg.replay_fraction} --seed {cfg.seed} --out {out}"
+    )
+
+
+def run_degrade(
+    cfg: DegradeConfig, out: str | Path, progress: bool = True, resume: bool = False
+) -> dict:
+    """The sweep: base model (reused from out/base when present), then every (mode, N) cell
+    (with resume, finished cells of the same config are kept); summary.json and the plot."""
+    out = Path(out)
+    t0 = time.perf_counter()
+    done = [p for p in out.glob("*/record.json") if p.parent.name != "base"]
+    if done and not resume:
+        raise ValueError(
+            f"{out} holds cells of an earlier sweep: pass --resume to keep finished ones, or "
+            "choose another --out"
+        )
+    suite = general.make_suite(cfg.suite, formats.Vocab.of(cfg.run_config("in-weight", 2).spec))
+    if (out / "base" / "base.json").exists():
+        base = load_base(out / "base", cfg)
+    else:
+        log(progress, "training the base model on the general suite")
+        base = train_base(cfg, suite, progress)
+        save_base(out / "base", base)
+    log(progress, f"base: {json.dumps(base['info']['scores'])}")
+    rows = []
+    cells = [(mode, n) for n in cfg.fact_counts for mode in cfg.modes]
+    for i, (mode, n) in enumerate(cells, 1):
+        path = out / f"{mode}-{n}" / "record.json"
+        record = read_json(path) if path.exists() else None
+        if record is None or record["degrade"]["config"] != clean_json(dataclasses.asdict(cfg)):
+            log(progress, f"[{i}/{len(cells)}] {mode}, {n} facts")
+            record = run_cell(cfg, mode, n, base, suite, progress)
+            write_json_atomic(path, record)
+        rows.append(summary_row(record))
+        r = rows[-1]
+        log(
+            progress,
+            f"    recall {r['recall']:.3f}, general {r['general_accuracy']:.3f}, "
+            f"kl {r['kl']:.4f}, tv {r['tv']:.4f} ({r['steps']} steps)",
+        )
+    plot = plots.degradation(rows, base["info"]["scores"], out / "degradation.png")
+    summary = {
+        "experiment": "degradation",
+        "command": command(cfg, out),
+        "config": clean_json(dataclasses.asdict(cfg)),
+        "model": dataclasses.asdict(cfg.model_config()),
+        "params": base["info"]["params"],
+        "base": base["info"],
+        "rows": rows,
+        "plot": str(plot),
+        "env": environment(),
+        "wall_s": time.perf_counter() - t0,
+    }
+    write_json_atomic(out / "summary.json", summary)
+    return summary
+
+
+def log(progress: bool, text: str) -> None:
+    if progress:
+        print(text, file=sys.stderr)
+
+
+def format_table(summary: dict) -> str:
+    base = summary["base"]["scores"]
+    lines = [
+        f"degradation: {summary['params']['total']:,}-parameter base model, general accuracy "
+        f"{base['general_accuracy']:.3f}, loss {base['general_loss']:.4f}",
+        f"{'mode':<17} {'facts':>6} {'recall':>7} {'general':>8} {'kept':>6} {'kl':>8} "
+        f"{'tv':>7} {'steps':>6}",
+    ]
+    for r in summary["rows"]:
+        lines.append(
+            f"{r['mode']:<17} {r['n_facts']:>6} {r['recall']:>7.3f} {r['general_accuracy']:>8.3f}"
+            f" {r['general_accuracy_kept']:>6.3f} {r['kl']:>8.4f} {r['tv']:>7.4f} {r['steps']:>6}"
+        )
+    lines.append(f"plot: {summary['plot']}   total {summary['wall_s']:.0f} s")
+    return "\n".join(lines)
+
+
+def add_degrade_parser(subparsers) -> None:
+    from recall_bench.cli import int_list, positive_float, positive_int
+
+    d = DegradeConfig()
+    p = subparsers.add_parser(
+        "degrade",
+        help="general-ability degradation as facts are added in weights versus in a tool",
+        description="Train a base model on a general suite, inject N facts in-weight, in-tool "
+        "or in-weight with general replay, and measure the change in general accuracy and the "
+        "KL/TV divergence from the base model.",
+    )
+    p.add_argument(
+        "--facts", type=int_list, default=d.fact_counts, help="fact counts, e.g. 256,4096"
+    )
+    p.add_argument(
+        "--modes",
+        type=lambda s: tuple(s.split(",")),
+        default=d.modes,
+        help=f"comma-separated subset of {','.join(MODES)}",
+    )
+    p.add_argument("--layers", type=positive_int, default=d.layers)
+    p.add_argument("--width", type=positive_int, default=d.width)
+    p.add_argument("--heads", type=positive_int, default=d.heads)
+    p.add_argument("--base-steps", type=positive_int, default=d.base_steps)
+    p.add_argument("--steps", type=positive_int, default=d.steps, help="injection step budget")
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
+    p.add_argument("--base-lr", type=positive_float, default=d.base_lr)
+    p.add_argument("--lr", type=positive_float, default=d.lr, help="fact-injection lr")
+    p.add_argument("--target-recall", type=positive_float, default=d.target_recall)
+    p.add_argument("--replay-fraction", type=positive_float, default=d.replay_fraction)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--out", type=Path, default=Path("recall_bench_out/degradation"))
+    p.add_argument("--json", action="store_true", help="print the summary JSON only")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--resume", action="store_true", help="keep the finished cells in --out")
+    p.set_defaults(func=cmd_degrade)
+
+
+def cmd_degrade(args: argparse.Namespace) -> int:
+    cfg = DegradeConfig(
+        fact_counts=args.facts,
+        modes=args.modes,
+        layers=args.layers,
+        width=args.width,
+        heads=args.heads,
+        base_steps=args.base_steps,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        base_lr=args.base_lr,
+        lr=args.lr,
+        target_recall=args.target_recall,
+        replay_fraction=args.replay_fraction,
+        seed=args.seed,
+    )
+    summary = run_degrade(cfg, args.out, not (args.quiet or args.json), args.resume)
+    print(json.dumps(summary, indent=2) if args.json else format_table(summary))
+    return 0

@@ -1,0 +1,80 @@
+"""The degradation experiment: the base model's scores reproduce from its checkpoint, a
+checkpoint of another config is refused, and replay mixes hold the asked-for proportion."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from recall_bench import general
+from recall_bench.experiments import degrade
+from recall_bench.worlds import make_fact_world
+
+TINY = degrade.DegradeConfig(
+    fact_counts=(64,),
+    layers=1,
+    width=16,
+    heads=2,
+    base_steps=25,
+    steps=25,
+    batch_size=32,
+    replay_min=100,
+    suite=general.SuiteConfig(train_per_skill=64, test_per_skill=16),
+)
+
+
+def tiny_suite(cfg: degrade.DegradeConfig = TINY) -> general.Suite:
+    return general.make_suite(cfg.suite, general.Vocab.of(cfg.run_config("in-weight", 2).spec))
+
+
+def test_base_scores_reproduce_from_checkpoint(tmp_path):
+    suite = tiny_suite()
+    base = degrade.train_base(TINY, suite, progress=False)
+    degrade.save_base(tmp_path, base)
+    loaded = degrade.load_base(tmp_path, TINY)
+    jax.tree.map(np.testing.assert_array_equal, loaded["params"], base["params"])
+    assert general.score(loaded["graphdef"], loaded["params"], suite) == base["info"]["scores"]
+    assert loaded["info"] == base["info"]
+    div = general.divergence(loaded["graphdef"], base["params"], loaded["params"], suite)
+    assert div["kl"] == pytest.approx(0.0, abs=1e-6) and div["tv"] == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="another configuration"):
+        degrade.load_base(tmp_path, dataclasses.replace(TINY, base_lr=3e-3))
+
+
+@pytest.mark.parametrize(("fraction", "n_facts"), [(0.25, 64), (0.5, 256)])
+def test_replay_mix_proportion(fraction, n_facts):
+    cfg = dataclasses.replace(TINY, replay_fraction=fraction)
+    suite = tiny_suite(cfg)
+    world = make_fact_world(cfg.run_config("in-weight+replay", n_facts).spec)
+    task = degrade.injection_task(cfg, "in-weight+replay", world, suite)
+    general_rows = np.isin(task.train.tokens[:, 1], list(general.MARKERS.values()))
+    assert general_rows.mean() == pytest.approx(fraction, abs=1e-3)
+    assert general_rows.sum() >= cfg.replay_min
+    plain = degrade.injection_task(cfg, "in-weight", world, suite)
+    np.testing.assert_array_equal(task.monitor.tokens, plain.monitor.tokens)  # facts only
+    assert len(plain.train.tokens) == n_facts
+
+
+def test_model_covers_suite_and_facts():
+    cfg = dataclasses.replace(TINY, suite=general.SuiteConfig(length=12))
+    assert cfg.model_config().max_len == cfg.suite.width == 28
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["--modes", "in-weight,telepathy"], "modes"),
+        (["--replay-fraction", "1.5"], "replay fraction"),
+        (["--target-recall", "2"], "target recall"),
+    ],
+)
+def test_cli_rejects_bad_input(argv, match):
+    parser = argparse.ArgumentParser()
+    degrade.add_degrade_parser(parser.add_subparsers())
+    args = parser.parse_args(["degrade", *argv])
+    with pytest.raises(ValueError, match=match):
+        args.func(args)
