@@ -123,7 +123,6 @@ def _decode_block(graphdef, params, prompts, vocab, key_length, value_length, st
         jnp.zeros(n, bool),
         jnp.zeros(n, bool),
     )
-    call_width = key_length + 1
     trace = {
         "call_tokens": np.full((n, t_max), PAD, np.int32),
         "call_made": np.zeros(n, bool),
@@ -158,7 +157,7 @@ def _decode_block(graphdef, params, prompts, vocab, key_length, value_length, st
             calls_made[r] += 1
             if calls_made[r] == 1:
                 trace["call_made"][r] = True
-                trace["call_tokens"][r, : len(calls[j])] = calls[j][:t_max]
+                trace["call_tokens"][r, : len(calls[j])] = calls[j]
                 trace["store_status"][r] = status[j]
                 trace["store_value"][r] = values[j]
                 if parsed is not None and parsed[j].valid:
@@ -182,7 +181,6 @@ def _decode_block(graphdef, params, prompts, vocab, key_length, value_length, st
         )
     buffer = np.asarray(state[0])
     answer, answer_length = _answers(buffer, p)
-    trace["call_tokens"] = trace["call_tokens"][:, : call_width + 4]
     return Decoded(
         tokens=buffer,
         answer=answer,

@@ -1,0 +1,91 @@
+"""The recall-bench command: the JSON record on stdout, and one clear line for bad input."""
+
+import argparse
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from recall_bench.cli import int_list, main
+
+
+def test_json_prints_the_record_and_nothing_else(tmp_path, capsys):
+    code = main(
+        [
+            "run",
+            "--mode",
+            "in-weight",
+            "--facts",
+            "64",
+            "--layers",
+            "1",
+            "--width",
+            "16",
+            "--heads",
+            "2",
+            "--steps",
+            "50",
+            "--json",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert code == 0
+    record = json.loads(capsys.readouterr().out)
+    for key in ("mode", "n_facts", "bits_per_fact"):
+        assert key in record
+    assert set(record["params"]) >= {"total", "non_embedding"}
+    assert set(record["metrics"]) >= {
+        "recall",
+        "token_accuracy",
+        "bits_memorized",
+        "bits_per_param",
+    }
+    assert set(record["train"]) >= {"steps", "wall_s", "converged"}
+    assert {"jax", "platform", "device_kind", "git_commit"} <= set(record["env"])
+    assert json.loads((tmp_path / "record.json").read_text())["run_id"] == record["run_id"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--mode", "in-weight"], "both --mode and --facts"),
+        (["--mode", "in-weight", "--facts", "10", "--width", "30", "--heads", "4"], "divisible"),
+        (["--mode", "in-weight", "--facts", "9", "--attributes", "4096,16"], "multiple"),
+        (["--mode", "in-weight", "--facts", "10", "--attributes", "9999"], "attribute_sizes"),
+        (["--mode", "in-weight", "--facts", str(64**4 + 1)], "key space"),
+    ],
+)
+def test_bad_input_is_one_clear_line(argv, message, capsys, tmp_path):
+    assert main(["run", *argv, "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and message in err and "\n" not in err
+    assert not (tmp_path / "x" / "record.json").exists()
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [
+        ["--facts", "0"],
+        ["--facts", "x"],
+        ["--lr", "nan"],
+        ["--attributes", "1,,2"],
+        ["--mode", "sideways"],
+    ],
+)
+def test_bad_flags_exit_2(flag):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", *flag])
+    assert exit_info.value.code == 2
+
+
+@given(st.text(max_size=20))
+def test_int_list_parses_or_explains(text):
+    try:
+        values = int_list(text)
+    except argparse.ArgumentTypeError as err:
+        assert str(err)
+        return
+    assert values and all(v >= 1 for v in values)
+    assert values == tuple(int(x) for x in text.split(","))
