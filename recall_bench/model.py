@@ -27,7 +27,7 @@ class ModelConfig:
     dtype: str = "float32"  # parameters and activations; logits and loss are float32
     memory_layer: int | None = None  # block whose MLP is replaced by a product-key memory
     memory_size: int = 0  # value rows, a perfect square (0 without a memory)
-    memory_topk: int = 32  # rows read per head and token
+    memory_topk: int = 8  # rows read per head and token
     memory_heads: int = 4
     memory_key_dim: int = 32  # query size per head, split in two halves
 
