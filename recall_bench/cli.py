@@ -50,7 +50,7 @@ def add_run_parser(subparsers) -> None:
         description="Without --mode and --facts, runs the default benchmark: one small model "
         "in both modes over fact counts from below to past its in-weight capacity.",
     )
-    p.add_argument("--mode", choices=["in-weight", "in-tool"])
+    p.add_argument("--mode", choices=["in-weight", "in-tool", "side-memory"])
     p.add_argument("--facts", type=positive_int, help="number of facts (entities x attributes)")
     p.add_argument("--layers", type=positive_int, default=2)
     p.add_argument("--width", type=positive_int, default=32)
@@ -67,6 +67,26 @@ def add_run_parser(subparsers) -> None:
         help="value-space size of each attribute, comma-separated (default 4096: 12 bits)",
     )
     p.add_argument("--store", choices=["memory", "sqlite"], default="memory")
+    p.add_argument(
+        "--memory-size",
+        type=positive_int,
+        default=16384,
+        help="side-memory: value rows, a perfect square (default 16384 = 128^2)",
+    )
+    p.add_argument("--memory-topk", type=positive_int, default=8, help="side-memory: rows read")
+    p.add_argument("--memory-heads", type=positive_int, default=4, help="side-memory: heads")
+    p.add_argument(
+        "--memory-layer",
+        type=int,
+        default=0,
+        help="side-memory: block whose MLP the memory replaces (default 0: the first)",
+    )
+    p.add_argument(
+        "--memory-lr-scale",
+        type=positive_float,
+        default=10.0,
+        help="side-memory: learning rate of the value table relative to --lr (default 10)",
+    )
     p.add_argument("--out", type=Path, help="output folder (default: ./recall_bench_out/...)")
     p.add_argument("--json", action="store_true", help="print the JSON record only")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -109,6 +129,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         seed=args.seed,
         attribute_sizes=args.attributes,
         store=args.store,
+        memory_layer=args.memory_layer,
+        memory_size=args.memory_size,
+        memory_topk=args.memory_topk,
+        memory_heads=args.memory_heads,
+        memory_lr_scale=args.memory_lr_scale,
     )
     out = args.out or Path("recall_bench_out") / (
         f"{cfg.mode}-n{cfg.n_facts}-L{cfg.layers}-d{cfg.width}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -129,6 +154,16 @@ def format_record(record: dict) -> str:
         ("mode", record["mode"]),
         ("facts", f"{record['n_facts']} x {record['bits_per_fact']:.2f} bits"),
         ("params", f"{p['total']:,} total, {p['non_embedding']:,} non-embedding"),
+    ]
+    if "memory" in p:
+        rows.append(
+            (
+                "memory",
+                f"{p['memory']:,} memory, {p['dense']:,} dense, "
+                f"{p['active_per_token']:,} active per token",
+            )
+        )
+    rows += [
         (
             "steps",
             f"{t['steps']} ({t['stop_reason']}, {t['exposures_per_fact']:.0f} exposures/fact)",
@@ -142,6 +177,8 @@ def format_record(record: dict) -> str:
         "call_valid",
         "call_key_accuracy",
         "copy_accuracy",
+        "bits_per_memory_param",
+        "bits_per_active_param",
     ):
         if m.get(key) is not None:
             rows.append((key.replace("_", " "), f"{m[key]:.4f}"))

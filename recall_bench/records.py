@@ -37,6 +37,8 @@ BETTER = {
     "bits_memorized": "higher",
     "bits_per_param": "higher",
     "bits_per_param_non_embedding": "higher",
+    "bits_per_memory_param": "higher",
+    "bits_per_active_param": "higher",
     "value_nll_bits": "lower",
     "call_valid": "higher",
     "call_key_accuracy": "higher",

@@ -26,7 +26,6 @@ from recall_bench.formats import Sequences
 from recall_bench.metrics import bits_memorized, sequence_stats
 from recall_bench.model import ModelConfig, apply, init_model
 
-
 STATE_KEYS = ("params", "opt_state", "rng")  # the loop state, in make_train_chunk's order
 
 
@@ -41,6 +40,7 @@ class TrainConfig:
     lr: float = 1e-2
     warmup_steps: int = 50
     weight_decay: float = 0.0
+    memory_lr_scale: float = 1.0  # learning rate of product-key value tables, relative to lr
     grad_clip: float = 1.0
     steps_per_call: int = 25  # optimizer steps per compiled call
     eval_every: int = 100  # steps between progress checks (a multiple of steps_per_call)
@@ -60,6 +60,8 @@ class TrainConfig:
                 f"eval_every ({self.eval_every}) must be a multiple of steps_per_call "
                 f"({self.steps_per_call})"
             )
+        if not self.memory_lr_scale > 0:
+            raise ValueError(f"memory_lr_scale must be > 0, got {self.memory_lr_scale}")
         if not self.lr > 0:
             raise ValueError(f"learning rate must be > 0, got {self.lr}")
 
@@ -97,13 +99,28 @@ def take(stacked, k: int):
 
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, cfg.lr, min(cfg.warmup_steps, cfg.budget - 1), cfg.budget, end_value=cfg.lr * 0.05
-    )
-    return optax.chain(
-        optax.clip_by_global_norm(cfg.grad_clip),
-        optax.adamw(schedule, b1=0.9, b2=0.98, weight_decay=cfg.weight_decay),
-    )
+    """AdamW with warmup and cosine decay after global-norm clipping; product-key value
+    tables (sparse: each row gets a gradient only when read) use lr * memory_lr_scale."""
+
+    def adamw(lr: float) -> optax.GradientTransformation:
+        schedule = optax.warmup_cosine_decay_schedule(
+            0.0, lr, min(cfg.warmup_steps, cfg.budget - 1), cfg.budget, end_value=lr * 0.05
+        )
+        return optax.adamw(schedule, b1=0.9, b2=0.98, weight_decay=cfg.weight_decay)
+
+    def labels(params):
+        def label(path, _) -> str:
+            names = {getattr(k, "key", None) for k in path}
+            return "memory" if "value_table" in names else "dense"
+
+        return jax.tree_util.tree_map_with_path(label, params)
+
+    update = adamw(cfg.lr)
+    if cfg.memory_lr_scale != 1.0:
+        update = optax.multi_transform(
+            {"dense": update, "memory": adamw(cfg.lr * cfg.memory_lr_scale)}, labels
+        )
+    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), update)
 
 
 def masked_loss(graphdef, params, tokens, loss_mask):

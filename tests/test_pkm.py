@@ -16,6 +16,8 @@ from flax import nnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from recall_bench.experiments.run import RunConfig, run
+from recall_bench.leaderboard import entry_from_record
 from recall_bench.model import ModelConfig, apply, count_params, init_model
 from recall_bench.pkm import ProductKeyMemory
 
@@ -159,3 +161,15 @@ def test_param_counts():
 def test_config_rejects_bad_memory(fields, message):
     with pytest.raises(ValueError, match=message):
         dataclasses.replace(CFG, **fields)
+
+
+def test_side_memory_run_records_memory_counts():
+    cfg = RunConfig(
+        mode="side-memory", n_facts=64, layers=1, width=16, steps=25, memory_size=64, seed=1
+    )
+    record = run(cfg, progress=False)
+    params, metrics = record["params"], record["metrics"]
+    assert params["memory"] == 64 * 16 + 4 * 2 * 8 * 16
+    assert params["dense"] + params["memory"] == params["total"]
+    assert metrics["bits_per_memory_param"] == metrics["bits_memorized"] / params["memory"]
+    assert entry_from_record(record)["model"]["params"] == params

@@ -1,7 +1,8 @@
-"""One run: build a fact world, train a model in-weight or in-tool, evaluate it by real
-greedy decoding, and write its record.
+"""One run: build a fact world, train a model in-weight, in-tool or with a side memory,
+evaluate it by real greedy decoding, and write its record.
 
 In-weight: the model trains on all N facts and is evaluated on them.
+Side-memory: as in-weight, with a product-key memory in place of one block's MLP.
 In-tool: the store holds all N facts; the model trains on traces of the first entities and
 never sees the last `unseen` ones (invariant 6), which are evaluated through the store only.
 Its stopping rule watches extra validation entities beyond the world, so neither the
@@ -28,7 +29,7 @@ from recall_bench.tool import ERROR_STATUS, OK, Store, build_store
 from recall_bench.train import Task, TrainConfig, TrainResult, plateaued, train_models
 from recall_bench.worlds import FactSpec, FactWorld, make_fact_world, spec_hash
 
-MODES = ("in-weight", "in-tool")
+MODES = ("in-weight", "in-tool", "side-memory")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +54,12 @@ class RunConfig:
     unseen_fraction: float = 0.2  # in-tool: share of entities held out of training
     max_unseen: int = 1000  # in-tool: cap on held-out entities
     validation_entities: int = 256  # in-tool: extra entities watched by the stopping rule
+    memory_layer: int = 0  # side-memory: block whose MLP becomes the memory
+    memory_size: int = 16384  # side-memory: value rows, a perfect square
+    memory_topk: int = 8  # side-memory: rows read per head and token
+    memory_heads: int = 4  # side-memory
+    memory_key_dim: int = 32  # side-memory: query size per head
+    memory_lr_scale: float = 10.0  # side-memory: value-table learning rate / lr
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "attribute_sizes", tuple(self.attribute_sizes))
@@ -67,6 +74,13 @@ class RunConfig:
             raise ValueError(f"store must be 'memory' or 'sqlite', got {self.store!r}")
         if not 0.0 < self.unseen_fraction < 1.0:
             raise ValueError(f"unseen_fraction must be in (0, 1), got {self.unseen_fraction}")
+        if self.mode == "side-memory":
+            self.model_config()  # checks the memory fields
+
+    @property
+    def format(self) -> str:
+        """How facts are rendered: a side memory trains on the in-weight format."""
+        return "in-weight" if self.mode == "side-memory" else self.mode
 
     @property
     def spec(self) -> FactSpec:
@@ -82,6 +96,15 @@ class RunConfig:
 
     def model_config(self) -> ModelConfig:
         spec = self.spec
+        memory = {}
+        if self.mode == "side-memory":
+            memory = dict(
+                memory_layer=self.memory_layer,
+                memory_size=self.memory_size,
+                memory_topk=self.memory_topk,
+                memory_heads=self.memory_heads,
+                memory_key_dim=self.memory_key_dim,
+            )
         return ModelConfig(
             vocab_size=formats.Vocab.of(spec).size,
             max_len=formats.max_length(spec),
@@ -90,10 +113,14 @@ class RunConfig:
             heads=self.heads,
             mlp_ratio=self.mlp_ratio,
             dtype=self.dtype,
+            **memory,
         )
 
     def train_config(self) -> TrainConfig:
-        return TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr)
+        scale = self.memory_lr_scale if self.mode == "side-memory" else 1.0
+        return TrainConfig(
+            steps=self.steps, batch_size=self.batch_size, lr=self.lr, memory_lr_scale=scale
+        )
 
     def unseen_entities(self) -> int:
         if self.mode != "in-tool":
@@ -110,7 +137,7 @@ def make_task(cfg: RunConfig, world: FactWorld) -> Task:
     """Training sequences and the monitored facts of a run."""
     spec = world.spec
     trained = np.arange(cfg.trained_entities())
-    train = formats.render(world, cfg.mode, trained)
+    train = formats.render(world, cfg.format, trained)
     if cfg.mode == "in-tool":
         extra = make_fact_world(spec.with_entities(spec.n_entities + cfg.validation_entities))
         watched = np.arange(spec.n_entities, extra.spec.n_entities)
@@ -152,13 +179,18 @@ def evaluate(
     )
     eval_s = time.perf_counter() - t0
     right = answered(decoded, expected)
-    seqs = formats.render(world, cfg.mode, entities)
+    seqs = formats.render(world, cfg.format, entities)
     stats = sequence_stats(graphdef, params, seqs.tokens, seqs.loss_mask, seqs.value_mask)
-    n_params = count_params(params)
+    n_params = count_params(params, cfg.model_config())
     fact_bits = spec.attribute_bits[attribute]
     metrics = summarize_in_weight(
         stats, seqs.value_mask, fact_bits, n_params["total"], n_params["non_embedding"]
     )
+    if "memory" in n_params:
+        metrics.update(
+            bits_per_memory_param=metrics["bits_memorized"] / n_params["memory"],
+            bits_per_active_param=metrics["bits_memorized"] / n_params["active_per_token"],
+        )
     metrics.update(recall=float(right.mean()), eval_s=eval_s)
     if cfg.mode == "in-tool":
         unseen = entity >= cfg.trained_entities()
@@ -306,7 +338,7 @@ def make_record(cfg: RunConfig, world, result: TrainResult, k: int, metrics, tas
             "entropy_bits": spec.entropy_bits,
         },
         model=dataclasses.asdict(cfg.model_config()),
-        params=count_params(result.model(k)),
+        params=count_params(result.model(k), cfg.model_config()),
         train=train_info(cfg.train_config(), result, k, task),
         metrics=metrics,
     )

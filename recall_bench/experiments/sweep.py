@@ -5,7 +5,7 @@
     [defaults]                        # optional: config fields for every cell
     steps = 2000
     [[grid]]                          # one or more; the sweep is the union of their cells
-    mode = ["in-weight", "in-tool"]   # in-weight | in-tool | random-tokens
+    mode = ["in-weight", "in-tool"]   # in-weight | in-tool | side-memory | random-tokens
     width = [8, 16, 32]               # a list is an axis: the grid is their product
     n_facts = [256, 1024]             # random-tokens: the number of sequences
     seed = [0, 1, 2]
@@ -39,7 +39,12 @@ from recall_bench.experiments.run import RunConfig, group_key, run_group
 from recall_bench.records import clean_json, environment, read_json, write_json_atomic
 from recall_bench.worlds import SpecError
 
-CONFIGS = {"in-weight": RunConfig, "in-tool": RunConfig, TOKENS: TokenRunConfig}
+CONFIGS = {
+    "in-weight": RunConfig,
+    "in-tool": RunConfig,
+    "side-memory": RunConfig,
+    TOKENS: TokenRunConfig,
+}
 TOP_KEYS = ("name", "out", "defaults", "grid")
 TYPES = {  # field annotation -> (check, words for the error message)
     "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
