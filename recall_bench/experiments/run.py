@@ -229,6 +229,14 @@ def run(
     return run_group([cfg], [out_dir], progress, checkpoints, resume, checkpoint_every_s)[0]
 
 
+def holds_config(record: dict, cfg) -> bool:
+    """Whether a record was made by `cfg`; fields a record predates take their defaults."""
+    try:
+        return type(cfg)(**record.get("config", {})) == cfg
+    except (TypeError, ValueError):
+        return False
+
+
 def group_key(cfg: RunConfig) -> RunConfig:
     """Configs with the same key train together as one ensemble (they differ only in seed)."""
     return dataclasses.replace(cfg, seed=0)
@@ -247,7 +255,7 @@ def run_group(
     done = [Path(d) / "record.json" for d in out_dirs if d is not None]
     if resume and len(done) == len(cfgs) and all(p.exists() for p in done):
         records = [read_json(p) for p in done]
-        if [r.get("config") for r in records] == [dataclasses.asdict(c) for c in cfgs]:
+        if all(holds_config(r, c) for r, c in zip(records, cfgs, strict=True)):
             return records
     if len({group_key(c) for c in cfgs}) != 1:
         raise ValueError("run_group needs configs that differ only in seed")

@@ -35,8 +35,8 @@ except ModuleNotFoundError:  # Python 3.10
 from recall_bench.experiments import capacity
 from recall_bench.experiments.capacity import TOKENS, TokenRunConfig, run_token_group
 from recall_bench.experiments.default import summary_row
-from recall_bench.experiments.run import RunConfig, group_key, run_group
-from recall_bench.records import clean_json, environment, read_json, write_json_atomic
+from recall_bench.experiments.run import RunConfig, group_key, holds_config, run_group
+from recall_bench.records import environment, read_json, write_json_atomic
 from recall_bench.worlds import SpecError
 
 CONFIGS = {
@@ -237,7 +237,7 @@ def finished(cfg: Config, out: Path, resume: bool) -> dict | None:
     if not path.exists():
         return None
     record = read_json(path)
-    if record.get("config") != clean_json(dataclasses.asdict(cfg)):
+    if not holds_config(record, cfg):
         raise ValueError(
             f"{path} records a different config than the sweep now asks for: remove that "
             "folder to rerun it, or choose another --out"
