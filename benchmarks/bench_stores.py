@@ -7,13 +7,13 @@ Writes one JSON row per (kind, batch): {kind, facts, batch, lookups_per_s, build
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from recall_bench.records import write_json_atomic
 from recall_bench.tool import OK, build_store, world_facts
 from recall_bench.worlds import FactSpec, make_fact_world
 
@@ -70,8 +70,7 @@ def main() -> None:
             f"{row['kind']:<8} {row['facts']:>9} {row['batch']:>6} "
             f"{row['lookups_per_s']:>12,} {row['build_s']:>8.2f}"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(rows, indent=2) + "\n")
+    write_json_atomic(args.out, rows)
     print(f"wrote {args.out}")
 
 
