@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from recall_bench.train import TrainingDiverged
 from recall_bench.worlds import SpecError
 
 
@@ -246,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, SpecError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except TrainingDiverged as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -281,14 +281,8 @@ def train_models(
         losses = np.asarray(losses)
         bad = losses[active][~np.isfinite(losses[active])]
         if bad.size:
-            kept = (
-                ""
-                if checkpoints is None
-                else (
-                    f"; the last good checkpoint (step {checkpoints.latest_step()}) is kept in "
-                    f"{checkpoint_dir}"
-                )
-            )
+            latest = None if checkpoints is None else checkpoints.latest_step()
+            kept = "" if latest is None else f"; the last good checkpoint (step {latest}) is kept"
             raise TrainingDiverged(
                 f"loss became {bad[0]} by step {step}: lower the learning rate (--lr) or use "
                 f"float32{kept}"

@@ -89,3 +89,29 @@ def test_int_list_parses_or_explains(text):
         return
     assert values and all(v >= 1 for v in values)
     assert values == tuple(int(x) for x in text.split(","))
+
+
+def test_a_diverging_run_stops_with_one_clear_line(tmp_path, capsys):
+    argv = [
+        "run",
+        "--mode",
+        "in-weight",
+        "--facts",
+        "64",
+        "--layers",
+        "1",
+        "--width",
+        "16",
+        "--heads",
+        "2",
+        "--steps",
+        "400",
+        "--lr",
+        "1e6",
+        "--out",
+        str(tmp_path),
+    ]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: loss became nan") and "--lr" in err and "\n" not in err
+    assert not (tmp_path / "record.json").exists()
