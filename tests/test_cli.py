@@ -108,6 +108,7 @@ def test_a_diverging_run_stops_with_one_clear_line(tmp_path, capsys):
         "400",
         "--lr",
         "1e6",
+        "--quiet",
         "--out",
         str(tmp_path),
     ]
