@@ -6,6 +6,8 @@ Usage: python benchmarks/run_all.py [--quick] [--default-run] [--cell]
   --default-run  also time `recall-bench run` end to end (minutes; else the last measured
                  value is carried over from results.json, marked as such)
   --cell         also time one params-for-recall cell (4,096 facts, 95% recall)
+  --proposals    also time the proposed package changes (benchmarks/patches.py)
+  --tokens       add the DESIGN's random-token shape (V=2048, S=64, 1 layer, d=32)
 """
 
 from __future__ import annotations
@@ -76,6 +78,19 @@ def table(results: dict[str, Any]) -> str:
             f"{100 * r['recall_bench_peak_fraction']:.0f}% / {100 * r['torch_peak_fraction']:.0f}%"
             f" | {r['compile_s']:.1f} |"
         )
+    if results.get("variants"):
+        lines += [
+            "",
+            "Proposed changes (benchmarks/patches.py), timed in the same rotation:",
+            "",
+            "| model | variant | K | tok/s | vs package (same K) | vs torch |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        for v in results["variants"]:
+            lines.append(
+                f"| {v['model']} | {v['variant']} | {v.get('k', 1)} | {v['tokens_per_s']:,.0f} | "
+                f"{v['vs_baseline']:.2f} | {v['vs_torch']:.2f} |"
+            )
     lines += ["", "| store | facts | batch | lookups/s |", "|---|---:|---:|---:|"]
     for s in results["stores"]:
         lines.append(f"| {s['kind']} | {s['facts']:,} | {s['batch']:,} | {s['lookups_per_s']:,} |")
@@ -124,13 +139,22 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--default-run", action="store_true")
     parser.add_argument("--cell", action="store_true")
+    parser.add_argument("--proposals", action="store_true", help="also time patches.py")
+    parser.add_argument("--tokens", action="store_true", help="add the V=2048, S=64 shape")
     parser.add_argument("--out", type=Path, default=HERE / "results.json")
     parser.add_argument("--no-readme", action="store_true", help="leave README.md as it is")
+    parser.add_argument(
+        "--table-only", action="store_true", help="rewrite README.md's table from results.json"
+    )
     args = parser.parse_args()
+    if args.table_only:
+        update_readme(table(read_json(args.out)))
+        return
     start = time.perf_counter()
     load_before = machine_load()
     quick = ["--quick"] if args.quick else []
-    train = run_script("bench_train.py", *quick, *([] if args.quick else ["--proposals"]))
+    extra = (["--proposals"] if args.proposals else []) + (["--tokens"] if args.tokens else [])
+    train = run_script("bench_train.py", *quick, *extra)
     stores = run_script("bench_stores.py", "--facts", "100000" if args.quick else "1000000")
     ttr: dict[str, Any] = {}
     if args.default_run or args.cell:
