@@ -9,28 +9,24 @@ from hypothesis import strategies as st
 
 from recall_bench.cli import int_list, main
 
+# One tiny in-weight run; each test adds its own budget and flags.
+TINY_RUN = [
+    "run",
+    "--mode",
+    "in-weight",
+    "--facts",
+    "64",
+    "--layers",
+    "1",
+    "--width",
+    "16",
+    "--heads",
+    "2",
+]
+
 
 def test_json_prints_the_record_and_nothing_else(tmp_path, capsys):
-    code = main(
-        [
-            "run",
-            "--mode",
-            "in-weight",
-            "--facts",
-            "64",
-            "--layers",
-            "1",
-            "--width",
-            "16",
-            "--heads",
-            "2",
-            "--steps",
-            "50",
-            "--json",
-            "--out",
-            str(tmp_path),
-        ]
-    )
+    code = main([*TINY_RUN, "--steps", "50", "--json", "--out", str(tmp_path)])
     assert code == 0
     record = json.loads(capsys.readouterr().out)
     for key in ("mode", "n_facts", "bits_per_fact"):
@@ -92,26 +88,7 @@ def test_int_list_parses_or_explains(text):
 
 
 def test_a_diverging_run_stops_with_one_clear_line(tmp_path, capsys):
-    argv = [
-        "run",
-        "--mode",
-        "in-weight",
-        "--facts",
-        "64",
-        "--layers",
-        "1",
-        "--width",
-        "16",
-        "--heads",
-        "2",
-        "--steps",
-        "400",
-        "--lr",
-        "1e6",
-        "--quiet",
-        "--out",
-        str(tmp_path),
-    ]
+    argv = [*TINY_RUN, "--steps", "400", "--lr", "1e6", "--quiet", "--out", str(tmp_path)]
     assert main(argv) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: loss became nan") and "--lr" in err and "\n" not in err
