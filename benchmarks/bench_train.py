@@ -142,6 +142,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "ratio": jax_rate / torch_rate,
                 "compile_s": info["jax"]["compile_s"],
                 "torch_threads": info["torch"]["threads"],
+                "torch_device": info["torch"].get("device", "cpu"),
                 "torch_thread_probe_steps_per_s": probes,
                 "train_flops_per_step": fps,
                 "recall_bench_flops_per_s": jax_rate / tps * fps,

@@ -110,10 +110,12 @@ class Trainer:
         grad_clip: float = 1.0,
         seed: int = 0,
         fused: bool = True,
+        device: str = "cpu",
     ):
-        self.model = model
-        self.tokens = torch.as_tensor(tokens, dtype=torch.long)
-        self.loss_mask = torch.as_tensor(loss_mask, dtype=torch.float32)
+        self.model = model.to(device)
+        self.device = device
+        self.tokens = torch.as_tensor(tokens, dtype=torch.long, device=device)
+        self.loss_mask = torch.as_tensor(loss_mask, dtype=torch.float32, device=device)
         self.batch_size = batch_size
         self.grad_clip = grad_clip
         self.generator = torch.Generator().manual_seed(seed)
@@ -133,6 +135,7 @@ class Trainer:
 
     def step(self) -> torch.Tensor:
         idx = torch.randint(0, len(self.tokens), (self.batch_size,), generator=self.generator)
+        idx = idx.to(self.device, non_blocking=True)
         tokens, mask = self.tokens[idx], self.loss_mask[idx, 1:]
         logits = self.model(tokens[:, :-1])
         nll = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(), reduction="none")

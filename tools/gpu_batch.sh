@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The GPU jobs of one device lease, in one command: a training-throughput benchmark on the
+# quiet GPU, then side by side until the deadline: the 64k-parameter model past its capacity
+# trained to a plateau (16,384 and 32,768 facts; its step budget sized by a 2,000-step probe
+# to fit the time left), the 10x-budget capacity sweep in 4 shards, and fact injection with
+# 10x the CPU run's budget. Everything lands in runs/gpu and, packed, in $OUT/gpu.tgz.
+#
+#   OUT=/tmp/gpu_out DEADLINE_S=540 bash tools/gpu_batch.sh    # needs jax with a GPU backend
+set -u
+START=$(date +%s)
+DEADLINE=$((START + ${DEADLINE_S:-540}))
+OUT=${OUT:-runs/gpu_out}
+R=runs/gpu
+mkdir -p "$OUT" "$R"
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} XLA_PYTHON_CLIENT_PREALLOCATE=false
+export PYTHONUNBUFFERED=1
+rb() { python3 -m recall_bench.cli "$@"; }
+left() { echo $((DEADLINE - $(date +%s))); }
+pack() { tar czf "$OUT/gpu.tgz" --exclude=checkpoints "$R"; }
+
+python3 -c "import jax, flax, optax, orbax.checkpoint, jsonschema; print(jax.__version__, \
+flax.__version__, jax.devices())" || exit 1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+
+echo "== benchmark ($(left) s left)"
+timeout 150 python3 benchmarks/bench_train.py --window 1 --repeats 3 \
+  --out $R/bench_train_gpu.json > $R/bench.log 2>&1
+tail -8 $R/bench.log
+
+plateau() {  # the 2-layer d=48 model on $1 facts, batch 512, lr 1e-2, budget fitted to time
+  local n=$1 d=$R/d48-n$1 t0 steps
+  local args=(--mode in-weight --facts "$n" --layers 2 --width 48 --heads 4 --batch-size 512
+    --lr 1e-2 --quiet --json)
+  t0=$(date +%s)
+  rb run "${args[@]}" --steps 2000 --out "$d-probe" > "$d-probe.json" 2> "$d-probe.log"
+  steps=$(python3 - "$d-probe.json" "$(( $(date +%s) - t0 ))" "$(left)" <<'PY'
+import json, sys
+t = json.load(open(sys.argv[1]))["train"]
+probe_s, left = float(sys.argv[2]), float(sys.argv[3])
+rate, overhead = t["steps"] / t["wall_s"], probe_s - t["wall_s"]
+print(max(2000, min(400_000, int(rate * (left - overhead - 45) * 0.8)) // 1000 * 1000))
+PY
+)
+  echo "d48 n=$n: budget $steps steps ($(left) s left)"
+  timeout "$(left)" rb run "${args[@]}" --steps "$steps" --out "$d" > "$d.json" 2> "$d.log"
+  echo "d48 n=$n: exit $? ($(left) s left)"
+}
+
+echo "== parallel jobs ($(left) s left)"
+plateau 16384 & plateau 32768 &
+for i in 0 1 2 3; do
+  timeout "$(left)" rb sweep configs/capacity_gpu.toml --resume --shard $i/4 \
+    --out $R/capacity_gpu --quiet > $R/sweep$i.log 2>&1 &
+done
+timeout "$(left)" rb degrade --facts 256,2048,16384,65536 \
+  --modes in-weight,in-tool,in-weight+replay --steps 5000 --out $R/degradation --quiet \
+  > $R/degrade.log 2>&1 &
+while [ "$(jobs -r | wc -l)" -gt 0 ] && [ "$(left)" -gt 0 ]; do sleep 10; pack; done
+wait
+pack
+ls $R $R/capacity_gpu | head -80
+tail -3 $R/*.log
+echo "done in $(( $(date +%s) - START )) s"
