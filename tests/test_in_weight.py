@@ -9,7 +9,7 @@ from recall_bench import formats
 from recall_bench.experiments.run import RunConfig, make_task, run
 from recall_bench.metrics import sequence_stats
 from recall_bench.model import count_params, init_model
-from recall_bench.train import TrainConfig, train_models
+from recall_bench.train import TrainConfig, plateaued, train_models
 from recall_bench.worlds import make_fact_world
 
 SMALL = RunConfig(mode="in-weight", layers=1, width=32, heads=4, steps=1000, batch_size=256)
@@ -64,3 +64,23 @@ def test_greedy_decoding_agrees_with_teacher_forced_exact_match():
     expected = formats.answer_tokens(world, *formats.fact_index(world.spec))
     right = (decoded.answer_length == 2) & (decoded.answer[:, :2] == expected).all(axis=1)
     np.testing.assert_array_equal(right, stats["exact"])
+
+
+def flat_history(bits: float, budget: int, every: int = 100) -> list[dict]:
+    """A run whose monitored bits stop growing at step 500."""
+    return [{"step": s, "bits": bits * min(s, 500) / 500} for s in range(every, budget + 1, every)]
+
+
+def test_plateau_waits_for_the_decayed_learning_rate_and_the_minimum_bits():
+    cfg = TrainConfig(steps=10_000, plateau_min_steps=1000, plateau_after=0.7)
+    history = flat_history(1000.0, 10_000)
+    # flat since step 500, but the learning rate is still high before 70% of the budget
+    assert not plateaued([h for h in history if h["step"] <= 6900], cfg, 10_000.0)
+    assert plateaued([h for h in history if h["step"] <= 7000], cfg, 10_000.0)
+    # 1,000 bits of a 100,000-bit monitor set: still on the early no-knowledge plateau
+    assert not plateaued(history, cfg, 100_000.0)
+    # still growing (15% over the last 30% of steps): no plateau
+    rising = [{"step": h["step"], "bits": 1000.0 + 0.1 * h["step"]} for h in history]
+    assert not plateaued(rising, cfg, 10_000.0)
+    with pytest.raises(ValueError, match="plateau_after"):
+        TrainConfig(plateau_after=1.5)

@@ -6,6 +6,7 @@
 # 10x the CPU run's budget. Everything lands in runs/gpu and, packed, in $OUT/gpu.tgz.
 #
 #   OUT=/tmp/gpu_out DEADLINE_S=540 bash tools/gpu_batch.sh    # needs jax with a GPU backend
+# SKIP_BENCH=1 skips the benchmark; ONLY_PLATEAU=1 runs the plateau pair alone.
 set -u
 START=$(date +%s)
 DEADLINE=$((START + ${DEADLINE_S:-540}))
@@ -14,7 +15,7 @@ R=runs/gpu
 mkdir -p "$OUT" "$R"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} XLA_PYTHON_CLIENT_PREALLOCATE=false
 export PYTHONUNBUFFERED=1
-rb() { python3 -m recall_bench.cli "$@"; }
+RB=(python3 -m recall_bench.cli)  # a command timeout(1) can run
 left() { echo $((DEADLINE - $(date +%s))); }
 pack() { tar czf "$OUT/gpu.tgz" --exclude=checkpoints "$R"; }
 
@@ -22,17 +23,19 @@ python3 -c "import jax, flax, optax, orbax.checkpoint, jsonschema; print(jax.__v
 flax.__version__, jax.devices())" || exit 1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
-echo "== benchmark ($(left) s left)"
-timeout 150 python3 benchmarks/bench_train.py --window 1 --repeats 3 \
-  --out $R/bench_train_gpu.json > $R/bench.log 2>&1
-tail -8 $R/bench.log
+if [ -z "${SKIP_BENCH:-}" ]; then
+  echo "== benchmark ($(left) s left)"
+  timeout 150 python3 benchmarks/bench_train.py --window 1 --repeats 3 \
+    --out $R/bench_train_gpu.json > $R/bench.log 2>&1
+  tail -8 $R/bench.log
+fi
 
 plateau() {  # the 2-layer d=48 model on $1 facts, batch 512, lr 1e-2, budget fitted to time
   local n=$1 d=$R/d48-n$1 t0 steps
   local args=(--mode in-weight --facts "$n" --layers 2 --width 48 --heads 4 --batch-size 512
     --lr 1e-2 --quiet --json)
   t0=$(date +%s)
-  rb run "${args[@]}" --steps 2000 --out "$d-probe" > "$d-probe.json" 2> "$d-probe.log"
+  "${RB[@]}" run "${args[@]}" --steps 2000 --out "$d-probe" > "$d-probe.json" 2> "$d-probe.log"
   steps=$(python3 - "$d-probe.json" "$(( $(date +%s) - t0 ))" "$(left)" <<'PY'
 import json, sys
 t = json.load(open(sys.argv[1]))["train"]
@@ -42,22 +45,24 @@ print(max(2000, min(400_000, int(rate * (left - overhead - 45) * 0.8)) // 1000 *
 PY
 )
   echo "d48 n=$n: budget $steps steps ($(left) s left)"
-  timeout "$(left)" rb run "${args[@]}" --steps "$steps" --out "$d" > "$d.json" 2> "$d.log"
+  timeout "$(left)" "${RB[@]}" run "${args[@]}" --steps "$steps" --out "$d" > "$d.json" 2> "$d.log"
   echo "d48 n=$n: exit $? ($(left) s left)"
 }
 
 echo "== parallel jobs ($(left) s left)"
 plateau 16384 & plateau 32768 &
-for i in 0 1 2 3; do
-  timeout "$(left)" rb sweep configs/capacity_gpu.toml --resume --shard $i/4 \
-    --out $R/capacity_gpu --quiet > $R/sweep$i.log 2>&1 &
-done
-timeout "$(left)" rb degrade --facts 256,2048,16384,65536 \
-  --modes in-weight,in-tool,in-weight+replay --steps 5000 --out $R/degradation --quiet \
-  > $R/degrade.log 2>&1 &
+if [ -z "${ONLY_PLATEAU:-}" ]; then
+  for i in 0 1 2 3; do
+    timeout "$(left)" "${RB[@]}" sweep configs/capacity_gpu.toml --resume --shard $i/4 \
+      --out $R/capacity_gpu --quiet > $R/sweep$i.log 2>&1 &
+  done
+  timeout "$(left)" "${RB[@]}" degrade --facts 256,2048,16384,65536 \
+    --modes in-weight,in-tool,in-weight+replay --steps 5000 --out $R/degradation --quiet \
+    > $R/degrade.log 2>&1 &
+fi
 while [ "$(jobs -r | wc -l)" -gt 0 ] && [ "$(left)" -gt 0 ]; do sleep 10; pack; done
 wait
 pack
 ls $R $R/capacity_gpu | head -80
-tail -3 $R/*.log
+for f in $R/*.log; do echo "-- $f"; tail -n 3 "$f"; done
 echo "done in $(( $(date +%s) - START )) s"
