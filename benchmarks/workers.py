@@ -267,7 +267,6 @@ class Worker:
         full_env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(HERE), str(HERE.parent), full_env.get("PYTHONPATH")) if p
         )
-        full_env.setdefault("JAX_PLATFORMS", "cpu")
         prefix = ["taskset", "-c", cpus] if cpus else []  # restrict to these CPUs
         self.proc = subprocess.Popen(
             [*prefix, sys.executable, "-u", str(HERE / "workers.py")],
