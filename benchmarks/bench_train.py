@@ -32,8 +32,6 @@ SIZES = [
     Workload("facts d64 L2", width=64),
     Workload("facts d128 L2", width=128),
 ]
-# candidate changes to the package, timed beside it with --proposals (see patches.py)
-PROPOSALS = ["tdot;patch=tdot", "tdot_k8;patch=tdot;k=8", "cols_tdot;patch=cols_tdot"]
 TOKENS = Workload("tokens V2048 S64 d32 L1", kind="tokens", layers=1, width=32, n=512, batch=64)
 
 
@@ -54,8 +52,6 @@ class Variant:
             key, value = item.split("=", 1)
             if key == "spc":
                 options["steps_per_call"] = int(value)
-            elif key == "patch":
-                options["patch"] = value
             elif key == "k":
                 options["k"] = int(value)
             elif key == "cpus":
@@ -75,7 +71,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         names = args.only.split(",")
         sizes = [w for w in [*SIZES, TOKENS] if w.name in names]
     ensemble_sizes = {w.name for w in (sizes[:1] if args.quick else sizes[:2])}
-    variants = [Variant.parse(v) for v in args.variant + (PROPOSALS if args.proposals else [])]
+    variants = [Variant.parse(v) for v in args.variant]
     jax_w = Worker("jax")
     torch_w = Worker("torch")
     variant_ws = {v.name: Worker(v.name, v.env, v.cpus) for v in variants}
@@ -102,13 +98,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if w.name in ensemble_sizes:
                 info["jax_k"] = jax_w.call(cmd="setup", id="kk", impl="jax", workload=wl, k=args.k)
                 members.append(("jax_k", jax_w, "kk"))
-            mine = [
-                v
-                for v in variants
-                if (v.options.get("k", 1) == 1 or w.name in ensemble_sizes)
-                # the cols patches hard-code the in-weight fact task's answer columns
-                and (w.kind == "facts" or not v.options.get("patch", "").startswith("cols"))
-            ]
+            mine = [v for v in variants if v.options.get("k", 1) == 1 or w.name in ensemble_sizes]
             for v in mine:
                 info[v.name] = variant_ws[v.name].call(
                     cmd="setup", id="v", impl="jax", workload=wl, **v.options
@@ -239,11 +229,6 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None, help="windows per implementation")
     parser.add_argument("--k", type=int, default=8, help="ensemble size")
     parser.add_argument("--tokens", action="store_true", help="add the V=2048, S=64 shape")
-    parser.add_argument(
-        "--proposals",
-        action="store_true",
-        help="also time the proposed package changes of patches.py",
-    )
     parser.add_argument("--only", help="comma-separated workload names, e.g. 'facts d64 L2'")
     parser.add_argument(
         "--torch-threads",
@@ -255,7 +240,7 @@ def main() -> None:
         "--variant",
         action="append",
         default=[],
-        help="extra JAX config 'name;spc=N;patch=NAME;ENV=VALUE...'",
+        help="extra JAX config 'name;spc=N;k=K;cpus=0;ENV=VALUE...'",
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/train.json"))
     args = parser.parse_args()

@@ -6,7 +6,6 @@ Usage: python benchmarks/run_all.py [--quick] [--default-run] [--cell]
   --default-run  also time `recall-bench run` end to end (minutes; else the last measured
                  value is carried over from results.json, marked as such)
   --cell         also time one params-for-recall cell (4,096 facts, 95% recall)
-  --proposals    also time the proposed package changes (benchmarks/patches.py)
   --tokens       add the DESIGN's random-token shape (V=2048, S=64, 1 layer, d=32)
 """
 
@@ -81,7 +80,7 @@ def table(results: dict[str, Any]) -> str:
     if results.get("variants"):
         lines += [
             "",
-            "Proposed changes (benchmarks/patches.py), timed in the same rotation:",
+            "Variants (bench_train.py --variant), timed in the same rotation:",
             "",
             "| model | variant | K | tok/s | vs package (same K) | vs torch |",
             "|---|---|---:|---:|---:|---:|",
@@ -139,7 +138,6 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--default-run", action="store_true")
     parser.add_argument("--cell", action="store_true")
-    parser.add_argument("--proposals", action="store_true", help="also time patches.py")
     parser.add_argument("--tokens", action="store_true", help="add the V=2048, S=64 shape")
     parser.add_argument("--out", type=Path, default=HERE / "results.json")
     parser.add_argument("--no-readme", action="store_true", help="leave README.md as it is")
@@ -153,7 +151,7 @@ def main() -> None:
     start = time.perf_counter()
     load_before = machine_load()
     quick = ["--quick"] if args.quick else []
-    extra = (["--proposals"] if args.proposals else []) + (["--tokens"] if args.tokens else [])
+    extra = ["--tokens"] if args.tokens else []
     train = run_script("bench_train.py", *quick, *extra)
     stores = run_script("bench_stores.py", "--facts", "100000" if args.quick else "1000000")
     ttr: dict[str, Any] = {}

@@ -86,7 +86,7 @@ def train_flops_per_step(w: Workload, model, seq_len: int, non_embedding: int) -
 class JaxSetup:
     """recall_bench's own compiled training chunk (as train_models builds it) over K models."""
 
-    def __init__(self, w: Workload, k: int, steps_per_call: int, patch: str | None):
+    def __init__(self, w: Workload, k: int, steps_per_call: int):
         import jax
         import jax.numpy as jnp
         import numpy as np
@@ -103,11 +103,6 @@ class JaxSetup:
             steps_per_call=steps_per_call,
             eval_every=steps_per_call,
         )
-        make_chunk = train.make_train_chunk
-        if patch:
-            import patches
-
-            make_chunk = patches.PATCHES[patch]
         seeds = list(range(k))
         graphdef, _ = init_model(mc, seeds[0])
         params = train.stack([init_model(mc, s)[1] for s in seeds])
@@ -118,15 +113,13 @@ class JaxSetup:
             "rng": jnp.stack([jax.random.PRNGKey(s + 1_000_003) for s in seeds]),
         }
         self.state = train.shard_models(state)
-        self.tokens = train.shard_models(jnp.asarray(np.stack([data["tokens"]] * k)))
-        self.mask = train.shard_models(jnp.asarray(np.stack([data["loss_mask"]] * k)))
+        masks = np.stack([data["loss_mask"]] * k)
+        self.data = train.device_data(np.stack([data["tokens"]] * k), masks)
         self.active = jnp.ones(k, bool)
         start = time.perf_counter()
-        self.chunk = (
-            make_chunk(graphdef, optimizer, cfg)
-            .lower(*self.state.values(), self.tokens, self.mask, self.active)
-            .compile()
-        )
+        columns = train.loss_columns(masks)
+        args = (*self.state.values(), *self.data, self.active)
+        self.chunk = train.compiled_chunk(graphdef, optimizer, cfg, columns, *args)
         self.compile_s = time.perf_counter() - start
         self.steps_per_call, self.k = steps_per_call, k
         counts = count_params(init_model(mc, 0)[1])
@@ -142,7 +135,7 @@ class JaxSetup:
     def _run_call(self) -> float:
         import numpy as np
 
-        *new_state, losses = self.chunk(*self.state.values(), self.tokens, self.mask, self.active)
+        *new_state, losses = self.chunk(*self.state.values(), *self.data, self.active)
         self.state = dict(zip(self.state, new_state, strict=True))
         return float(np.asarray(losses)[:, -1].mean())  # synchronizes, as train_models does
 
@@ -234,9 +227,7 @@ def worker_main() -> None:
             if cmd == "setup":
                 w = Workload(**msg["workload"])
                 if msg["impl"] == "jax":
-                    setup = JaxSetup(
-                        w, msg.get("k", 1), msg.get("steps_per_call", 25), msg.get("patch")
-                    )
+                    setup = JaxSetup(w, msg.get("k", 1), msg.get("steps_per_call", 25))
                 else:
                     setup = TorchSetup(w, msg.get("threads", 1), msg.get("fused", True))
                 setups[msg["id"]] = setup

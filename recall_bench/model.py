@@ -16,6 +16,38 @@ from recall_bench.pkm import ProductKeyMemory
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
+@jax.custom_vjp
+def _matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+    return x @ w
+
+
+def _matmul_fwd(x, w):
+    return x @ w, (x, w)
+
+
+def _matmul_bwd(res, dy):
+    """The weight gradient from an explicitly transposed input. XLA's own transpose rule
+    gives a dot contracting the token axis of both operands, which XLA:CPU runs on a slow
+    path (a loop emitter when vmapped over an ensemble, a strided transpose of the larger
+    operand otherwise); the barrier keeps XLA from folding the transpose back in."""
+    x, w = res
+    x2 = x.reshape(-1, x.shape[-1])
+    x2t = jax.lax.optimization_barrier(jnp.swapaxes(x2, 0, 1))
+    return dy @ w.T.astype(dy.dtype), (x2t @ dy.reshape(-1, dy.shape[-1])).astype(w.dtype)
+
+
+_matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+def linear_dot_general(lhs, rhs, dimension_numbers, precision=None, **kwargs):
+    """nnx.Linear's dot_general ([..., in] x [in, out]) through _matmul."""
+    (lc, rc), (lb, rb) = dimension_numbers
+    plain = tuple(lc) == (lhs.ndim - 1,) and tuple(rc) == (0,) and not lb and not rb
+    if plain and not kwargs.get("preferred_element_type"):
+        return _matmul(lhs, rhs)
+    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision, **kwargs)
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     vocab_size: int
@@ -66,7 +98,9 @@ class Block(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, memory: bool = False):
         dt = DTYPES[cfg.dtype]
-        kw = dict(use_bias=False, dtype=dt, param_dtype=dt, rngs=rngs)
+        kw = dict(
+            use_bias=False, dtype=dt, param_dtype=dt, dot_general=linear_dot_general, rngs=rngs
+        )
         self.heads = cfg.heads
         self.ln_attn = nnx.LayerNorm(cfg.width, dtype=dt, param_dtype=dt, rngs=rngs)
         self.qkv = nnx.Linear(cfg.width, 3 * cfg.width, **kw)
@@ -128,10 +162,13 @@ class GPT(nnx.Module):
         )
         self.ln_final = nnx.LayerNorm(cfg.width, dtype=dt, param_dtype=dt, rngs=rngs)
 
-    def __call__(self, tokens: jax.Array) -> jax.Array:
+    def __call__(self, tokens: jax.Array, columns: tuple[int, int] | None = None) -> jax.Array:
+        """With columns (start, stop): the logits of those positions only."""
         x = self.token_embed(tokens) + self.pos_embed(jnp.arange(tokens.shape[1]))
         for block in self.blocks:
             x = block(x)
+        if columns is not None:
+            x = x[:, columns[0] : columns[1]]
         return self.token_embed.attend(self.ln_final(x)).astype(jnp.float32)
 
     def empty_cache(self, batch: int) -> list[tuple[jax.Array, jax.Array]]:
@@ -158,9 +195,15 @@ def init_model(cfg: ModelConfig, seed: int) -> tuple[nnx.GraphDef, nnx.State]:
     return nnx.split(GPT(cfg, nnx.Rngs(seed)))
 
 
-def apply(graphdef: nnx.GraphDef, params: nnx.State, tokens: jax.Array) -> jax.Array:
-    """Functional forward pass: logits of `tokens` under `params`."""
-    return nnx.merge(graphdef, params)(tokens)
+def apply(
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    tokens: jax.Array,
+    columns: tuple[int, int] | None = None,
+) -> jax.Array:
+    """Functional forward pass: logits of `tokens` under `params` (of positions
+    columns[0]:columns[1] only, if given)."""
+    return nnx.merge(graphdef, params)(tokens, columns)
 
 
 def count_params(params: nnx.State, cfg: ModelConfig | None = None) -> dict[str, int]:

@@ -126,41 +126,89 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), update)
 
 
-def masked_loss(graphdef, params, tokens, loss_mask):
-    """Mean next-token cross-entropy (nats) over the loss-masked targets."""
-    logits = apply(graphdef, params, tokens[:, :-1])
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
-    mask = loss_mask[:, 1:]
+def loss_columns(loss_mask: np.ndarray) -> tuple[int, int]:
+    """(start, stop) of the target columns where any sequence has loss: the only positions
+    whose logits training needs (in-weight facts: 3 of 8)."""
+    mask = np.asarray(loss_mask)[..., 1:]
+    cols = np.flatnonzero(mask.reshape(-1, mask.shape[-1]).any(0))
+    return (int(cols[0]), int(cols[-1]) + 1) if cols.size else (0, mask.shape[-1])
+
+
+def masked_loss(graphdef, params, tokens, loss_mask, columns: tuple[int, int] | None = None):
+    """Mean next-token cross-entropy (nats) over the loss-masked targets; with columns, the
+    logits are computed only there (every loss-masked target must lie inside)."""
+    logits = apply(graphdef, params, tokens[:, :-1], columns)
+    targets, mask = tokens[:, 1:], loss_mask[:, 1:]
+    if columns is not None:
+        targets, mask = targets[:, columns[0] : columns[1]], mask[:, columns[0] : columns[1]]
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
     return jnp.sum(nll * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def make_train_chunk(graphdef, optimizer, cfg: TrainConfig) -> Callable:
+def make_train_chunk(
+    graphdef, optimizer, cfg: TrainConfig, columns: tuple[int, int] | None = None
+) -> Callable:
     """A compiled call running cfg.steps_per_call AdamW steps on every model of an ensemble.
 
-    (params, opt_state, rng, tokens, loss_mask, active) -> same, plus losses [K, steps].
-    Models with active=False keep their state unchanged.
+    (params, opt_state, rng, tokens, loss_mask, n_rows, active) -> (params, opt_state,
+    rng, losses [K, steps]); batches come from the first n_rows rows of tokens (the rest is
+    padding, see padded_rows). Models with active=False keep their state unchanged.
     """
 
-    def one_step(carry, _, tokens, loss_mask, active):
+    def one_step(carry, _, tokens, loss_mask, n_rows, active):
         params, opt_state, rng = carry
         rng, sample = jax.random.split(rng)
-        idx = jax.random.randint(sample, (cfg.batch_size,), 0, tokens.shape[0])
+        idx = jax.random.randint(sample, (cfg.batch_size,), 0, n_rows)
         loss, grads = jax.value_and_grad(masked_loss, argnums=1)(
-            graphdef, params, tokens[idx], loss_mask[idx]
+            graphdef, params, tokens[idx], loss_mask[idx], columns
         )
         updates, new_opt_state = optimizer.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
         keep = functools.partial(jax.tree.map, lambda new, old: jnp.where(active, new, old))
         return (keep(new_params, params), keep(new_opt_state, opt_state), rng), loss
 
-    def chunk(params, opt_state, rng, tokens, loss_mask, active):
-        body = functools.partial(one_step, tokens=tokens, loss_mask=loss_mask, active=active)
+    def chunk(params, opt_state, rng, tokens, loss_mask, n_rows, active):
+        body = functools.partial(
+            one_step, tokens=tokens, loss_mask=loss_mask, n_rows=n_rows, active=active
+        )
         (params, opt_state, rng), losses = jax.lax.scan(
             body, (params, opt_state, rng), None, length=cfg.steps_per_call
         )
         return params, opt_state, rng, losses
 
     return jax.jit(jax.vmap(chunk), donate_argnums=(0, 1, 2))
+
+
+MIN_ROWS = 1 << 14
+
+
+def padded_rows(n: int) -> int:
+    """Rows of the padded training arrays: max(MIN_ROWS, next power of two). Runs whose
+    fact counts share a bucket share one compiled training chunk."""
+    return max(MIN_ROWS, 1 << (n - 1).bit_length())
+
+
+def device_data(tokens: np.ndarray, loss_mask: np.ndarray) -> tuple[jax.Array, ...]:
+    """Stacked training arrays [K, rows, len] padded to padded_rows and spread over the
+    devices, and each model's true row count: (tokens, loss_mask, n_rows)."""
+    k, n = tokens.shape[:2]
+    pad = ((0, 0), (0, padded_rows(n) - n), (0, 0))
+    arrays = (np.pad(tokens, pad), np.pad(loss_mask, pad), np.full(k, n, np.int32))
+    return tuple(shard_models(jnp.asarray(a)) for a in arrays)
+
+
+_COMPILED: dict = {}  # (graphdef, cfg, columns, argument shapes/shardings) -> compiled chunk
+
+
+def compiled_chunk(graphdef, optimizer, cfg: TrainConfig, columns, *args) -> Callable:
+    """make_train_chunk compiled for these arguments; later runs of the same model, training
+    config, loss columns and padded data shape in this process reuse it."""
+    shapes = [(a.shape, a.dtype, a.sharding) for a in jax.tree.leaves(args)]
+    key = (graphdef, cfg, columns, *shapes)
+    if key not in _COMPILED:
+        chunk = make_train_chunk(graphdef, optimizer, cfg, columns)
+        _COMPILED[key] = chunk.lower(*args).compile()
+    return _COMPILED[key]
 
 
 def stack(trees: list) -> nnx.State:
@@ -256,8 +304,8 @@ def train_models(
             )
         state, meta = checkpoints.restore(state)
     state = shard_models(state)
-    tokens = shard_models(jnp.asarray(np.stack([t.train.tokens for t in tasks])))
-    loss_mask = shard_models(jnp.asarray(np.stack([t.train.loss_mask for t in tasks])))
+    masks = np.stack([t.train.loss_mask for t in tasks])
+    tokens, loss_mask, n_rows = device_data(np.stack([t.train.tokens for t in tasks]), masks)
     active = np.array(meta["active"], bool)
     step, steps, stop_reason, history = (
         meta["step"],
@@ -267,10 +315,16 @@ def train_models(
     )
 
     t0 = time.perf_counter()
-    chunk = (
-        make_train_chunk(graphdef, optimizer, cfg)
-        .lower(*(state[k] for k in STATE_KEYS), tokens, loss_mask, jnp.asarray(active))
-        .compile()
+    chunk = compiled_chunk(
+        graphdef,
+        optimizer,
+        cfg,
+        loss_columns(masks),
+        *(state[k] for k in STATE_KEYS),
+        tokens,
+        loss_mask,
+        n_rows,
+        jnp.asarray(active),
     )
     compile_s = time.perf_counter() - t0
 
@@ -281,7 +335,7 @@ def train_models(
     last_save = time.perf_counter()
     while active.any():
         *new_state, losses = chunk(
-            *(state[k] for k in STATE_KEYS), tokens, loss_mask, jnp.asarray(active)
+            *(state[k] for k in STATE_KEYS), tokens, loss_mask, n_rows, jnp.asarray(active)
         )
         state = dict(zip(STATE_KEYS, new_state, strict=True))
         step += cfg.steps_per_call
