@@ -112,14 +112,15 @@ class JaxSetup:
             "opt_state": jax.vmap(optimizer.init)(params),
             "rng": jnp.stack([jax.random.PRNGKey(s + 1_000_003) for s in seeds]),
         }
-        self.state = train.shard_models(state)
+        state_sharding, batch_sharding = train.placement(k, w.batch)
+        self.state = train.place(state, state_sharding)
         masks = np.stack([data["loss_mask"]] * k)
-        self.data = train.device_data(np.stack([data["tokens"]] * k), masks)
+        self.data = train.device_data(np.stack([data["tokens"]] * k), masks, state_sharding)
         self.active = jnp.ones(k, bool)
         start = time.perf_counter()
         columns = train.loss_columns(masks)
         args = (*self.state.values(), *self.data, self.active)
-        self.chunk = train.compiled_chunk(graphdef, optimizer, cfg, columns, *args)
+        self.chunk = train.compiled_chunk(graphdef, optimizer, cfg, columns, batch_sharding, *args)
         self.compile_s = time.perf_counter() - start
         self.steps_per_call, self.k = steps_per_call, k
         counts = count_params(init_model(mc, 0)[1])

@@ -146,22 +146,28 @@ def masked_loss(graphdef, params, tokens, loss_mask, columns: tuple[int, int] | 
 
 
 def make_train_chunk(
-    graphdef, optimizer, cfg: TrainConfig, columns: tuple[int, int] | None = None
+    graphdef,
+    optimizer,
+    cfg: TrainConfig,
+    columns: tuple[int, int] | None = None,
+    batch_sharding: jax.sharding.Sharding | None = None,
 ) -> Callable:
     """A compiled call running cfg.steps_per_call AdamW steps on every model of an ensemble.
 
     (params, opt_state, rng, tokens, loss_mask, n_rows, active) -> (params, opt_state,
     rng, losses [K, steps]); batches come from the first n_rows rows of tokens (the rest is
-    padding, see padded_rows). Models with active=False keep their state unchanged.
+    padding, see padded_rows). Models with active=False keep their state unchanged. With
+    batch_sharding, each batch's rows are split over the devices (see placement).
     """
 
     def one_step(carry, _, tokens, loss_mask, n_rows, active):
         params, opt_state, rng = carry
         rng, sample = jax.random.split(rng)
         idx = jax.random.randint(sample, (cfg.batch_size,), 0, n_rows)
-        loss, grads = jax.value_and_grad(masked_loss, argnums=1)(
-            graphdef, params, tokens[idx], loss_mask[idx], columns
-        )
+        batch = (tokens[idx], loss_mask[idx])
+        if batch_sharding is not None:
+            batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+        loss, grads = jax.value_and_grad(masked_loss, argnums=1)(graphdef, params, *batch, columns)
         updates, new_opt_state = optimizer.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
         keep = functools.partial(jax.tree.map, lambda new, old: jnp.where(active, new, old))
@@ -188,25 +194,29 @@ def padded_rows(n: int) -> int:
     return max(MIN_ROWS, 1 << (n - 1).bit_length())
 
 
-def device_data(tokens: np.ndarray, loss_mask: np.ndarray) -> tuple[jax.Array, ...]:
-    """Stacked training arrays [K, rows, len] padded to padded_rows and spread over the
-    devices, and each model's true row count: (tokens, loss_mask, n_rows)."""
+def device_data(
+    tokens: np.ndarray, loss_mask: np.ndarray, sharding: jax.sharding.Sharding | None
+) -> tuple[jax.Array, ...]:
+    """Stacked training arrays [K, rows, len] padded to padded_rows and placed with
+    `sharding`, and each model's true row count: (tokens, loss_mask, n_rows)."""
     k, n = tokens.shape[:2]
     pad = ((0, 0), (0, padded_rows(n) - n), (0, 0))
     arrays = (np.pad(tokens, pad), np.pad(loss_mask, pad), np.full(k, n, np.int32))
-    return tuple(shard_models(jnp.asarray(a)) for a in arrays)
+    return tuple(place(jnp.asarray(a), sharding) for a in arrays)
 
 
-_COMPILED: dict = {}  # (graphdef, cfg, columns, argument shapes/shardings) -> compiled chunk
+_COMPILED: dict = {}  # (graphdef, cfg, columns, batch sharding, argument layout) -> chunk
 
 
-def compiled_chunk(graphdef, optimizer, cfg: TrainConfig, columns, *args) -> Callable:
+def compiled_chunk(
+    graphdef, optimizer, cfg: TrainConfig, columns, batch_sharding, *args
+) -> Callable:
     """make_train_chunk compiled for these arguments; later runs of the same model, training
     config, loss columns and padded data shape in this process reuse it."""
     shapes = [(a.shape, a.dtype, a.sharding) for a in jax.tree.leaves(args)]
-    key = (graphdef, cfg, columns, *shapes)
+    key = (graphdef, cfg, columns, batch_sharding, *shapes)
     if key not in _COMPILED:
-        chunk = make_train_chunk(graphdef, optimizer, cfg, columns)
+        chunk = make_train_chunk(graphdef, optimizer, cfg, columns, batch_sharding)
         _COMPILED[key] = chunk.lower(*args).compile()
     return _COMPILED[key]
 
@@ -215,16 +225,29 @@ def stack(trees: list) -> nnx.State:
     return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
-def shard_models(tree):
-    """Spread the leading (model) axis over all local devices when it divides evenly; the
-    compiled step then runs each device's models in place. One device: unchanged."""
-    devices = jax.local_devices()
-    k = jax.tree.leaves(tree)[0].shape[0]
-    if len(devices) == 1 or k % len(devices):
-        return tree
-    mesh = jax.sharding.Mesh(np.array(devices), ("model",))
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("model"))
-    return jax.device_put(tree, sharding)
+def placement(k: int, batch_size: int) -> tuple[jax.sharding.Sharding | None, ...]:
+    """How an ensemble of k models uses the local devices: (sharding of the stacked state
+    and data, sharding of each batch's rows). The model axis is split when k divides evenly
+    (each device trains its own models); otherwise, for one large model say, the state is
+    replicated and each batch's rows are split (data parallel). One device: (None, None)."""
+    devices = np.array(jax.local_devices())
+    if len(devices) == 1:
+        return None, None
+    named = jax.sharding.NamedSharding
+    if k % len(devices) == 0:
+        mesh = jax.sharding.Mesh(devices, ("model",))
+        return named(mesh, jax.sharding.PartitionSpec("model")), None
+    if batch_size % len(devices) == 0:
+        mesh = jax.sharding.Mesh(devices, ("batch",))
+        return named(mesh, jax.sharding.PartitionSpec()), named(
+            mesh, jax.sharding.PartitionSpec("batch")
+        )
+    return None, None
+
+
+def place(tree, sharding: jax.sharding.Sharding | None):
+    """tree on the devices as `sharding` says (None: left where it is)."""
+    return tree if sharding is None else jax.device_put(tree, sharding)
 
 
 def plateaued(history: list[dict], cfg: TrainConfig, monitor_entropy: float) -> bool:
@@ -303,9 +326,12 @@ def train_models(
                 "run, or choose another output folder"
             )
         state, meta = checkpoints.restore(state)
-    state = shard_models(state)
+    state_sharding, batch_sharding = placement(k, cfg.batch_size)
+    state = place(state, state_sharding)
     masks = np.stack([t.train.loss_mask for t in tasks])
-    tokens, loss_mask, n_rows = device_data(np.stack([t.train.tokens for t in tasks]), masks)
+    tokens, loss_mask, n_rows = device_data(
+        np.stack([t.train.tokens for t in tasks]), masks, state_sharding
+    )
     active = np.array(meta["active"], bool)
     step, steps, stop_reason, history = (
         meta["step"],
@@ -320,6 +346,7 @@ def train_models(
         optimizer,
         cfg,
         loss_columns(masks),
+        batch_sharding,
         *(state[k] for k in STATE_KEYS),
         tokens,
         loss_mask,

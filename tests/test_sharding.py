@@ -1,6 +1,6 @@
-"""Sharded ensemble training: on 4 simulated CPU devices, train_models spreads the model axis
-over the devices (shard_models) and gives the same losses, recall, bits and parameters as
-the same ensemble on one device."""
+"""Multi-device training on 4 simulated CPU devices: an ensemble of 4 is split over the
+model axis, a single model over each batch's rows (train.placement); both give the same
+losses, recall, bits and parameters as on one device."""
 
 from __future__ import annotations
 
@@ -24,7 +24,10 @@ SCRIPT = textwrap.dedent(
     from recall_bench.train import TrainConfig, train_models
     from recall_bench.worlds import make_fact_world
 
-    cfgs = [RunConfig(n_facts=64, layers=1, width=8, heads=2, seed=s) for s in range(4)]
+    import sys
+    from recall_bench import train
+    k = int(sys.argv[1])
+    cfgs = [RunConfig(n_facts=64, layers=1, width=8, heads=2, seed=s) for s in range(k)]
     tasks = [make_task(c, make_fact_world(c.spec)) for c in cfgs]
     train_cfg = TrainConfig(steps=50, batch_size=32, lr=1e-2, steps_per_call=25, eval_every=25)
     result = train_models(
@@ -41,12 +44,13 @@ SCRIPT = textwrap.dedent(
         "steps": result.steps,
         "history": result.history,
         "params": [np.asarray(leaf).ravel().tolist() for leaf in leaves],
+        "all_reduce": any("all-reduce" in c.as_text() for c in train._COMPILED.values()),
     }))
     """
 )
 
 
-def start(devices: int) -> subprocess.Popen:
+def start(devices: int, k: int) -> subprocess.Popen:
     env = {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
@@ -54,7 +58,7 @@ def start(devices: int) -> subprocess.Popen:
         "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
     }
     return subprocess.Popen(
-        [sys.executable, "-c", SCRIPT],
+        [sys.executable, "-c", SCRIPT, str(k)],
         env=env,
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -70,8 +74,9 @@ def finish(proc: subprocess.Popen) -> dict:
 
 
 def test_sharded_ensemble_matches_one_device():
-    procs = {n: start(n) for n in (4, 1)}  # both at once: half the wall time
+    procs = {n: start(n, 4) for n in (4, 1)}  # both at once: half the wall time
     sharded, single = finish(procs[4]), finish(procs[1])
+    assert not sharded["all_reduce"]  # each device trains its own model
 
     assert sharded["devices"] == 4 and single["devices"] == 1
     # every parameter of the 4-model ensemble is split over the 4 devices, one model each
@@ -80,7 +85,11 @@ def test_sharded_ensemble_matches_one_device():
     assert sharded["spec"] == ["('model',)"]
     assert single["param_devices"] == [1]
 
-    assert sharded["steps"] == single["steps"] == [50] * 4
+    assert_same_training(sharded, single, 4)
+
+
+def assert_same_training(sharded: dict, single: dict, k: int) -> None:
+    assert sharded["steps"] == single["steps"] == [50] * k
     for a, b in zip(sharded["history"], single["history"], strict=True):
         assert [h["step"] for h in a] == [h["step"] for h in b] == [25, 50]
         for ha, hb in zip(a, b, strict=True):
@@ -89,3 +98,14 @@ def test_sharded_ensemble_matches_one_device():
                 np.testing.assert_allclose(ha[key], hb[key], rtol=1e-4, atol=1e-5)
     for pa, pb in zip(sharded["params"], single["params"], strict=True):
         np.testing.assert_allclose(pa, pb, rtol=1e-4, atol=1e-5)
+
+
+def test_single_model_splits_its_batches_over_devices():
+    procs = {n: start(n, 1) for n in (4, 1)}
+    sharded, single = finish(procs[4]), finish(procs[1])
+    assert sharded["devices"] == 4
+    # the state is replicated on all 4 devices and the gradients are summed across them
+    assert sharded["param_devices"] == [4]
+    assert sharded["spec"] == ["()"]
+    assert sharded["all_reduce"] and not single["all_reduce"]
+    assert_same_training(sharded, single, 1)
