@@ -24,11 +24,27 @@ def save(fig, path: str | Path) -> Path:
 def recall_vs_facts(rows: list[dict], path: str | Path, title: str = "") -> Path:
     """Recall against fact count, one line per mode (in-tool also on unseen entities)."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    for mode in sorted({r["mode"] for r in rows}):
+    recall_lines(ax, rows, title)
+    return save(fig, path)
+
+
+def recall_panels(panels: dict[str, list[dict]], path: str | Path) -> Path:
+    """recall_vs_facts side by side, one panel per title (e.g. matched total / active params)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for ax, (title, rows) in zip(axes[0], panels.items(), strict=True):
+        recall_lines(ax, rows, title)
+    return save(fig, path)
+
+
+def recall_lines(ax, rows: list[dict], title: str) -> None:
+    """One line per row label (default: the mode), plus in-tool's unseen-entity recall."""
+    for label in sorted({r.get("label", r["mode"]) for r in rows}):
         pts = sorted(
-            (r["n_facts"], r["recall"], r.get("recall_unseen")) for r in rows if r["mode"] == mode
+            (r["n_facts"], r["recall"], r.get("recall_unseen"))
+            for r in rows
+            if r.get("label", r["mode"]) == label
         )
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{mode}: all facts")
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{label}: all facts")
         if any(p[2] is not None for p in pts):
             unseen = [p for p in pts if p[2] is not None]
             ax.plot(
@@ -36,7 +52,7 @@ def recall_vs_facts(rows: list[dict], path: str | Path, title: str = "") -> Path
                 [p[2] for p in unseen],
                 marker="s",
                 linestyle="--",
-                label=f"{mode}: unseen entities",
+                label=f"{label}: unseen entities",
             )
     ax.set_xscale("log", base=2)
     ax.set_ylim(-0.02, 1.02)
@@ -44,8 +60,7 @@ def recall_vs_facts(rows: list[dict], path: str | Path, title: str = "") -> Path
     ax.set_ylabel("exact-match recall (greedy decoding)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
-    return save(fig, path)
+    ax.legend(fontsize=8)
 
 
 def bits_vs_facts(models: list[dict], path: str | Path, title: str = "") -> Path:
