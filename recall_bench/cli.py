@@ -44,6 +44,33 @@ def int_list(text: str) -> tuple[int, ...]:
     return values
 
 
+def add_memory_arguments(p, layer: int, role: str) -> None:
+    """The side-memory options: the memory in block `layer` (default) `role` its MLP."""
+    p.add_argument(
+        "--memory-size",
+        type=positive_int,
+        default=16384,
+        help="side-memory: value rows, a perfect square (default 16384 = 128^2)",
+    )
+    p.add_argument("--memory-topk", type=positive_int, default=8, help="side-memory: rows read")
+    p.add_argument("--memory-heads", type=positive_int, default=4, help="side-memory: heads")
+    p.add_argument(
+        "--memory-key-dim", type=positive_int, default=32, help="side-memory: query size per head"
+    )
+    p.add_argument(
+        "--memory-layer",
+        type=int,
+        default=layer,
+        help=f"side-memory: block whose MLP the memory {role} (default {layer})",
+    )
+    p.add_argument(
+        "--memory-lr-scale",
+        type=positive_float,
+        default=10.0,
+        help="side-memory: learning rate of the value table relative to --lr (default 10)",
+    )
+
+
 def add_run_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "run",
@@ -68,26 +95,7 @@ def add_run_parser(subparsers) -> None:
         help="value-space size of each attribute, comma-separated (default 4096: 12 bits)",
     )
     p.add_argument("--store", choices=["memory", "sqlite"], default="memory")
-    p.add_argument(
-        "--memory-size",
-        type=positive_int,
-        default=16384,
-        help="side-memory: value rows, a perfect square (default 16384 = 128^2)",
-    )
-    p.add_argument("--memory-topk", type=positive_int, default=8, help="side-memory: rows read")
-    p.add_argument("--memory-heads", type=positive_int, default=4, help="side-memory: heads")
-    p.add_argument(
-        "--memory-layer",
-        type=int,
-        default=0,
-        help="side-memory: block whose MLP the memory replaces (default 0: the first)",
-    )
-    p.add_argument(
-        "--memory-lr-scale",
-        type=positive_float,
-        default=10.0,
-        help="side-memory: learning rate of the value table relative to --lr (default 10)",
-    )
+    add_memory_arguments(p, 0, "replaces")
     p.add_argument("--out", type=Path, help="output folder (default: ./recall_bench_out/...)")
     p.add_argument("--json", action="store_true", help="print the JSON record only")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -134,6 +142,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         memory_size=args.memory_size,
         memory_topk=args.memory_topk,
         memory_heads=args.memory_heads,
+        memory_key_dim=args.memory_key_dim,
         memory_lr_scale=args.memory_lr_scale,
     )
     out = args.out or Path("recall_bench_out") / (

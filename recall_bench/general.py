@@ -200,15 +200,20 @@ _logits = jax.jit(apply, static_argnums=0)
 
 
 def divergence(
-    graphdef: nnx.GraphDef, base_params: nnx.State, params: nnx.State, suite: Suite
+    base_graphdef: nnx.GraphDef,
+    base_params: nnx.State,
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    suite: Suite,
 ) -> dict[str, float]:
     """Mean per-token KL(base || new) (nats) and TV distance of the next-token distributions
-    at the answer positions of each skill's held-out prompts, and their means over skills."""
+    at the answer positions of each skill's held-out prompts, and their means over skills
+    (the new model may have another graph, e.g. an added memory)."""
     out: dict[str, float] = {}
     for skill, seqs in suite.test.items():
         tokens = seqs.tokens[:, :-1]
         kl, tv = kl_tv(
-            _logits(graphdef, base_params, tokens),
+            _logits(base_graphdef, base_params, tokens),
             _logits(graphdef, params, tokens),
             seqs.loss_mask[:, 1:],
         )

@@ -1,5 +1,7 @@
 """A GPT-style decoder in Flax NNX: learned absolute positions, pre-LayerNorm blocks, tied
-input/output embeddings, and optionally a product-key memory in place of one block's MLP.
+input/output embeddings, and optionally a product-key memory in one block: in place of its MLP
+("replace"), or beside it as a residual side branch whose value table starts at zero ("add":
+the model computes exactly what it did without the memory until the memory is trained).
 Small enough to read in one sitting."""
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from flax import nnx
 from recall_bench.pkm import ProductKeyMemory
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+MEMORY_MODES = ("replace", "add")
 
 
 @jax.custom_vjp
@@ -57,7 +60,8 @@ class ModelConfig:
     heads: int = 4
     mlp_ratio: int = 4
     dtype: str = "float32"  # parameters and activations; logits and loss are float32
-    memory_layer: int | None = None  # block whose MLP is replaced by a product-key memory
+    memory_layer: int | None = None  # block with a product-key memory
+    memory_mode: str = "replace"  # the memory replaces that block's MLP, or is added to it
     memory_size: int = 0  # value rows, a perfect square (0 without a memory)
     memory_topk: int = 8  # rows read per head and token
     memory_heads: int = 4
@@ -86,6 +90,8 @@ class ModelConfig:
             raise ValueError(
                 f"memory_topk must be in [1, sqrt(memory_size) = {side}], got {self.memory_topk}"
             )
+        if self.memory_mode not in MEMORY_MODES:
+            raise ValueError(f"memory_mode must be one of {MEMORY_MODES}, got {self.memory_mode!r}")
         if self.memory_heads < 1:
             raise ValueError(f"memory_heads must be >= 1, got {self.memory_heads}")
         if self.memory_key_dim < 2 or self.memory_key_dim % 2:
@@ -93,8 +99,8 @@ class ModelConfig:
 
 
 class Block(nnx.Module):
-    """Pre-LN transformer block: causal self-attention then a GELU MLP (or, with
-    memory=True, a product-key memory), both residual."""
+    """Pre-LN transformer block: causal self-attention then a GELU MLP, both residual; with
+    memory=True a product-key memory replaces the MLP or is added to its output."""
 
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, memory: bool = False):
         dt = DTYPES[cfg.dtype]
@@ -107,6 +113,7 @@ class Block(nnx.Module):
         self.attn_out = nnx.Linear(cfg.width, cfg.width, **kw)
         self.ln_mlp = nnx.LayerNorm(cfg.width, dtype=dt, param_dtype=dt, rngs=rngs)
         self.use_memory = memory
+        self.use_mlp = not memory or cfg.memory_mode == "add"
         if memory:
             self.memory = ProductKeyMemory(
                 cfg.width,
@@ -116,8 +123,9 @@ class Block(nnx.Module):
                 cfg.memory_key_dim,
                 dt,
                 rngs,
+                zero_values=self.use_mlp,
             )
-        else:
+        if self.use_mlp:
             self.mlp_in = nnx.Linear(cfg.width, cfg.mlp_ratio * cfg.width, **kw)
             self.mlp_out = nnx.Linear(cfg.mlp_ratio * cfg.width, cfg.width, **kw)
 
@@ -145,9 +153,14 @@ class Block(nnx.Module):
     def _finish(self, x: jax.Array, attended: jax.Array) -> jax.Array:
         x = x + self.attn_out(attended)
         h = self.ln_mlp(x)
-        return x + (
-            self.memory(h) if self.use_memory else self.mlp_out(jax.nn.gelu(self.mlp_in(h)))
-        )
+        if not self.use_memory:
+            return x + self._mlp(h)
+        if not self.use_mlp:
+            return x + self.memory(h)
+        return x + (self._mlp(h) + self.memory(h))
+
+    def _mlp(self, h: jax.Array) -> jax.Array:
+        return self.mlp_out(jax.nn.gelu(self.mlp_in(h)))
 
 
 class GPT(nnx.Module):
@@ -193,6 +206,17 @@ class GPT(nnx.Module):
 def init_model(cfg: ModelConfig, seed: int) -> tuple[nnx.GraphDef, nnx.State]:
     """Build a model and split it into its static graph and its parameter state."""
     return nnx.split(GPT(cfg, nnx.Rngs(seed)))
+
+
+def add_side_memory(cfg: ModelConfig, params: nnx.State, seed: int) -> nnx.State:
+    """The parameters of a model of cfg (memory_mode "add") that carries `params`, those of
+    the same model without a memory, and a fresh memory: it computes what `params` did."""
+    if cfg.memory_layer is None or cfg.memory_mode != "add":
+        raise ValueError("add_side_memory needs a config with memory_layer and memory_mode 'add'")
+    graphdef, fresh = init_model(cfg, seed)
+    model = nnx.merge(graphdef, fresh)
+    nnx.update(model, params)
+    return nnx.split(model)[1]
 
 
 def apply(

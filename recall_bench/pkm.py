@@ -23,7 +23,8 @@ from flax import nnx
 
 class ProductKeyMemory(nnx.Module):
     """x [..., width] -> [..., width]: the sum over heads of a softmax-weighted sum of the
-    top-k value rows, out of `size` (a perfect square) rows."""
+    top-k value rows, out of `size` (a perfect square) rows. With zero_values the table
+    starts at zero, so the layer outputs exactly zero until it is trained."""
 
     def __init__(
         self,
@@ -34,6 +35,7 @@ class ProductKeyMemory(nnx.Module):
         key_dim: int,
         dtype: jnp.dtype,
         rngs: nnx.Rngs,
+        zero_values: bool = False,
     ):
         n = math.isqrt(size)
         if n * n != size or not 1 <= topk <= n or key_dim % 2:
@@ -54,9 +56,8 @@ class ProductKeyMemory(nnx.Module):
         self.sub_keys = nnx.Param(
             jax.random.normal(rngs.params(), (heads, 2, n, half), dtype) / math.sqrt(half)
         )
-        self.value_table = nnx.Param(
-            jax.random.normal(rngs.params(), (size, width), dtype) / math.sqrt(width)
-        )
+        values = jax.random.normal(rngs.params(), (size, width), dtype) / math.sqrt(width)
+        self.value_table = nnx.Param(jnp.zeros_like(values) if zero_values else values)
 
     def lookup(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Scores [..., heads, topk] (float32, descending) and rows [..., heads, topk] of

@@ -41,6 +41,7 @@ class TrainConfig:
     warmup_steps: int = 50
     weight_decay: float = 0.0
     memory_lr_scale: float = 1.0  # learning rate of product-key value tables, relative to lr
+    memory_only: bool = False  # train only product-key memories; every other weight stays fixed
     grad_clip: float = 1.0
     steps_per_call: int = 25  # optimizer steps per compiled call
     eval_every: int = 100  # steps between progress checks (a multiple of steps_per_call)
@@ -103,7 +104,8 @@ def take(stacked, k: int):
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     """AdamW with warmup and cosine decay after global-norm clipping; product-key value
-    tables (sparse: each row gets a gradient only when read) use lr * memory_lr_scale."""
+    tables (sparse: each row gets a gradient only when read) use lr * memory_lr_scale. With
+    memory_only, parameters outside the memories get zero updates and no say in the clip."""
 
     def adamw(lr: float) -> optax.GradientTransformation:
         schedule = optax.warmup_cosine_decay_schedule(
@@ -114,16 +116,25 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     def labels(params):
         def label(path, _) -> str:
             names = {getattr(k, "key", None) for k in path}
-            return "memory" if "value_table" in names else "dense"
+            if "value_table" in names:
+                return "memory"
+            return "frozen" if cfg.memory_only and "memory" not in names else "dense"
 
         return jax.tree_util.tree_map_with_path(label, params)
 
-    update = adamw(cfg.lr)
-    if cfg.memory_lr_scale != 1.0:
-        update = optax.multi_transform(
-            {"dense": update, "memory": adamw(cfg.lr * cfg.memory_lr_scale)}, labels
-        )
-    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), update)
+    def frozen(params):
+        return jax.tree.map(lambda label: label == "frozen", labels(params))
+
+    clip = optax.clip_by_global_norm(cfg.grad_clip)
+    if cfg.memory_lr_scale == 1.0 and not cfg.memory_only:
+        return optax.chain(clip, adamw(cfg.lr))
+    updates = {"dense": adamw(cfg.lr), "memory": adamw(cfg.lr * cfg.memory_lr_scale)}
+    if not cfg.memory_only:
+        return optax.chain(clip, optax.multi_transform(updates, labels))
+    updates["frozen"] = optax.set_to_zero()
+    return optax.chain(
+        optax.masked(optax.set_to_zero(), frozen), clip, optax.multi_transform(updates, labels)
+    )
 
 
 def loss_columns(loss_mask: np.ndarray) -> tuple[int, int]:

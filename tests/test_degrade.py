@@ -1,5 +1,6 @@
 """The degradation experiment: the base model's scores reproduce from its checkpoint, a
-checkpoint of another config is refused, and replay mixes hold the asked-for proportion."""
+checkpoint of another config is refused, replay mixes hold the asked-for proportion, and a
+side-memory cell runs from the base model."""
 
 from __future__ import annotations
 
@@ -39,7 +40,9 @@ def test_base_scores_reproduce_from_checkpoint(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, loaded["params"], base["params"])
     assert general.score(loaded["graphdef"], loaded["params"], suite) == base["info"]["scores"]
     assert loaded["info"] == base["info"]
-    div = general.divergence(loaded["graphdef"], base["params"], loaded["params"], suite)
+    div = general.divergence(
+        base["graphdef"], base["params"], loaded["graphdef"], loaded["params"], suite
+    )
     assert div["kl"] == pytest.approx(0.0, abs=1e-6) and div["tv"] == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError, match="another configuration"):
         degrade.load_base(tmp_path, dataclasses.replace(TINY, base_lr=3e-3))
@@ -70,6 +73,7 @@ def test_model_covers_suite_and_facts():
         (["--modes", "in-weight,telepathy"], "modes"),
         (["--replay-fraction", "1.5"], "replay fraction"),
         (["--target-recall", "2"], "target recall"),
+        (["--modes", "side-memory", "--memory-layer", "2"], "memory_layer"),
     ],
 )
 def test_cli_rejects_bad_input(argv, match):
@@ -78,3 +82,17 @@ def test_cli_rejects_bad_input(argv, match):
     args = parser.parse_args(["degrade", *argv])
     with pytest.raises(ValueError, match=match):
         args.func(args)
+
+
+def test_side_memory_cell_summary_row(tmp_path):
+    cfg = dataclasses.replace(TINY, modes=("side-memory",), memory_size=64)
+    summary = degrade.run_degrade(cfg, tmp_path, progress=False)
+    (row,) = summary["rows"]
+    assert row["mode"] == "side-memory" and row["n_facts"] == 64
+    assert 0.0 <= row["recall"] <= 1.0 and 0.0 <= row["general_accuracy"] <= 1.0
+    assert row["kl"] >= 0.0 and 0.0 <= row["tv"] <= 1.0
+    record = degrade.read_json(tmp_path / "side-memory-64" / "record.json")
+    assert record["model"]["memory_mode"] == "add"
+    assert record["params"]["memory"] == 64 * 16 + 4 * 2 * 8 * 16
+    assert "--memory-size 64" in summary["command"]
+    assert "side-memory" in degrade.format_table(summary)

@@ -1,5 +1,6 @@
 """Product-key memory: the lookup is the exact top-k over all K product keys, gradients
-reach only the rows read, and a GPT with a memory layer decodes as it runs in full."""
+reach only the rows read, a GPT with a memory layer decodes as it runs in full, and a memory
+added to a trained model starts as a no-op and trains alone."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 from hypothesis import given, settings
@@ -18,8 +20,9 @@ from hypothesis import strategies as st
 
 from recall_bench.experiments.run import RunConfig, run
 from recall_bench.leaderboard import entry_from_record
-from recall_bench.model import ModelConfig, apply, count_params, init_model
+from recall_bench.model import ModelConfig, add_side_memory, apply, count_params, init_model
 from recall_bench.pkm import ProductKeyMemory
+from recall_bench.train import TrainConfig, make_optimizer
 
 # (width, size, topk, heads, key_dim, input shape): topk from 1 to sqrt(size), 1-3 heads
 SHAPES = [(4, 16, 4, 1, 2, (5,)), (6, 49, 3, 3, 4, (2, 3)), (8, 64, 1, 2, 8, (4,))]
@@ -156,6 +159,7 @@ def test_param_counts():
         ({"memory_topk": 17}, "memory_topk"),
         ({"memory_key_dim": 7}, "memory_key_dim"),
         ({"memory_layer": None}, "without a memory_layer"),
+        ({"memory_mode": "mix"}, "memory_mode"),
     ],
 )
 def test_config_rejects_bad_memory(fields, message):
@@ -173,3 +177,55 @@ def test_side_memory_run_records_memory_counts():
     assert params["dense"] + params["memory"] == params["total"]
     assert metrics["bits_per_memory_param"] == metrics["bits_memorized"] / params["memory"]
     assert entry_from_record(record)["model"]["params"] == params
+
+
+PLAIN = ModelConfig(vocab_size=20, max_len=8)
+
+
+def side_memory(layer: int) -> tuple[nnx.GraphDef, nnx.State, nnx.GraphDef, nnx.State]:
+    """A plain model and the same model with a memory added to block `layer`."""
+    graphdef, params = init_model(PLAIN, seed=5)
+    cfg = dataclasses.replace(CFG, memory_layer=layer, memory_mode="add", memory_size=64)
+    return graphdef, params, init_model(cfg, seed=0)[0], add_side_memory(cfg, params, seed=0)
+
+
+@pytest.mark.parametrize("layer", [0, 1])
+def test_added_memory_keeps_the_base_function(layer):
+    graphdef, params, side_graphdef, side = side_memory(layer)
+    tokens = jax.random.randint(jax.random.PRNGKey(1), (4, PLAIN.max_len), 0, PLAIN.vocab_size)
+    np.testing.assert_array_equal(
+        apply(side_graphdef, side, tokens), apply(graphdef, params, tokens)
+    )
+    assert not np.any(side["blocks"][layer]["memory"]["value_table"][...])
+
+
+def is_memory(path) -> bool:
+    return "memory" in {getattr(k, "key", None) for k in path}
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_memory_only_training_moves_only_the_memory(weight_decay):
+    *_, graphdef, side = side_memory(1)
+    tokens = jax.random.randint(jax.random.PRNGKey(2), (8, PLAIN.max_len), 0, PLAIN.vocab_size)
+    cfg = TrainConfig(steps=5, memory_only=True, memory_lr_scale=10.0, weight_decay=weight_decay)
+    optimizer = make_optimizer(cfg)
+
+    def loss(p):
+        logits = apply(graphdef, p, tokens[:, :-1])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
+
+    @jax.jit
+    def step(p, state):
+        updates, state = optimizer.update(jax.grad(loss)(p), state, p)
+        return optax.apply_updates(p, updates), state
+
+    trained, state = side, optimizer.init(side)
+    for _ in range(cfg.steps):
+        trained, state = step(trained, state)
+    for (path, before), after in zip(
+        jax.tree_util.tree_leaves_with_path(side), jax.tree.leaves(trained), strict=True
+    ):
+        if is_memory(path):
+            assert np.any(before != after), jax.tree_util.keystr(path)
+        else:
+            np.testing.assert_array_equal(before, after, err_msg=jax.tree_util.keystr(path))

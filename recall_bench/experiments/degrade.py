@@ -6,7 +6,11 @@ and trains on N facts in one mode, all under the same recall target and step bud
   in-weight         the N facts, answered from the weights;
   in-tool           tool-call traces (store of all N facts, some entities held out);
   in-weight+replay  the N facts mixed with a fraction of general-suite sequences;
-  in-tool+replay    the traces mixed the same way.
+  in-tool+replay    the traces mixed the same way;
+  side-memory       the N facts, answered from a product-key memory added to one block of
+                    the base model (beside its MLP, value table at zero: at the start the
+                    model is the base model exactly); only the memory trains, every base
+                    weight stays bitwise fixed.
 Each cell reports recall (real greedy decoding, the tool in the loop for in-tool), the
 held-out general suite's accuracy and loss, and KL(base || new) / TV of the next-token
 distributions at the suite's answer positions.
@@ -27,13 +31,13 @@ import numpy as np
 from recall_bench import formats, general, plots
 from recall_bench.checkpoint import load_params, save_params
 from recall_bench.experiments.run import RunConfig, evaluate, make_record, make_task
-from recall_bench.model import ModelConfig, count_params, init_model
+from recall_bench.model import ModelConfig, add_side_memory, count_params, init_model
 from recall_bench.records import clean_json, environment, read_json, write_json_atomic
 from recall_bench.tool import build_store
 from recall_bench.train import Task, TrainConfig, train_models
 from recall_bench.worlds import FactWorld, make_fact_world
 
-MODES = ("in-weight", "in-tool", "in-weight+replay", "in-tool+replay")
+MODES = ("in-weight", "in-tool", "in-weight+replay", "in-tool+replay", "side-memory")
 FACT_COUNTS = (256, 1024, 4096, 16384)
 
 
@@ -54,6 +58,12 @@ class DegradeConfig:
     replay_min: int = 4096  # a replay mix holds at least this many general sequences
     seed: int = 0  # seeds the base model, the facts and the batch streams
     suite: general.SuiteConfig = dataclasses.field(default_factory=general.SuiteConfig)
+    memory_layer: int = -1  # side-memory: the block whose MLP it adds to (< 0: from the last)
+    memory_size: int = 16384  # side-memory: value rows, a perfect square
+    memory_topk: int = 8  # side-memory: rows read per head and token
+    memory_heads: int = 4  # side-memory
+    memory_key_dim: int = 32  # side-memory: query size per head
+    memory_lr_scale: float = 10.0  # side-memory: value-table learning rate / lr
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fact_counts", tuple(self.fact_counts))
@@ -68,9 +78,14 @@ class DegradeConfig:
         if not 0.0 < self.target_recall <= 1.0:
             raise ValueError(f"target recall must be in (0, 1], got {self.target_recall}")
         self.model_config()  # validates the shape
+        if "side-memory" in self.modes:
+            self.cell_model_config("side-memory")  # and the memory's
 
     def run_config(self, mode: str, n_facts: int) -> RunConfig:
         """The fact side of a cell (its mode without replay)."""
+        memory = {}
+        if mode == "side-memory":
+            memory = dict(self.memory_fields(), memory_lr_scale=self.memory_lr_scale)
         return RunConfig(
             mode=mode.removesuffix("+replay"),
             n_facts=n_facts,
@@ -81,6 +96,7 @@ class DegradeConfig:
             batch_size=self.batch_size,
             lr=self.lr,
             seed=self.seed,
+            **memory,
         )
 
     def model_config(self) -> ModelConfig:
@@ -88,11 +104,31 @@ class DegradeConfig:
         facts = self.run_config("in-tool", max(self.fact_counts)).model_config()
         return dataclasses.replace(facts, max_len=max(facts.max_len, self.suite.width))
 
-    def injection_config(self) -> TrainConfig:
+    def cell_model_config(self, mode: str) -> ModelConfig:
+        """The model a cell trains: the base model, with a side memory added in side-memory."""
+        if mode != "side-memory":
+            return self.model_config()
+        return dataclasses.replace(self.model_config(), memory_mode="add", **self.memory_fields())
+
+    def memory_fields(self) -> dict:
+        """The side memory's ModelConfig fields, a negative memory_layer counted from the end."""
+        layer = self.memory_layer + self.layers if self.memory_layer < 0 else self.memory_layer
+        return {
+            "memory_layer": layer,
+            "memory_size": self.memory_size,
+            "memory_topk": self.memory_topk,
+            "memory_heads": self.memory_heads,
+            "memory_key_dim": self.memory_key_dim,
+        }
+
+    def injection_config(self, mode: str) -> TrainConfig:
+        side = mode == "side-memory"
         return TrainConfig(
             steps=self.steps,
             batch_size=self.batch_size,
             lr=self.lr,
+            memory_lr_scale=self.memory_lr_scale if side else 1.0,
+            memory_only=side,
             target_recall=self.target_recall,
         )
 
@@ -196,13 +232,12 @@ def run_cell(
     run_cfg = cfg.run_config(mode, n_facts)
     world = make_fact_world(run_cfg.spec)
     task = injection_task(cfg, mode, world, suite)
+    model_cfg = cfg.cell_model_config(mode)
+    init = base["params"]
+    if mode == "side-memory":
+        init = add_side_memory(model_cfg, init, cfg.seed)
     result = train_models(
-        cfg.model_config(),
-        cfg.injection_config(),
-        [task],
-        [cfg.seed],
-        progress,
-        init_params=[base["params"]],
+        model_cfg, cfg.injection_config(mode), [task], [cfg.seed], progress, init_params=[init]
     )
     graphdef, params = result.graphdef, result.model(0)
     store = build_store(world) if run_cfg.mode == "in-tool" else None
@@ -210,14 +245,14 @@ def run_cell(
     if store is not None:
         store.close()
     metrics.update(general.score(graphdef, params, suite))
-    metrics.update(general.divergence(graphdef, base["params"], params, suite))
-    metrics["general_accuracy_kept"] = (
-        metrics["general_accuracy"] / base["info"]["scores"]["general_accuracy"]
-    )
+    metrics.update(general.divergence(base["graphdef"], base["params"], graphdef, params, suite))
+    base_accuracy = base["info"]["scores"]["general_accuracy"]
+    kept = metrics["general_accuracy"] / base_accuracy if base_accuracy else math.nan
+    metrics["general_accuracy_kept"] = kept  # undefined (null) for a base that knows nothing
     record = make_record(run_cfg, world, result, 0, metrics, task)
     record.update(
         mode=mode,
-        model=dataclasses.asdict(cfg.model_config()),
+        model=dataclasses.asdict(model_cfg),
         degrade={"config": clean_json(dataclasses.asdict(cfg)), "base": base["info"]},
     )
     return record
@@ -246,15 +281,28 @@ def summary_row(record: dict) -> dict:
     return row
 
 
+def same_sweep(record: dict, cfg: DegradeConfig) -> bool:
+    """Whether a cell's record was made under cfg; fields it predates take their defaults."""
+    then = {**clean_json(dataclasses.asdict(DegradeConfig())), **record["degrade"]["config"]}
+    return then == clean_json(dataclasses.asdict(cfg))
+
+
 def command(cfg: DegradeConfig, out: Path) -> str:
     """The command line that regenerates a sweep."""
+    memory = ""
+    if "side-memory" in cfg.modes:
+        memory = (
+            f"--memory-layer {cfg.memory_layer} --memory-size {cfg.memory_size} "
+            f"--memory-topk {cfg.memory_topk} --memory-heads {cfg.memory_heads} "
+            f"--memory-key-dim {cfg.memory_key_dim} --memory-lr-scale {cfg.memory_lr_scale} "
+        )
     return (
         f"recall-bench degrade --facts {','.join(map(str, cfg.fact_counts))} "
         f"--modes {','.join(cfg.modes)} --layers {cfg.layers} --width {cfg.width} "
         f"--heads {cfg.heads} --base-steps {cfg.base_steps} --steps {cfg.steps} "
         f"--batch-size {cfg.batch_size} --base-lr {cfg.base_lr} --lr {cfg.lr} "
         f"--target-recall {cfg.target_recall} "
-        f"--replay-fraction {cfg.replay_fraction} --seed {cfg.seed} --out {out}"
+        f"--replay-fraction {cfg.replay_fraction} {memory}--seed {cfg.seed} --out {out}"
     )
 
 
@@ -284,7 +332,7 @@ def run_degrade(
     for i, (mode, n) in enumerate(cells, 1):
         path = out / f"{mode}-{n}" / "record.json"
         record = read_json(path) if path.exists() else None
-        if record is None or record["degrade"]["config"] != clean_json(dataclasses.asdict(cfg)):
+        if record is None or not same_sweep(record, cfg):
             log(progress, f"[{i}/{len(cells)}] {mode}, {n} facts")
             record = run_cell(cfg, mode, n, base, suite, progress)
             write_json_atomic(path, record)
@@ -326,24 +374,26 @@ def format_table(summary: dict) -> str:
         f"{'tv':>7} {'steps':>6}",
     ]
     for r in summary["rows"]:
+        kept = math.nan if r["general_accuracy_kept"] is None else r["general_accuracy_kept"]
         lines.append(
             f"{r['mode']:<17} {r['n_facts']:>6} {r['recall']:>7.3f} {r['general_accuracy']:>8.3f}"
-            f" {r['general_accuracy_kept']:>6.3f} {r['kl']:>8.4f} {r['tv']:>7.4f} {r['steps']:>6}"
+            f" {kept:>6.3f} {r['kl']:>8.4f} {r['tv']:>7.4f} {r['steps']:>6}"
         )
     lines.append(f"plot: {summary['plot']}   total {summary['wall_s']:.0f} s")
     return "\n".join(lines)
 
 
 def add_degrade_parser(subparsers) -> None:
-    from recall_bench.cli import int_list, positive_float, positive_int
+    from recall_bench.cli import add_memory_arguments, int_list, positive_float, positive_int
 
     d = DegradeConfig()
     p = subparsers.add_parser(
         "degrade",
         help="general-ability degradation as facts are added in weights versus in a tool",
-        description="Train a base model on a general suite, inject N facts in-weight, in-tool "
-        "or in-weight with general replay, and measure the change in general accuracy and the "
-        "KL/TV divergence from the base model.",
+        description="Train a base model on a general suite, inject N facts in-weight, in-tool, "
+        "with general replay, or into a product-key memory added to the frozen base model "
+        "(side-memory), and measure the change in general accuracy and the KL/TV divergence "
+        "from the base model.",
     )
     p.add_argument(
         "--facts", type=int_list, default=d.fact_counts, help="fact counts, e.g. 256,4096"
@@ -364,6 +414,7 @@ def add_degrade_parser(subparsers) -> None:
     p.add_argument("--lr", type=positive_float, default=d.lr, help="fact-injection lr")
     p.add_argument("--target-recall", type=positive_float, default=d.target_recall)
     p.add_argument("--replay-fraction", type=positive_float, default=d.replay_fraction)
+    add_memory_arguments(p, d.memory_layer, "adds to (< 0: counted from the last)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--out", type=Path, default=Path("recall_bench_out/degradation"))
     p.add_argument("--json", action="store_true", help="print the summary JSON only")
@@ -387,6 +438,12 @@ def cmd_degrade(args: argparse.Namespace) -> int:
         target_recall=args.target_recall,
         replay_fraction=args.replay_fraction,
         seed=args.seed,
+        memory_layer=args.memory_layer,
+        memory_size=args.memory_size,
+        memory_topk=args.memory_topk,
+        memory_heads=args.memory_heads,
+        memory_key_dim=args.memory_key_dim,
+        memory_lr_scale=args.memory_lr_scale,
     )
     summary = run_degrade(cfg, args.out, not (args.quiet or args.json), args.resume)
     print(json.dumps(summary, indent=2) if args.json else format_table(summary))
