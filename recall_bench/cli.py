@@ -67,6 +67,13 @@ def add_run_parser(subparsers) -> None:
         default=(4096,),
         help="value-space size of each attribute, comma-separated (default 4096: 12 bits)",
     )
+    p.add_argument(
+        "--rule-alpha",
+        type=float,
+        metavar="ALPHA",
+        help="structured world: each value follows a rule on the key except with probability "
+        "ALPHA in [0, 1] (default: fully random values)",
+    )
     p.add_argument("--store", choices=["memory", "sqlite"], default="memory")
     p.add_argument(
         "--memory-size",
@@ -129,6 +136,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         lr=args.lr,
         seed=args.seed,
         attribute_sizes=args.attributes,
+        rule_alpha=args.rule_alpha,
         store=args.store,
         memory_layer=args.memory_layer,
         memory_size=args.memory_size,
@@ -136,8 +144,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         memory_heads=args.memory_heads,
         memory_lr_scale=args.memory_lr_scale,
     )
+    rule = "" if cfg.rule_alpha is None else f"-a{cfg.rule_alpha:g}"
     out = args.out or Path("recall_bench_out") / (
-        f"{cfg.mode}-n{cfg.n_facts}-L{cfg.layers}-d{cfg.width}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+        f"{cfg.mode}{rule}-n{cfg.n_facts}-L{cfg.layers}-d{cfg.width}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
     record = run(cfg, out, progress, args.resume, args.checkpoint_every)
     if args.json:
@@ -178,6 +187,11 @@ def format_record(record: dict) -> str:
         "call_valid",
         "call_key_accuracy",
         "copy_accuracy",
+        "recall_rule",
+        "recall_exceptions",
+        "rule_accuracy",
+        "held_out_rule_accuracy",
+        "held_out_accuracy",
         "bits_per_memory_param",
         "bits_per_active_param",
     ):
