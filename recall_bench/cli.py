@@ -205,6 +205,8 @@ def format_record(record: dict) -> str:
             f"{m['bits_per_param']:.3f} ({m['bits_per_param_non_embedding']:.3f} non-emb.)",
         ),
     ]
+    if "bits_memorized_exceptions" in m:
+        rows.append(("bits on exceptions", f"{m['bits_memorized_exceptions']:,.0f}"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 

@@ -45,6 +45,7 @@ BETTER = {
     "copy_accuracy": "higher",
     "recall_rule": "higher",
     "recall_exceptions": "higher",
+    "bits_memorized_exceptions": "higher",
     "held_out_rule_accuracy": "higher",
     "held_out_accuracy": "higher",
     "store_errors": "lower",

@@ -25,7 +25,7 @@ import numpy as np
 
 from recall_bench import formats
 from recall_bench.decode import Decoded, greedy_decode
-from recall_bench.metrics import sequence_stats, summarize_in_weight
+from recall_bench.metrics import bits_memorized, sequence_stats, summarize_in_weight
 from recall_bench.model import ModelConfig, count_params
 from recall_bench.records import environment, new_record, read_json, write_json_atomic
 from recall_bench.tool import ERROR_STATUS, OK, Store, build_store
@@ -199,6 +199,9 @@ def evaluate(
     metrics.update(recall=float(right.mean()), eval_s=eval_s)
     if spec.rule_alpha is not None:
         metrics.update(rule_metrics(world, decoded, right, entity, attribute))
+        exception = ~world.follows_rule()[entity, attribute]  # what the rule cannot give
+        nll = stats["value_nll_bits"][exception]
+        metrics["bits_memorized_exceptions"] = bits_memorized(nll, fact_bits[exception])
     if cfg.mode == "in-tool":
         unseen = entity >= cfg.trained_entities()
         key_right = decoded.call_valid & np.all(decoded.call_key == world.keys[entity], axis=1)

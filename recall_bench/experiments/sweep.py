@@ -61,6 +61,7 @@ Config = RunConfig | TokenRunConfig
 STRUCTURED_METRICS = (  # metrics of runs on structured worlds (rule_alpha set)
     "recall_rule",
     "recall_exceptions",
+    "bits_memorized_exceptions",
     "held_out_rule_accuracy",
     "held_out_accuracy",
 )
@@ -383,12 +384,15 @@ def format_structured(rows: list[dict]) -> str:
     """Structured-world cells: recall of rule facts and of exceptions, held-out accuracy."""
     lines = [
         "structured worlds: recall on rule-following facts and on exceptions; held-out entities",
-        f"{'cell':<44} {'rule':>6} {'except':>6} {'held-out rule':>13} {'held-out':>8}",
+        f"{'cell':<44} {'rule':>6} {'except':>6} {'exc.bits':>8} {'held-out rule':>13} "
+        f"{'held-out':>8}",
     ]
     for r in rows:
-        values = [r.get(k) for k in STRUCTURED_METRICS]
-        cols = ["-" if v is None else f"{v:.3f}" for v in values]
-        lines.append(f"{r['cell']:<44} {cols[0]:>6} {cols[1]:>6} {cols[2]:>13} {cols[3]:>8}")
+        rule, exc, bits, held_rule, held = (r.get(k) for k in STRUCTURED_METRICS)
+        cols = ["-" if v is None else f"{v:.3f}" for v in (rule, exc, held_rule, held)]
+        lines.append(
+            f"{r['cell']:<44} {cols[0]:>6} {cols[1]:>6} {bits:>8,.0f} {cols[2]:>13} {cols[3]:>8}"
+        )
     return "\n".join(lines)
 
 
