@@ -94,6 +94,13 @@ def add_run_parser(subparsers) -> None:
         default=(4096,),
         help="value-space size of each attribute, comma-separated (default 4096: 12 bits)",
     )
+    p.add_argument(
+        "--rule-alpha",
+        type=float,
+        metavar="ALPHA",
+        help="structured world: each value follows a rule on the key except with probability "
+        "ALPHA in [0, 1] (default: fully random values)",
+    )
     p.add_argument("--store", choices=["memory", "sqlite"], default="memory")
     add_memory_arguments(p, 0, "replaces")
     p.add_argument("--out", type=Path, help="output folder (default: ./recall_bench_out/...)")
@@ -137,6 +144,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         lr=args.lr,
         seed=args.seed,
         attribute_sizes=args.attributes,
+        rule_alpha=args.rule_alpha,
         store=args.store,
         memory_layer=args.memory_layer,
         memory_size=args.memory_size,
@@ -145,8 +153,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         memory_key_dim=args.memory_key_dim,
         memory_lr_scale=args.memory_lr_scale,
     )
+    rule = "" if cfg.rule_alpha is None else f"-a{cfg.rule_alpha:g}"
     out = args.out or Path("recall_bench_out") / (
-        f"{cfg.mode}-n{cfg.n_facts}-L{cfg.layers}-d{cfg.width}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+        f"{cfg.mode}{rule}-n{cfg.n_facts}-L{cfg.layers}-d{cfg.width}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
     record = run(cfg, out, progress, args.resume, args.checkpoint_every)
     if args.json:
@@ -187,6 +196,11 @@ def format_record(record: dict) -> str:
         "call_valid",
         "call_key_accuracy",
         "copy_accuracy",
+        "recall_rule",
+        "recall_exceptions",
+        "rule_accuracy",
+        "held_out_rule_accuracy",
+        "held_out_accuracy",
         "bits_per_memory_param",
         "bits_per_active_param",
     ):
@@ -200,6 +214,8 @@ def format_record(record: dict) -> str:
             f"{m['bits_per_param']:.3f} ({m['bits_per_param_non_embedding']:.3f} non-emb.)",
         ),
     ]
+    if "bits_memorized_exceptions" in m:
+        rows.append(("bits on exceptions", f"{m['bits_memorized_exceptions']:,.0f}"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 

@@ -5,6 +5,10 @@ tokens from fixed alphabets, so the vocabulary, and hence the parameter count, n
 on the number of facts (DESIGN.md invariant 1). Values are uniform and independent, so each
 fact carries exactly log2 |value space| bits (invariant 2).
 
+A structured world (FactSpec.rule_alpha = a) replaces independence by a rule: each value is
+rule(key) with probability 1 - a, else uniform (see rule_values). Its facts then carry
+-log2 P(value | key, rule) bits each, far less for a rule-following fact than for an exception.
+
 Worlds are prefix-consistent: the first N entities of a world with M > N entities and the
 same seed are exactly the world with N entities. A model trained on a small world can
 therefore be evaluated against a store built from a much larger one.
@@ -35,7 +39,8 @@ class FactSpec:
 
     attribute_sizes[a] is the number of possible values of attribute a; a value is written
     as value_length tokens over value_alphabet symbols, so each size must fit in
-    value_alphabet ** value_length.
+    value_alphabet ** value_length. rule_alpha (None: fully random) makes a structured world:
+    each value is rule_values' value with probability 1 - rule_alpha, else uniform.
     """
 
     n_entities: int
@@ -45,9 +50,17 @@ class FactSpec:
     value_length: int = 2
     value_alphabet: int = 64
     seed: int = 0
+    rule_alpha: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "attribute_sizes", tuple(int(s) for s in self.attribute_sizes))
+        if self.rule_alpha is not None:
+            alpha = self.rule_alpha
+            if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.number)):
+                raise SpecError(f"rule_alpha must be a number in [0, 1] or None, got {alpha!r}")
+            if not 0.0 <= alpha <= 1.0:
+                raise SpecError(f"rule_alpha = {alpha} must be in [0, 1] (the exception rate)")
+            object.__setattr__(self, "rule_alpha", float(alpha))
         for name in ("n_entities", "key_length", "key_alphabet", "value_length", "value_alphabet"):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
@@ -83,8 +96,24 @@ class FactSpec:
 
     @property
     def attribute_bits(self) -> np.ndarray:
-        """Exact entropy of one fact of each attribute, in bits."""
-        return np.log2(np.asarray(self.attribute_sizes, dtype=np.float64))
+        """Exact entropy of one fact of each attribute, in bits (given the rule, if any)."""
+        sizes = np.asarray(self.attribute_sizes, dtype=np.float64)
+        if self.rule_alpha is None:
+            return np.log2(sizes)
+        hit, miss = self.rule_fact_bits
+        other = self.rule_alpha / sizes  # probability of each of the size - 1 other values
+        return (1.0 - self.rule_alpha + other) * hit + (sizes - 1) * other * np.where(
+            other > 0, miss, 0.0
+        )
+
+    @property
+    def rule_fact_bits(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per attribute, -log2 P(value | key, rule) of a value equal to the rule's and of
+        any other value (inf when rule_alpha = 0: no other value can occur)."""
+        sizes = np.asarray(self.attribute_sizes, dtype=np.float64)
+        alpha = self.rule_alpha
+        with np.errstate(divide="ignore"):
+            return -np.log2(1.0 - alpha + alpha / sizes), -np.log2(alpha / sizes)
 
     @property
     def bits_per_fact(self) -> float:
@@ -113,9 +142,22 @@ class FactWorld:
         powers = self.spec.value_alphabet ** np.arange(self.spec.value_length - 1, -1, -1)
         return (self.values[..., None] // powers) % self.spec.value_alphabet
 
+    def rule_values(self) -> np.ndarray:
+        """[E, A] the rule's value of every fact (what a model that learned only the rule says)."""
+        return rule_values(self.spec, self.keys)
+
+    def follows_rule(self) -> np.ndarray:
+        """[E, A] whether each value equals the rule's (an exception may coincide with it)."""
+        return self.values == self.rule_values()
+
     def fact_bits(self) -> np.ndarray:
-        """[E * A] entropy of each fact in bits, in fact order (entity-major)."""
-        return np.tile(self.spec.attribute_bits, self.spec.n_entities)
+        """[E * A] information of each fact in bits, in fact order (entity-major): log2 of the
+        value space, or in a structured world -log2 P(value | key, rule), whose mean over
+        worlds is spec.attribute_bits."""
+        if self.spec.rule_alpha is None:
+            return np.tile(self.spec.attribute_bits, self.spec.n_entities)
+        hit, miss = self.spec.rule_fact_bits
+        return np.where(self.follows_rule(), hit, miss).reshape(-1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,9 +187,15 @@ class TokenSpec:
         return self.n_sequences * self.bits_per_sequence
 
 
+def spec_fields(spec: FactSpec | TokenSpec) -> dict:
+    """The spec's fields, less those left None: an optional field added later never changes
+    how older specs are stored or hashed."""
+    return {k: v for k, v in dataclasses.asdict(spec).items() if v is not None}
+
+
 def spec_hash(spec: FactSpec | TokenSpec) -> str:
-    """A short stable hash of a spec (its kind and every field)."""
-    payload = json.dumps({"kind": type(spec).__name__, **dataclasses.asdict(spec)}, sort_keys=True)
+    """A short stable hash of a spec (its kind and every field that is set)."""
+    payload = json.dumps({"kind": type(spec).__name__, **spec_fields(spec)}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -161,8 +209,19 @@ def _unique_prefix(rng: np.random.Generator, n: int, space: int) -> np.ndarray:
             return stream[np.sort(first)[:n]]
 
 
+def rule_values(spec: FactSpec, keys: np.ndarray) -> np.ndarray:
+    """[E, A] rule(key): value digit j of attribute a is key symbol (a + j) mod key_length plus
+    a, mod value_alphabet; the digits' number is then taken mod the attribute's size."""
+    a = np.arange(spec.n_attributes)[:, None]
+    j = np.arange(spec.value_length)[None, :]
+    digits = (keys[:, (a + j) % spec.key_length].astype(np.int64) + a) % spec.value_alphabet
+    powers = spec.value_alphabet ** np.arange(spec.value_length - 1, -1, -1, dtype=np.int64)
+    return (digits @ powers) % np.asarray(spec.attribute_sizes, dtype=np.int64)
+
+
 def make_fact_world(spec: FactSpec) -> FactWorld:
-    """Build the world of a spec: unique random keys and uniform independent values."""
+    """Build the world of a spec: unique random keys and uniform independent values; in a
+    structured world each value is replaced by the rule's with probability 1 - rule_alpha."""
     key_ids = _unique_prefix(np.random.default_rng([spec.seed, 0]), spec.n_entities, spec.key_space)
     powers = spec.key_alphabet ** np.arange(spec.key_length - 1, -1, -1, dtype=np.int64)
     keys = ((key_ids[:, None] // powers) % spec.key_alphabet).astype(np.int32)
@@ -173,6 +232,15 @@ def make_fact_world(spec: FactSpec) -> FactWorld:
         ],
         axis=1,
     ).astype(np.int64)
+    if spec.rule_alpha is not None:
+        exception = np.stack(
+            [
+                np.random.default_rng([spec.seed, 4, a]).random(spec.n_entities) < spec.rule_alpha
+                for a in range(spec.n_attributes)
+            ],
+            axis=1,
+        )
+        values = np.where(exception, values, rule_values(spec, keys))
     return FactWorld(spec=spec, keys=keys, values=values)
 
 
@@ -186,7 +254,7 @@ def save_fact_world(world: FactWorld, path: str | Path) -> Path:
     """Write a world to an .npz file atomically (spec as JSON beside the arrays)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp.npz")
-    spec_json = json.dumps(dataclasses.asdict(world.spec))
+    spec_json = json.dumps(spec_fields(world.spec))
     np.savez(tmp, keys=world.keys, values=world.values, spec=np.asarray(spec_json))
     os.replace(tmp, path)
     return path

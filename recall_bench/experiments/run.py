@@ -7,6 +7,9 @@ In-tool: the store holds all N facts; the model trains on traces of the first en
 never sees the last `unseen` ones (invariant 6), which are evaluated through the store only.
 Its stopping rule watches extra validation entities beyond the world, so neither the
 trained nor the unseen test facts decide when training ends.
+Structured worlds (rule_alpha set): recall is split into rule-following facts and exceptions,
+and an in-weight model is also asked about held-out entities (the next ones of the same
+world, never trained on): does it answer with the rule, i.e. does it generalize?
 """
 
 from __future__ import annotations
@@ -22,14 +25,15 @@ import numpy as np
 
 from recall_bench import formats
 from recall_bench.decode import Decoded, greedy_decode
-from recall_bench.metrics import sequence_stats, summarize_in_weight
+from recall_bench.metrics import bits_memorized, sequence_stats, summarize_in_weight
 from recall_bench.model import ModelConfig, count_params
 from recall_bench.records import environment, new_record, read_json, write_json_atomic
 from recall_bench.tool import ERROR_STATUS, OK, Store, build_store
 from recall_bench.train import Task, TrainConfig, TrainResult, plateaued, train_models
-from recall_bench.worlds import FactSpec, FactWorld, make_fact_world, spec_hash
+from recall_bench.worlds import FactSpec, FactWorld, make_fact_world, spec_fields, spec_hash
 
 MODES = ("in-weight", "in-tool", "side-memory")
+HELD_OUT_ENTITIES = 1000  # structured worlds: at most this many held-out entities (and <= N)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +64,7 @@ class RunConfig:
     memory_heads: int = 4  # side-memory
     memory_key_dim: int = 32  # side-memory: query size per head
     memory_lr_scale: float = 10.0  # side-memory: value-table learning rate / lr
+    rule_alpha: float | None = None  # structured world: exception rate (None: fully random)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "attribute_sizes", tuple(self.attribute_sizes))
@@ -74,8 +79,7 @@ class RunConfig:
             raise ValueError(f"store must be 'memory' or 'sqlite', got {self.store!r}")
         if not 0.0 < self.unseen_fraction < 1.0:
             raise ValueError(f"unseen_fraction must be in (0, 1), got {self.unseen_fraction}")
-        if self.mode == "side-memory":
-            self.model_config()  # checks the memory fields
+        self.model_config()  # checks the world (a SpecError) and model fields now
 
     @property
     def format(self) -> str:
@@ -92,6 +96,7 @@ class RunConfig:
             value_length=self.value_length,
             value_alphabet=self.value_alphabet,
             seed=self.seed,
+            rule_alpha=self.rule_alpha,
         )
 
     def model_config(self) -> ModelConfig:
@@ -182,7 +187,7 @@ def evaluate(
     seqs = formats.render(world, cfg.format, entities)
     stats = sequence_stats(graphdef, params, seqs.tokens, seqs.loss_mask, seqs.value_mask)
     n_params = count_params(params, cfg.model_config())
-    fact_bits = spec.attribute_bits[attribute]
+    fact_bits = world.fact_bits().reshape(spec.n_entities, spec.n_attributes)[entity, attribute]
     metrics = summarize_in_weight(
         stats, seqs.value_mask, fact_bits, n_params["total"], n_params["non_embedding"]
     )
@@ -192,6 +197,11 @@ def evaluate(
             bits_per_active_param=metrics["bits_memorized"] / n_params["active_per_token"],
         )
     metrics.update(recall=float(right.mean()), eval_s=eval_s)
+    if spec.rule_alpha is not None:
+        metrics.update(rule_metrics(world, decoded, right, entity, attribute))
+        exception = ~world.follows_rule()[entity, attribute]  # what the rule cannot give
+        nll = stats["value_nll_bits"][exception]
+        metrics["bits_memorized_exceptions"] = bits_memorized(nll, fact_bits[exception])
     if cfg.mode == "in-tool":
         unseen = entity >= cfg.trained_entities()
         key_right = decoded.call_valid & np.all(decoded.call_key == world.keys[entity], axis=1)
@@ -208,6 +218,38 @@ def evaluate(
             lookup_s=decoded.lookup_s,
         )
     return metrics, decoded
+
+
+def rule_metrics(
+    world: FactWorld, decoded: Decoded, right: np.ndarray, entity: np.ndarray, attribute: np.ndarray
+) -> dict[str, float | None]:
+    """Recall of the facts that follow the rule and of the exceptions (None where there are
+    none), and rule_accuracy: the share of answers that are the rule's value."""
+    follows = world.follows_rule()[entity, attribute]
+    rule_world = dataclasses.replace(world, values=world.rule_values())
+    by_rule = answered(decoded, formats.answer_tokens(rule_world, entity, attribute))
+    return {
+        "recall_rule": float(right[follows].mean()) if follows.any() else None,
+        "recall_exceptions": float(right[~follows].mean()) if (~follows).any() else None,
+        "rule_accuracy": float(by_rule.mean()),
+    }
+
+
+def held_out_metrics(cfg: RunConfig, world: FactWorld, graphdef, params) -> dict[str, float]:
+    """Exact and rule accuracy on the next min(HELD_OUT_ENTITIES, N) entities of the same
+    world, which the model never trained on: what it generalized rather than memorized."""
+    spec = world.spec
+    n = spec.n_entities
+    m = min(HELD_OUT_ENTITIES, n, spec.key_space - n)
+    if m < 1:
+        return {}
+    bigger = make_fact_world(spec.with_entities(n + m))
+    held, _ = evaluate(cfg, bigger, graphdef, params, entities=np.arange(n, n + m))
+    return {
+        "held_out_accuracy": held["recall"],
+        "held_out_rule_accuracy": held["rule_accuracy"],
+        "held_out_facts": m * spec.n_attributes,
+    }
 
 
 def answered(decoded: Decoded, expected: np.ndarray) -> np.ndarray:
@@ -297,6 +339,8 @@ def finish(
             path = folder / "store.sqlite" if cfg.store == "sqlite" else None
             store = build_store(world, cfg.store, path)
         metrics, decoded = evaluate(cfg, world, result.graphdef, params, store)
+        if world.spec.rule_alpha is not None and cfg.format == "in-weight":
+            metrics.update(held_out_metrics(cfg, world, result.graphdef, params))
         store_info = None if store is None else {"kind": cfg.store, "facts": len(store)}
         if store is not None:
             store.close()
@@ -340,8 +384,9 @@ def make_record(cfg: RunConfig, world, result: TrainResult, k: int, metrics, tas
         seed=cfg.seed,
         config=dataclasses.asdict(cfg),
         world={
-            "kind": "facts",
-            "spec": dataclasses.asdict(spec),
+            # capacity fits group records by world kind: structured worlds stay apart
+            "kind": "facts" if spec.rule_alpha is None else f"facts-rule{spec.rule_alpha:g}",
+            "spec": spec_fields(spec),
             "hash": spec_hash(spec),
             "entropy_bits": spec.entropy_bits,
         },

@@ -49,6 +49,7 @@ TOP_KEYS = ("name", "out", "defaults", "grid")
 TYPES = {  # field annotation -> (check, words for the error message)
     "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
     "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+    "float | None": (lambda v: TYPES["float"][0](v), "a number"),  # TOML has no None
     "str": (lambda v: isinstance(v, str), "a string"),
     "tuple[int, ...]": (
         lambda v: isinstance(v, list) and all(TYPES["int"][0](x) for x in v),
@@ -57,6 +58,13 @@ TYPES = {  # field annotation -> (check, words for the error message)
 }
 
 Config = RunConfig | TokenRunConfig
+STRUCTURED_METRICS = (  # metrics of runs on structured worlds (rule_alpha set)
+    "recall_rule",
+    "recall_exceptions",
+    "bits_memorized_exceptions",
+    "held_out_rule_accuracy",
+    "held_out_accuracy",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,7 +199,9 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
 
 def group_name(cfg: Config) -> str:
     prefix = f"{TOKENS}-V{cfg.vocab}-S{cfg.length}" if cfg.mode == TOKENS else cfg.mode
-    return f"{prefix}-n{cfg.n_facts}-L{cfg.layers}-d{cfg.width}-{cfg.dtype}"
+    alpha = getattr(cfg, "rule_alpha", None)
+    rule = "" if alpha is None else f"-a{alpha:g}"
+    return f"{prefix}{rule}-n{cfg.n_facts}-L{cfg.layers}-d{cfg.width}-{cfg.dtype}"
 
 
 def cell_name(cfg: Config) -> str:
@@ -311,6 +321,7 @@ def cell_row(record: dict) -> dict:
         "params_non_embedding": record["params"]["non_embedding"],
         "converged": record["train"]["converged"],
         "held_out_loss": record["metrics"].get("held_out_loss"),
+        **{k: record["metrics"][k] for k in STRUCTURED_METRICS if k in record["metrics"]},
     }
 
 
@@ -359,10 +370,29 @@ def format_summary(summary: dict) -> str:
             f"{r['cell']:<44} {r['params']:>7,} {r['recall']:>7.3f} {r['bits_memorized']:>8,.0f} "
             f"{r['bits_per_param']:>7.2f} {r['steps']:>6}  {r['stop_reason']}"
         )
+    structured = [r for r in summary["cells"] if "recall_rule" in r]
+    if structured:
+        lines += ["", format_structured(structured)]
     if summary["capacity"]:
         lines += ["", capacity.format_capacity(summary["capacity"])]
     if summary["params_for_recall"]:
         lines += ["", capacity.format_params_for_recall(summary["params_for_recall"])]
+    return "\n".join(lines)
+
+
+def format_structured(rows: list[dict]) -> str:
+    """Structured-world cells: recall of rule facts and of exceptions, held-out accuracy."""
+    lines = [
+        "structured worlds: recall on rule-following facts and on exceptions; held-out entities",
+        f"{'cell':<44} {'rule':>6} {'except':>6} {'exc.bits':>8} {'held-out rule':>13} "
+        f"{'held-out':>8}",
+    ]
+    for r in rows:
+        rule, exc, bits, held_rule, held = (r.get(k) for k in STRUCTURED_METRICS)
+        cols = ["-" if v is None else f"{v:.3f}" for v in (rule, exc, held_rule, held)]
+        lines.append(
+            f"{r['cell']:<44} {cols[0]:>6} {cols[1]:>6} {bits:>8,.0f} {cols[2]:>13} {cols[3]:>8}"
+        )
     return "\n".join(lines)
 
 
