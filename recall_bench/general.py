@@ -4,16 +4,30 @@ facts never touch, written in the facts' vocabulary so one model can hold both.
     BOS MARKER data SEP answer EOS PAD...      loss on `answer EOS`
 
 Data and answers are value-alphabet symbols; SEP and the task markers are the reserved
-special ids 9..15. Skills: copy, reverse, sort (ascending), add (two `digits`-digit base-10
+special ids 9..14. Skills: copy, reverse, sort (ascending), add (two `digits`-digit base-10
 numbers -> their digitwise sum mod 10, no carries), brackets (a prefix over `( [ ) ]`
 -> the closers that balance it, innermost first; empty when already balanced). Every skill's
 sequences are padded to one width so they stack with fact sequences. Test prompts never occur
 in training.
+
+Optionally a user's UTF-8 text file, modelled byte by byte, each byte two value symbols
+(high nibble, low nibble) so that any file fits the fixed vocabulary:
+
+    BOS TEXT <2 * TEXT_WINDOW nibbles>                 loss on every nibble
+
+TEXT is the reserved id 15. Training windows start at random offsets in the first
+(1 - text_held_out) of the bytes; held-out windows tile the rest without overlap. The text is
+trained on with the suite but scored apart, in bits per byte: it is not in general_accuracy,
+general_loss or the kl / tv means (those stay over the structured skills, comparable with runs
+without a text), only in its own text_* numbers.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import math
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -28,6 +42,9 @@ MARKERS = {"copy": 10, "reverse": 11, "sort": 12, "add": 13, "brackets": 14}
 SKILLS = tuple(MARKERS)
 BASE = 10  # addition digits are symbols 0..9
 OPEN, CLOSE = (0, 1), (2, 3)  # bracket symbols: ( [ and ) ]
+TEXT = 15  # marker of a text window
+TEXT_WINDOW = 9  # bytes per text window: BOS TEXT + 18 nibbles fill the 20-position model
+NIBBLES = 16  # value symbols a byte's halves use
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +57,11 @@ class SuiteConfig:
     train_per_skill: int = 20000
     test_per_skill: int = 512
     seed: int = 0
+    text_file: str | None = None  # a UTF-8 text file to learn and score in bits per byte
+    text_held_out: float = 0.1  # share of its bytes, at its end, held out for scoring
+    text_train_windows: int = 20000  # training windows from the rest
+    text_sha256: str | None = dataclasses.field(default=None, init=False)  # set from the file
+    text_bytes: int | None = dataclasses.field(default=None, init=False)  # its size
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "skills", tuple(self.skills))
@@ -51,6 +73,14 @@ class SuiteConfig:
                 raise ValueError(f"suite {name} must be >= 1, got {getattr(self, name)}")
         if self.train_per_skill < 0:
             raise ValueError(f"train_per_skill must be >= 0, got {self.train_per_skill}")
+        if not 0.0 < self.text_held_out < 1.0:
+            raise ValueError(f"text_held_out must be in (0, 1), got {self.text_held_out}")
+        if self.text_train_windows < 1:
+            raise ValueError(f"text_train_windows must be >= 1, got {self.text_train_windows}")
+        if self.text_file is not None:
+            data = read_text(self.text_file, self.text_held_out)
+            object.__setattr__(self, "text_sha256", hashlib.sha256(data).hexdigest())
+            object.__setattr__(self, "text_bytes", len(data))
 
     def sizes(self, skill: str) -> tuple[int, int]:
         """(data symbols, longest answer) of a skill."""
@@ -62,20 +92,105 @@ class SuiteConfig:
 
     @property
     def width(self) -> int:
-        """Tokens of every suite sequence: BOS MARKER data SEP answer EOS, padded."""
-        return max(4 + sum(self.sizes(s)) for s in self.skills)
+        """Tokens of every suite sequence: BOS MARKER data SEP answer EOS (or BOS TEXT
+        nibbles), padded."""
+        text = 2 + 2 * TEXT_WINDOW if self.text_file is not None else 0
+        return max(text, *(4 + sum(self.sizes(s)) for s in self.skills))
 
     def alphabet(self, skill: str) -> int:
         return {"add": BASE, "brackets": 4}.get(skill, self.symbols)
 
+    def key(self) -> dict:
+        """Its settings; the text_* ones only with a text file, so that keys and records
+        made before they existed still match."""
+        out = dataclasses.asdict(self)
+        if self.text_file is None:
+            out = {k: v for k, v in out.items() if not k.startswith("text_")}
+        return out
+
 
 @dataclasses.dataclass(frozen=True)
 class Suite:
-    """train: every skill's training sequences, shuffled together; test: per skill."""
+    """train: every skill's training sequences (and text windows), shuffled together; test:
+    per structured skill; text: the held-out text windows, when the suite has a text."""
 
     config: SuiteConfig
     train: Sequences
     test: dict[str, Sequences]
+    text: Sequences | None = None
+
+
+def read_text(path: str, held_out: float) -> bytes:
+    """The bytes of a UTF-8 text file long enough for training and held-out windows; a
+    ValueError that says what to do otherwise."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise ValueError(
+            f"text file {path!r} cannot be read ({err.strerror}): give the path of a UTF-8 "
+            "text file"
+        ) from None
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"text file {path!r} is not valid UTF-8 ({err.reason} at byte {err.start}): "
+            "convert it to UTF-8 or give another file"
+        ) from None
+    split = text_split(len(data), held_out)
+    if min(split, len(data) - split) < TEXT_WINDOW:
+        need = math.ceil((TEXT_WINDOW + 0.5) / min(held_out, 1.0 - held_out))
+        raise ValueError(
+            f"text file {path!r} has {len(data)} bytes: too short for a {TEXT_WINDOW}-byte "
+            f"training window and a held-out one in its last {held_out:.0%}; give a file of "
+            f"at least {need} bytes"
+        )
+    return data
+
+
+def text_split(n_bytes: int, held_out: float) -> int:
+    """Where the held-out part of an n_bytes text begins."""
+    return n_bytes - round(n_bytes * held_out)
+
+
+def text_offsets(n_bytes: int, cfg: SuiteConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Start offsets of the training windows (random, seeded, inside the first part) and of the
+    held-out windows (tiling the last part from its start, a short remainder dropped)."""
+    split = text_split(n_bytes, cfg.text_held_out)
+    rng = np.random.default_rng([cfg.seed, 6])
+    train = rng.integers(0, split - TEXT_WINDOW + 1, cfg.text_train_windows)
+    held = np.arange(split, n_bytes - TEXT_WINDOW + 1, TEXT_WINDOW)
+    return train, held
+
+
+def nibbles(data: np.ndarray) -> np.ndarray:
+    """[..., 2n] the high and low nibble of each byte of [..., n] uint8 data, in order."""
+    data = np.asarray(data, np.uint8)
+    return np.stack([data >> 4, data & 15], axis=-1).reshape(*data.shape[:-1], -1)
+
+
+def render_text(data: bytes, starts: np.ndarray, vocab: Vocab, width: int) -> Sequences:
+    """BOS TEXT nibbles of the TEXT_WINDOW bytes at each start, padded to `width`; loss (and
+    value mask) on every nibble."""
+    buffer = np.frombuffer(data, np.uint8)
+    windows = buffer[np.asarray(starts)[:, None] + np.arange(TEXT_WINDOW)]
+    n, end = len(windows), 2 + 2 * TEXT_WINDOW
+    tokens = np.full((n, width), PAD, np.int32)
+    tokens[:, 0], tokens[:, 1] = BOS, TEXT
+    tokens[:, 2:end] = nibbles(windows) + vocab.value_offset
+    mask = np.zeros((n, width), np.float32)
+    mask[:, 2:end] = 1.0
+    return Sequences(tokens, mask, mask.copy(), 2)
+
+
+def load_text(cfg: SuiteConfig) -> bytes:
+    """The suite's text file, checked against the hash its config recorded."""
+    data = read_text(cfg.text_file, cfg.text_held_out)
+    if hashlib.sha256(data).hexdigest() != cfg.text_sha256:
+        raise ValueError(
+            f"text file {cfg.text_file!r} changed after its config was made: make it again"
+        )
+    return data
 
 
 def bracket_prompts(rng: np.random.Generator, n: int, length: int) -> np.ndarray:
@@ -148,6 +263,8 @@ def render(skill: str, data: np.ndarray, vocab: Vocab, width: int) -> Sequences:
 def make_suite(cfg: SuiteConfig, vocab: Vocab) -> Suite:
     """Train and held-out test sequences of every skill, a pure function of cfg."""
     needed = max(cfg.alphabet(s) for s in cfg.skills)
+    if cfg.text_file is not None:
+        needed = max(needed, NIBBLES)
     if needed > vocab.value_alphabet:
         raise ValueError(
             f"the suite needs {needed} data symbols but the value alphabet has "
@@ -161,9 +278,15 @@ def make_suite(cfg: SuiteConfig, vocab: Vocab) -> Suite:
         data = data[[row.tobytes() not in seen for row in data]] if len(data) else data
         test[skill] = render(skill, held, vocab, cfg.width)
         train.append(render(skill, data, vocab, cfg.width))
+    text = None
+    if cfg.text_file is not None:
+        data = load_text(cfg)
+        starts, held = text_offsets(len(data), cfg)
+        train.append(render_text(data, starts, vocab, cfg.width))
+        text = render_text(data, held, vocab, cfg.width)
     order = np.random.default_rng([cfg.seed, 5]).permutation(sum(len(s.tokens) for s in train))
     merged = [np.concatenate([getattr(s, f) for s in train])[order] for f in _ARRAYS]
-    return Suite(cfg, Sequences(*merged, prompt_length=0), test)
+    return Suite(cfg, Sequences(*merged, prompt_length=0), test, text)
 
 
 _ARRAYS = ("tokens", "loss_mask", "value_mask")
@@ -185,7 +308,8 @@ def concat(parts: list[Sequences]) -> Sequences:
 
 def score(graphdef: nnx.GraphDef, params: nnx.State, suite: Suite) -> dict[str, float]:
     """Held-out exact-match accuracy and mean loss (nats/token) of each skill, and their
-    means over skills: general_accuracy, general_loss."""
+    means over skills: general_accuracy, general_loss; with a text, text_bits_per_byte and
+    text_loss of its held-out windows."""
     out: dict[str, float] = {}
     for skill, seqs in suite.test.items():
         stats = sequence_stats(graphdef, params, seqs.tokens, seqs.loss_mask, seqs.value_mask)
@@ -193,7 +317,20 @@ def score(graphdef: nnx.GraphDef, params: nnx.State, suite: Suite) -> dict[str, 
         out[f"{skill}_loss"] = float(stats["loss_sum"].sum() / seqs.loss_mask[:, 1:].sum())
     out["general_accuracy"] = float(np.mean([out[f"{s}_accuracy"] for s in suite.test]))
     out["general_loss"] = float(np.mean([out[f"{s}_loss"] for s in suite.test]))
+    if suite.text is not None:
+        seqs = suite.text
+        stats = sequence_stats(graphdef, params, seqs.tokens, seqs.loss_mask, seqs.value_mask)
+        out.update(text_score(stats, seqs))
     return out
+
+
+def text_score(stats: dict[str, np.ndarray], seqs: Sequences) -> dict[str, float]:
+    """text_bits_per_byte (the NLL in bits of all nibbles / bytes) and text_loss (nats per
+    nibble) of text windows, from their sequence stats."""
+    return {
+        "text_bits_per_byte": float(stats["value_nll_bits"].sum() / (seqs.value_mask.sum() / 2)),
+        "text_loss": float(stats["loss_sum"].sum() / seqs.loss_mask[:, 1:].sum()),
+    }
 
 
 _logits = jax.jit(apply, static_argnums=0)
@@ -207,10 +344,12 @@ def divergence(
     suite: Suite,
 ) -> dict[str, float]:
     """Mean per-token KL(base || new) (nats) and TV distance of the next-token distributions
-    at the answer positions of each skill's held-out prompts, and their means over skills
-    (the new model may have another graph, e.g. an added memory)."""
+    at the answer positions of each skill's held-out prompts (and the held-out text's nibble
+    positions), and their means over the structured skills (the new model may have another
+    graph, e.g. an added memory)."""
     out: dict[str, float] = {}
-    for skill, seqs in suite.test.items():
+    parts = {**suite.test, **({"text": suite.text} if suite.text is not None else {})}
+    for skill, seqs in parts.items():
         tokens = seqs.tokens[:, :-1]
         kl, tv = kl_tv(
             _logits(base_graphdef, base_params, tokens),

@@ -152,14 +152,16 @@ def params_for_recall(rows: list[dict], path: str | Path) -> Path:
 
 
 def degradation(rows: list[dict], base: dict, path: str | Path) -> Path:
-    """Recall, general accuracy and KL(base || new) against fact count, one line per mode;
-    the base model's general accuracy dashed."""
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    panels = (
+    """Recall, general accuracy, KL(base || new) and, with a text, its held-out bits per byte
+    against fact count, one line per mode; the base model's scores dashed."""
+    panels = [
         ("recall", "fact recall (greedy decoding)"),
         ("general_accuracy", "general-suite accuracy (held out)"),
         ("kl", "KL(base || new), nats/token"),
-    )
+    ]
+    if "text_bits_per_byte" in base:
+        panels.append(("text_bits_per_byte", "held-out text, bits/byte"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(14 * len(panels) / 3, 4))
     for ax, (key, label) in zip(axes, panels, strict=True):
         for mode in sorted({r["mode"] for r in rows}):
             pts = sorted((r["n_facts"], r[key]) for r in rows if r["mode"] == mode)
@@ -168,7 +170,9 @@ def degradation(rows: list[dict], base: dict, path: str | Path) -> Path:
         ax.set_xlabel("facts injected")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    axes[1].axhline(base["general_accuracy"], color="gray", linestyle="--", label="base model")
+    for ax, (key, _) in zip(axes[1:], panels[1:], strict=True):
+        if key in base:
+            ax.axhline(base[key], color="gray", linestyle="--", label="base model")
     axes[0].set_ylim(-0.02, 1.02)
     axes[1].set_ylim(-0.02, 1.02)
     axes[2].set_yscale("symlog", linthresh=1e-3)

@@ -13,7 +13,8 @@ and trains on N facts in one mode, all under the same recall target and step bud
                     weight stays bitwise fixed.
 Each cell reports recall (real greedy decoding, the tool in the loop for in-tool), the
 held-out general suite's accuracy and loss, and KL(base || new) / TV of the next-token
-distributions at the suite's answer positions.
+distributions at the suite's answer positions; with a text file in the suite (--text-file),
+also the held-out text's bits per byte, its change from the base model's, and its KL / TV.
 """
 
 from __future__ import annotations
@@ -145,7 +146,7 @@ class DegradeConfig:
                     f: getattr(model, f)
                     for f in ("vocab_size", "max_len", "layers", "width", "heads", "dtype")
                 },
-                "suite": dataclasses.asdict(self.suite),
+                "suite": self.suite.key(),
                 "train": {
                     "steps": self.base_steps,
                     "batch_size": self.batch_size,
@@ -246,9 +247,13 @@ def run_cell(
         store.close()
     metrics.update(general.score(graphdef, params, suite))
     metrics.update(general.divergence(base["graphdef"], base["params"], graphdef, params, suite))
-    base_accuracy = base["info"]["scores"]["general_accuracy"]
+    base_scores = base["info"]["scores"]
+    base_accuracy = base_scores["general_accuracy"]
     kept = metrics["general_accuracy"] / base_accuracy if base_accuracy else math.nan
     metrics["general_accuracy_kept"] = kept  # undefined (null) for a base that knows nothing
+    if "text_bits_per_byte" in metrics:
+        change = metrics["text_bits_per_byte"] - base_scores["text_bits_per_byte"]
+        metrics["text_bits_per_byte_change"] = change
     record = make_record(run_cfg, world, result, 0, metrics, task)
     record.update(
         mode=mode,
@@ -278,12 +283,17 @@ def summary_row(record: dict) -> dict:
     row.update(
         {f"{s}_{k}": m[f"{s}_{k}"] for s in skills for k in ("accuracy", "loss", "kl", "tv")}
     )
+    if "text_bits_per_byte" in m:
+        text = ("bits_per_byte", "bits_per_byte_change", "loss", "kl", "tv")
+        row.update({f"text_{k}": m[f"text_{k}"] for k in text})
     return row
 
 
 def same_sweep(record: dict, cfg: DegradeConfig) -> bool:
     """Whether a cell's record was made under cfg; fields it predates take their defaults."""
-    then = {**clean_json(dataclasses.asdict(DegradeConfig())), **record["degrade"]["config"]}
+    default = clean_json(dataclasses.asdict(DegradeConfig()))
+    then = {**default, **record["degrade"]["config"]}
+    then["suite"] = {**default["suite"], **then["suite"]}
     return then == clean_json(dataclasses.asdict(cfg))
 
 
@@ -296,13 +306,14 @@ def command(cfg: DegradeConfig, out: Path) -> str:
             f"--memory-topk {cfg.memory_topk} --memory-heads {cfg.memory_heads} "
             f"--memory-key-dim {cfg.memory_key_dim} --memory-lr-scale {cfg.memory_lr_scale} "
         )
+    text = "" if cfg.suite.text_file is None else f"--text-file {cfg.suite.text_file} "
     return (
         f"recall-bench degrade --facts {','.join(map(str, cfg.fact_counts))} "
         f"--modes {','.join(cfg.modes)} --layers {cfg.layers} --width {cfg.width} "
         f"--heads {cfg.heads} --base-steps {cfg.base_steps} --steps {cfg.steps} "
         f"--batch-size {cfg.batch_size} --base-lr {cfg.base_lr} --lr {cfg.lr} "
         f"--target-recall {cfg.target_recall} "
-        f"--replay-fraction {cfg.replay_fraction} {memory}--seed {cfg.seed} --out {out}"
+        f"--replay-fraction {cfg.replay_fraction} {memory}{text}--seed {cfg.seed} --out {out}"
     )
 
 
@@ -367,17 +378,20 @@ def log(progress: bool, text: str) -> None:
 
 def format_table(summary: dict) -> str:
     base = summary["base"]["scores"]
+    has_text = "text_bits_per_byte" in base
+    text = f", text {base['text_bits_per_byte']:.3f} bits/byte" if has_text else ""
     lines = [
         f"degradation: {summary['params']['total']:,}-parameter base model, general accuracy "
-        f"{base['general_accuracy']:.3f}, loss {base['general_loss']:.4f}",
+        f"{base['general_accuracy']:.3f}, loss {base['general_loss']:.4f}{text}",
         f"{'mode':<17} {'facts':>6} {'recall':>7} {'general':>8} {'kept':>6} {'kl':>8} "
-        f"{'tv':>7} {'steps':>6}",
+        f"{'tv':>7} {'steps':>6}" + (f" {'text bpb':>9}" if has_text else ""),
     ]
     for r in summary["rows"]:
         kept = math.nan if r["general_accuracy_kept"] is None else r["general_accuracy_kept"]
         lines.append(
             f"{r['mode']:<17} {r['n_facts']:>6} {r['recall']:>7.3f} {r['general_accuracy']:>8.3f}"
             f" {kept:>6.3f} {r['kl']:>8.4f} {r['tv']:>7.4f} {r['steps']:>6}"
+            + (f" {r['text_bits_per_byte']:>9.3f}" if has_text else "")
         )
     lines.append(f"plot: {summary['plot']}   total {summary['wall_s']:.0f} s")
     return "\n".join(lines)
@@ -415,6 +429,11 @@ def add_degrade_parser(subparsers) -> None:
     p.add_argument("--target-recall", type=positive_float, default=d.target_recall)
     p.add_argument("--replay-fraction", type=positive_float, default=d.replay_fraction)
     add_memory_arguments(p, d.memory_layer, "adds to (< 0: counted from the last)")
+    p.add_argument(
+        "--text-file",
+        help="a UTF-8 text file added to the general suite, scored in bits per byte on its "
+        f"last {d.suite.text_held_out:.0%}",
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--out", type=Path, default=Path("recall_bench_out/degradation"))
     p.add_argument("--json", action="store_true", help="print the summary JSON only")
@@ -444,6 +463,7 @@ def cmd_degrade(args: argparse.Namespace) -> int:
         memory_heads=args.memory_heads,
         memory_key_dim=args.memory_key_dim,
         memory_lr_scale=args.memory_lr_scale,
+        suite=general.SuiteConfig(text_file=args.text_file),
     )
     summary = run_degrade(cfg, args.out, not (args.quiet or args.json), args.resume)
     print(json.dumps(summary, indent=2) if args.json else format_table(summary))
