@@ -74,6 +74,7 @@ def test_model_covers_suite_and_facts():
         (["--replay-fraction", "1.5"], "replay fraction"),
         (["--target-recall", "2"], "target recall"),
         (["--modes", "side-memory", "--memory-layer", "2"], "memory_layer"),
+        (["--text-file", "/nowhere/text.md"], "'/nowhere/text.md' cannot be read"),
     ],
 )
 def test_cli_rejects_bad_input(argv, match):
@@ -96,3 +97,39 @@ def test_side_memory_cell_summary_row(tmp_path):
     assert record["params"]["memory"] == 64 * 16 + 4 * 2 * 8 * 16
     assert "--memory-size 64" in summary["command"]
     assert "side-memory" in degrade.format_table(summary)
+
+
+def text_config(path, text: bytes, **fields) -> degrade.DegradeConfig:
+    path.write_bytes(text)
+    suite = dataclasses.replace(TINY.suite, text_file=str(path), text_train_windows=64)
+    return dataclasses.replace(TINY, suite=suite, **fields)
+
+
+def test_base_key_follows_the_text_content(tmp_path):
+    path = tmp_path / "text.md"
+    one = text_config(path, b"the first text. " * 20)
+    two = text_config(path, b"the other text. " * 20)
+    assert one.suite.text_sha256 != two.suite.text_sha256
+    assert one.base_key() != two.base_key()  # same path, other content: no reuse
+    assert one.base_key()["suite"]["text_bytes"] == 320
+    assert "text_sha256" not in TINY.base_key()["suite"]  # keys of bases without a text unchanged
+
+
+def test_text_degrade_run(tmp_path):
+    text = ("Une ligne de texte, é — 字. " * 20).encode()
+    cfg = text_config(tmp_path / "text.md", text, modes=("in-weight", "in-weight+replay"))
+    summary = degrade.run_degrade(cfg, tmp_path / "out", progress=False)
+    base = summary["base"]["scores"]
+    assert np.isfinite(base["text_bits_per_byte"]) and base["text_bits_per_byte"] > 0.0
+    assert "text_accuracy" not in base  # the text is not in general_accuracy
+    skills = cfg.suite.skills
+    assert base["general_accuracy"] == pytest.approx(
+        np.mean([base[f"{s}_accuracy"] for s in skills])
+    )
+    for row in summary["rows"]:
+        assert row["text_bits_per_byte"] > 0.0 and row["text_kl"] >= 0.0
+        assert row["kl"] == pytest.approx(np.mean([row[f"{s}_kl"] for s in skills]))  # no text
+        change = row["text_bits_per_byte"] - base["text_bits_per_byte"]
+        assert row["text_bits_per_byte_change"] == pytest.approx(change)
+    assert f"--text-file {tmp_path / 'text.md'} " in summary["command"]
+    assert "text bpb" in degrade.format_table(summary)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from recall_bench import general
 from recall_bench.formats import BOS, EOS, PAD, Vocab
-from recall_bench.metrics import kl_tv
+from recall_bench.metrics import kl_tv, stats_from_logits
 
 VOCAB = Vocab(1, 64, 64)
 SMALL = general.SuiteConfig(train_per_skill=300, test_per_skill=40)
@@ -107,3 +107,81 @@ def test_bad_config():
         general.SuiteConfig(skills=("copy", "juggle"))
     with pytest.raises(ValueError, match="symbols"):
         general.make_suite(general.SuiteConfig(symbols=100), VOCAB)
+
+
+TEXT = ("Un texte d'essai, é ü — 字 🙂. " * 12).encode()  # 468 bytes, multi-byte characters
+
+
+def text_suite(tmp_path, **fields) -> general.SuiteConfig:
+    path = tmp_path / "text.md"
+    path.write_bytes(TEXT)
+    return general.SuiteConfig(train_per_skill=30, test_per_skill=8, text_file=str(path), **fields)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.binary(min_size=general.TEXT_WINDOW, max_size=64))
+def test_nibbles_roundtrip(data):
+    halves = general.nibbles(np.frombuffer(data, np.uint8))
+    assert halves.min() >= 0 and halves.max() < general.NIBBLES
+    assert bytes(((halves[0::2] << 4) | halves[1::2]).tolist()) == data
+    starts = np.arange(len(data) - general.TEXT_WINDOW + 1)
+    seqs = general.render_text(data, starts, VOCAB, 20)
+    assert (seqs.tokens[:, :2] == [BOS, general.TEXT]).all()
+    assert seqs.loss_mask.sum(axis=1).tolist() == [2 * general.TEXT_WINDOW] * len(starts)
+    for start, row in zip(starts, seqs.tokens[:, 2:] - VOCAB.value_offset, strict=True):
+        assert (
+            bytes(((row[0::2] << 4) | row[1::2]).tolist())
+            == data[start : start + general.TEXT_WINDOW]
+        )
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(200, 5000), st.sampled_from([0.05, 0.1, 0.5]), st.integers(0, 9))
+def test_text_windows_held_out_tile_the_tail(n_bytes, held_out, seed):
+    cfg = general.SuiteConfig(text_held_out=held_out, text_train_windows=500, seed=seed)
+    train, held = general.text_offsets(n_bytes, cfg)
+    split, w = general.text_split(n_bytes, held_out), general.TEXT_WINDOW
+    assert len(train) == 500 and train.min() >= 0 and (train + w <= split).all()  # no overlap
+    assert held[0] == split and (np.diff(held) == w).all()  # tiling from the split on
+    assert 0 <= n_bytes - (held[-1] + w) < w  # to the end, but for a short remainder
+
+
+def test_uniform_nibbles_score_eight_bits_per_byte():
+    data = np.random.default_rng(0).integers(0, 256, 90, np.uint8).tobytes()
+    seqs = general.render_text(data, np.arange(0, 81, 9), VOCAB, 20)
+    logits = np.full((*seqs.tokens[:, :-1].shape, VOCAB.size), -1e9, np.float32)
+    logits[..., VOCAB.value_offset : VOCAB.value_offset + 16] = 0.0  # uniform over nibbles
+    stats = stats_from_logits(logits, seqs.tokens, seqs.loss_mask, seqs.value_mask)
+    scores = general.text_score({k: np.asarray(v) for k, v in stats.items()}, seqs)
+    assert scores["text_bits_per_byte"] == pytest.approx(8.0, rel=1e-6)
+    assert scores["text_loss"] == pytest.approx(math.log(16), rel=1e-6)
+
+
+def test_text_suite(tmp_path):
+    cfg = text_suite(tmp_path)
+    assert cfg.text_bytes == len(TEXT) and cfg.width == 20
+    suite = general.make_suite(cfg, VOCAB)
+    n_held = (len(TEXT) - general.text_split(len(TEXT), 0.1)) // general.TEXT_WINDOW
+    assert suite.text.tokens.shape == (n_held, 20) and set(suite.test) == set(general.SKILLS)
+    rows = suite.train.tokens[:, 1] == general.TEXT
+    assert rows.sum() == cfg.text_train_windows
+    assert "text_file" in cfg.key() and "text_file" not in general.SuiteConfig().key()
+
+
+def test_bad_text_files(tmp_path):
+    with pytest.raises(ValueError, match=r"'.*nowhere.md' cannot be read .*give the path"):
+        general.SuiteConfig(text_file=str(tmp_path / "nowhere.md"))
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes("café ".encode("latin-1") * 40)
+    with pytest.raises(ValueError, match=r"latin1.txt' is not valid UTF-8 .* at byte 3"):
+        general.SuiteConfig(text_file=str(latin))
+    short = tmp_path / "short.txt"
+    short.write_bytes(b"a few words, no more than that")
+    with pytest.raises(ValueError, match=r"short.txt' has 30 bytes: too short .* at least 95"):
+        general.SuiteConfig(text_file=str(short))
+    with pytest.raises(ValueError, match="text_held_out"):
+        text_suite(tmp_path, text_held_out=1.0)
+    cfg = text_suite(tmp_path)
+    (tmp_path / "text.md").write_bytes(TEXT.replace(b"essai", b"ESSAI"))
+    with pytest.raises(ValueError, match="changed after"):
+        general.make_suite(cfg, VOCAB)
