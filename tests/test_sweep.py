@@ -56,6 +56,7 @@ def write(tmp_path, text):
         ("name = 'x'", "at least one \\[\\[grid\\]\\]"),
         ("[[grid]\nmode = 'in-weight'", "not valid TOML"),
         ("[[grid]]\nmode = [['in-weight']]", r"mode \['in-weight'\] is not one of"),
+        ("[defaults]\nmode = 'in-weight'\n[[grid]]\nwidth = 8", "mode belongs in each"),
     ],
 )
 def test_invalid_sweep_files_name_the_key(tmp_path, text, message):
@@ -82,6 +83,15 @@ def test_grid_expansion_overrides_groups_and_shards(tmp_path):
         sweep.load_sweep(write(tmp_path, text), ["stepz=7"])
     with pytest.raises(argparse.ArgumentTypeError, match="0 <= i < n"):
         sweep.parse_shard("3/3")
+
+
+def test_side_memory_sizes_get_their_own_folders(tmp_path):
+    text = "[[grid]]\nmode = 'side-memory'\nmemory_size = [256, 16384]\nwidth = 16\n"
+    names = [sweep.cell_name(c) for c in sweep.load_sweep(write(tmp_path, text)).cells]
+    assert names == [
+        "side-memory-m256-n256-L2-d16-float32-s0",
+        "side-memory-n256-L2-d16-float32-s0",
+    ]
 
 
 @pytest.fixture(scope="module")

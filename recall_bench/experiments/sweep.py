@@ -156,7 +156,9 @@ def parse_sweep(data: dict, name: str, overrides: dict | None = None) -> Sweep:
             raise ValueError(
                 f"[defaults]: unknown key {key!r} (known keys: {', '.join(known_keys())})"
             )
-        if key == "mode" or is_axis(key, value, owners[0]):
+        if key == "mode":
+            raise ValueError("[defaults]: mode belongs in each [[grid]] (it picks its config)")
+        if is_axis(key, value, owners[0]):
             raise ValueError(f"[defaults]: {key} must be a single value; put axes in [[grid]]")
         check_value(key, value, owners[0], "[defaults]")
     grids = data.get("grid")
@@ -198,9 +200,14 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
 
 
 def group_name(cfg: Config) -> str:
+    """The folder name of a cell without its seed; a side memory of other than the default
+    size adds -m<rows>."""
     prefix = f"{TOKENS}-V{cfg.vocab}-S{cfg.length}" if cfg.mode == TOKENS else cfg.mode
     alpha = getattr(cfg, "rule_alpha", None)
     rule = "" if alpha is None else f"-a{alpha:g}"
+    rows = getattr(cfg, "memory_size", None)
+    if cfg.mode == "side-memory" and rows != RunConfig.memory_size:
+        rule += f"-m{rows}"
     return f"{prefix}{rule}-n{cfg.n_facts}-L{cfg.layers}-d{cfg.width}-{cfg.dtype}"
 
 
