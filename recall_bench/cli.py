@@ -71,6 +71,14 @@ def add_memory_arguments(p, layer: int, role: str) -> None:
     )
 
 
+MEMORY_OPTIONS = ("layer", "size", "topk", "heads", "key_dim", "lr_scale")
+
+
+def memory_options(args: argparse.Namespace) -> dict:
+    """The side-memory options of add_memory_arguments, as config fields (memory_size=...)."""
+    return {f"memory_{name}": getattr(args, f"memory_{name}") for name in MEMORY_OPTIONS}
+
+
 def add_run_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "run",
@@ -146,12 +154,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         attribute_sizes=args.attributes,
         rule_alpha=args.rule_alpha,
         store=args.store,
-        memory_layer=args.memory_layer,
-        memory_size=args.memory_size,
-        memory_topk=args.memory_topk,
-        memory_heads=args.memory_heads,
-        memory_key_dim=args.memory_key_dim,
-        memory_lr_scale=args.memory_lr_scale,
+        **memory_options(args),
     )
     rule = "" if cfg.rule_alpha is None else f"-a{cfg.rule_alpha:g}"
     out = args.out or Path("recall_bench_out") / (

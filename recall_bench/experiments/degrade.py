@@ -443,6 +443,8 @@ def add_degrade_parser(subparsers) -> None:
 
 
 def cmd_degrade(args: argparse.Namespace) -> int:
+    from recall_bench.cli import memory_options
+
     cfg = DegradeConfig(
         fact_counts=args.facts,
         modes=args.modes,
@@ -457,12 +459,7 @@ def cmd_degrade(args: argparse.Namespace) -> int:
         target_recall=args.target_recall,
         replay_fraction=args.replay_fraction,
         seed=args.seed,
-        memory_layer=args.memory_layer,
-        memory_size=args.memory_size,
-        memory_topk=args.memory_topk,
-        memory_heads=args.memory_heads,
-        memory_key_dim=args.memory_key_dim,
-        memory_lr_scale=args.memory_lr_scale,
+        **memory_options(args),
         suite=general.SuiteConfig(text_file=args.text_file),
     )
     summary = run_degrade(cfg, args.out, not (args.quiet or args.json), args.resume)
