@@ -777,10 +777,23 @@ def _plain(header: list[str], rows: list[list[str]], right: list[bool]) -> str:
     return "\n".join([line(header), rule, *(line(r) for r in rows)]) + "\n"
 
 
-def show(path: str | os.PathLike[str], markdown: bool = False, sort_by: str = "recall") -> str:
-    """A ranked table of a leaderboard (best first by sort_by), plain text or GitHub markdown."""
+def show(
+    path: str | os.PathLike[str],
+    markdown: bool = False,
+    sort_by: str = "recall",
+    mode: str | None = None,
+) -> str:
+    """A ranked table of a leaderboard (best first by sort_by), plain text or GitHub markdown;
+    with mode, only that mode's entries."""
     doc = validate(path)
     entries = doc["entries"]
+    if mode is not None:
+        modes = sorted({e["mode"] for e in entries})
+        entries = [e for e in entries if e["mode"] == mode]
+        if not entries:
+            raise LeaderboardError(
+                f"--mode {_cell(mode)}: no entry has this mode; choose one of {', '.join(modes)}"
+            )
     if entries and not any(sort_by in e["metrics"] for e in entries):
         names = sorted({k for e in entries for k in e["metrics"]})
         raise LeaderboardError(
@@ -850,8 +863,8 @@ def cli_merge(args: argparse.Namespace) -> int:
 
 @_guard
 def cli_show(args: argparse.Namespace) -> int:
-    """`leaderboard show FILE [--markdown] [--sort METRIC]`."""
-    sys.stdout.write(show(args.file, markdown=args.markdown, sort_by=args.sort))
+    """`leaderboard show FILE [--markdown] [--sort METRIC] [--mode MODE]`."""
+    sys.stdout.write(show(args.file, args.markdown, args.sort, args.mode))
     return 0
 
 
@@ -881,5 +894,6 @@ def add_leaderboard_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("file", metavar="FILE")
     p.add_argument("--markdown", action="store_true", help="GitHub markdown table")
     p.add_argument("--sort", default="recall", metavar="METRIC", help="rank by (default recall)")
+    p.add_argument("--mode", metavar="MODE", help="only entries of this mode (e.g. in-weight)")
     p.set_defaults(func=cli_show)
     return parser

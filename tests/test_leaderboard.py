@@ -510,6 +510,11 @@ def test_show_ranks_by_better_direction(board: Path) -> None:
     with pytest.raises(LeaderboardError, match="no entry has this metric"):
         lb.show(board, sort_by="kl")
 
+    only = lb.show(board, mode="in-tool").splitlines()[2:]
+    assert only and {line.split()[1] for line in only} == {"in-tool"}
+    with pytest.raises(LeaderboardError, match="no entry has this mode; choose one of"):
+        lb.show(board, mode="in-wieght")
+
 
 def test_show_markdown_is_a_table(board: Path) -> None:
     lines = lb.show(board, markdown=True).splitlines()
