@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 
 from recall_bench import capacity, formats, plots
-from recall_bench.experiments.run import group_key, train_info
+from recall_bench.experiments.run import BaseRunConfig, group_key, train_info
 from recall_bench.metrics import sequence_stats, summarize_in_weight
 from recall_bench.model import ModelConfig, count_params
 from recall_bench.records import environment, new_record, read_json, write_json_atomic
-from recall_bench.train import Task, TrainConfig, TrainResult, train_models
+from recall_bench.train import Task, TrainResult, train_models
 from recall_bench.worlds import TokenSpec, make_token_world, spec_hash
 
 TOKENS = "random-tokens"
@@ -38,22 +38,13 @@ RECALL_TARGET = 0.95
 
 
 @dataclasses.dataclass(frozen=True)
-class TokenRunConfig:
+class TokenRunConfig(BaseRunConfig):
     """A random-token cell; n_facts counts sequences (one sequence = one datum)."""
 
     mode: str = TOKENS
-    n_facts: int = 256
+    layers: int = 1
     length: int = 16
     vocab: int = 64
-    layers: int = 1
-    width: int = 32
-    heads: int = 4
-    mlp_ratio: int = 4
-    dtype: str = "float32"
-    steps: int = 3000
-    batch_size: int = 256
-    lr: float = 1e-2
-    seed: int = 0
     held_out: int = 512  # fresh sequences scored for the held-out loss
 
     def __post_init__(self) -> None:
@@ -67,18 +58,7 @@ class TokenRunConfig:
         return TokenSpec(self.n_facts, self.length, self.vocab, self.seed)
 
     def model_config(self) -> ModelConfig:
-        return ModelConfig(
-            vocab_size=self.vocab,
-            max_len=self.length,
-            layers=self.layers,
-            width=self.width,
-            heads=self.heads,
-            mlp_ratio=self.mlp_ratio,
-            dtype=self.dtype,
-        )
-
-    def train_config(self) -> TrainConfig:
-        return TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr)
+        return self.model_shape(self.vocab, self.length)
 
 
 def token_task(cfg: TokenRunConfig) -> Task:

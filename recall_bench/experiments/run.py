@@ -37,9 +37,11 @@ HELD_OUT_ENTITIES = 1000  # structured worlds: at most this many held-out entiti
 
 
 @dataclasses.dataclass(frozen=True)
-class RunConfig:
+class BaseRunConfig:
+    """What every kind of run has: a mode, a data size, the model's shape and its training."""
+
     mode: str = "in-weight"
-    n_facts: int = 256
+    n_facts: int = 256  # facts (or, for random tokens, sequences)
     layers: int = 2
     width: int = 32
     heads: int = 4
@@ -49,6 +51,28 @@ class RunConfig:
     batch_size: int = 256
     lr: float = 1e-2
     seed: int = 0  # seeds the world, the initialization and the batch stream
+
+    def model_shape(self, vocab_size: int, max_len: int, **memory) -> ModelConfig:
+        """The ModelConfig of this run's model for a vocabulary and sequence length."""
+        return ModelConfig(
+            vocab_size=vocab_size,
+            max_len=max_len,
+            layers=self.layers,
+            width=self.width,
+            heads=self.heads,
+            mlp_ratio=self.mlp_ratio,
+            dtype=self.dtype,
+            **memory,
+        )
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig(BaseRunConfig):
+    """A fact run: the world's shape, the store (in-tool) and the side memory's shape."""
+
     attribute_sizes: tuple[int, ...] = (4096,)
     key_length: int = 4
     key_alphabet: int = 64
@@ -110,22 +134,11 @@ class RunConfig:
                 memory_heads=self.memory_heads,
                 memory_key_dim=self.memory_key_dim,
             )
-        return ModelConfig(
-            vocab_size=formats.Vocab.of(spec).size,
-            max_len=formats.max_length(spec),
-            layers=self.layers,
-            width=self.width,
-            heads=self.heads,
-            mlp_ratio=self.mlp_ratio,
-            dtype=self.dtype,
-            **memory,
-        )
+        return self.model_shape(formats.Vocab.of(spec).size, formats.max_length(spec), **memory)
 
     def train_config(self) -> TrainConfig:
         scale = self.memory_lr_scale if self.mode == "side-memory" else 1.0
-        return TrainConfig(
-            steps=self.steps, batch_size=self.batch_size, lr=self.lr, memory_lr_scale=scale
-        )
+        return dataclasses.replace(super().train_config(), memory_lr_scale=scale)
 
     def unseen_entities(self) -> int:
         if self.mode != "in-tool":
