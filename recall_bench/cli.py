@@ -185,11 +185,21 @@ def format_record(record: dict) -> str:
                 f"{p['active_per_token']:,} active per token",
             )
         )
-    rows += [
+    rows.append(
         (
             "steps",
             f"{t['steps']} ({t['stop_reason']}, {t['exposures_per_fact']:.0f} exposures/fact)",
-        ),
+        )
+    )
+    if t.get("late_bits_gain") is not None:
+        rows.append(
+            (
+                "late gain",
+                f"{t['late_bits_gain']:+.1%} monitored bits over the last "
+                f"{t['late_window']:.0%} of steps",
+            )
+        )
+    rows += [
         ("train time", f"{t['wall_s']:.1f} s (+{t['compile_s']:.1f} s compile)"),
         ("recall", f"{m['recall']:.4f}"),
     ]

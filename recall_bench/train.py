@@ -261,6 +261,17 @@ def place(tree, sharding: jax.sharding.Sharding | None):
     return tree if sharding is None else jax.device_put(tree, sharding)
 
 
+def late_gain(history: list[dict], window: float) -> float | None:
+    """Monitored bits gained over the last `window` share of the steps run, relative to the
+    bits held now (DESIGN.md invariant 7: how far from saturation); None before there is a
+    check that far back or while no bits are held."""
+    now = history[-1]
+    earlier = [h for h in history if h["step"] <= now["step"] * (1 - window)]
+    if not earlier or now["bits"] <= 0:
+        return None
+    return (now["bits"] - earlier[-1]["bits"]) / now["bits"]
+
+
 def plateaued(history: list[dict], cfg: TrainConfig, monitor_entropy: float) -> bool:
     """Bits gained over the last plateau_window of steps are under plateau_tol of the bits
     held, the model holds enough bits to have left the early no-knowledge plateau, and the
@@ -272,10 +283,8 @@ def plateaued(history: list[dict], cfg: TrainConfig, monitor_entropy: float) -> 
         or now["bits"] < cfg.plateau_min_bits * monitor_entropy
     ):
         return False
-    earlier = [h for h in history if h["step"] <= now["step"] * (1 - cfg.plateau_window)]
-    if not earlier:
-        return False
-    return now["bits"] - earlier[-1]["bits"] < cfg.plateau_tol * now["bits"]
+    gain = late_gain(history, cfg.plateau_window)
+    return gain is not None and gain < cfg.plateau_tol
 
 
 def check_progress(graphdef, params, task: Task) -> dict:

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from recall_bench.cli import int_list, main
+from recall_bench.cli import format_record, int_list, main
 
 # One tiny in-weight run; each test adds its own budget and flags.
 TINY_RUN = [
@@ -41,6 +41,9 @@ def test_json_prints_the_record_and_nothing_else(tmp_path, capsys):
     assert set(record["train"]) >= {"steps", "wall_s", "converged"}
     assert {"jax", "platform", "device_kind", "git_commit"} <= set(record["env"])
     assert json.loads((tmp_path / "record.json").read_text())["run_id"] == record["run_id"]
+    # the summary says how far from saturation a run stopped, once its history reaches back
+    record["train"].update(late_bits_gain=0.087, late_window=0.3)
+    assert "+8.7% monitored bits over the last 30% of steps" in format_record(record)
 
 
 @pytest.mark.parametrize(

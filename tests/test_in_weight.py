@@ -9,7 +9,7 @@ from recall_bench import formats
 from recall_bench.experiments.run import RunConfig, make_task, run
 from recall_bench.metrics import sequence_stats
 from recall_bench.model import count_params, init_model
-from recall_bench.train import TrainConfig, plateaued, train_models
+from recall_bench.train import TrainConfig, late_gain, plateaued, train_models
 from recall_bench.worlds import make_fact_world
 
 SMALL = RunConfig(mode="in-weight", layers=1, width=32, heads=4, steps=1000, batch_size=256)
@@ -40,6 +40,7 @@ def test_far_more_facts_than_it_can_hold():
     assert m["recall"] < 0.5
     assert 0 < m["bits_memorized"] < record["world"]["entropy_bits"]
     assert not record["train"]["converged"] and record["train"]["stop_reason"] == "budget"
+    assert record["train"]["late_bits_gain"] == late_gain(record["train"]["history"], 0.3)
     assert m["bits_per_param"] == pytest.approx(m["bits_memorized"] / record["params"]["total"])
 
 
@@ -84,3 +85,16 @@ def test_plateau_waits_for_the_decayed_learning_rate_and_the_minimum_bits():
     assert not plateaued(rising, cfg, 10_000.0)
     with pytest.raises(ValueError, match="plateau_after"):
         TrainConfig(plateau_after=1.5)
+
+
+def test_late_gain_is_the_share_of_bits_gained_since_the_window_began():
+    history = [
+        {"step": 100, "bits": 50.0},
+        {"step": 700, "bits": 80.0},
+        {"step": 1000, "bits": 100.0},
+    ]
+    # the last check at or before step 700 (= 1000 * (1 - 0.3)) held 80 of the 100 bits
+    assert late_gain(history, 0.3) == pytest.approx(0.2)
+    assert late_gain(history, 0.05) == pytest.approx(0.2)  # falls back to the check at 700
+    assert late_gain(history[:1], 0.3) is None  # no check that far back yet
+    assert late_gain([{"step": 100, "bits": 0.0}, {"step": 1000, "bits": 0.0}], 0.3) is None

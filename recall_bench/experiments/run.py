@@ -29,7 +29,7 @@ from recall_bench.metrics import bits_memorized, sequence_stats, summarize_in_we
 from recall_bench.model import ModelConfig, count_params
 from recall_bench.records import environment, new_record, read_json, write_json_atomic
 from recall_bench.tool import ERROR_STATUS, OK, Store, build_store
-from recall_bench.train import Task, TrainConfig, TrainResult, plateaued, train_models
+from recall_bench.train import Task, TrainConfig, TrainResult, late_gain, plateaued, train_models
 from recall_bench.worlds import FactSpec, FactWorld, make_fact_world, spec_fields, spec_hash
 
 MODES = ("in-weight", "in-tool", "side-memory")
@@ -380,6 +380,9 @@ def train_info(train_cfg: TrainConfig, result: TrainResult, k: int, task: Task) 
         "stop_reason": reason,
         "converged": reason in ("recall", "plateau"),
         "plateaued": plateaued(history, train_cfg, float(task.monitor_bits.sum())),
+        # share of the monitored bits gained over the last late_window of the steps run
+        "late_bits_gain": late_gain(history, train_cfg.plateau_window),
+        "late_window": train_cfg.plateau_window,
         "final_loss": history[-1]["loss"],
         "wall_s": result.wall_s,
         "compile_s": result.compile_s,
