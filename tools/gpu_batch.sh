@@ -30,10 +30,11 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   tail -8 $R/bench.log
 fi
 
-plateau() {  # the 2-layer d=48 model on $1 facts, batch 512, lr 1e-2, budget fitted to time
+plateau() {  # the 2-layer d=48 model on $1 facts, batch 512, budget fitted to time; peak lr
+  # 3e-3 (PLATEAU_LR): lr 1e-2 sits on a noise floor over long budgets (results/in_weight_capacity)
   local n=$1 d=$R/d48-n$1 t0 steps
   local args=(--mode in-weight --facts "$n" --layers 2 --width 48 --heads 4 --batch-size 512
-    --lr 1e-2 --quiet --json)
+    --lr "${PLATEAU_LR:-3e-3}" --quiet --json)
   t0=$(date +%s)
   "${RB[@]}" run "${args[@]}" --steps 2000 --out "$d-probe" > "$d-probe.json" 2> "$d-probe.log"
   steps=$(python3 - "$d-probe.json" "$(( $(date +%s) - t0 ))" "$(left)" <<'PY'
