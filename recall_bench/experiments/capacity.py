@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 
 from recall_bench import capacity, formats, plots
-from recall_bench.experiments.run import BaseRunConfig, group_key, train_info
+from recall_bench.experiments.run import BaseRunConfig, train_group, train_info
 from recall_bench.metrics import sequence_stats, summarize_in_weight
 from recall_bench.model import ModelConfig, count_params
 from recall_bench.records import environment, new_record, read_json, write_json_atomic
-from recall_bench.train import Task, TrainResult, train_models
+from recall_bench.train import Task, TrainResult
 from recall_bench.worlds import TokenSpec, make_token_world, spec_hash
 
 TOKENS = "random-tokens"
@@ -79,20 +79,10 @@ def run_token_group(
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
 ) -> list[dict[str, Any]]:
-    """Train random-token cells differing only in seed as one ensemble, record each one,
-    then drop the ensemble's checkpoints (like run_group)."""
-    if len({group_key(c) for c in cfgs}) != 1:
-        raise ValueError("run_token_group needs configs that differ only in seed")
+    """Train random-token cells differing only in seed as one ensemble (train_group),
+    record each one, then drop the ensemble's checkpoints (like run_group)."""
     tasks = [token_task(c) for c in cfgs]
-    result = train_models(
-        cfgs[0].model_config(),
-        cfgs[0].train_config(),
-        tasks,
-        [c.seed for c in cfgs],
-        progress=progress,
-        checkpoint_dir=checkpoint_dir,
-        resume=resume,
-    )
+    result = train_group(cfgs, tasks, progress, checkpoint_dir, resume)
     records = []
     for k, (cfg, task, out_dir) in enumerate(zip(cfgs, tasks, out_dirs, strict=True)):
         record = token_record(cfg, task, result, k)

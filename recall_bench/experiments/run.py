@@ -297,6 +297,31 @@ def group_key(cfg: RunConfig) -> RunConfig:
     return dataclasses.replace(cfg, seed=0)
 
 
+def train_group(
+    cfgs: list,
+    tasks: list[Task],
+    progress: bool = True,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    checkpoint_every_s: float = 30.0,
+) -> TrainResult:
+    """Train same-shaped configurations (fact or random-token runs differing only in seed)
+    as one vmapped ensemble, noting the code state they start from."""
+    if len({group_key(c) for c in cfgs}) != 1:
+        raise ValueError("a group needs configs that differ only in seed")
+    environment()  # provenance as of the start of training
+    return train_models(
+        cfgs[0].model_config(),
+        cfgs[0].train_config(),
+        tasks,
+        [c.seed for c in cfgs],
+        progress=progress,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        checkpoint_every_s=checkpoint_every_s,
+    )
+
+
 def run_group(
     cfgs: list[RunConfig],
     out_dirs: list[str | Path | None],
@@ -305,29 +330,16 @@ def run_group(
     resume: bool = False,
     checkpoint_every_s: float = 30.0,
 ) -> list[dict[str, Any]]:
-    """Train same-shaped configurations (differing only in seed) as one vmapped ensemble,
-    then evaluate and record each one as if it had been trained alone."""
+    """Train same-shaped fact configurations as one ensemble (train_group), then evaluate
+    and record each one as if it had been trained alone."""
     done = [Path(d) / "record.json" for d in out_dirs if d is not None]
     if resume and len(done) == len(cfgs) and all(p.exists() for p in done):
         records = [read_json(p) for p in done]
         if all(holds_config(r, c) for r, c in zip(records, cfgs, strict=True)):
             return records
-    if len({group_key(c) for c in cfgs}) != 1:
-        raise ValueError("run_group needs configs that differ only in seed")
-    environment()  # provenance as of the start of training
     worlds = [make_fact_world(c.spec) for c in cfgs]
     tasks = [make_task(c, w) for c, w in zip(cfgs, worlds, strict=True)]
-    model_cfg, train_cfg = cfgs[0].model_config(), cfgs[0].train_config()
-    result = train_models(
-        model_cfg,
-        train_cfg,
-        tasks,
-        [c.seed for c in cfgs],
-        progress=progress,
-        checkpoint_dir=checkpoint_dir,
-        resume=resume,
-        checkpoint_every_s=checkpoint_every_s,
-    )
+    result = train_group(cfgs, tasks, progress, checkpoint_dir, resume, checkpoint_every_s)
     records = [
         finish(cfg, world, task, result, k, out_dir)
         for k, (cfg, world, task, out_dir) in enumerate(
