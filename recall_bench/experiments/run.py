@@ -292,13 +292,13 @@ def holds_config(record: dict, cfg) -> bool:
         return False
 
 
-def group_key(cfg: RunConfig) -> RunConfig:
+def group_key(cfg: BaseRunConfig) -> BaseRunConfig:
     """Configs with the same key train together as one ensemble (they differ only in seed)."""
     return dataclasses.replace(cfg, seed=0)
 
 
 def train_group(
-    cfgs: list,
+    cfgs: list[BaseRunConfig],
     tasks: list[Task],
     progress: bool = True,
     checkpoint_dir: str | Path | None = None,
