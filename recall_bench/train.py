@@ -287,6 +287,21 @@ def plateaued(history: list[dict], cfg: TrainConfig, monitor_entropy: float) -> 
     return gain is not None and gain < cfg.plateau_tol
 
 
+def progress_fields(history: list[dict], cfg: TrainConfig, task: Task) -> dict[str, str]:
+    """What the progress bar shows: loss, recall, the share of the monitored entropy held,
+    and the bits gained over the last plateau_window of steps (what the plateau rule checks)."""
+    last = history[-1]
+    fields = {
+        "loss": f"{last['loss']:.3f}",
+        "recall": f"{last['recall']:.3f}",
+        "bits": f"{last['bits'] / float(task.monitor_bits.sum()):.1%}",
+    }
+    gain = late_gain(history, cfg.plateau_window)
+    if gain is not None:
+        fields["late"] = f"{gain:+.1%}"
+    return fields
+
+
 def check_progress(graphdef, params, task: Task) -> dict:
     stats = sequence_stats(
         graphdef, params, task.monitor.tokens, task.monitor.loss_mask, task.monitor.value_mask
@@ -409,8 +424,8 @@ def train_models(
                 stop_reason[m], active[m] = "plateau", False
             elif step >= cfg.budget:
                 active[m] = False
-        last = history[int(np.flatnonzero(active)[0]) if active.any() else 0][-1]
-        bar.set_postfix(loss=f"{last['loss']:.3f}", recall=f"{last['recall']:.3f}")
+        shown = int(np.flatnonzero(active)[0]) if active.any() else 0
+        bar.set_postfix(progress_fields(history[shown], cfg, tasks[shown]))
         if checkpoints is not None and time.perf_counter() - last_save >= checkpoint_every_s:
             meta = {
                 "step": step,

@@ -1,6 +1,7 @@
 """In-weight end to end: a ~20k-parameter model learns 200 facts, and cannot hold 20,000."""
 
 import dataclasses
+import types
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from recall_bench import formats
 from recall_bench.experiments.run import RunConfig, make_task, run
 from recall_bench.metrics import sequence_stats
 from recall_bench.model import count_params, init_model
-from recall_bench.train import TrainConfig, late_gain, plateaued, train_models
+from recall_bench.train import TrainConfig, late_gain, plateaued, progress_fields, train_models
 from recall_bench.worlds import make_fact_world
 
 SMALL = RunConfig(mode="in-weight", layers=1, width=32, heads=4, steps=1000, batch_size=256)
@@ -85,6 +86,19 @@ def test_plateau_waits_for_the_decayed_learning_rate_and_the_minimum_bits():
     assert not plateaued(rising, cfg, 10_000.0)
     with pytest.raises(ValueError, match="plateau_after"):
         TrainConfig(plateau_after=1.5)
+
+
+def test_progress_bar_shows_bits_held_and_the_late_gain_once_there_is_one():
+    task = types.SimpleNamespace(monitor_bits=np.full(20, 10.0))  # 200 monitored bits
+    history = [
+        {"step": 100, "bits": 40.0, "loss": 2.5, "recall": 0.0},
+        {"step": 700, "bits": 80.0, "loss": 2.0, "recall": 0.25},
+    ]
+    fields = progress_fields(history[:1], TrainConfig(), task)
+    assert fields == {"loss": "2.500", "recall": "0.000", "bits": "20.0%"}
+    history.append({"step": 1000, "bits": 100.0, "loss": 1.9, "recall": 0.3})
+    fields = progress_fields(history, TrainConfig(), task)
+    assert fields["bits"] == "50.0%" and fields["late"] == "+20.0%"
 
 
 def test_late_gain_is_the_share_of_bits_gained_since_the_window_began():
