@@ -119,7 +119,8 @@ def environment() -> dict[str, Any]:
 
 
 def new_record(**fields: Any) -> dict[str, Any]:
-    """A record with the provenance fields filled in and the given fields added."""
+    """A record with the provenance fields filled in and the given fields added; `env`
+    (default: this process's) is the code state the run's training started from."""
     record: dict[str, Any] = {
         "schema": RECORD_SCHEMA,
         "benchmark_version": BENCHMARK_VERSION,
@@ -128,7 +129,7 @@ def new_record(**fields: Any) -> dict[str, Any]:
     }
     record.update(fields)
     record["better"] = {k: BETTER[k] for k in record.get("metrics", {}) if k in BETTER}
-    record["env"] = dict(environment())
+    record["env"] = dict(record.pop("env", None) or environment())
     record["determinism"] = DETERMINISM
     return record
 

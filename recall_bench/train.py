@@ -25,6 +25,7 @@ from recall_bench.checkpoint import Checkpoints
 from recall_bench.formats import Sequences
 from recall_bench.metrics import bits_memorized, sequence_stats
 from recall_bench.model import ModelConfig, apply, init_model
+from recall_bench.records import environment
 
 STATE_KEYS = ("params", "opt_state", "rng")  # the loop state, in make_train_chunk's order
 
@@ -92,6 +93,8 @@ class TrainResult:
     history: list[list[dict]]  # per model: {step, loss, recall, bits} at each check
     wall_s: float
     compile_s: float
+    env: dict  # code and machine the training started on (records.environment)
+    resumes: list[dict]  # per resume: the step it resumed from and the code it ran on
 
     def model(self, k: int) -> nnx.State:
         return take(self.params, k)
@@ -352,6 +355,8 @@ def train_models(
         "active": [True] * k,
         "history": [[] for _ in range(k)],
         "wall_s": 0.0,
+        "env": environment(),
+        "resumes": [],
     }
     checkpoints = Checkpoints(checkpoint_dir) if checkpoint_dir is not None else None
     if checkpoints is not None and checkpoints.latest_step() is not None:
@@ -361,6 +366,8 @@ def train_models(
                 "run, or choose another output folder"
             )
         state, meta = checkpoints.restore(state)
+        meta["resumes"] = [*meta.get("resumes", []), resume_note(meta["step"])]
+        meta.setdefault("env", None)  # a checkpoint older than this field: start unknown
     state_sharding, batch_sharding = placement(k, cfg.batch_size)
     state = place(state, state_sharding)
     masks = np.stack([t.train.loss_mask for t in tasks])
@@ -368,11 +375,13 @@ def train_models(
         np.stack([t.train.tokens for t in tasks]), masks, state_sharding
     )
     active = np.array(meta["active"], bool)
-    step, steps, stop_reason, history = (
+    step, steps, stop_reason, history, env, resumes = (
         meta["step"],
         meta["steps"],
         meta["stop_reason"],
         meta["history"],
+        meta["env"],
+        meta["resumes"],
     )
 
     t0 = time.perf_counter()
@@ -434,6 +443,8 @@ def train_models(
                 "active": active.tolist(),
                 "history": history,
                 "wall_s": time.perf_counter() - t0,
+                "env": env,
+                "resumes": resumes,
             }
             checkpoints.save(step, state, meta)
             last_save = time.perf_counter()
@@ -442,5 +453,19 @@ def train_models(
     if checkpoints is not None:
         checkpoints.close()
     return TrainResult(
-        graphdef, state["params"], steps, stop_reason, history, time.perf_counter() - t0, compile_s
+        graphdef,
+        state["params"],
+        steps,
+        stop_reason,
+        history,
+        time.perf_counter() - t0,
+        compile_s,
+        env or environment(),
+        resumes,
     )
+
+
+def resume_note(step: int) -> dict:
+    """Where a run resumed and on what code and device, for its record's provenance."""
+    env = environment()
+    return {"step": step, **{k: env[k] for k in ("git_commit", "git_dirty", "device_kind", "jax")}}

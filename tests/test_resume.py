@@ -63,3 +63,38 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path):
     b = json.loads((tmp_path / "straight" / "record.json").read_text())
     assert comparable(a) == comparable(b)
     assert not (killed / "checkpoints").exists()  # removed once the record is written
+    assert b["train"]["resumes"] == []
+    [note] = a["train"]["resumes"]
+    assert 0 < note["step"] < 800 and note["git_commit"] == a["env"]["git_commit"]
+
+
+def test_a_resumed_run_records_the_code_it_started_on_and_each_resume(tmp_path, monkeypatch):
+    """A run resumed on newer code keeps its starting env and lists where it resumed."""
+    import recall_bench.train as train
+    from recall_bench.experiments.run import RunConfig, make_task
+    from recall_bench.worlds import make_fact_world
+
+    def code(commit):
+        env = {"git_commit": commit, "git_dirty": False, "device_kind": "cpu", "jax": "0"}
+        monkeypatch.setattr(train, "environment", lambda: env)
+
+    cfg = RunConfig(mode="in-weight", n_facts=64, layers=1, width=16, heads=2, steps=20)
+    task = make_task(cfg, make_fact_world(cfg.spec))
+    args = (cfg.model_config(), train.TrainConfig(steps=20, batch_size=32), [task], [0])
+    code("start")
+    first = train.train_models(
+        *args, progress=False, checkpoint_dir=tmp_path / "c", checkpoint_every_s=0
+    )
+    assert first.env["git_commit"] == "start" and first.resumes == []
+    code("later")  # the run's last checkpoint, resumed on newer code
+    again = train.train_models(*args, progress=False, checkpoint_dir=tmp_path / "c", resume=True)
+    assert again.env["git_commit"] == "start"
+    assert again.resumes == [
+        {
+            "step": first.steps[0],
+            "git_commit": "later",
+            "git_dirty": False,
+            "device_kind": "cpu",
+            "jax": "0",
+        }
+    ]

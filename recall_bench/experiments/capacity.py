@@ -136,6 +136,7 @@ def token_record(cfg: TokenRunConfig, task: Task, result: TrainResult, k: int) -
         params=n_params,
         train=train_info(train_cfg, result, k, task),
         metrics=metrics,
+        env=result.env,
     )
 
 

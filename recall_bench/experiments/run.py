@@ -27,7 +27,7 @@ from recall_bench import formats
 from recall_bench.decode import Decoded, greedy_decode
 from recall_bench.metrics import bits_memorized, sequence_stats, summarize_in_weight
 from recall_bench.model import ModelConfig, count_params
-from recall_bench.records import environment, new_record, read_json, write_json_atomic
+from recall_bench.records import new_record, read_json, write_json_atomic
 from recall_bench.tool import ERROR_STATUS, OK, Store, build_store
 from recall_bench.train import Task, TrainConfig, TrainResult, late_gain, plateaued, train_models
 from recall_bench.worlds import FactSpec, FactWorld, make_fact_world, spec_fields, spec_hash
@@ -306,10 +306,9 @@ def train_group(
     checkpoint_every_s: float = 30.0,
 ) -> TrainResult:
     """Train same-shaped configurations (fact or random-token runs differing only in seed)
-    as one vmapped ensemble, noting the code state they start from."""
+    as one vmapped ensemble."""
     if len({group_key(c) for c in cfgs}) != 1:
         raise ValueError("a group needs configs that differ only in seed")
-    environment()  # provenance as of the start of training
     return train_models(
         cfgs[0].model_config(),
         cfgs[0].train_config(),
@@ -399,6 +398,7 @@ def train_info(train_cfg: TrainConfig, result: TrainResult, k: int, task: Task) 
         "wall_s": result.wall_s,
         "compile_s": result.compile_s,
         "ensemble_size": len(result.steps),
+        "resumes": result.resumes,
         "history": history,
     }
 
@@ -422,6 +422,7 @@ def make_record(cfg: RunConfig, world, result: TrainResult, k: int, metrics, tas
         params=count_params(result.model(k), cfg.model_config()),
         train=train_info(cfg.train_config(), result, k, task),
         metrics=metrics,
+        env=result.env,
     )
 
 
