@@ -291,14 +291,14 @@ def plateaued(history: list[dict], cfg: TrainConfig, monitor_entropy: float) -> 
 
 
 def progress_fields(history: list[dict], cfg: TrainConfig, task: Task) -> dict[str, str]:
-    """What the progress bar shows: loss, recall, the share of the monitored entropy held,
-    and the bits gained over the last plateau_window of steps (what the plateau rule checks)."""
+    """What the progress bar shows: loss, recall, the share of the monitored entropy held
+    (for tasks with an entropy: not a general suite), and the bits gained over the last
+    plateau_window of steps (what the plateau rule checks)."""
     last = history[-1]
-    fields = {
-        "loss": f"{last['loss']:.3f}",
-        "recall": f"{last['recall']:.3f}",
-        "bits": f"{last['bits'] / float(task.monitor_bits.sum()):.1%}",
-    }
+    fields = {"loss": f"{last['loss']:.3f}", "recall": f"{last['recall']:.3f}"}
+    entropy = float(task.monitor_bits.sum())
+    if entropy > 0:
+        fields["bits"] = f"{last['bits'] / entropy:.1%}"
     gain = late_gain(history, cfg.plateau_window)
     if gain is not None:
         fields["late"] = f"{gain:+.1%}"
@@ -434,7 +434,8 @@ def train_models(
             elif step >= cfg.budget:
                 active[m] = False
         shown = int(np.flatnonzero(active)[0]) if active.any() else 0
-        bar.set_postfix(progress_fields(history[shown], cfg, tasks[shown]))
+        if progress:
+            bar.set_postfix(progress_fields(history[shown], cfg, tasks[shown]))
         if checkpoints is not None and time.perf_counter() - last_save >= checkpoint_every_s:
             meta = {
                 "step": step,

@@ -99,6 +99,8 @@ def test_progress_bar_shows_bits_held_and_the_late_gain_once_there_is_one():
     history.append({"step": 1000, "bits": 100.0, "loss": 1.9, "recall": 0.3})
     fields = progress_fields(history, TrainConfig(), task)
     assert fields["bits"] == "50.0%" and fields["late"] == "+20.0%"
+    general = types.SimpleNamespace(monitor_bits=np.zeros(20))  # a suite with no entropy
+    assert "bits" not in progress_fields(history, TrainConfig(), general)
 
 
 def test_late_gain_is_the_share_of_bits_gained_since_the_window_began():
