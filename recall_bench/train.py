@@ -367,7 +367,7 @@ def train_models(
             )
         state, meta = checkpoints.restore(state)
         meta["resumes"] = [*meta.get("resumes", []), resume_note(meta["step"])]
-        meta.setdefault("env", None)  # a checkpoint older than this field: start unknown
+        meta.setdefault("env", environment())  # older checkpoints: the resuming code's
     state_sharding, batch_sharding = placement(k, cfg.batch_size)
     state = place(state, state_sharding)
     masks = np.stack([t.train.loss_mask for t in tasks])
@@ -461,7 +461,7 @@ def train_models(
         history,
         time.perf_counter() - t0,
         compile_s,
-        env or environment(),
+        env,
         resumes,
     )
 
