@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU jobs of one device lease, in one command: a training-throughput benchmark on the
 # quiet GPU, then side by side until the deadline: the 64k-parameter model past its capacity
-# trained to a plateau (PLATEAU_RUNS: facts:batch:lr each, by default 16,384 and 32,768 facts
+# trained to a plateau (PLATEAU_RUNS: facts:batch:lr[:dtype] each, by default 16,384 and 32,768 facts
 # at batch 512, lr 3e-3; each step budget sized by a 2,000-step probe to fit the time left),
 # the 10x-budget capacity sweep in 4 shards, and fact injection with
 # 10x the CPU run's budget. Everything lands in runs/gpu and, packed, in $OUT/gpu.tgz.
@@ -31,12 +31,12 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   tail -8 $R/bench.log
 fi
 
-plateau() {  # the 2-layer d=48 model on $1 facts at batch $2, peak lr $3, budget fitted to
-  # the time left by a 2,000-step probe (lr 1e-2 at batch 512 sits on a noise floor over long
-  # budgets: results/in_weight_capacity)
-  local n=$1 b=$2 lr=$3 d=$R/d48-n$1-b$2-lr$3 t0 steps
+plateau() {  # the 2-layer d=48 model on $1 facts at batch $2, peak lr $3, dtype $4, budget
+  # fitted to the time left by a 2,000-step probe (lr 1e-2 at batch 512 sits on a noise floor
+  # over long budgets: results/in_weight_capacity)
+  local n=$1 b=$2 lr=$3 dt=$4 d=$R/d48-n$1-b$2-lr$3-$4 t0 steps
   local args=(--mode in-weight --facts "$n" --layers 2 --width 48 --heads 4 --batch-size "$b"
-    --lr "$lr" --quiet --json)
+    --lr "$lr" --dtype "$dt" --quiet --json)
   t0=$(date +%s)
   "${RB[@]}" run "${args[@]}" --steps 2000 --out "$d-probe" > "$d-probe.json" 2> "$d-probe.log"
   steps=$(python3 - "$d-probe.json" "$(( $(date +%s) - t0 ))" "$(left)" <<'PY'
@@ -47,15 +47,15 @@ rate, overhead = t["steps"] / t["wall_s"], probe_s - t["wall_s"]
 print(max(2000, min(2_000_000, int(rate * (left - overhead - 45) * 0.8)) // 1000 * 1000))
 PY
 )
-  echo "d48 n=$n batch $b lr $lr: budget $steps steps ($(left) s left)"
+  echo "d48 n=$n batch $b lr $lr $dt: budget $steps steps ($(left) s left)"
   timeout "$(left)" "${RB[@]}" run "${args[@]}" --steps "$steps" --out "$d" > "$d.json" 2> "$d.log"
-  echo "d48 n=$n batch $b lr $lr: exit $? ($(left) s left)"
+  echo "d48 n=$n batch $b lr $lr $dt: exit $? ($(left) s left)"
 }
 
 echo "== parallel jobs ($(left) s left)"
-for spec in ${PLATEAU_RUNS:-16384:512:3e-3 32768:512:3e-3}; do  # facts:batch:lr
-  IFS=: read -r n b lr <<< "$spec"
-  plateau "$n" "$b" "$lr" &
+for spec in ${PLATEAU_RUNS:-16384:512:3e-3 32768:512:3e-3}; do  # facts:batch:lr[:dtype]
+  IFS=: read -r n b lr dt <<< "$spec"
+  plateau "$n" "$b" "$lr" "${dt:-float32}" &
 done
 if [ -z "${ONLY_PLATEAU:-}" ]; then
   for i in 0 1 2 3; do
