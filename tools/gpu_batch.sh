@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The GPU jobs of one device lease, in one command: a training-throughput benchmark on the
 # quiet GPU, then side by side until the deadline: the 64k-parameter model past its capacity
-# trained to a plateau (PLATEAU_RUNS: facts:batch:lr[:dtype] each, by default 16,384 and 32,768 facts
-# at batch 512, lr 3e-3; each step budget sized by a 2,000-step probe to fit the time left),
-# the 10x-budget capacity sweep in 4 shards, and fact injection with
-# 10x the CPU run's budget. Everything lands in runs/gpu and, packed, in $OUT/gpu.tgz.
+# trained to a plateau (PLATEAU_RUNS: facts:batch:lr[:dtype] each, by default 16,384 and
+# 32,768 facts at batch 512, lr 3e-3; each step budget sized by a 2,000-step probe to fit
+# the time left), the 10x-budget capacity sweep in 4 shards, and fact injection with 10x
+# the CPU run's budget. Everything lands in runs/gpu and, packed, in $OUT/gpu.tgz.
 #
 #   OUT=/tmp/gpu_out DEADLINE_S=540 bash tools/gpu_batch.sh    # needs jax with a GPU backend
 # SKIP_BENCH=1 skips the benchmark; ONLY_PLATEAU=1 runs the plateau runs alone.
