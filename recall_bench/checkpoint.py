@@ -18,8 +18,11 @@ class Checkpoints:
     """The checkpoints of one run in `folder` (absolute path), keeping the latest `keep`."""
 
     def __init__(self, folder: str | Path, keep: int = 2):
+        self.folder = Path(folder)
+        if self.folder.exists() and not self.folder.is_dir():
+            raise ValueError(f"{folder} is a file, not a folder: choose another output folder")
         self.manager = ocp.CheckpointManager(
-            Path(folder).absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=keep)
+            self.folder.absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=keep)
         )
 
     def latest_step(self) -> int | None:
@@ -33,6 +36,11 @@ class Checkpoints:
             ),
         )
         self.manager.wait_until_finished()
+
+    def meta(self, step: int) -> dict:
+        """The metadata of `step` alone (read before the state, to check what it holds)."""
+        out = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return out["meta"]
 
     def restore(self, like: Any, step: int | None = None) -> tuple[Any, dict]:
         """(state shaped like `like`, meta) of `step` (default: the latest)."""

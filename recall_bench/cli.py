@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -22,14 +23,23 @@ def positive_int(text: str) -> int:
     return value
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} must be a positive finite number")
-    return value
+def bounded_float(test, what: str):
+    """An argparse type: a finite float passing `test`, else an error saying it must be `what`."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (math.isfinite(value) and test(value)):
+            raise argparse.ArgumentTypeError(f"{text} must be {what}")
+        return value
+
+    return parse
+
+
+positive_float = bounded_float(lambda v: v > 0, "a positive finite number")
+non_negative_float = bounded_float(lambda v: v >= 0, "a finite number >= 0")
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -44,30 +54,37 @@ def int_list(text: str) -> tuple[int, ...]:
     return values
 
 
-def add_memory_arguments(p, layer: int, role: str) -> None:
-    """The side-memory options: the memory in block `layer` (default) `role` its MLP."""
+def add_memory_arguments(p, defaults, role: str) -> None:
+    """The side-memory options (defaults from `defaults`, a config with memory_* fields):
+    the memory in block --memory-layer `role` its MLP. Unset options stay None."""
     p.add_argument(
         "--memory-size",
         type=positive_int,
-        default=16384,
-        help="side-memory: value rows, a perfect square (default 16384 = 128^2)",
+        help=f"side-memory: value rows, a perfect square (default {defaults.memory_size})",
     )
-    p.add_argument("--memory-topk", type=positive_int, default=8, help="side-memory: rows read")
-    p.add_argument("--memory-heads", type=positive_int, default=4, help="side-memory: heads")
     p.add_argument(
-        "--memory-key-dim", type=positive_int, default=32, help="side-memory: query size per head"
+        "--memory-topk",
+        type=positive_int,
+        help=f"side-memory: rows read (default {defaults.memory_topk})",
+    )
+    p.add_argument(
+        "--memory-heads", type=positive_int, help=f"side-memory: heads ({defaults.memory_heads})"
+    )
+    p.add_argument(
+        "--memory-key-dim",
+        type=positive_int,
+        help=f"side-memory: query size per head (default {defaults.memory_key_dim})",
     )
     p.add_argument(
         "--memory-layer",
         type=int,
-        default=layer,
-        help=f"side-memory: block whose MLP the memory {role} (default {layer})",
+        help=f"side-memory: block whose MLP the memory {role} (default {defaults.memory_layer})",
     )
     p.add_argument(
         "--memory-lr-scale",
         type=positive_float,
-        default=10.0,
-        help="side-memory: learning rate of the value table relative to --lr (default 10)",
+        help="side-memory: learning rate of the value table relative to --lr "
+        f"(default {defaults.memory_lr_scale:g})",
     )
 
 
@@ -75,11 +92,50 @@ MEMORY_OPTIONS = ("layer", "size", "topk", "heads", "key_dim", "lr_scale")
 
 
 def memory_options(args: argparse.Namespace) -> dict:
-    """The side-memory options of add_memory_arguments, as config fields (memory_size=...)."""
-    return {f"memory_{name}": getattr(args, f"memory_{name}") for name in MEMORY_OPTIONS}
+    """The side-memory options given on the command line, as config fields (memory_size=...)."""
+    given = {f"memory_{name}": getattr(args, f"memory_{name}") for name in MEMORY_OPTIONS}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def refuse_ignored(options: dict, why: str) -> None:
+    """A ValueError naming options that were given but would be ignored, and why."""
+    if options:
+        names = ", ".join(sorted(flag(k) for k in options))
+        raise ValueError(f"{names} would be ignored: {why}")
+
+
+def output_folder(path: Path | None) -> Path | None:
+    """--out checked: an existing file is refused (a folder is needed)."""
+    if path is not None and path.exists() and not path.is_dir():
+        raise ValueError(f"--out {path} is a file: give a folder (it is created if missing)")
+    return path
+
+
+# run options that shape one run: the RunConfig field each one sets
+RUN_FIELDS = {
+    "facts": "n_facts",
+    "layers": "layers",
+    "width": "width",
+    "heads": "heads",
+    "steps": "steps",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "seed": "seed",
+    "dtype": "dtype",
+    "attributes": "attribute_sizes",
+    "rule_alpha": "rule_alpha",
+    "store": "store",
+}
 
 
 def add_run_parser(subparsers) -> None:
+    from recall_bench.experiments.run import RunConfig
+
+    d = RunConfig()
     p = subparsers.add_parser(
         "run",
         help="train and evaluate one model (with no --mode/--facts: the default benchmark)",
@@ -88,18 +144,17 @@ def add_run_parser(subparsers) -> None:
     )
     p.add_argument("--mode", choices=["in-weight", "in-tool", "side-memory"])
     p.add_argument("--facts", type=positive_int, help="number of facts (entities x attributes)")
-    p.add_argument("--layers", type=positive_int, default=2)
-    p.add_argument("--width", type=positive_int, default=32)
-    p.add_argument("--heads", type=positive_int, default=4)
-    p.add_argument("--steps", type=positive_int, default=3000, help="step budget")
-    p.add_argument("--batch-size", type=positive_int, default=256)
-    p.add_argument("--lr", type=positive_float, default=1e-2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--layers", type=positive_int, help=f"default {d.layers}")
+    p.add_argument("--width", type=positive_int, help=f"default {d.width}")
+    p.add_argument("--heads", type=positive_int, help=f"default {d.heads}")
+    p.add_argument("--steps", type=positive_int, help=f"step budget (default {d.steps})")
+    p.add_argument("--batch-size", type=positive_int, help=f"default {d.batch_size}")
+    p.add_argument("--lr", type=positive_float, help=f"peak learning rate (default {d.lr:g})")
+    p.add_argument("--seed", type=int, help=f"default {d.seed}")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], help=f"default {d.dtype}")
     p.add_argument(
         "--attributes",
         type=int_list,
-        default=(4096,),
         help="value-space size of each attribute, comma-separated (default 4096: 12 bits)",
     )
     p.add_argument(
@@ -109,30 +164,57 @@ def add_run_parser(subparsers) -> None:
         help="structured world: each value follows a rule on the key except with probability "
         "ALPHA in [0, 1] (default: fully random values)",
     )
-    p.add_argument("--store", choices=["memory", "sqlite"], default="memory")
-    add_memory_arguments(p, 0, "replaces")
+    p.add_argument(
+        "--store", choices=["memory", "sqlite"], help=f"in-tool: the store (default {d.store})"
+    )
+    add_memory_arguments(p, d, "replaces")
     p.add_argument("--out", type=Path, help="output folder (default: ./recall_bench_out/...)")
     p.add_argument("--json", action="store_true", help="print the JSON record only")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument(
-        "--resume", action="store_true", help="continue a killed run from its --out folder"
+        "--resume",
+        action="store_true",
+        help="continue a stopped run from its --out folder (a finished one: return its record)",
     )
     p.add_argument(
         "--checkpoint-every",
-        type=float,
+        type=non_negative_float,
         default=30.0,
         metavar="SECONDS",
-        help="save a checkpoint at most this often (default 30)",
+        help="save a checkpoint at most this often (default 30; 0: at every progress check)",
     )
     p.set_defaults(func=cmd_run)
 
 
+def run_config(args: argparse.Namespace):
+    """The RunConfig of a single run's options; unset ones take the dataclass defaults, and
+    options its mode would ignore are refused."""
+    from recall_bench.experiments.run import RunConfig
+
+    given = {RUN_FIELDS[k]: getattr(args, k) for k in RUN_FIELDS if getattr(args, k) is not None}
+    memory = memory_options(args)
+    if args.mode != "side-memory":
+        refuse_ignored(memory, f"they shape a side memory and --mode is {args.mode}")
+    if args.mode != "in-tool":
+        refuse_ignored(
+            {k: v for k, v in given.items() if k == "store"}, f"--mode {args.mode} uses no store"
+        )
+    return RunConfig(mode=args.mode, **given, **memory)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from recall_bench.experiments import default
-    from recall_bench.experiments.run import RunConfig, run
+    from recall_bench.experiments.run import run
 
     progress = not (args.quiet or args.json)
+    output_folder(args.out)
     if args.mode is None and args.facts is None:
+        given = {k: v for k in RUN_FIELDS if (v := getattr(args, k)) is not None}
+        refuse_ignored(
+            {**given, **memory_options(args)},
+            "the default benchmark fixes its own model and budget; give --mode and --facts "
+            "for a single run",
+        )
         summary = default.run_default(
             args.out or Path("recall_bench_out/default"), progress, args.resume
         )
@@ -140,22 +222,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     if args.mode is None or args.facts is None:
         raise ValueError("give both --mode and --facts for a single run (or neither)")
-    cfg = RunConfig(
-        mode=args.mode,
-        n_facts=args.facts,
-        layers=args.layers,
-        width=args.width,
-        heads=args.heads,
-        dtype=args.dtype,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        attribute_sizes=args.attributes,
-        rule_alpha=args.rule_alpha,
-        store=args.store,
-        **memory_options(args),
-    )
+    cfg = run_config(args)
     rule = "" if cfg.rule_alpha is None else f"-a{cfg.rule_alpha:g}"
     out = args.out or Path("recall_bench_out") / (
         f"{cfg.mode}{rule}-n{cfg.n_facts}-L{cfg.layers}-d{cfg.width}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -243,6 +310,9 @@ def add_store_scale_parser(subparsers) -> None:
     p.add_argument("--sample", type=positive_int, default=2000, help="unseen entities per size")
     p.add_argument("--store", choices=["memory", "sqlite"], default="sqlite")
     p.add_argument("--json", action="store_true", help="print the summary JSON only")
+    p.add_argument(
+        "--resume", action="store_true", help="return the finished run in --out, or redo it"
+    )
     p.set_defaults(func=cmd_store_scale)
 
 
@@ -250,7 +320,12 @@ def cmd_store_scale(args: argparse.Namespace) -> int:
     from recall_bench.experiments import store_scale
 
     summary = store_scale.run_store_scale(
-        args.out, args.sizes, args.sample, args.store, progress=not args.json
+        output_folder(args.out),
+        args.sizes,
+        args.sample,
+        args.store,
+        progress=not args.json,
+        resume=args.resume,
     )
     print(json.dumps(summary, indent=2) if args.json else store_scale.format_table(summary))
     return 0
@@ -288,8 +363,11 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except NotADirectoryError as err:
+        print(f"error: {err.filename} is not a folder: choose another --out", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as err:
+        print(f"interrupted {err}".rstrip(), file=sys.stderr)
         return 130
 
 

@@ -2,8 +2,9 @@
 
 Record layout (schema "recall_bench.record/1"):
   schema, benchmark_version, run_id, created (UTC ISO time), mode, n_facts, bits_per_fact,
-  seed, config (the full resolved run config), world {kind, spec, hash, entropy_bits},
-  model {architecture fields}, params {total, non_embedding},
+  seed, config (the full resolved run config), config_hash (its identity),
+  world {kind, spec, hash, entropy_bits}, model {architecture fields},
+  params {total, non_embedding},
   train {steps, exposures_per_fact, wall_s, compile_s, converged, stop_reason, ...},
   metrics {name: number}, better {metric name: "higher" | "lower"},
   env {python, jax, jaxlib, flax, optax, orbax, numpy, platform, device_kind, device_count,
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import hashlib
 import importlib.metadata
 import json
 import math
@@ -118,6 +120,12 @@ def environment() -> dict[str, Any]:
     return env
 
 
+def config_hash(config: dict) -> str:
+    """A short, stable hash of a resolved config (key order and numpy types do not matter)."""
+    text = json.dumps(clean_json(config), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def new_record(**fields: Any) -> dict[str, Any]:
     """A record with the provenance fields filled in and the given fields added; `env`
     (default: this process's) is the code state the run's training started from."""
@@ -128,6 +136,8 @@ def new_record(**fields: Any) -> dict[str, Any]:
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     record.update(fields)
+    if "config" in record:
+        record["config_hash"] = config_hash(record["config"])
     record["better"] = {k: BETTER[k] for k in record.get("metrics", {}) if k in BETTER}
     record["env"] = dict(record.pop("env", None) or environment())
     record["determinism"] = DETERMINISM
@@ -167,5 +177,12 @@ def write_json_atomic(path: str | Path, data: Any) -> Path:
 
 
 def read_json(path: str | Path) -> Any:
-    with open(path) as f:
-        return json.load(f)
+    """A JSON file's content; a ValueError naming the file if it is cut short or not JSON."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{path} is not valid JSON ({err.msg} at line {err.lineno}): it was cut short or "
+            "edited; delete it to rerun what wrote it"
+        ) from None

@@ -8,8 +8,13 @@ own batch stream, and its updates frozen once it has stopped.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import hashlib
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,13 +24,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from tqdm.auto import tqdm
 
 from recall_bench.checkpoint import Checkpoints
 from recall_bench.formats import Sequences
+from recall_bench.identity import refuse_other
 from recall_bench.metrics import bits_memorized, sequence_stats
 from recall_bench.model import ModelConfig, apply, init_model
-from recall_bench.records import environment
+from recall_bench.progress import Progress
+from recall_bench.records import clean_json, environment
 
 STATE_KEYS = ("params", "opt_state", "rng")  # the loop state, in make_train_chunk's order
 
@@ -275,16 +281,18 @@ def late_gain(history: list[dict], window: float) -> float | None:
     return (now["bits"] - earlier[-1]["bits"]) / now["bits"]
 
 
+def rule_applies(step: int, cfg: TrainConfig) -> bool:
+    """Whether the plateau rule may stop a run at `step` (see plateaued)."""
+    return step >= max(cfg.plateau_min_steps, cfg.plateau_after * cfg.budget)
+
+
 def plateaued(history: list[dict], cfg: TrainConfig, monitor_entropy: float) -> bool:
     """Bits gained over the last plateau_window of steps are under plateau_tol of the bits
     held, the model holds enough bits to have left the early no-knowledge plateau, and the
     cosine schedule has decayed (plateau_after of the budget): stalls at the peak learning
     rate ended GPU capacity runs 15-20% below seeds that trained on (results/capacity_gpu)."""
     now = history[-1]
-    if (
-        now["step"] < max(cfg.plateau_min_steps, cfg.plateau_after * cfg.budget)
-        or now["bits"] < cfg.plateau_min_bits * monitor_entropy
-    ):
+    if not rule_applies(now["step"], cfg) or now["bits"] < cfg.plateau_min_bits * monitor_entropy:
         return False
     gain = late_gain(history, cfg.plateau_window)
     return gain is not None and gain < cfg.plateau_tol
@@ -292,15 +300,15 @@ def plateaued(history: list[dict], cfg: TrainConfig, monitor_entropy: float) -> 
 
 def progress_fields(history: list[dict], cfg: TrainConfig, task: Task) -> dict[str, str]:
     """What the progress bar shows: loss, recall, the share of the monitored entropy held
-    (for tasks with an entropy: not a general suite), and the bits gained over the last
-    plateau_window of steps (what the plateau rule checks)."""
+    (for tasks with an entropy: not a general suite), and, once the plateau rule can apply,
+    the bits gained over the last plateau_window of steps (what it checks)."""
     last = history[-1]
     fields = {"loss": f"{last['loss']:.3f}", "recall": f"{last['recall']:.3f}"}
     entropy = float(task.monitor_bits.sum())
     if entropy > 0:
         fields["bits"] = f"{last['bits'] / entropy:.1%}"
     gain = late_gain(history, cfg.plateau_window)
-    if gain is not None:
+    if gain is not None and rule_applies(last["step"], cfg):
         fields["late"] = f"{gain:+.1%}"
     return fields
 
@@ -314,6 +322,98 @@ def check_progress(graphdef, params, task: Task) -> dict:
         "bits": bits_memorized(stats["value_nll_bits"], task.monitor_bits),
         "monitor_loss": float(stats["loss_sum"].sum() / task.monitor.loss_mask[:, 1:].sum()),
     }
+
+
+def training_identity(
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    tasks: list[Task],
+    seeds: list[int],
+    init_params: list[nnx.State] | None = None,
+) -> dict:
+    """What decides a training run's outcome: the model and training configs, the seeds, and
+    digests of the data and of any initial parameters. A checkpoint carries it, and resuming
+    under another identity is refused."""
+    data = hashlib.sha256()
+    for t in tasks:
+        for a in (t.train.tokens, t.train.loss_mask, t.monitor.tokens, t.monitor.loss_mask):
+            data.update(np.ascontiguousarray(a).tobytes())
+        data.update(np.ascontiguousarray(t.monitor_bits, np.float64).tobytes())
+    identity = {
+        "model": dataclasses.asdict(model_cfg),
+        "train": dataclasses.asdict(cfg),
+        "seeds": list(seeds),
+        "data_sha256": data.hexdigest()[:16],
+    }
+    if init_params is not None:
+        init = hashlib.sha256()
+        for leaf in jax.tree.leaves(init_params):
+            init.update(np.asarray(leaf).tobytes())
+        identity["init_sha256"] = init.hexdigest()[:16]
+    return clean_json(identity)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped on SIGINT or SIGTERM (after saving a checkpoint, when it has a folder)."""
+
+
+@contextlib.contextmanager
+def deferred_interrupts():
+    """SIGINT and SIGTERM only note a request while training runs, so the loop can save a
+    checkpoint at the end of the current call; a second signal interrupts at once."""
+    requested: list[int] = []
+
+    def handler(signum, frame):
+        if requested:
+            raise KeyboardInterrupt
+        requested.append(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield requested
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def note(text: str) -> None:
+    """A one-line notice on stderr (resume and interruption), shown even without progress."""
+    print(text, file=sys.stderr)
+
+
+def restore_or_start(
+    checkpoints: Checkpoints, folder, state: dict, meta: dict, resume: bool
+) -> tuple[dict, dict]:
+    """The loop state to start from: the latest checkpoint in `folder` with resume (refused
+    if its identity differs), else the fresh `state` and `meta`."""
+    latest = checkpoints.latest_step()
+    if latest is None:
+        if resume:
+            note(f"no checkpoint in {folder}; starting fresh")
+        return state, meta
+    if not resume:
+        raise ValueError(
+            f"{folder} already holds checkpoints: pass --resume to continue that run, or "
+            "choose another output folder"
+        )
+    saved = checkpoints.meta(latest)
+    if "identity" in saved:
+        refuse_other(folder, "a checkpoint", saved["identity"], meta["identity"])
+    try:
+        state, saved = checkpoints.restore(state, latest)
+    except (ValueError, TypeError, KeyError) as err:
+        raise ValueError(
+            f"the checkpoint in {folder} does not fit this run ({type(err).__name__}): it was "
+            "made by another configuration or version; choose another output folder"
+        ) from None
+    note(f"resuming from step {saved['step']}")
+    saved["resumes"] = [*saved.get("resumes", []), resume_note(saved["step"])]
+    saved.setdefault("env", environment())  # older checkpoints: the resuming code's
+    saved["identity"] = meta["identity"]
+    return state, saved
 
 
 def train_models(
@@ -331,8 +431,8 @@ def train_models(
     from init_params (one per task) or a fresh initialization from each seed.
 
     With checkpoint_dir, the whole loop state is saved at progress checks (at most every
-    checkpoint_every_s seconds); resume=True continues from the latest one and ends exactly
-    as an uninterrupted run would.
+    checkpoint_every_s seconds) and when SIGINT or SIGTERM arrives; resume=True continues
+    from the latest one (of the same identity) and ends exactly as an uninterrupted run.
     """
     if len(tasks) != len(seeds):
         raise ValueError("one seed per task")
@@ -357,33 +457,41 @@ def train_models(
         "wall_s": 0.0,
         "env": environment(),
         "resumes": [],
+        "identity": training_identity(model_cfg, cfg, tasks, seeds, init_params),
     }
-    checkpoints = Checkpoints(checkpoint_dir) if checkpoint_dir is not None else None
-    if checkpoints is not None and checkpoints.latest_step() is not None:
-        if not resume:
-            raise ValueError(
-                f"{checkpoint_dir} already holds checkpoints: pass --resume to continue that "
-                "run, or choose another output folder"
-            )
-        state, meta = checkpoints.restore(state)
-        meta["resumes"] = [*meta.get("resumes", []), resume_note(meta["step"])]
-        meta.setdefault("env", environment())  # older checkpoints: the resuming code's
-    state_sharding, batch_sharding = placement(k, cfg.batch_size)
+    with deferred_interrupts() as interrupts, contextlib.ExitStack() as stack_:
+        checkpoints = None
+        if checkpoint_dir is not None:
+            checkpoints = Checkpoints(checkpoint_dir)
+            stack_.callback(checkpoints.close)
+            state, meta = restore_or_start(checkpoints, checkpoint_dir, state, meta, resume)
+        return train_loop(
+            graphdef, optimizer, cfg, tasks, state, meta, progress, checkpoints,
+            checkpoint_every_s, interrupts,
+        )  # fmt: skip
+
+
+def train_loop(
+    graphdef,
+    optimizer,
+    cfg: TrainConfig,
+    tasks: list[Task],
+    state: dict,
+    meta: dict,
+    progress: bool,
+    checkpoints: Checkpoints | None,
+    checkpoint_every_s: float,
+    interrupts: list[int],
+) -> TrainResult:
+    """Run compiled chunks until every model has stopped (stop_decisions), saving the loop
+    state to `checkpoints` now and then, and before leaving on an interrupt."""
+    state_sharding, batch_sharding = placement(len(tasks), cfg.batch_size)
     state = place(state, state_sharding)
     masks = np.stack([t.train.loss_mask for t in tasks])
     tokens, loss_mask, n_rows = device_data(
         np.stack([t.train.tokens for t in tasks]), masks, state_sharding
     )
     active = np.array(meta["active"], bool)
-    step, steps, stop_reason, history, env, resumes = (
-        meta["step"],
-        meta["steps"],
-        meta["stop_reason"],
-        meta["history"],
-        meta["env"],
-        meta["resumes"],
-    )
-
     t0 = time.perf_counter()
     chunk = compiled_chunk(
         graphdef,
@@ -399,71 +507,86 @@ def train_models(
     )
     compile_s = time.perf_counter() - t0
 
-    bar = tqdm(
-        total=cfg.budget, initial=step, disable=not progress, desc="train", unit="step", leave=False
-    )
+    bar = Progress(cfg.budget, meta["step"], "train", progress)
     t0 = time.perf_counter() - meta["wall_s"]
     last_save = time.perf_counter()
+
+    def save() -> None:
+        meta.update(active=active.tolist(), wall_s=time.perf_counter() - t0)
+        checkpoints.save(meta["step"], state, meta)
+
     while active.any():
         *new_state, losses = chunk(
             *(state[k] for k in STATE_KEYS), tokens, loss_mask, n_rows, jnp.asarray(active)
         )
         state = dict(zip(STATE_KEYS, new_state, strict=True))
-        step += cfg.steps_per_call
-        bar.update(cfg.steps_per_call)
+        meta["step"] += cfg.steps_per_call
         losses = np.asarray(losses)
-        bad = losses[active][~np.isfinite(losses[active])]
-        if bad.size:
-            latest = None if checkpoints is None else checkpoints.latest_step()
-            kept = "" if latest is None else f"; the last good checkpoint (step {latest}) is kept"
-            raise TrainingDiverged(
-                f"loss became {bad[0]} by step {step}: lower the learning rate (--lr) or use "
-                f"float32{kept}"
+        check_finite(losses[active], meta["step"], checkpoints)
+        fields = None
+        if meta["step"] % cfg.eval_every == 0 or meta["step"] >= cfg.budget:
+            stop_decisions(graphdef, state["params"], tasks, cfg, meta, losses, active)
+            shown = int(np.flatnonzero(active)[0]) if active.any() else 0
+            if progress:
+                fields = progress_fields(meta["history"][shown], cfg, tasks[shown])
+            if checkpoints is not None and time.perf_counter() - last_save >= checkpoint_every_s:
+                save()
+                last_save = time.perf_counter()
+        bar.update(cfg.steps_per_call, fields)
+        if interrupts and active.any():
+            bar.close()
+            if checkpoints is None:
+                raise Interrupted(f"at step {meta['step']} (no output folder: nothing saved)")
+            save()
+            raise Interrupted(
+                f"at step {meta['step']}: checkpoint saved in {checkpoints.folder}; continue "
+                "with --resume"
             )
-        if step % cfg.eval_every and step < cfg.budget:
-            continue
-        for m in np.flatnonzero(active):
-            check = check_progress(graphdef, take(state["params"], m), tasks[m])
-            check.update(step=step, loss=float(losses[m].mean()))
-            history[m].append(check)
-            steps[m] = step
-            if check["recall"] >= cfg.target_recall:
-                stop_reason[m], active[m] = "recall", False
-            elif plateaued(history[m], cfg, float(tasks[m].monitor_bits.sum())):
-                stop_reason[m], active[m] = "plateau", False
-            elif step >= cfg.budget:
-                active[m] = False
-        shown = int(np.flatnonzero(active)[0]) if active.any() else 0
-        if progress:
-            bar.set_postfix(progress_fields(history[shown], cfg, tasks[shown]))
-        if checkpoints is not None and time.perf_counter() - last_save >= checkpoint_every_s:
-            meta = {
-                "step": step,
-                "steps": steps,
-                "stop_reason": stop_reason,
-                "active": active.tolist(),
-                "history": history,
-                "wall_s": time.perf_counter() - t0,
-                "env": env,
-                "resumes": resumes,
-            }
-            checkpoints.save(step, state, meta)
-            last_save = time.perf_counter()
     bar.close()
     jax.block_until_ready(state["params"])
-    if checkpoints is not None:
-        checkpoints.close()
     return TrainResult(
         graphdef,
         state["params"],
-        steps,
-        stop_reason,
-        history,
+        meta["steps"],
+        meta["stop_reason"],
+        meta["history"],
         time.perf_counter() - t0,
         compile_s,
-        env,
-        resumes,
+        meta["env"],
+        meta["resumes"],
     )
+
+
+def check_finite(losses: np.ndarray, step: int, checkpoints: Checkpoints | None) -> None:
+    """A TrainingDiverged naming the last good checkpoint if any active model's loss is not
+    finite."""
+    bad = losses[~np.isfinite(losses)]
+    if bad.size:
+        latest = None if checkpoints is None else checkpoints.latest_step()
+        kept = "" if latest is None else f"; the last good checkpoint (step {latest}) is kept"
+        raise TrainingDiverged(
+            f"loss became {bad[0]} by step {step}: lower the learning rate (--lr) or use "
+            f"float32{kept}"
+        )
+
+
+def stop_decisions(
+    graphdef, params, tasks: list[Task], cfg: TrainConfig, meta: dict, losses, active
+) -> None:
+    """A progress check of every active model: record it in meta's history and stop the
+    model (in `active`) on the recall target, a plateau, or the end of the budget."""
+    step = meta["step"]
+    for m in np.flatnonzero(active):
+        check = check_progress(graphdef, take(params, m), tasks[m])
+        check.update(step=step, loss=float(losses[m].mean()))
+        meta["history"][m].append(check)
+        meta["steps"][m] = step
+        if check["recall"] >= cfg.target_recall:
+            meta["stop_reason"][m], active[m] = "recall", False
+        elif plateaued(meta["history"][m], cfg, float(tasks[m].monitor_bits.sum())):
+            meta["stop_reason"][m], active[m] = "plateau", False
+        elif step >= cfg.budget:
+            active[m] = False
 
 
 def resume_note(step: int) -> dict:

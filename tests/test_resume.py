@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 ARGS = [
     "--mode",
     "in-weight",
@@ -39,7 +41,36 @@ def comparable(record):
     return metrics, record["train"]["steps"], record["train"]["history"]
 
 
-def test_killed_run_resumes_to_the_same_metrics(tmp_path):
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """The uninterrupted run's record."""
+    out = tmp_path_factory.mktemp("straight")
+    done = cli(out)
+    assert done.returncode == 0, done.stderr
+    return json.loads((out / "record.json").read_text())
+
+
+def test_sigint_saves_a_checkpoint_and_resumes_to_the_same_metrics(tmp_path, straight):
+    """Ctrl-C long before the first timed checkpoint (an hour) still saves one; --resume
+    continues from it and ends exactly as the uninterrupted run."""
+    out = tmp_path / "interrupted"
+    proc = cli(out, "--checkpoint-every", "3600", wait=False)
+    deadline = time.time() + 240
+    while not (out / "checkpoints").exists() and time.time() < deadline:
+        time.sleep(0.02)  # the folder exists once training has started
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 130, err
+    assert "checkpoint saved" in err.decode() and not (out / "record.json").exists()
+    step = int(err.decode().split("at step ")[1].split(":")[0])
+    assert 0 < step < 800
+    resumed = cli(out, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming from step {step}" in resumed.stderr
+    assert comparable(json.loads((out / "record.json").read_text())) == comparable(straight)
+
+
+def test_killed_run_resumes_to_the_same_metrics(tmp_path, straight):
     killed = tmp_path / "killed"
     proc = cli(killed, "--checkpoint-every", "0", wait=False)
     deadline = time.time() + 240
@@ -57,10 +88,7 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path):
 
     resumed = cli(killed, "--resume", "--checkpoint-every", "0")
     assert resumed.returncode == 0, resumed.stderr
-    straight = cli(tmp_path / "straight")
-    assert straight.returncode == 0, straight.stderr
-    a = json.loads((killed / "record.json").read_text())
-    b = json.loads((tmp_path / "straight" / "record.json").read_text())
+    a, b = json.loads((killed / "record.json").read_text()), straight
     assert comparable(a) == comparable(b)
     assert not (killed / "checkpoints").exists()  # removed once the record is written
     assert b["train"]["resumes"] == []

@@ -32,6 +32,7 @@ import numpy as np
 from recall_bench import formats, general, plots
 from recall_bench.checkpoint import load_params, save_params
 from recall_bench.experiments.run import RunConfig, evaluate, make_record, make_task
+from recall_bench.identity import refuse_other
 from recall_bench.model import ModelConfig, add_side_memory, count_params, init_model
 from recall_bench.records import clean_json, environment, read_json, write_json_atomic
 from recall_bench.tool import build_store
@@ -200,11 +201,7 @@ def load_base(folder: str | Path, cfg: DegradeConfig) -> dict:
     """The base model saved in folder; a ValueError if it was trained under another config."""
     folder = Path(folder)
     info = read_json(folder / "base.json")
-    if info["config"] != cfg.base_key():
-        raise ValueError(
-            f"{folder} holds a base model of another configuration (model, suite, base steps, base "
-            "lr or seed differ): choose another --out or delete that folder"
-        )
+    refuse_other(folder, "a base model", info["config"], cfg.base_key())
     graphdef, like = init_model(cfg.model_config(), cfg.seed)
     return {"graphdef": graphdef, "params": load_params(folder / "params", like), "info": info}
 
@@ -289,12 +286,13 @@ def summary_row(record: dict) -> dict:
     return row
 
 
-def same_sweep(record: dict, cfg: DegradeConfig) -> bool:
-    """Whether a cell's record was made under cfg; fields it predates take their defaults."""
+def sweep_config(record: dict) -> dict:
+    """The degradation config a cell's record was made under; fields it predates take their
+    defaults."""
     default = clean_json(dataclasses.asdict(DegradeConfig()))
     then = {**default, **record["degrade"]["config"]}
     then["suite"] = {**default["suite"], **then["suite"]}
-    return then == clean_json(dataclasses.asdict(cfg))
+    return then
 
 
 def command(cfg: DegradeConfig, out: Path) -> str:
@@ -324,12 +322,14 @@ def run_degrade(
     (with resume, finished cells of the same config are kept); summary.json and the plot."""
     out = Path(out)
     t0 = time.perf_counter()
-    done = [p for p in out.glob("*/record.json") if p.parent.name != "base"]
+    done = {p: read_json(p) for p in out.glob("*/record.json") if p.parent.name != "base"}
     if done and not resume:
         raise ValueError(
             f"{out} holds cells of an earlier sweep: pass --resume to keep finished ones, or "
             "choose another --out"
         )
+    for path, record in done.items():  # before any training
+        refuse_other(path, "a cell", sweep_config(record), dataclasses.asdict(cfg))
     suite = general.make_suite(cfg.suite, formats.Vocab.of(cfg.run_config("in-weight", 2).spec))
     if (out / "base" / "base.json").exists():
         base = load_base(out / "base", cfg)
@@ -342,8 +342,8 @@ def run_degrade(
     cells = [(mode, n) for n in cfg.fact_counts for mode in cfg.modes]
     for i, (mode, n) in enumerate(cells, 1):
         path = out / f"{mode}-{n}" / "record.json"
-        record = read_json(path) if path.exists() else None
-        if record is None or not same_sweep(record, cfg):
+        record = done.get(path)
+        if record is None:
             log(progress, f"[{i}/{len(cells)}] {mode}, {n} facts")
             record = run_cell(cfg, mode, n, base, suite, progress)
             write_json_atomic(path, record)
@@ -428,11 +428,11 @@ def add_degrade_parser(subparsers) -> None:
     p.add_argument("--lr", type=positive_float, default=d.lr, help="fact-injection lr")
     p.add_argument("--target-recall", type=positive_float, default=d.target_recall)
     p.add_argument("--replay-fraction", type=positive_float, default=d.replay_fraction)
-    add_memory_arguments(p, d.memory_layer, "adds to (< 0: counted from the last)")
+    add_memory_arguments(p, d, "adds to (< 0: counted from the last)")
     p.add_argument(
         "--text-file",
         help="a UTF-8 text file added to the general suite, scored in bits per byte on its "
-        f"last {d.suite.text_held_out:.0%}",
+        f"last {d.suite.text_held_out:.0%}".replace("%", "%%"),
     )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--out", type=Path, default=Path("recall_bench_out/degradation"))
@@ -443,8 +443,11 @@ def add_degrade_parser(subparsers) -> None:
 
 
 def cmd_degrade(args: argparse.Namespace) -> int:
-    from recall_bench.cli import memory_options
+    from recall_bench.cli import memory_options, output_folder, refuse_ignored
 
+    if "side-memory" not in args.modes:
+        refuse_ignored(memory_options(args), "they shape a side memory and --modes has none")
+    output_folder(args.out)
     cfg = DegradeConfig(
         fact_counts=args.facts,
         modes=args.modes,

@@ -25,9 +25,10 @@ import numpy as np
 
 from recall_bench import formats
 from recall_bench.decode import Decoded, greedy_decode
+from recall_bench.identity import finished_record
 from recall_bench.metrics import bits_memorized, sequence_stats, summarize_in_weight
 from recall_bench.model import ModelConfig, count_params
-from recall_bench.records import new_record, read_json, write_json_atomic
+from recall_bench.records import new_record, write_json_atomic
 from recall_bench.tool import ERROR_STATUS, OK, Store, build_store
 from recall_bench.train import Task, TrainConfig, TrainResult, late_gain, plateaued, train_models
 from recall_bench.worlds import FactSpec, FactWorld, make_fact_world, spec_fields, spec_hash
@@ -331,11 +332,12 @@ def run_group(
 ) -> list[dict[str, Any]]:
     """Train same-shaped fact configurations as one ensemble (train_group), then evaluate
     and record each one as if it had been trained alone."""
-    done = [Path(d) / "record.json" for d in out_dirs if d is not None]
-    if resume and len(done) == len(cfgs) and all(p.exists() for p in done):
-        records = [read_json(p) for p in done]
-        if all(holds_config(r, c) for r, c in zip(records, cfgs, strict=True)):
-            return records
+    done = [
+        None if d is None else finished_record(Path(d) / "record.json", c, resume)
+        for c, d in zip(cfgs, out_dirs, strict=True)
+    ]
+    if all(r is not None for r in done):
+        return done
     worlds = [make_fact_world(c.spec) for c in cfgs]
     tasks = [make_task(c, w) for c, w in zip(cfgs, worlds, strict=True)]
     result = train_group(cfgs, tasks, progress, checkpoint_dir, resume, checkpoint_every_s)

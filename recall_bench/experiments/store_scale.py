@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from recall_bench.experiments.run import RunConfig, evaluate, make_record, make_task
-from recall_bench.records import write_json_atomic
+from recall_bench.identity import refuse_other
+from recall_bench.records import read_json, write_json_atomic
 from recall_bench.tool import build_store
 from recall_bench.train import train_models
 from recall_bench.worlds import make_fact_world
@@ -28,10 +29,23 @@ def run_store_scale(
     store_kind: str = "sqlite",
     cfg: RunConfig = CONFIG,
     progress: bool = True,
+    resume: bool = False,
 ) -> dict:
     """Train cfg once; for each store size, evaluate `sample` unseen entities' facts through
     a store holding that many facts. Writes one record per size and summary.json."""
     out = Path(out)
+    identity = {"config": dataclasses.asdict(cfg), "sizes": list(sizes), "sample": sample}
+    identity["store"] = store_kind
+    done = finished_summary(out, identity, resume)
+    if done is not None:
+        return done
+    for size in sizes:
+        if size // cfg.spec.n_attributes <= cfg.trained_entities():
+            raise ValueError(
+                f"store size {size} leaves no unseen entities beyond the "
+                f"{cfg.trained_entities() * cfg.spec.n_attributes} trained facts: give sizes "
+                f"above {cfg.n_facts}"
+            )
     world = make_fact_world(cfg.spec)
     task = make_task(cfg, world)
     result = train_models(cfg.model_config(), cfg.train_config(), [task], [cfg.seed], progress)
@@ -39,8 +53,6 @@ def run_store_scale(
     rows = []
     for size in sizes:
         n_entities = size // cfg.spec.n_attributes
-        if n_entities <= cfg.trained_entities():
-            raise ValueError(f"store size {size} leaves no unseen entities beyond the training set")
         large = make_fact_world(cfg.spec.with_entities(n_entities))  # same first entities
         rng = np.random.default_rng([cfg.seed, 4, size])
         pool = np.arange(cfg.trained_entities(), n_entities)
@@ -77,6 +89,7 @@ def run_store_scale(
             print(f"store of {size:,} facts: recall on unseen {metrics['recall_unseen']:.4f}")
     summary = {
         "experiment": "store_scale",
+        "identity": identity,
         "config": dataclasses.asdict(cfg),
         "train": {
             "steps": result.steps[0],
@@ -87,6 +100,23 @@ def run_store_scale(
     }
     write_json_atomic(out / "summary.json", summary)
     return summary
+
+
+def finished_summary(out: Path, identity: dict, resume: bool) -> dict | None:
+    """The summary of a finished run of this identity in `out` (with resume); an earlier run
+    of another identity, or any earlier run without resume, is refused."""
+    path = out / "summary.json"
+    if path.exists():
+        summary = read_json(path)
+        refuse_other(path, "a store-scale run", summary.get("identity", {}), identity)
+        if resume:
+            return summary
+    if not resume and (path.exists() or any(out.glob("store-*/record.json"))):
+        raise ValueError(
+            f"{out} holds an earlier store-scale run: pass --resume to return it (or to rerun "
+            "an unfinished one), or choose another --out"
+        )
+    return None
 
 
 def format_table(summary: dict) -> str:

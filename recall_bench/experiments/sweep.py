@@ -35,7 +35,8 @@ except ModuleNotFoundError:  # Python 3.10
 from recall_bench.experiments import capacity
 from recall_bench.experiments.capacity import TOKENS, TokenRunConfig, run_token_group
 from recall_bench.experiments.default import summary_row
-from recall_bench.experiments.run import RunConfig, group_key, holds_config, run_group
+from recall_bench.experiments.run import RunConfig, group_key, run_group
+from recall_bench.identity import finished_record
 from recall_bench.records import environment, read_json, write_json_atomic
 from recall_bench.worlds import SpecError
 
@@ -249,21 +250,9 @@ def shard_groups(cells: tuple[Config, ...], shard: tuple[int, int]) -> list[list
 
 
 def finished(cfg: Config, out: Path, resume: bool) -> dict | None:
-    """The cell's record if it already holds this config; None if the cell has not run."""
-    path = out / cell_name(cfg) / "record.json"
-    if not path.exists():
-        return None
-    record = read_json(path)
-    if not holds_config(record, cfg):
-        raise ValueError(
-            f"{path} records a different config than the sweep now asks for: remove that "
-            "folder to rerun it, or choose another --out"
-        )
-    if not resume:
-        raise ValueError(
-            f"{out} holds finished cells: pass --resume to keep them, or choose another --out"
-        )
-    return record
+    """The cell's record if it already holds this config (and resume is set); None if the
+    cell has not run; refused if it holds another config, or this one without resume."""
+    return finished_record(out / cell_name(cfg) / "record.json", cfg, resume)
 
 
 def run_sweep(
