@@ -6,7 +6,7 @@ Usage: python benchmarks/run_all.py [--quick] [--default-run] [--cell]
   --default-run  also time `recall-bench run` end to end (minutes; else the last measured
                  value is carried over from results.json, marked as such)
   --cell         also time one params-for-recall cell (4,096 facts, 95% recall)
-  --tokens       add the DESIGN's random-token shape (V=2048, S=64, 1 layer, d=32)
+  --tokens       add Morris et al.'s random-token shape (V=2048, S=64, 1 layer, d=32)
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 class Workload:
     """One training shape. kind "facts": the in-weight fact task of experiments/run.py
     (n facts, loss on the answer); kind "tokens": n random sequences of `length` tokens over
-    `vocab` (loss on every token after the first), the DESIGN's capacity shape."""
+    `vocab` (loss on every token after the first), Morris et al.'s capacity shape."""
 
     name: str
     kind: str = "facts"

@@ -1,6 +1,6 @@
 """Capacity math over plain arrays: a model's capacity from its bits-memorized curve, the
 bits-per-parameter fit across model sizes with a bootstrap interval over seeds, and the
-point where held-out loss turns (DESIGN.md invariant 3).
+point where held-out loss turns (docs/design.md §3).
 
 Capacity of one (model, seed) = the maximum over fact counts of bits memorized: past
 capacity, more facts do not add bits, so the curve's plateau is its maximum.

@@ -1,4 +1,4 @@
-"""Batched greedy decoding with the tool in the loop (DESIGN.md invariant 5).
+"""Batched greedy decoding with the tool in the loop (docs/design.md §5).
 
 Each row decodes freely with a key/value cache inside one compiled while-loop. The loop
 returns to Python only when every still-running row has either finished or closed a call

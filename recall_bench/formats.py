@@ -2,7 +2,7 @@
 
 One vocabulary serves every mode: 16 reserved special tokens, one token per attribute,
 the key alphabet and the value alphabet. Its size depends on the spec's alphabets and
-attribute count, never on the number of facts (DESIGN.md invariant 1).
+attribute count, never on the number of facts (docs/design.md §1).
 
 In-weight:  BOS key ATTR | value EOS                       loss on `value EOS`
 In-tool:    BOS key ATTR | CALL key ATTR CALL_END RESULT value RESULT_END value EOS

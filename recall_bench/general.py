@@ -1,4 +1,4 @@
-"""The general-ability suite (DESIGN.md invariant 8): structured synthetic skills that the
+"""The general-ability suite (docs/design.md §8): structured synthetic skills that the
 facts never touch, written in the facts' vocabulary so one model can hold both.
 
     BOS MARKER data SEP answer EOS PAD...      loss on `answer EOS`

@@ -1,6 +1,6 @@
 """Recall, bits memorized, and distribution divergences.
 
-Bits memorized (DESIGN.md invariant 3): for each fact,
+Bits memorized (docs/design.md §3): for each fact,
     max(0, H(fact) - NLL_2(value tokens | prompt)),
 with the NLL summed over the value tokens in float32 and clipped per fact, never per token.
 Capacity = max over fact counts of bits memorized; bits/param = capacity / parameters.

@@ -272,7 +272,7 @@ def place(tree, sharding: jax.sharding.Sharding | None):
 
 def late_gain(history: list[dict], window: float) -> float | None:
     """Monitored bits gained over the last `window` share of the steps run, relative to the
-    bits held now (DESIGN.md invariant 7: how far from saturation); None before there is a
+    bits held now (docs/design.md §7: how far from saturation); None before there is a
     check that far back or while no bits are held."""
     now = history[-1]
     earlier = [h for h in history if h["step"] <= now["step"] * (1 - window)]

@@ -2,7 +2,7 @@
 
 A world is a pure function of its spec (seed included). Keys and values are sequences of
 tokens from fixed alphabets, so the vocabulary, and hence the parameter count, never depends
-on the number of facts (DESIGN.md invariant 1). Values are uniform and independent, so each
+on the number of facts (docs/design.md §1). Values are uniform and independent, so each
 fact carries exactly log2 |value space| bits (invariant 2).
 
 A structured world (FactSpec.rule_alpha = a) replaces independence by a rule: each value is

@@ -1,4 +1,4 @@
-"""General-ability degradation (DESIGN.md invariant 8): what storing facts costs a model that
+"""General-ability degradation (docs/design.md §8): what storing facts costs a model that
 already knows something else, in its weights versus through a tool.
 
 A base model is trained on the general suite and saved (orbax); every cell starts from it
