@@ -115,7 +115,7 @@ def output_folder(path: Path | None) -> Path | None:
     return path
 
 
-# run options that shape one run: the RunConfig field each one sets
+# run options that shape one run: the config field each one sets
 RUN_FIELDS = {
     "facts": "n_facts",
     "layers": "layers",
@@ -126,25 +126,35 @@ RUN_FIELDS = {
     "lr": "lr",
     "seed": "seed",
     "dtype": "dtype",
-    "attributes": "attribute_sizes",
-    "rule_alpha": "rule_alpha",
-    "store": "store",
+    "warmup_steps": "warmup_steps",
+    "schedule": "schedule",
+    "weight_decay": "weight_decay",
+    "eval_every": "eval_every",
+    "monitor_facts": "monitor_facts",
 }
+FACT_FIELDS = {"attributes": "attribute_sizes", "rule_alpha": "rule_alpha", "store": "store"}
+TOKEN_FIELDS = {"vocab": "vocab", "length": "length"}
+TOKENS = "random-tokens"
 
 
 def add_run_parser(subparsers) -> None:
-    from recall_bench.experiments.run import RunConfig
+    from recall_bench.experiments.capacity import TokenRunConfig
+    from recall_bench.experiments.run import MODES, RunConfig
 
-    d = RunConfig()
+    d, t = RunConfig(), TokenRunConfig()
     p = subparsers.add_parser(
         "run",
         help="train and evaluate one model (with no --mode/--facts: the default benchmark)",
         description="Without --mode and --facts, runs the default benchmark: one small model "
         "in both modes over fact counts from below to past its in-weight capacity.",
     )
-    p.add_argument("--mode", choices=["in-weight", "in-tool", "side-memory"])
-    p.add_argument("--facts", type=positive_int, help="number of facts (entities x attributes)")
-    p.add_argument("--layers", type=positive_int, help=f"default {d.layers}")
+    p.add_argument("--mode", choices=[*MODES, TOKENS])
+    p.add_argument(
+        "--facts",
+        type=positive_int,
+        help="number of facts (entities x attributes); random-tokens: of sequences",
+    )
+    p.add_argument("--layers", type=positive_int, help=f"default {d.layers} ({TOKENS}: 1)")
     p.add_argument("--width", type=positive_int, help=f"default {d.width}")
     p.add_argument("--heads", type=positive_int, help=f"default {d.heads}")
     p.add_argument("--steps", type=positive_int, help=f"step budget (default {d.steps})")
@@ -152,6 +162,21 @@ def add_run_parser(subparsers) -> None:
     p.add_argument("--lr", type=positive_float, help=f"peak learning rate (default {d.lr:g})")
     p.add_argument("--seed", type=int, help=f"default {d.seed}")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], help=f"default {d.dtype}")
+    p.add_argument("--warmup-steps", type=int, help=f"default {d.warmup_steps}")
+    p.add_argument(
+        "--schedule", choices=["cosine", "constant"], help="after warmup (default cosine)"
+    )
+    p.add_argument("--weight-decay", type=non_negative_float, help="AdamW (default 0)")
+    p.add_argument(
+        "--eval-every",
+        type=positive_int,
+        help=f"steps between progress checks, a multiple of 25 (default {d.eval_every})",
+    )
+    p.add_argument(
+        "--monitor-facts",
+        type=positive_int,
+        help=f"facts checked at each progress check (default {d.monitor_facts})",
+    )
     p.add_argument(
         "--attributes",
         type=int_list,
@@ -168,6 +193,10 @@ def add_run_parser(subparsers) -> None:
         "--store", choices=["memory", "sqlite"], help=f"in-tool: the store (default {d.store})"
     )
     add_memory_arguments(p, d, "replaces")
+    p.add_argument("--vocab", type=positive_int, help=f"{TOKENS}: symbols (default {t.vocab})")
+    p.add_argument(
+        "--length", type=positive_int, help=f"{TOKENS}: tokens per sequence (default {t.length})"
+    )
     p.add_argument("--out", type=Path, help="output folder (default: ./recall_bench_out/...)")
     p.add_argument("--json", action="store_true", help="print the JSON record only")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -186,32 +215,43 @@ def add_run_parser(subparsers) -> None:
     p.set_defaults(func=cmd_run)
 
 
+def given_fields(args: argparse.Namespace, fields: dict) -> dict:
+    """The options of `fields` given on the command line, as config fields."""
+    return {f: getattr(args, k) for k, f in fields.items() if getattr(args, k) is not None}
+
+
 def run_config(args: argparse.Namespace):
-    """The RunConfig of a single run's options; unset ones take the dataclass defaults, and
+    """The config of a single run's options; unset ones take the dataclass defaults, and
     options its mode would ignore are refused."""
+    from recall_bench.experiments.capacity import TokenRunConfig
     from recall_bench.experiments.run import RunConfig
 
-    given = {RUN_FIELDS[k]: getattr(args, k) for k in RUN_FIELDS if getattr(args, k) is not None}
-    memory = memory_options(args)
+    given, facts = given_fields(args, RUN_FIELDS), given_fields(args, FACT_FIELDS)
+    tokens, memory = given_fields(args, TOKEN_FIELDS), memory_options(args)
     if args.mode != "side-memory":
         refuse_ignored(memory, f"they shape a side memory and --mode is {args.mode}")
+    if args.mode == TOKENS:
+        refuse_ignored(facts, f"they shape fact worlds and --mode is {TOKENS}")
+        return TokenRunConfig(**given, **tokens)
+    refuse_ignored(tokens, f"they shape random-token data and --mode is {args.mode}")
     if args.mode != "in-tool":
-        refuse_ignored(
-            {k: v for k, v in given.items() if k == "store"}, f"--mode {args.mode} uses no store"
-        )
-    return RunConfig(mode=args.mode, **given, **memory)
+        store = {k: v for k, v in facts.items() if k == "store"}
+        refuse_ignored(store, f"--mode {args.mode} uses no store")
+    return RunConfig(mode=args.mode, **given, **facts, **memory)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from recall_bench.experiments import default
+    from recall_bench.experiments.capacity import run_token_group
     from recall_bench.experiments.run import run
 
     progress = not (args.quiet or args.json)
     output_folder(args.out)
     if args.mode is None and args.facts is None:
-        given = {k: v for k in RUN_FIELDS if (v := getattr(args, k)) is not None}
+        options = [RUN_FIELDS, FACT_FIELDS, TOKEN_FIELDS]
         refuse_ignored(
-            {**given, **memory_options(args)},
+            {k: v for fields in options for k, v in given_fields(args, fields).items()}
+            | memory_options(args),
             "the default benchmark fixes its own model and budget; give --mode and --facts "
             "for a single run",
         )
@@ -223,11 +263,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.mode is None or args.facts is None:
         raise ValueError("give both --mode and --facts for a single run (or neither)")
     cfg = run_config(args)
-    rule = "" if cfg.rule_alpha is None else f"-a{cfg.rule_alpha:g}"
+    rule = "" if getattr(cfg, "rule_alpha", None) is None else f"-a{cfg.rule_alpha:g}"
     out = args.out or Path("recall_bench_out") / (
         f"{cfg.mode}{rule}-n{cfg.n_facts}-L{cfg.layers}-d{cfg.width}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
-    record = run(cfg, out, progress, args.resume, args.checkpoint_every)
+    if cfg.mode == TOKENS:
+        ckpt = out / "checkpoints"
+        args_ = ([cfg], [out], progress, ckpt, args.resume, args.checkpoint_every)
+        [record] = run_token_group(*args_)
+    else:
+        record = run(cfg, out, progress, args.resume, args.checkpoint_every)
     if args.json:
         print(json.dumps(record, indent=2))
     else:
@@ -294,6 +339,15 @@ def format_record(record: dict) -> str:
             f"{m['bits_per_param']:.3f} ({m['bits_per_param_non_embedding']:.3f} non-emb.)",
         ),
     ]
+    if "bits_memorized_corrected" in m:
+        rows.append(
+            (
+                "noise floor",
+                f"{m['noise_floor_bits_per_fact']:.3f} bits/fact on unseen facts; above it "
+                f"{m['bits_memorized_corrected']:,.0f} bits, {m['bits_per_param_corrected']:.3f} "
+                "bits/param",
+            )
+        )
     if "bits_memorized_exceptions" in m:
         rows.append(("bits on exceptions", f"{m['bits_memorized_exceptions']:,.0f}"))
     width = max(len(k) for k, _ in rows)

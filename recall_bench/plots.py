@@ -90,7 +90,7 @@ def bits_vs_facts(models: list[dict], path: str | Path, title: str = "") -> Path
 def capacity_vs_params(groups: list[dict], path: str | Path) -> Path:
     """Capacity against parameters per world kind and dtype (every seed, and the fitted
     line), with the published 2 (facts) and 3.6 (random tokens) bits/param lines; hollow
-    points are lower bounds (the model held every fact it was given)."""
+    points are lower bounds (data-capped: the model held nearly all it was given)."""
     fig, ax = plt.subplots(figsize=(6, 4.5))
     xs = [m["params"]["total"] for g in groups for m in g["models"]]
     span = [min(xs) / 1.5, max(xs) * 1.5]
@@ -98,11 +98,15 @@ def capacity_vs_params(groups: list[dict], path: str | Path) -> Path:
         ax.plot(span, [alpha * x for x in span], "k" + style, lw=0.8, label=f"{alpha} bits/param")
     for g in groups:
         fit = g["fit"]
-        label = (
-            f"{g['world']} {g['dtype']}: {fit['bits_per_param']:.2f} "
-            f"[{fit['interval'][0]:.2f}, {fit['interval'][1]:.2f}]"
-        )
-        line = ax.plot(span, [fit["bits_per_param"] * x for x in span], lw=1, label=label)[0]
+        if fit is None:  # every model data-capped: points only
+            line = ax.plot([], [], lw=1, label=f"{g['world']} {g['dtype']}: data-capped")[0]
+        else:
+            label = (
+                f"{g['world']} {g['dtype']}: {fit['bits_per_param']:.2f} "
+                f"[{fit['interval'][0]:.2f}, {fit['interval'][1]:.2f}]"
+            )
+            alpha = fit["bits_per_param"]
+            line = ax.plot(span, [alpha * x for x in span], lw=1, label=label)[0]
         for m in g["models"]:
             caps = m["capacity_bits_by_seed"]
             color = line.get_color()

@@ -33,6 +33,7 @@ from recall_bench.model import ModelConfig, apply, init_model
 from recall_bench.progress import Progress
 from recall_bench.records import clean_json, environment
 
+SCHEDULES = ("cosine", "constant")
 STATE_KEYS = ("params", "opt_state", "rng")  # the loop state, in make_train_chunk's order
 
 
@@ -46,6 +47,7 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 1e-2
     warmup_steps: int = 50
+    schedule: str = "cosine"  # after warmup: cosine decay to 5% of lr, or constant
     weight_decay: float = 0.0
     memory_lr_scale: float = 1.0  # learning rate of product-key value tables, relative to lr
     memory_only: bool = False  # train only product-key memories; every other weight stays fixed
@@ -75,6 +77,10 @@ class TrainConfig:
             raise ValueError(f"plateau_after must be in [0, 1], got {self.plateau_after}")
         if not self.lr > 0:
             raise ValueError(f"learning rate must be > 0, got {self.lr}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.warmup_steps < 0 or self.weight_decay < 0:
+            raise ValueError("warmup_steps and weight_decay must be >= 0")
 
     @property
     def budget(self) -> int:
@@ -112,14 +118,21 @@ def take(stacked, k: int):
 
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-    """AdamW with warmup and cosine decay after global-norm clipping; product-key value
+    """AdamW with linear warmup then cosine decay (or a constant rate) after global-norm
+    clipping; product-key value
     tables (sparse: each row gets a gradient only when read) use lr * memory_lr_scale. With
     memory_only, parameters outside the memories get zero updates and no say in the clip."""
 
     def adamw(lr: float) -> optax.GradientTransformation:
-        schedule = optax.warmup_cosine_decay_schedule(
-            0.0, lr, min(cfg.warmup_steps, cfg.budget - 1), cfg.budget, end_value=lr * 0.05
-        )
+        warmup = min(cfg.warmup_steps, cfg.budget - 1)
+        if cfg.schedule == "constant":
+            schedule = optax.join_schedules(
+                [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup]
+            )
+        else:
+            schedule = optax.warmup_cosine_decay_schedule(
+                0.0, lr, warmup, cfg.budget, end_value=lr * 0.05
+            )
         return optax.adamw(schedule, b1=0.9, b2=0.98, weight_decay=cfg.weight_decay)
 
     def labels(params):

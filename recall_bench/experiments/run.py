@@ -26,7 +26,12 @@ import numpy as np
 from recall_bench import formats
 from recall_bench.decode import Decoded, greedy_decode
 from recall_bench.identity import finished_record
-from recall_bench.metrics import bits_memorized, sequence_stats, summarize_in_weight
+from recall_bench.metrics import (
+    bits_memorized,
+    noise_floor,
+    sequence_stats,
+    summarize_in_weight,
+)
 from recall_bench.model import ModelConfig, count_params
 from recall_bench.records import new_record, write_json_atomic
 from recall_bench.tool import ERROR_STATUS, OK, Store, build_store
@@ -52,6 +57,11 @@ class BaseRunConfig:
     batch_size: int = 256
     lr: float = 1e-2
     seed: int = 0  # seeds the world, the initialization and the batch stream
+    warmup_steps: int = 50  # linear warmup of the learning rate
+    schedule: str = "cosine"  # after warmup: cosine decay to 5% of lr, or "constant"
+    weight_decay: float = 0.0  # AdamW
+    eval_every: int = 100  # steps between progress checks (and stopping decisions)
+    monitor_facts: int = 2048  # facts (or sequences) checked at each progress check
 
     def model_shape(self, vocab_size: int, max_len: int, **memory) -> ModelConfig:
         """The ModelConfig of this run's model for a vocabulary and sequence length."""
@@ -67,7 +77,16 @@ class BaseRunConfig:
         )
 
     def train_config(self) -> TrainConfig:
-        return TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr)
+        return TrainConfig(
+            steps=self.steps,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            warmup_steps=self.warmup_steps,
+            schedule=self.schedule,
+            weight_decay=self.weight_decay,
+            eval_every=self.eval_every,
+            monitor_facts=self.monitor_facts,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,6 +285,25 @@ def held_out_metrics(cfg: RunConfig, world: FactWorld, graphdef, params) -> dict
     }
 
 
+def noise_floor_metrics(
+    cfg: RunConfig, world: FactWorld, graphdef, params, bits: float
+) -> dict[str, float]:
+    """The noise floor of bits memorized, measured on the next min(HELD_OUT_ENTITIES, N)
+    entities of the same world (never trained on), and the bits held above it."""
+    spec = world.spec
+    n = spec.n_entities
+    m = min(HELD_OUT_ENTITIES, n, spec.key_space - n)
+    if m < 1:
+        return {}
+    bigger = make_fact_world(spec.with_entities(n + m))
+    held = formats.render(bigger, cfg.format, np.arange(n, n + m))
+    stats = sequence_stats(graphdef, params, held.tokens, held.loss_mask, held.value_mask)
+    held_bits = bigger.fact_bits()[n * spec.n_attributes :]
+    out = noise_floor(stats["value_nll_bits"], held_bits, bits, spec.n_facts)
+    total = count_params(params, cfg.model_config())["total"]
+    return {**out, "bits_per_param_corrected": out["bits_memorized_corrected"] / total}
+
+
 def answered(decoded: Decoded, expected: np.ndarray) -> np.ndarray:
     """Rows whose final answer is exactly `expected` [N, value_length] followed by EOS."""
     v = expected.shape[1]
@@ -322,6 +360,18 @@ def train_group(
     )
 
 
+def finished_group(
+    cfgs: list[BaseRunConfig], out_dirs: list[str | Path | None], resume: bool
+) -> list[dict] | None:
+    """The records of a group whose every run has finished under the same config (with
+    resume); None if any has not. A record of another config is refused (identity)."""
+    done = [
+        None if d is None else finished_record(Path(d) / "record.json", c, resume)
+        for c, d in zip(cfgs, out_dirs, strict=True)
+    ]
+    return done if all(r is not None for r in done) else None
+
+
 def run_group(
     cfgs: list[RunConfig],
     out_dirs: list[str | Path | None],
@@ -332,11 +382,8 @@ def run_group(
 ) -> list[dict[str, Any]]:
     """Train same-shaped fact configurations as one ensemble (train_group), then evaluate
     and record each one as if it had been trained alone."""
-    done = [
-        None if d is None else finished_record(Path(d) / "record.json", c, resume)
-        for c, d in zip(cfgs, out_dirs, strict=True)
-    ]
-    if all(r is not None for r in done):
+    done = finished_group(cfgs, out_dirs, resume)
+    if done is not None:
         return done
     worlds = [make_fact_world(c.spec) for c in cfgs]
     tasks = [make_task(c, w) for c, w in zip(cfgs, worlds, strict=True)]
@@ -367,6 +414,9 @@ def finish(
         metrics, decoded = evaluate(cfg, world, result.graphdef, params, store)
         if world.spec.rule_alpha is not None and cfg.format == "in-weight":
             metrics.update(held_out_metrics(cfg, world, result.graphdef, params))
+        elif cfg.format == "in-weight":  # a rule-free world: what is known of unseen facts is noise
+            bits = metrics["bits_memorized"]
+            metrics.update(noise_floor_metrics(cfg, world, result.graphdef, params, bits))
         store_info = None if store is None else {"kind": cfg.store, "facts": len(store)}
         if store is not None:
             store.close()
