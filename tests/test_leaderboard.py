@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from recall_bench import leaderboard as lb
 from recall_bench import records, worlds
-from recall_bench.leaderboard import LeaderboardError
+from recall_bench.leaderboard import LeaderboardError, build, jsonio
 
 # ---------------------------------------------------------------- fake but realistic records
 
@@ -272,8 +272,8 @@ def test_oversized_file_rejected_before_reading(
     def no_open(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("opened a file over the limit")
 
-    monkeypatch.setattr(lb, "MAX_BYTES", 1000)
-    monkeypatch.setattr(lb, "open", no_open, raising=False)
+    monkeypatch.setattr(jsonio, "MAX_BYTES", 1000)
+    monkeypatch.setattr(jsonio, "open", no_open, raising=False)
     with pytest.raises(LeaderboardError, match="over the 1000-byte limit"):
         lb.validate(board)
 
@@ -559,5 +559,5 @@ def test_cli(tmp_path: Path, board: Path, capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_created_is_utc_iso() -> None:
-    stamp = lb._now()
+    stamp = build.now()
     assert datetime.datetime.fromisoformat(stamp).utcoffset() == datetime.timedelta(0)
