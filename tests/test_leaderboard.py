@@ -170,7 +170,7 @@ def test_entry_from_bad_record_names_the_field(tmp_path: Path) -> None:
 
 def test_export_validate_merge_round_trip(tmp_path: Path, board: Path) -> None:
     doc = lb.validate(board)
-    assert doc["format"] == "recall_bench.leaderboard" and doc["schema_version"] == 1
+    assert doc["format"] == "recall_bench.leaderboard" and doc["schema_version"] == 2
     assert len(doc["entries"]) == 4
     assert lb.find_records([board.parent / "sweep"])[0].name == "record.json"
 
@@ -191,17 +191,61 @@ def test_export_validate_merge_round_trip(tmp_path: Path, board: Path) -> None:
 
 
 def test_duplicates_keep_the_newer(tmp_path: Path) -> None:
-    make_record(tmp_path / "old", recall=0.5, created="2025-01-01T00:00:00+00:00")
-    make_record(tmp_path / "new", recall=0.6, created="2025-02-01T00:00:00+00:00")
-    doc = lb.export(tmp_path, tmp_path / "one.json")
-    assert [e["metrics"]["recall"] for e in doc["entries"]] == [0.6]
+    """The same id with the same metrics: one entry, the newer record's."""
+    make_record(tmp_path / "old", created="2025-01-01T00:00:00+00:00")
+    new = make_record(tmp_path / "new", created="2025-02-01T00:00:00+00:00")
+    result = lb.export(tmp_path, tmp_path / "one.json")
+    assert result["duplicates_dropped"] == 1 and not result["conflicts"]
+    assert [e["run_id"] for e in result["leaderboard"]["entries"]] == [new["run_id"]]
 
-    lb.export(tmp_path / "old", tmp_path / "a.json")
-    lb.export(tmp_path / "new", tmp_path / "b.json")
+
+def test_conflicts_refuse_or_are_reported(tmp_path: Path) -> None:
+    """The same id with different metrics: refused by default (nothing written), naming the
+    id and the metrics; with keep-newest / keep-first reported and resolved."""
+    make_record(tmp_path / "1-old", recall=0.5, created="2025-01-01T00:00:00+00:00")
+    make_record(tmp_path / "2-new", recall=0.6, created="2025-02-01T00:00:00+00:00")
+    entry = lb.entry_from_record(records.read_json(tmp_path / "1-old" / "record.json"))
+    with pytest.raises(LeaderboardError) as e:
+        lb.export(tmp_path, tmp_path / "one.json")
+    message = str(e.value)
+    assert f"id {entry['id'][:12]} (in-weight, 1000 facts, seed 0," in message
+    assert "recall 0.5 vs 0.6" in message and "bits_memorized" in message
+    assert "eval_s" not in message and "\n" not in message and "--on-conflict" in message
+    assert not (tmp_path / "one.json").exists()
+
+    lb.export(tmp_path / "1-old", tmp_path / "a.json")
+    lb.export(tmp_path / "2-new", tmp_path / "b.json")
     for a, b in [("a.json", "b.json"), ("b.json", "a.json")]:
-        result = lb.merge(tmp_path / a, tmp_path / b, tmp_path / "m.json")
-        assert result["duplicates_dropped"] == 1
-        assert [e["metrics"]["recall"] for e in result["leaderboard"]["entries"]] == [0.6]
+        out = tmp_path / f"{a}+{b}"
+        with pytest.raises(LeaderboardError, match=re.escape(entry["id"][:12])):
+            lb.merge(tmp_path / a, tmp_path / b, out)
+        assert not out.exists()
+        newest = lb.merge(tmp_path / a, tmp_path / b, out, "keep-newest")
+        first = lb.merge(tmp_path / a, tmp_path / b, out, "keep-first")
+        assert newest["duplicates_dropped"] == 1 and len(newest["conflicts"]) == 1
+        assert [e["metrics"]["recall"] for e in newest["leaderboard"]["entries"]] == [0.6]
+        expected = 0.5 if a == "a.json" else 0.6
+        assert [e["metrics"]["recall"] for e in first["leaderboard"]["entries"]] == [expected]
+
+
+def test_id_names_what_moves_a_metric(tmp_path: Path) -> None:
+    """Device kind, jax versions and benchmark version are in the id; where a run wrote is not."""
+    record = make_record(tmp_path / "a")
+    base = lb.entry_from_record(record)["id"]
+    assert lb.entry_from_record(make_record(tmp_path / "b"))["id"] == base
+    for field, value in [
+        (("env", "device_kind"), "NVIDIA H200"),
+        (("env", "jaxlib"), "0.0.1"),
+        (("benchmark_version",), "9.9.9"),
+        (("config", "train", "lr"), 3e-3),
+    ]:
+        other = copy.deepcopy(record)
+        _set(other, field, value)
+        assert lb.entry_from_record(other)["id"] != base, field
+    for field, value in [(("env", "git_commit"), "abcdef1"), (("env", "cpu_count"), 99)]:
+        other = copy.deepcopy(record)
+        _set(other, field, value)
+        assert lb.entry_from_record(other)["id"] == base, field
 
 
 def test_export_without_records(tmp_path: Path) -> None:
@@ -399,7 +443,7 @@ def corruptions(draw: st.DrawFn, text: str) -> bytes:
     elif kind == "version":
         doc["schema_version"] = draw(
             st.one_of(
-                st.integers().filter(lambda v: v != 1),
+                st.integers().filter(lambda v: v != 2),
                 st.sampled_from([True, 1.0, "1", None, [1]]),
             )
         )
@@ -488,6 +532,40 @@ def test_arbitrary_objects_never_crash(board: Path, value: Any, where: str) -> N
         assert str(e).strip()
 
 
+def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """The path of every field under `value` (not the top level itself)."""
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    out = []
+    for key, item in items:
+        out.append((*prefix, key))
+        if isinstance(item, (dict, list)):
+            out += _paths(item, (*prefix, key))
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_random_field_edits_are_valid_or_one_clear_error(board: Path, data: st.DataObject) -> None:
+    """Delete or replace any field of a valid file: it stays valid, or validate raises one
+    LeaderboardError on one line, never another exception."""
+    doc = json.loads(board.read_text())
+    for _ in range(data.draw(st.integers(1, 3))):
+        path = data.draw(st.sampled_from(_paths(doc)))
+        parent = doc
+        for key in path[:-1]:
+            parent = parent[key]
+        if data.draw(st.booleans()) and isinstance(parent, dict):
+            del parent[path[-1]]
+        else:
+            parent[path[-1]] = copy.deepcopy(data.draw(st.sampled_from(_POOL)))
+    path = _write(board.parent / "edited.json", json.dumps(doc).encode())
+    try:
+        assert lb.validate(path)["schema_version"] == lb.SCHEMA_VERSION
+    except LeaderboardError as e:
+        message = str(e)
+        assert message.startswith(str(path)) and "\n" not in message
+
+
 def test_valid_file_passes(board: Path) -> None:
     doc = lb.validate(board)
     assert lb.validate(doc) == doc  # a parsed object validates too
@@ -541,7 +619,7 @@ def test_cli(tmp_path: Path, board: Path, capsys: pytest.CaptureFixture[str]) ->
     assert _run("show", str(board), "--markdown", "--sort", "recall") == 0
     assert capsys.readouterr().out.count("\n") >= 6
     assert _run("merge", str(board), str(board), "-o", str(tmp_path / "m.json")) == 0
-    assert "4 duplicates dropped" in capsys.readouterr().out
+    assert "4 duplicate ids dropped" in capsys.readouterr().out
     assert _run("export", str(board.parent / "sweep"), "-o", str(tmp_path / "e.json")) == 0
     assert "3 entries from 3 records" in capsys.readouterr().out
 
@@ -556,6 +634,21 @@ def test_cli(tmp_path: Path, board: Path, capsys: pytest.CaptureFixture[str]) ->
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "x.json").exists()
+
+    # the same id with different metrics: refused (exit 2) unless a policy is named
+    doc = json.loads(board.read_text())
+    was = doc["entries"][0]["metrics"]["recall"]
+    doc["entries"][0]["metrics"]["recall"] = 0.25
+    other = _write(tmp_path / "other.json", json.dumps(doc).encode())
+    assert _run("merge", str(board), str(other), "-o", str(tmp_path / "z.json")) == 2
+    err = capsys.readouterr().err
+    assert f"recall {was} vs 0.25" in err and err.count("\n") == 1
+    assert not (tmp_path / "z.json").exists()
+    argv = ["merge", str(board), str(other), "-o", str(tmp_path / "z.json")]
+    assert _run(*argv, "--on-conflict", "keep-first") == 0
+    out, err = capsys.readouterr()
+    assert err.startswith("conflict: id ") and f"recall {was} vs 0.25" in err
+    assert "1 conflicts kept past" in out
 
 
 def test_created_is_utc_iso() -> None:

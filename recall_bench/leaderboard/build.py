@@ -7,6 +7,7 @@ identifies the run and what came out (layout: leaderboard/__init__.py); the same
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from recall_bench import records
+from recall_bench.leaderboard.ids import entry_id
 from recall_bench.leaderboard.jsonio import (
     MAX_DEPTH,
     FieldError,
@@ -30,7 +32,6 @@ from recall_bench.leaderboard.schema import (
     FORMAT,
     SCHEMA_VERSION,
     check_entry,
-    entry_id,
     parse_time,
     schema_check,
     validate,
@@ -38,6 +39,7 @@ from recall_bench.leaderboard.schema import (
 )
 
 RECORD_HINT = "fix the run record or rerun it"
+ON_CONFLICT = ("refuse", "keep-newest", "keep-first")  # same id, different metrics
 _WORLD_KEYS = ("kind", "spec", "hash", "entropy_bits")
 _TRAIN_KEYS = ("steps", "exposures_per_fact", "wall_s", "compile_s", "converged", "stop_reason")
 _ENV_KEYS = (
@@ -131,10 +133,7 @@ def _entry_from_record(record: Any) -> dict[str, Any]:
         "env": _pick(record.get("env"), _ENV_KEYS),
     }
     entry = {k: v for k, v in entry.items() if v is not None or k == "id"}
-    world_hash = world.get("hash") if isinstance(world, dict) else None
-    entry["id"] = entry_id(
-        entry.get("mode"), world_hash, entry.get("model"), entry.get("config"), entry.get("seed")
-    )
+    entry["id"] = entry_id(entry)
     _, entry_validator = validators()
     schema_check(entry_validator, entry, "")
     check_entry(entry, "")
@@ -181,19 +180,59 @@ def _newer(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return parse_time(b["created"], "created") > parse_time(a["created"], "created")
 
 
-def _union(entries: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
-    """Entries with unique ids (the newer `created` wins, first seen on a tie); dropped count."""
+def _differing(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """Metrics (timings, named *_s, left out) in which two entries differ, e.g.
+    "recall 0.5 vs 0.6"; a metric only one of them has counts as differing."""
+    names = sorted(k for k in {*a["metrics"], *b["metrics"]} if not k.endswith("_s"))
+    pairs = [(k, a["metrics"].get(k, "absent"), b["metrics"].get(k, "absent")) for k in names]
+    return [f"{k} {x} vs {y}" for k, x, y in pairs if x != y]
+
+
+def _conflict(a: dict[str, Any], b: dict[str, Any]) -> str | None:
+    """One line naming the id and the differing metrics of two entries of the same id."""
+    differing = _differing(a, b)
+    if not differing:
+        return None
+    what = f"{a['mode']}, {a['n_facts']} facts, seed {a['seed']}, {a['env']['device_kind']}"
+    return f"id {a['id'][:12]} ({what}): {', '.join(differing)}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Union:
+    """Entries with unique ids, how many duplicates were dropped, and the conflicts among them
+    (same id, different metrics), one line each."""
+
+    entries: list[dict[str, Any]]
+    dropped: int
+    conflicts: list[str]
+
+
+def union(entries: Iterable[dict[str, Any]], on_conflict: str = "refuse") -> Union:
+    """One entry per id. Duplicates with equal metrics keep the newer `created`; with differing
+    metrics (a conflict) refuse, or keep the newer (keep-newest) or the first (keep-first)."""
+    if on_conflict not in ON_CONFLICT:
+        raise LeaderboardError(f"on_conflict {on_conflict!r}: choose one of {ON_CONFLICT}")
     kept: dict[str, dict[str, Any]] = {}
-    dropped = 0
+    dropped, conflicts = 0, []
     for entry in entries:
         old = kept.get(entry["id"])
         if old is None:
             kept[entry["id"]] = entry
             continue
         dropped += 1
-        if _newer(old, entry):
+        conflict = _conflict(old, entry)
+        if conflict is not None:
+            conflicts.append(conflict)
+        if _newer(old, entry) and (conflict is None or on_conflict == "keep-newest"):
             kept[entry["id"]] = entry
-    return list(kept.values()), dropped
+    if conflicts and on_conflict == "refuse":
+        more = f"; and {len(conflicts) - 5} more" if len(conflicts) > 5 else ""
+        raise LeaderboardError(
+            f"{len(conflicts)} id(s) with different metrics (a rerun that did not reproduce, or "
+            f"a code change under the same benchmark_version): {'; '.join(conflicts[:5])}{more}; "
+            "nothing written: pass --on-conflict keep-newest or keep-first to keep one and proceed"
+        )
+    return Union(list(kept.values()), dropped, conflicts)
 
 
 def _document(entries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -206,46 +245,48 @@ def _document(entries: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def export_counts(
-    run_dirs: list[str | os.PathLike[str]], out_path: str | os.PathLike[str]
-) -> tuple[dict[str, Any], int, int]:
-    """export, returning (leaderboard, records read, duplicate ids dropped)."""
+def _write(found: Union, out: str | os.PathLike[str]) -> dict[str, Any]:
+    """Write the leaderboard of `found` to `out`; what was written, as export/merge return."""
+    doc = validate(_document(found.entries))
+    records.write_json_atomic(out, doc)
+    return {
+        "out": str(out),
+        "entries": len(found.entries),
+        "duplicates_dropped": found.dropped,
+        "conflicts": found.conflicts,
+        "leaderboard": doc,
+    }
+
+
+def export(
+    run_dirs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    out_path: str | os.PathLike[str],
+    on_conflict: str = "refuse",
+) -> dict[str, Any]:
+    """Write a leaderboard of every record under run_dirs, one entry per id (see `union`).
+
+    Returns {"out", "records", "entries", "duplicates_dropped", "conflicts", "leaderboard"}.
+    """
+    run_dirs = [run_dirs] if isinstance(run_dirs, (str, os.PathLike)) else list(run_dirs)
     paths = find_records(run_dirs)
     if not paths:
         raise LeaderboardError(
             f"no record.json found under {', '.join(map(str, run_dirs))}; run an experiment "
             "first or point at its run folder"
         )
-    entries, dropped = _union(_entry_from_file(p) for p in paths)
-    doc = validate(_document(entries))
-    records.write_json_atomic(out_path, doc)
-    return doc, len(paths), dropped
-
-
-def export(
-    run_dirs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
-    out_path: str | os.PathLike[str],
-) -> dict[str, Any]:
-    """Write a leaderboard of every record under run_dirs (one entry per id, newest kept)."""
-    if isinstance(run_dirs, (str, os.PathLike)):
-        run_dirs = [run_dirs]
-    return export_counts(list(run_dirs), out_path)[0]
+    found = union([_entry_from_file(p) for p in paths], on_conflict)
+    return {"records": len(paths), **_write(found, out_path)}
 
 
 def merge(
-    a: str | os.PathLike[str], b: str | os.PathLike[str], out: str | os.PathLike[str]
+    a: str | os.PathLike[str],
+    b: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    on_conflict: str = "refuse",
 ) -> dict[str, Any]:
-    """Union of two leaderboards written to `out`; duplicate ids keep the newer `created`.
+    """Union of two leaderboards written to `out`, one entry per id (see `union`).
 
-    Returns {"out", "entries" (count), "duplicates_dropped", "leaderboard"}.
+    Returns {"out", "entries" (count), "duplicates_dropped", "conflicts", "leaderboard"}.
     """
     first, second = validate(a), validate(b)
-    entries, dropped = _union([*first["entries"], *second["entries"]])
-    doc = validate(_document(entries))
-    records.write_json_atomic(out, doc)
-    return {
-        "out": str(out),
-        "entries": len(entries),
-        "duplicates_dropped": dropped,
-        "leaderboard": doc,
-    }
+    return _write(union([*first["entries"], *second["entries"]], on_conflict), out)

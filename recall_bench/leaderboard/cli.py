@@ -8,7 +8,7 @@ import functools
 import sys
 from typing import Any
 
-from recall_bench.leaderboard.build import export_counts, merge
+from recall_bench.leaderboard.build import ON_CONFLICT, export, merge
 from recall_bench.leaderboard.jsonio import LeaderboardError
 from recall_bench.leaderboard.schema import SCHEMA_VERSION, validate
 from recall_bench.leaderboard.table import show
@@ -36,14 +36,22 @@ def _guard(func: Any) -> Any:
     return run
 
 
+def _report(result: dict[str, Any], source: str) -> None:
+    """Print the conflicts kept past (stderr) and what was written (stdout)."""
+    for conflict in result["conflicts"]:
+        print(f"conflict: {conflict}", file=sys.stderr)
+    kept = f", {len(result['conflicts'])} conflicts kept past" if result["conflicts"] else ""
+    print(
+        f"wrote {result['out']}: {result['entries']} entries{source} "
+        f"({result['duplicates_dropped']} duplicate ids dropped{kept})"
+    )
+
+
 @_guard
 def cli_export(args: argparse.Namespace) -> int:
-    """`leaderboard export RUN_DIRS... -o FILE`."""
-    doc, n_records, dropped = export_counts(list(args.run_dirs), args.out)
-    print(
-        f"wrote {args.out}: {len(doc['entries'])} entries from {n_records} records "
-        f"({dropped} duplicate ids dropped)"
-    )
+    """`leaderboard export RUN_DIRS... -o FILE [--on-conflict POLICY]`."""
+    result = export(list(args.run_dirs), args.out, args.on_conflict)
+    _report(result, f" from {result['records']} records")
     return 0
 
 
@@ -51,18 +59,16 @@ def cli_export(args: argparse.Namespace) -> int:
 def cli_validate(args: argparse.Namespace) -> int:
     """`leaderboard validate FILE`."""
     doc = validate(args.file)
-    print(f"ok: {args.file}: {len(doc['entries'])} entries, schema_version {SCHEMA_VERSION}")
+    print(
+        f"ok: {args.file}: {len(doc['entries'])} entries, valid as schema_version {SCHEMA_VERSION}"
+    )
     return 0
 
 
 @_guard
 def cli_merge(args: argparse.Namespace) -> int:
-    """`leaderboard merge A B -o C`."""
-    result = merge(args.a, args.b, args.out)
-    print(
-        f"wrote {result['out']}: {result['entries']} entries "
-        f"({result['duplicates_dropped']} duplicates dropped)"
-    )
+    """`leaderboard merge A B -o C [--on-conflict POLICY]`."""
+    _report(merge(args.a, args.b, args.out, args.on_conflict), "")
     return 0
 
 
@@ -71,6 +77,17 @@ def cli_show(args: argparse.Namespace) -> int:
     """`leaderboard show FILE [--markdown] [--sort METRIC] [--mode MODE]`."""
     sys.stdout.write(show(args.file, args.markdown, args.sort, args.mode))
     return 0
+
+
+def _add_on_conflict(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--on-conflict",
+        choices=ON_CONFLICT,
+        default="refuse",
+        help="entries with the same id but different metrics: refuse (default, exit 2, "
+        "nothing written), or report them and keep the newer (keep-newest) or the first "
+        "seen (keep-first)",
+    )
 
 
 def add_leaderboard_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -83,16 +100,18 @@ def add_leaderboard_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="leaderboard from run folders (searched for record.json)")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folder or record file")
     p.add_argument("-o", "--out", required=True, metavar="FILE", help="leaderboard to write")
+    _add_on_conflict(p)
     p.set_defaults(func=cli_export)
 
     p = sub.add_parser("validate", help="check a leaderboard file against the schema")
     p.add_argument("file", metavar="FILE")
     p.set_defaults(func=cli_validate)
 
-    p = sub.add_parser("merge", help="union of two leaderboards (newer duplicate kept)")
+    p = sub.add_parser("merge", help="union of two leaderboards (one entry per id)")
     p.add_argument("a", metavar="A")
     p.add_argument("b", metavar="B")
     p.add_argument("-o", "--out", required=True, metavar="FILE", help="leaderboard to write")
+    _add_on_conflict(p)
     p.set_defaults(func=cli_merge)
 
     p = sub.add_parser("show", help="ranked table of a leaderboard")

@@ -1,5 +1,6 @@
 """Leaderboard validation: the JSON Schema shipped with the package, plus the checks it cannot
 express (times with a timezone, non_embedding <= total, metric directions, ids, unique ids).
+A file of an older schema_version is upgraded first (migrate.py), then checked as current.
 
 `validate` treats its input as untrusted: anything malformed raises LeaderboardError (a
 ValueError) whose message names the offending field, never another exception.
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import datetime
 import functools
-import hashlib
 import importlib.resources
 import json
 import os
@@ -22,6 +22,8 @@ import jsonschema.exceptions
 import jsonschema.validators
 
 from recall_bench import records
+from recall_bench.leaderboard import migrate
+from recall_bench.leaderboard.ids import entry_id
 from recall_bench.leaderboard.jsonio import (
     MAX_BYTES,
     MAX_DEPTH,
@@ -37,28 +39,8 @@ from recall_bench.leaderboard.jsonio import (
 )
 
 FORMAT = "recall_bench.leaderboard"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # files of an older version are upgraded on reading (migrate.py)
 FILE_HINT = "fix that field or re-export the leaderboard from its run records"
-
-# Config keys that say where output goes or how chatty a run is, not what was run; they are
-# left out of the entry id (at any depth of the config).
-VOLATILE_CONFIG_KEYS = frozenset(
-    {
-        "out",
-        "out_dir",
-        "output",
-        "output_dir",
-        "run_dir",
-        "log_dir",
-        "checkpoint_dir",
-        "ckpt_dir",
-        "resume",
-        "verbose",
-        "quiet",
-        "progress",
-        "log_every",
-    }
-)
 
 
 def load_schema() -> dict[str, Any]:
@@ -160,34 +142,6 @@ def parse_time(value: str, where: str) -> datetime.datetime:
     return when
 
 
-def _strip_volatile(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _strip_volatile(v) for k, v in value.items() if k not in VOLATILE_CONFIG_KEYS}
-    if isinstance(value, list):
-        return [_strip_volatile(v) for v in value]
-    return value
-
-
-def _canonical(value: Any) -> bytes:
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-    ).encode()
-
-
-def entry_id(mode: Any, world_hash: Any, model: Any, config: Any, seed: Any) -> str:
-    """sha256 over the canonical JSON of what was run (not of what came out, nor where)."""
-    if isinstance(model, dict):
-        model = {k: v for k, v in model.items() if k != "params"}
-    payload = {
-        "mode": mode,
-        "world_hash": world_hash,
-        "model": model,
-        "config": _strip_volatile(config),
-        "seed": seed,
-    }
-    return hashlib.sha256(_canonical(payload)).hexdigest()
-
-
 def check_entry(entry: dict[str, Any], prefix: str) -> None:
     """Checks the schema cannot express; `entry` has already passed the schema."""
     parse_time(entry["created"], field_path(["created"], prefix))
@@ -204,14 +158,12 @@ def check_entry(entry: dict[str, Any], prefix: str) -> None:
                 f"{field_path(['better', name], prefix)}: {direction!r}, but {name} is always "
                 f"{known!r}-is-better"
             )
-    world = entry["world"]
-    expected = entry_id(
-        entry["mode"], world["hash"], entry["model"], entry["config"], entry["seed"]
-    )
+    expected = entry_id(entry)
     if entry["id"] != expected:
         raise FieldError(
             f"{field_path(['id'], prefix)}: does not match the entry's mode, world hash, model, "
-            f"config and seed (expected {expected[:16]}...); the entry was edited after export"
+            "config, seed, benchmark version, device kind and jax versions (expected "
+            f"{expected[:16]}...); the entry was edited after export"
         )
 
 
@@ -224,12 +176,13 @@ def _check_doc(doc: Any) -> dict[str, Any]:
             "recall_bench leaderboard"
         )
     version = doc.get("schema_version")
-    if type(version) is not int or version != SCHEMA_VERSION:
+    if type(version) is not int or not 1 <= version <= SCHEMA_VERSION:
         raise LeaderboardError(
             f"schema_version: {short(version)} is not supported; this reader understands "
-            f"schema_version {SCHEMA_VERSION} (upgrade recall_bench, or re-export the file)"
+            f"schema_version 1 to {SCHEMA_VERSION} (upgrade recall_bench, or re-export the file)"
         )
     check_limits(doc, "", MAX_DEPTH)
+    doc = migrate.upgrade(doc)
     file_validator, _ = validators()
     schema_check(file_validator, doc, "")
     parse_time(doc["created"], "created")
@@ -247,7 +200,8 @@ def _check_doc(doc: Any) -> dict[str, Any]:
 
 
 def validate(obj_or_path: dict[str, Any] | str | os.PathLike[str]) -> dict[str, Any]:
-    """Check a leaderboard (a parsed object or a file path); return it, parsed.
+    """Check a leaderboard (a parsed object or a file path); return it, parsed and upgraded to
+    schema_version SCHEMA_VERSION.
 
     Raises LeaderboardError, and nothing else, for anything malformed.
     """
