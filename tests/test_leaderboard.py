@@ -70,8 +70,9 @@ def make_record(
         "value_nll_bits": None,  # non-finite in the run: written as null
         "eval_s": 0.25,
     }
-    if mode == "in-tool":
+    if mode == "in-tool":  # bits delivered with the store's help, as run.evaluate names them
         metrics.update(recall_unseen=recall, call_valid=1.0, call_key_accuracy=recall)
+        metrics = records.delivered_names(metrics)
     record = records.new_record(
         mode=mode,
         n_facts=spec.n_facts,
@@ -131,6 +132,7 @@ def test_entry_from_record(tmp_path: Path) -> None:
         "created",
         "benchmark_version",
         "mode",
+        "track",
         "n_facts",
         "seed",
         "world",
@@ -164,7 +166,7 @@ def test_entry_from_bad_record_names_the_field(tmp_path: Path) -> None:
     del record["params"]
     with pytest.raises(LeaderboardError, match=r"model\.params: missing required field"):
         lb.entry_from_record(record)
-    with pytest.raises(LeaderboardError, match=re.escape("not 'recall_bench.record/1'")):
+    with pytest.raises(LeaderboardError, match=re.escape("not 'recall_bench.record/2'")):
         lb.entry_from_record({"schema": "other"})
 
 
@@ -543,12 +545,15 @@ def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     return out
 
 
-@settings(max_examples=150, deadline=None)
+@pytest.mark.parametrize("version", [2, 1])
+@settings(max_examples=100, deadline=None)
 @given(data=st.data())
-def test_random_field_edits_are_valid_or_one_clear_error(board: Path, data: st.DataObject) -> None:
-    """Delete or replace any field of a valid file: it stays valid, or validate raises one
-    LeaderboardError on one line, never another exception."""
-    doc = json.loads(board.read_text())
+def test_random_field_edits_are_valid_or_one_clear_error(
+    board: Path, version: int, data: st.DataObject
+) -> None:
+    """Delete or replace any field of a valid file (current, or version 1 read through the
+    migration): it stays valid, or validate raises one LeaderboardError on one line."""
+    doc = json.loads((board if version == 2 else V1_BOARD).read_text())
     for _ in range(data.draw(st.integers(1, 3))):
         path = data.draw(st.sampled_from(_paths(doc)))
         parent = doc
@@ -571,36 +576,138 @@ def test_valid_file_passes(board: Path) -> None:
     assert lb.validate(doc) == doc  # a parsed object validates too
 
 
+# ---------------------------------------------------------------- older versions
+
+# Real files from before schema_version 2 / record/2: two entries of the committed version 1
+# leaderboard (the default benchmark's 256-fact cells) and the in-tool cell's record.
+FIXTURES = Path(__file__).parent / "fixtures"
+V1_BOARD = FIXTURES / "leaderboard_v1.json"
+V1_RECORD = FIXTURES / "record_v1_in_tool.json"
+
+
+def test_version_1_file_is_upgraded() -> None:
+    old = json.loads(V1_BOARD.read_text())
+    assert old["schema_version"] == 1
+    doc = lb.validate(V1_BOARD)
+    assert doc["schema_version"] == lb.SCHEMA_VERSION == 2
+    for before, after in zip(old["entries"], doc["entries"], strict=True):
+        assert after["id"] == lb.entry_id(after) != before["id"]
+        assert after["run_id"] == before["run_id"] and after["config"] == before["config"]
+        if before["mode"] == "in-tool":
+            assert after["track"] == "in-tool-recall"
+            renamed = {records.IN_TOOL_NAMES.get(k, k): v for k, v in before["metrics"].items()}
+            assert after["metrics"] == renamed  # same numbers, in-tool names
+            assert after["metrics"]["bits_delivered"] == before["metrics"]["bits_memorized"]
+            assert "bits_memorized" not in after["metrics"]
+            assert after["better"]["bits_delivered_per_param"] == "higher"
+        else:
+            assert after["track"] == "in-weight-capacity"
+            assert after["metrics"] == before["metrics"]
+
+
+def test_version_1_record_gives_the_upgraded_entry() -> None:
+    """Upgrading the record (record/1 -> /2) and upgrading the file agree on the entry."""
+    record = json.loads(V1_RECORD.read_text())
+    upgraded = records.upgrade_record(record)
+    assert record["schema"] == "recall_bench.record/1" and "bits_memorized" in record["metrics"]
+    assert upgraded["schema"] == records.RECORD_SCHEMA
+    assert upgraded["metrics"]["bits_delivered"] == record["metrics"]["bits_memorized"]
+    assert records.upgrade_record(upgraded) == upgraded
+    entry = lb.entry_from_record(record)
+    from_file = [e for e in lb.validate(V1_BOARD)["entries"] if e["run_id"] == record["run_id"]]
+    assert from_file == [entry]
+
+
+def test_version_1_edits_are_caught(tmp_path: Path) -> None:
+    doc = json.loads(V1_BOARD.read_text())
+    doc["entries"][0]["model"]["width"] = 48
+    with pytest.raises(LeaderboardError, match=r"entries\[0\]\.id: .*\(schema_version 1\)"):
+        lb.validate(doc)
+    doc = json.loads(V1_BOARD.read_text())
+    doc["entries"][1]["metrics"]["recall"] = 0.5  # results are not in the id: still valid
+    assert lb.validate(doc)["entries"][1]["metrics"]["recall"] == 0.5
+    for bad, pattern in [(0, "is not supported"), (3, "is not supported")]:
+        doc["schema_version"] = bad
+        with pytest.raises(LeaderboardError, match=pattern):
+            lb.validate(doc)
+
+
+def test_bits_names_follow_the_track(board: Path) -> None:
+    """An in-tool entry cannot report bits_memorized, nor an in-weight one bits_delivered."""
+    doc = json.loads(board.read_text())
+    tool = next(i for i, e in enumerate(doc["entries"]) if e["mode"] == "in-tool")
+    weight = next(i for i, e in enumerate(doc["entries"]) if e["mode"] == "in-weight")
+    bad = copy.deepcopy(doc)
+    metrics = bad["entries"][tool]["metrics"]
+    metrics["bits_memorized"] = metrics.pop("bits_delivered")
+    with pytest.raises(LeaderboardError, match=f"entries\\[{tool}\\]\\.metrics\\.bits_memorized"):
+        lb.validate(bad)
+    bad = copy.deepcopy(doc)
+    bad["entries"][weight]["metrics"]["bits_delivered"] = 1.0
+    with pytest.raises(LeaderboardError, match="name them 'bits_memorized'"):
+        lb.validate(bad)
+    bad = copy.deepcopy(doc)
+    bad["entries"][weight]["track"] = "in-tool-recall"
+    with pytest.raises(LeaderboardError, match="mode 'in-weight' is on track 'in-weight-capacity'"):
+        lb.validate(bad)
+
+
 # ---------------------------------------------------------------- show and CLI
 
 
-def test_show_ranks_by_better_direction(board: Path) -> None:
-    lines = lb.show(board).splitlines()
-    assert lines[0].split()[:3] == ["rank", "mode", "n_facts"]
-    recalls = [float(line.split()[5]) for line in lines[2:]]
-    assert recalls == sorted(recalls, reverse=True) == [0.95, 0.9, 0.7, 0.5]
-    assert [line.split()[0] for line in lines[2:]] == ["1", "2", "3", "4"]
+def _sections(text: str) -> dict[str, list[list[str]]]:
+    """Plain `show` output as {track title: rows of cells} (header and rule dropped)."""
+    out = {}
+    for block in text.strip().split("\n\n"):
+        title, _header, _rule, *rows = block.splitlines()
+        out[title.split(":")[0]] = [row.split() for row in rows]
+    return out
+
+
+def test_show_ranks_within_tracks(board: Path) -> None:
+    """Each track is ranked apart, by its own metric unless --sort says; in-tool rows never
+    rank among bits held in weights."""
+    tables = _sections(lb.show(board))
+    assert list(tables) == ["in-weight capacity", "in-tool recall"]
+    bits = [float(row[6]) for row in tables["in-weight capacity"]]  # rank by bits/param
+    assert bits == sorted(bits, reverse=True) and len(bits) == 3
+    assert [row[0] for row in tables["in-weight capacity"]] == ["1", "2", "3"]
+    assert [row[:2] for row in tables["in-tool recall"]] == [["1", "in-tool"]]
+
+    tables = _sections(lb.show(board, sort_by="recall"))
+    assert [float(row[5]) for row in tables["in-weight capacity"]] == [0.9, 0.7, 0.5]
+    assert tables["in-tool recall"][0][:2] == ["1", "in-tool"]  # 0.95, first of its own track
+    assert list(_sections(lb.show(board, sort_by="bits_per_param"))) == ["in-weight capacity"]
 
     # eval_s is lower-is-better: all tie at 0.25, so they share rank 1.
-    lines = lb.show(board, sort_by="eval_s").splitlines()
-    assert lines[0].split()[-1] == "eval_s"
-    assert {line.split()[0] for line in lines[2:]} == {"1"}
+    text = lb.show(board, sort_by="eval_s")
+    assert "eval_s" in text.splitlines()[1].split()
+    assert {row[0] for rows in _sections(text).values() for row in rows} == {"1"}
     with pytest.raises(LeaderboardError, match="no entry has this metric"):
         lb.show(board, sort_by="kl")
 
-    only = lb.show(board, mode="in-tool").splitlines()[2:]
-    assert only and {line.split()[1] for line in only} == {"in-tool"}
+    only = _sections(lb.show(board, mode="in-tool"))
+    assert list(only) == ["in-tool recall"]
+    assert list(_sections(lb.show(board, track="in-weight-capacity"))) == ["in-weight capacity"]
     with pytest.raises(LeaderboardError, match="no entry has this mode; choose one of"):
         lb.show(board, mode="in-wieght")
+    with pytest.raises(LeaderboardError, match="no entry has this track; choose one of"):
+        lb.show(board, track="side-memory")
 
 
-def test_show_markdown_is_a_table(board: Path) -> None:
-    lines = lb.show(board, markdown=True).splitlines()
-    cells = [line.strip("|").split("|") for line in lines]
-    assert len(lines) == 6 and all(len(c) == 11 for c in cells)
-    assert [c.strip() for c in cells[0]][:2] == ["rank", "mode"]
-    assert all(re.fullmatch(r"\s*:?-+:?\s*", c) for c in cells[1])
-    assert [c.strip() for c in cells[2]][:2] == ["1", "in-tool"]
+def test_show_markdown_is_a_table_per_track(board: Path) -> None:
+    blocks = lb.show(board, markdown=True).split("### ")[1:]
+    assert len(blocks) == 2
+    for block, n_rows in zip(blocks, [3, 1], strict=True):
+        title, blank, *lines = block.strip().splitlines()
+        cells = [line.strip("|").split("|") for line in lines]
+        assert f"({n_rows} entries, ranked by " in title
+        assert blank == "" and len(lines) == 2 + n_rows
+        assert len({len(c) for c in cells}) == 1
+        assert all(re.fullmatch(r"\s*:?-+:?\s*", c) for c in cells[1])
+    in_tool = [line.strip("|").split("|") for line in blocks[1].strip().splitlines()[2:]]
+    assert "delivered/param" in [c.strip() for c in in_tool[0]]
+    assert [c.strip() for c in in_tool[2]][:2] == ["1", "in-tool"]
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -73,7 +73,8 @@ def _pick(value: Any, keys: Iterable[str]) -> Any:
 
 
 def _plain_record(record: Any) -> dict[str, Any]:
-    """The record as plain JSON values, checked to be a run record of a known schema."""
+    """The record as plain JSON values, checked to be a run record of a known schema and
+    upgraded to the current one."""
     try:
         record = json.loads(json.dumps(records.clean_json(record), allow_nan=False))
     except (TypeError, ValueError, RecursionError) as e:
@@ -82,11 +83,12 @@ def _plain_record(record: Any) -> dict[str, Any]:
         ) from None
     if not isinstance(record, dict):
         raise FieldError(f"record: expected a JSON object, got {json_type(record)}")
+    record = records.upgrade_record(record)
     schema = record.get("schema")
     if schema != records.RECORD_SCHEMA:
         raise LeaderboardError(
-            f"schema: {short(schema)} is not {records.RECORD_SCHEMA!r}; not a run record, or "
-            "one from an unsupported version"
+            f"schema: {short(schema)} is not {records.RECORD_SCHEMA!r} (nor an older version "
+            "this reader upgrades); not a run record, or one from a newer recall_bench"
         )
     check_limits(record, "", MAX_DEPTH - 2)
     return record
@@ -122,6 +124,7 @@ def _entry_from_record(record: Any) -> dict[str, Any]:
         "created": record.get("created"),
         "benchmark_version": record.get("benchmark_version"),
         "mode": record.get("mode"),
+        "track": records.track(record.get("mode")),
         "n_facts": record.get("n_facts"),
         "seed": record.get("seed"),
         "world": world,

@@ -11,7 +11,7 @@ from typing import Any
 from recall_bench.leaderboard.build import ON_CONFLICT, export, merge
 from recall_bench.leaderboard.jsonio import LeaderboardError
 from recall_bench.leaderboard.schema import SCHEMA_VERSION, validate
-from recall_bench.leaderboard.table import show
+from recall_bench.leaderboard.table import TRACKS, show
 
 
 def _fail(error: object, code: int) -> int:
@@ -74,8 +74,8 @@ def cli_merge(args: argparse.Namespace) -> int:
 
 @_guard
 def cli_show(args: argparse.Namespace) -> int:
-    """`leaderboard show FILE [--markdown] [--sort METRIC] [--mode MODE]`."""
-    sys.stdout.write(show(args.file, args.markdown, args.sort, args.mode))
+    """`leaderboard show FILE [--markdown] [--sort METRIC] [--mode MODE] [--track TRACK]`."""
+    sys.stdout.write(show(args.file, args.markdown, args.sort, args.mode, args.track))
     return 0
 
 
@@ -114,10 +114,16 @@ def add_leaderboard_parser(subparsers: Any) -> argparse.ArgumentParser:
     _add_on_conflict(p)
     p.set_defaults(func=cli_merge)
 
-    p = sub.add_parser("show", help="ranked table of a leaderboard")
+    p = sub.add_parser("show", help="ranked tables of a leaderboard, one per track")
     p.add_argument("file", metavar="FILE")
-    p.add_argument("--markdown", action="store_true", help="GitHub markdown table")
-    p.add_argument("--sort", default="recall", metavar="METRIC", help="rank by (default recall)")
+    p.add_argument("--markdown", action="store_true", help="GitHub markdown tables")
+    p.add_argument(
+        "--sort",
+        metavar="METRIC",
+        help="rank by (default: bits_per_param for in-weight capacity and side memory, recall "
+        "for in-tool recall)",
+    )
     p.add_argument("--mode", metavar="MODE", help="only entries of this mode (e.g. in-weight)")
+    p.add_argument("--track", choices=list(TRACKS), help="only entries of this track")
     p.set_defaults(func=cli_show)
     return parser

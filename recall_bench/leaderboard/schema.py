@@ -142,6 +142,26 @@ def parse_time(value: str, where: str) -> datetime.datetime:
     return when
 
 
+def _check_track(entry: dict[str, Any], prefix: str) -> None:
+    """The track follows from the mode, and bits carry the names of the track's kind: held
+    in the weights (bits_memorized, ...) or, in-tool, delivered with the store's help."""
+    track = records.track(entry["mode"])
+    if entry["track"] != track:
+        raise FieldError(
+            f"{field_path(['track'], prefix)}: {entry['track']!r}, but mode {entry['mode']!r} is "
+            f"on track {track!r}; the entry was edited after export"
+        )
+    in_tool = track == "in-tool-recall"
+    for held, delivered in records.IN_TOOL_NAMES.items():
+        wrong, right = (held, delivered) if in_tool else (delivered, held)
+        if wrong in entry["metrics"]:
+            raise FieldError(
+                f"{field_path(['metrics', wrong], prefix)}: on track {track!r} these bits are "
+                f"{'delivered with the store' if in_tool else 'held in the weights'}: name "
+                f"them {right!r}"
+            )
+
+
 def check_entry(entry: dict[str, Any], prefix: str) -> None:
     """Checks the schema cannot express; `entry` has already passed the schema."""
     parse_time(entry["created"], field_path(["created"], prefix))
@@ -158,6 +178,7 @@ def check_entry(entry: dict[str, Any], prefix: str) -> None:
                 f"{field_path(['better', name], prefix)}: {direction!r}, but {name} is always "
                 f"{known!r}-is-better"
             )
+    _check_track(entry, prefix)
     expected = entry_id(entry)
     if entry["id"] != expected:
         raise FieldError(

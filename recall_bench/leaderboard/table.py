@@ -3,6 +3,7 @@ formatter as plain text or GitHub markdown."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -10,20 +11,48 @@ from recall_bench import records
 from recall_bench.leaderboard.jsonio import LeaderboardError
 from recall_bench.leaderboard.schema import validate
 
-# (header, right-aligned) of the columns every leaderboard table has
-_COLUMNS = (
-    ("rank", True),
-    ("mode", False),
-    ("n_facts", True),
-    ("params", True),
-    ("dtype", False),
-    ("recall", True),
-    ("recall_unseen", True),
-    ("bits/param", True),
-    ("steps", True),
-    ("converged", False),
-    ("device", False),
-)
+# (header, right-aligned) of the columns before and after a track's metric columns
+_FIRST = (("rank", True), ("mode", False), ("n_facts", True), ("params", True), ("dtype", False))
+_LAST = (("steps", True), ("converged", False), ("device", False))
+
+
+@dataclasses.dataclass(frozen=True)
+class Track:
+    """How one track's table reads: its title, default ranking metric and metric columns."""
+
+    title: str
+    sort_by: str
+    columns: tuple[tuple[str, str], ...]  # (header, metric)
+
+
+# Tracks (records.TRACKS maps modes to them) are ranked apart: bits held in weights, bits
+# delivered with a store's help and bits held in a memory layer are different quantities.
+TRACKS = {
+    "in-weight-capacity": Track(
+        "in-weight capacity: bits held in the weights",
+        "bits_per_param",
+        (("recall", "recall"), ("bits/param", "bits_per_param")),
+    ),
+    "in-tool-recall": Track(
+        "in-tool recall: facts read from a store",
+        "recall",
+        (
+            ("recall", "recall"),
+            ("recall_unseen", "recall_unseen"),
+            ("delivered/param", "bits_delivered_per_param"),
+        ),
+    ),
+    "side-memory": Track(
+        "side memory: bits held in a memory layer",
+        "bits_per_param",
+        (
+            ("recall", "recall"),
+            ("bits/param", "bits_per_param"),
+            ("bits/active param", "bits_per_active_param"),
+        ),
+    ),
+    "other": Track("other modes", "recall", (("recall", "recall"),)),
+}
 
 
 def format_table(
@@ -74,34 +103,19 @@ def _num(value: Any, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if abs(value) < 1e6 else f"{value:.4g}"
 
 
-def _bits_per_param(entry: dict[str, Any]) -> float | None:
-    metrics = entry["metrics"]
-    if "bits_per_param" in metrics:
-        return metrics["bits_per_param"]
-    total = entry["model"]["params"]["total"]
-    if "bits_memorized" in metrics and total > 0:
-        return metrics["bits_memorized"] / total
-    return None
-
-
-def _row(entry: dict[str, Any], rank: str, sort_by: str, extra: bool) -> list[str]:
-    metrics, env = entry["metrics"], entry["env"]
-    bpp = _bits_per_param(entry)
+def _row(entry: dict[str, Any], rank: str, metrics: list[str]) -> list[str]:
+    model, env, train = entry["model"], entry["env"], entry["train"]
     row = [
         rank,
         entry["mode"],
         str(entry["n_facts"]),
-        _compact(entry["model"]["params"]["total"]),
-        entry["model"]["dtype"],
-        _num(metrics.get("recall")),
-        _num(metrics.get("recall_unseen")),
-        "-" if bpp is None else _num(bpp, 3),
-        str(entry["train"]["steps"]),
-        "yes" if entry["train"]["converged"] else "no",
+        _compact(model["params"]["total"]),
+        model["dtype"],
+        *(_num(entry["metrics"].get(m)) for m in metrics),
+        str(train["steps"]),
+        "yes" if train["converged"] else "no",
         f"{env['device_kind']} x{env['device_count']}",
     ]
-    if extra:
-        row.append(_num(metrics.get(sort_by)))
     return [_cell(c) for c in row]
 
 
@@ -127,30 +141,53 @@ def _ranked(entries: list[dict[str, Any]], metric: str) -> list[tuple[str, dict[
     return out
 
 
+def _section(track: Track, entries: list[dict[str, Any]], sort_by: str, markdown: bool) -> str:
+    """One track's heading and ranked table (the sort metric gets a column if it has none)."""
+    headers = [h for h, _ in track.columns]
+    metrics = [m for _, m in track.columns]
+    if sort_by not in metrics:
+        headers, metrics = [*headers, _cell(sort_by)], [*metrics, sort_by]
+    header = [h for h, _ in _FIRST] + headers + [h for h, _ in _LAST]
+    right = [r for _, r in _FIRST] + [True] * len(metrics) + [r for _, r in _LAST]
+    ranked = _ranked(entries, sort_by)
+    title = f"{track.title} ({len(entries)} entries, ranked by {sort_by})"
+    heading = f"### {title}\n\n" if markdown else f"{title}\n"
+    return heading + format_table(header, [_row(e, r, metrics) for r, e in ranked], right, markdown)
+
+
+def _only(entries: list[dict[str, Any]], field: str, value: str | None) -> list[dict[str, Any]]:
+    """The entries whose `field` is `value` (all when value is None); none is an error."""
+    if value is None:
+        return entries
+    kept = [e for e in entries if e[field] == value]
+    if not kept:
+        known = ", ".join(sorted({e[field] for e in entries}))
+        raise LeaderboardError(
+            f"--{field} {_cell(value)}: no entry has this {field}; choose one of {known}"
+        )
+    return kept
+
+
 def show(
     path: str | os.PathLike[str],
     markdown: bool = False,
-    sort_by: str = "recall",
+    sort_by: str | None = None,
     mode: str | None = None,
+    track: str | None = None,
 ) -> str:
-    """A ranked table of a leaderboard (best first by sort_by), plain text or GitHub markdown;
-    with mode, only that mode's entries."""
-    doc = validate(path)
-    entries = doc["entries"]
-    if mode is not None:
-        modes = sorted({e["mode"] for e in entries})
-        entries = [e for e in entries if e["mode"] == mode]
-        if not entries:
-            raise LeaderboardError(
-                f"--mode {_cell(mode)}: no entry has this mode; choose one of {', '.join(modes)}"
-            )
-    if entries and not any(sort_by in e["metrics"] for e in entries):
+    """Ranked tables of a leaderboard, one per track (best first by sort_by, default each
+    track's own metric; a track none of whose entries has sort_by is left out), plain text or
+    GitHub markdown; with mode or track, only those entries."""
+    entries = _only(_only(validate(path)["entries"], "mode", mode), "track", track)
+    if sort_by is not None and entries and not any(sort_by in e["metrics"] for e in entries):
         names = sorted({k for e in entries for k in e["metrics"]})
         raise LeaderboardError(
             f"--sort {_cell(sort_by)}: no entry has this metric; choose one of {', '.join(names)}"
         )
-    extra = sort_by not in ("recall", "recall_unseen", "bits_per_param")
-    header = [name for name, _ in _COLUMNS] + ([_cell(sort_by)] if extra else [])
-    right = [r for _, r in _COLUMNS] + ([True] if extra else [])
-    rows = [_row(e, rank, sort_by, extra) for rank, e in _ranked(entries, sort_by)]
-    return format_table(header, rows, right, markdown)
+    sections = []
+    for name, view in TRACKS.items():
+        members = [e for e in entries if e["track"] == name]
+        metric = sort_by or view.sort_by
+        if any(metric in e["metrics"] for e in members):
+            sections.append(_section(view, members, metric, markdown))
+    return "\n".join(sections) if sections else "no entries\n"
