@@ -632,6 +632,13 @@ def test_version_1_edits_are_caught(tmp_path: Path) -> None:
             lb.validate(doc)
 
 
+def test_committed_leaderboard_validates() -> None:
+    """results/leaderboard.json validates as written (not only once upgraded)."""
+    path = Path(__file__).parent.parent / "results" / "leaderboard.json"
+    assert json.loads(path.read_text())["schema_version"] == lb.SCHEMA_VERSION
+    assert lb.validate(path)["entries"]
+
+
 def test_bits_names_follow_the_track(board: Path) -> None:
     """An in-tool entry cannot report bits_memorized, nor an in-weight one bits_delivered."""
     doc = json.loads(board.read_text())
