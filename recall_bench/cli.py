@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from recall_bench.records import IN_TOOL_NAMES
 from recall_bench.train import TrainingDiverged
 from recall_bench.worlds import SpecError
 
@@ -331,12 +332,14 @@ def format_record(record: dict) -> str:
     ):
         if m.get(key) is not None:
             rows.append((key.replace("_", " "), f"{m[key]:.4f}"))
+    held = "bits_memorized" in m  # in-tool's bits are delivered with the store's help
+    bits, per_param, non_embedding, exceptions = IN_TOOL_NAMES if held else IN_TOOL_NAMES.values()
     rows += [
         ("token accuracy", f"{m['token_accuracy']:.4f}"),
-        ("bits memorized", f"{m['bits_memorized']:,.0f} of {record['world']['entropy_bits']:,.0f}"),
+        (bits.replace("_", " "), f"{m[bits]:,.0f} of {record['world']['entropy_bits']:,.0f}"),
         (
-            "bits/param",
-            f"{m['bits_per_param']:.3f} ({m['bits_per_param_non_embedding']:.3f} non-emb.)",
+            "bits/param" if held else "delivered/param",
+            f"{m[per_param]:.3f} ({m[non_embedding]:.3f} non-emb.)",
         ),
     ]
     if "bits_memorized_corrected" in m:
@@ -348,8 +351,8 @@ def format_record(record: dict) -> str:
                 "bits/param",
             )
         )
-    if "bits_memorized_exceptions" in m:
-        rows.append(("bits on exceptions", f"{m['bits_memorized_exceptions']:,.0f}"))
+    if exceptions in m:
+        rows.append(("bits on exceptions", f"{m[exceptions]:,.0f}"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 

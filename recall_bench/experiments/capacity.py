@@ -27,7 +27,7 @@ from recall_bench import capacity, formats, plots
 from recall_bench.experiments.run import BaseRunConfig, finished_group, train_group, train_info
 from recall_bench.metrics import noise_floor, sequence_stats, summarize_in_weight
 from recall_bench.model import ModelConfig, count_params
-from recall_bench.records import environment, new_record, read_json, write_json_atomic
+from recall_bench.records import environment, new_record, read_record, write_json_atomic
 from recall_bench.train import Task, TrainResult
 from recall_bench.worlds import TokenSpec, make_token_world, spec_hash
 
@@ -160,7 +160,7 @@ def load_records(folders: list[str | Path]) -> list[dict]:
         if not Path(folder).is_dir():
             raise FileNotFoundError(f"{folder} is not a folder of run records")
         for path in sorted(Path(folder).rglob("record.json")):
-            record = read_json(path)
+            record = read_record(path)
             key = json.dumps(record["config"], sort_keys=True)
             if key not in newest or record["created"] > newest[key]["created"]:
                 newest[key] = record

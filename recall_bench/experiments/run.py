@@ -33,7 +33,7 @@ from recall_bench.metrics import (
     summarize_in_weight,
 )
 from recall_bench.model import ModelConfig, count_params
-from recall_bench.records import new_record, write_json_atomic
+from recall_bench.records import delivered_names, new_record, write_json_atomic
 from recall_bench.tool import ERROR_STATUS, OK, Store, build_store
 from recall_bench.train import Task, TrainConfig, TrainResult, late_gain, plateaued, train_models
 from recall_bench.worlds import FactSpec, FactWorld, make_fact_world, spec_fields, spec_hash
@@ -250,6 +250,7 @@ def evaluate(
             store_errors=float(np.mean(decoded.store_status == ERROR_STATUS)),
             lookup_s=decoded.lookup_s,
         )
+        metrics = delivered_names(metrics)  # bits given with the store's help, not held
     return metrics, decoded
 
 

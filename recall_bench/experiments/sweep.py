@@ -37,7 +37,7 @@ from recall_bench.experiments.capacity import TOKENS, TokenRunConfig, run_token_
 from recall_bench.experiments.default import summary_row
 from recall_bench.experiments.run import RunConfig, group_key, run_group
 from recall_bench.identity import finished_record
-from recall_bench.records import environment, read_json, write_json_atomic
+from recall_bench.records import environment, read_record, write_json_atomic
 from recall_bench.worlds import SpecError
 
 CONFIGS = {
@@ -283,7 +283,7 @@ def run_sweep(
                 print(f"    {cell_summary(r)}", file=sys.stderr)
     if (out / "checkpoints").is_dir() and not any((out / "checkpoints").iterdir()):
         (out / "checkpoints").rmdir()  # every group's checkpoints go once its records exist
-    records = [read_json(out / cell_name(c) / "record.json") for g in mine for c in g]
+    records = [read_record(out / cell_name(c) / "record.json") for g in mine for c in g]
     summary = sweep_summary(records, sweep.name, shard)
     summary.update(ran=sum(map(len, todo)), wall_s=time.perf_counter() - t0, out=str(out))
     summary["plots"] = capacity.write_plots(summary["capacity"], summary["params_for_recall"], out)
@@ -294,9 +294,15 @@ def run_sweep(
 
 def cell_summary(record: dict) -> str:
     m, t = record["metrics"], record["train"]
+    if "bits_memorized" in m:
+        bits = f"{m['bits_memorized']:,.0f} bits held ({m['bits_per_param']:.2f}/param)"
+    else:  # in-tool: bits delivered with the store's help
+        bits = (
+            f"{m['bits_delivered']:,.0f} bits delivered ({m['bits_delivered_per_param']:.2f}/param)"
+        )
     return (
-        f"seed {record['seed']}: recall {m['recall']:.3f}, {m['bits_memorized']:,.0f} bits "
-        f"({m['bits_per_param']:.2f}/param), {t['steps']} steps, {t['stop_reason']}"
+        f"seed {record['seed']}: recall {m['recall']:.3f}, {bits}, {t['steps']} steps, "
+        f"{t['stop_reason']}"
     )
 
 
@@ -362,9 +368,12 @@ def format_summary(summary: dict) -> str:
         f"{'cell':<44} {'params':>7} {'recall':>7} {'bits':>8} {'b/param':>7} {'steps':>6}  stop",
     ]
     for r in summary["cells"]:
+        held = r["bits_memorized"] is not None  # in-tool: delivered by the store, not held
+        bits = f"{r['bits_memorized']:,.0f}" if held else "-"
+        per_param = f"{r['bits_per_param']:.2f}" if held else "-"
         lines.append(
-            f"{r['cell']:<44} {r['params']:>7,} {r['recall']:>7.3f} {r['bits_memorized']:>8,.0f} "
-            f"{r['bits_per_param']:>7.2f} {r['steps']:>6}  {r['stop_reason']}"
+            f"{r['cell']:<44} {r['params']:>7,} {r['recall']:>7.3f} {bits:>8} "
+            f"{per_param:>7} {r['steps']:>6}  {r['stop_reason']}"
         )
     structured = [r for r in summary["cells"] if "recall_rule" in r]
     if structured:
