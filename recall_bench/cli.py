@@ -133,7 +133,12 @@ RUN_FIELDS = {
     "eval_every": "eval_every",
     "monitor_facts": "monitor_facts",
 }
-FACT_FIELDS = {"attributes": "attribute_sizes", "rule_alpha": "rule_alpha", "store": "store"}
+FACT_FIELDS = {
+    "attributes": "attribute_sizes",
+    "rule_alpha": "rule_alpha",
+    "store": "store",
+    "tool_train_entities": "tool_train_entities",
+}
 TOKEN_FIELDS = {"vocab": "vocab", "length": "length"}
 TOKENS = "random-tokens"
 
@@ -192,6 +197,14 @@ def add_run_parser(subparsers) -> None:
     )
     p.add_argument(
         "--store", choices=["memory", "sqlite"], help=f"in-tool: the store (default {d.store})"
+    )
+    p.add_argument(
+        "--tool-train-entities",
+        type=positive_int,
+        metavar="K",
+        help="in-tool: learn the tool protocol on K entities of a pool disjoint from the world "
+        "(its own seed), and evaluate every fact of the world as unseen (default: train on "
+        "the world's first entities)",
     )
     add_memory_arguments(p, d, "replaces")
     p.add_argument("--vocab", type=positive_int, help=f"{TOKENS}: symbols (default {t.vocab})")

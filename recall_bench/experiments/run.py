@@ -39,6 +39,7 @@ from recall_bench.train import Task, TrainConfig, TrainResult, late_gain, platea
 from recall_bench.worlds import FactSpec, FactWorld, make_fact_world, spec_fields, spec_hash
 
 MODES = ("in-weight", "in-tool", "side-memory")
+PROTOCOL_SEED = 1 << 24  # the protocol pool's world seed: the run's seed plus this
 HELD_OUT_ENTITIES = 1000  # structured worlds: at most this many held-out entities (and <= N)
 
 
@@ -102,6 +103,9 @@ class RunConfig(BaseRunConfig):
     unseen_fraction: float = 0.2  # in-tool: share of entities held out of training
     max_unseen: int = 1000  # in-tool: cap on held-out entities
     validation_entities: int = 256  # in-tool: extra entities watched by the stopping rule
+    # in-tool: train on this many entities of a protocol pool, a world of its own seed, and
+    # hold out every entity of the evaluated world (0: train on the world's first entities)
+    tool_train_entities: int = 0
     memory_layer: int = 0  # side-memory: block whose MLP becomes the memory
     memory_size: int = 16384  # side-memory: value rows, a perfect square
     memory_topk: int = 8  # side-memory: rows read per head and token
@@ -123,6 +127,11 @@ class RunConfig(BaseRunConfig):
             raise ValueError(f"store must be 'memory' or 'sqlite', got {self.store!r}")
         if not 0.0 < self.unseen_fraction < 1.0:
             raise ValueError(f"unseen_fraction must be in (0, 1), got {self.unseen_fraction}")
+        if self.tool_train_entities < 0 or (self.tool_train_entities and self.mode != "in-tool"):
+            raise ValueError(
+                f"tool_train_entities = {self.tool_train_entities}: give a count >= 1 with mode "
+                "in-tool only (0: train on the world's own first entities)"
+            )
         self.model_config()  # checks the world (a SpecError) and model fields now
 
     @property
@@ -164,7 +173,17 @@ class RunConfig(BaseRunConfig):
         if self.mode != "in-tool":
             return 0
         n = self.spec.n_entities
+        if self.tool_train_entities:
+            return n
         return min(self.max_unseen, max(1, round(self.unseen_fraction * n)), n - 1)
+
+    def protocol_pool(self) -> FactWorld:
+        """The protocol entities an in-tool model trains on when tool_train_entities is set,
+        then its validation entities: the same spec, a seed of its own (keys may coincide
+        with an evaluated world's only by chance, with other values)."""
+        n = self.tool_train_entities + self.validation_entities
+        spec = dataclasses.replace(self.spec, n_entities=n, seed=self.seed + PROTOCOL_SEED)
+        return make_fact_world(spec)
 
     def trained_entities(self) -> int:
         """Entities 0..trained_entities()-1 are trained on; any later entity is unseen."""
@@ -174,6 +193,11 @@ class RunConfig(BaseRunConfig):
 def make_task(cfg: RunConfig, world: FactWorld) -> Task:
     """Training sequences and the monitored facts of a run."""
     spec = world.spec
+    if cfg.tool_train_entities:
+        pool, k = cfg.protocol_pool(), cfg.tool_train_entities
+        train = formats.render(pool, cfg.mode, np.arange(k))
+        monitor = formats.render(pool, cfg.mode, np.arange(k, pool.spec.n_entities))
+        return Task(train, monitor, pool.fact_bits()[k * spec.n_attributes :])
     trained = np.arange(cfg.trained_entities())
     train = formats.render(world, cfg.format, trained)
     if cfg.mode == "in-tool":
@@ -248,10 +272,21 @@ def evaluate(
             call_key_accuracy=float(key_right.mean()),
             copy_accuracy=float(copied[ok].mean()) if ok.any() else 0.0,
             store_errors=float(np.mean(decoded.store_status == ERROR_STATUS)),
+            **protocol_overlap(cfg, world, entity),
             lookup_s=decoded.lookup_s,
         )
         metrics = delivered_names(metrics)  # bits given with the store's help, not held
     return metrics, decoded
+
+
+def protocol_overlap(cfg: RunConfig, world: FactWorld, entity: np.ndarray) -> dict[str, int]:
+    """How many evaluated facts belong to entities whose key the protocol pool also has
+    (trained with other values: a chance overlap, not a seen fact); none without a pool."""
+    if not cfg.tool_train_entities:
+        return {}
+    pool = {k.tobytes() for k in cfg.protocol_pool().keys[: cfg.tool_train_entities]}
+    shared = [world.keys[e].tobytes() in pool for e in entity]
+    return {"protocol_key_overlap": int(np.sum(shared))}
 
 
 def rule_metrics(
