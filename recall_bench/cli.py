@@ -167,7 +167,12 @@ def add_run_parser(subparsers) -> None:
     p.add_argument("--batch-size", type=positive_int, help=f"default {d.batch_size}")
     p.add_argument("--lr", type=positive_float, help=f"peak learning rate (default {d.lr:g})")
     p.add_argument("--seed", type=int, help=f"default {d.seed}")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], help=f"default {d.dtype}")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "bfloat16-mixed"],
+        help="float32 (default); bfloat16: parameters, optimizer state and compute; "
+        "bfloat16-mixed: bfloat16 compute over float32 master weights and optimizer state",
+    )
     p.add_argument("--warmup-steps", type=int, help=f"default {d.warmup_steps}")
     p.add_argument(
         "--schedule", choices=["cosine", "constant"], help="after warmup (default cosine)"
