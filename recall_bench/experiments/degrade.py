@@ -398,7 +398,7 @@ def format_table(summary: dict) -> str:
 
 
 def add_degrade_parser(subparsers) -> None:
-    from recall_bench.cli import add_memory_arguments, int_list, positive_float, positive_int
+    from recall_bench.cli.args import add_memory_arguments, int_list, positive_float, positive_int
 
     d = DegradeConfig()
     p = subparsers.add_parser(
@@ -443,7 +443,7 @@ def add_degrade_parser(subparsers) -> None:
 
 
 def cmd_degrade(args: argparse.Namespace) -> int:
-    from recall_bench.cli import memory_options, output_folder, refuse_ignored
+    from recall_bench.cli.args import memory_options, output_folder, refuse_ignored
 
     if "side-memory" not in args.modes:
         refuse_ignored(memory_options(args), "they shape a side memory and --modes has none")

@@ -1,120 +1,24 @@
-"""The `recall-bench` command."""
+"""`recall-bench run`: one run, a random-token run, or (with no --mode/--facts) the default
+benchmark."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
-import sys
 import time
 from pathlib import Path
 
+from recall_bench.cli.args import (
+    add_memory_arguments,
+    int_list,
+    memory_options,
+    non_negative_float,
+    output_folder,
+    positive_float,
+    positive_int,
+    refuse_ignored,
+)
 from recall_bench.records import IN_TOOL_NAMES
-from recall_bench.train import TrainingDiverged
-from recall_bench.worlds import SpecError
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
-    return value
-
-
-def bounded_float(test, what: str):
-    """An argparse type: a finite float passing `test`, else an error saying it must be `what`."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not (math.isfinite(value) and test(value)):
-            raise argparse.ArgumentTypeError(f"{text} must be {what}")
-        return value
-
-    return parse
-
-
-positive_float = bounded_float(lambda v: v > 0, "a positive finite number")
-non_negative_float = bounded_float(lambda v: v >= 0, "a finite number >= 0")
-
-
-def int_list(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a comma-separated list of integers (e.g. 4096,1000)"
-        ) from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: every value must be >= 1")
-    return values
-
-
-def add_memory_arguments(p, defaults, role: str) -> None:
-    """The side-memory options (defaults from `defaults`, a config with memory_* fields):
-    the memory in block --memory-layer `role` its MLP. Unset options stay None."""
-    p.add_argument(
-        "--memory-size",
-        type=positive_int,
-        help=f"side-memory: value rows, a perfect square (default {defaults.memory_size})",
-    )
-    p.add_argument(
-        "--memory-topk",
-        type=positive_int,
-        help=f"side-memory: rows read (default {defaults.memory_topk})",
-    )
-    p.add_argument(
-        "--memory-heads", type=positive_int, help=f"side-memory: heads ({defaults.memory_heads})"
-    )
-    p.add_argument(
-        "--memory-key-dim",
-        type=positive_int,
-        help=f"side-memory: query size per head (default {defaults.memory_key_dim})",
-    )
-    p.add_argument(
-        "--memory-layer",
-        type=int,
-        help=f"side-memory: block whose MLP the memory {role} (default {defaults.memory_layer})",
-    )
-    p.add_argument(
-        "--memory-lr-scale",
-        type=positive_float,
-        help="side-memory: learning rate of the value table relative to --lr "
-        f"(default {defaults.memory_lr_scale:g})",
-    )
-
-
-MEMORY_OPTIONS = ("layer", "size", "topk", "heads", "key_dim", "lr_scale")
-
-
-def memory_options(args: argparse.Namespace) -> dict:
-    """The side-memory options given on the command line, as config fields (memory_size=...)."""
-    given = {f"memory_{name}": getattr(args, f"memory_{name}") for name in MEMORY_OPTIONS}
-    return {k: v for k, v in given.items() if v is not None}
-
-
-def flag(field: str) -> str:
-    return "--" + field.replace("_", "-")
-
-
-def refuse_ignored(options: dict, why: str) -> None:
-    """A ValueError naming options that were given but would be ignored, and why."""
-    if options:
-        names = ", ".join(sorted(flag(k) for k in options))
-        raise ValueError(f"{names} would be ignored: {why}")
-
-
-def output_folder(path: Path | None) -> Path | None:
-    """--out checked: an existing file is refused (a folder is needed)."""
-    if path is not None and path.exists() and not path.is_dir():
-        raise ValueError(f"--out {path} is a file: give a folder (it is created if missing)")
-    return path
-
 
 # run options that shape one run: the config field each one sets
 RUN_FIELDS = {
@@ -373,78 +277,3 @@ def format_record(record: dict) -> str:
         rows.append(("bits on exceptions", f"{m[exceptions]:,.0f}"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
-
-
-def add_store_scale_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "store-scale",
-        help="one in-tool model against stores of 10^4..10^6 facts (unseen entities)",
-    )
-    p.add_argument("--out", type=Path, default=Path("recall_bench_out/store_scale"))
-    p.add_argument("--sizes", type=int_list, default=(10_000, 100_000, 1_000_000))
-    p.add_argument("--sample", type=positive_int, default=2000, help="unseen entities per size")
-    p.add_argument("--store", choices=["memory", "sqlite"], default="sqlite")
-    p.add_argument("--json", action="store_true", help="print the summary JSON only")
-    p.add_argument(
-        "--resume", action="store_true", help="return the finished run in --out, or redo it"
-    )
-    p.set_defaults(func=cmd_store_scale)
-
-
-def cmd_store_scale(args: argparse.Namespace) -> int:
-    from recall_bench.experiments import store_scale
-
-    summary = store_scale.run_store_scale(
-        output_folder(args.out),
-        args.sizes,
-        args.sample,
-        args.store,
-        progress=not args.json,
-        resume=args.resume,
-    )
-    print(json.dumps(summary, indent=2) if args.json else store_scale.format_table(summary))
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="recall-bench",
-        description="How many facts can a model store in its weights, and what does it gain "
-        "by calling a key-value tool instead?",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_run_parser(sub)
-    add_store_scale_parser(sub)
-    from recall_bench.leaderboard import add_leaderboard_parser
-
-    add_leaderboard_parser(sub)
-    from recall_bench.experiments.capacity import add_capacity_parser
-    from recall_bench.experiments.degrade import add_degrade_parser
-    from recall_bench.experiments.sweep import add_sweep_parser
-
-    add_sweep_parser(sub)
-    add_capacity_parser(sub)
-    add_degrade_parser(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, SpecError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except TrainingDiverged as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except NotADirectoryError as err:
-        print(f"error: {err.filename} is not a folder: choose another --out", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as err:
-        print(f"interrupted {err}".rstrip(), file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
