@@ -49,7 +49,7 @@ TOKENS = "random-tokens"
 
 def add_run_parser(subparsers) -> None:
     from recall_bench.experiments.capacity import TokenRunConfig
-    from recall_bench.experiments.run import MODES, RunConfig
+    from recall_bench.experiments.config import MODES, RunConfig
 
     d, t = RunConfig(), TokenRunConfig()
     p = subparsers.add_parser(
@@ -147,7 +147,7 @@ def run_config(args: argparse.Namespace):
     """The config of a single run's options; unset ones take the dataclass defaults, and
     options its mode would ignore are refused."""
     from recall_bench.experiments.capacity import TokenRunConfig
-    from recall_bench.experiments.run import RunConfig
+    from recall_bench.experiments.config import RunConfig
 
     given, facts = given_fields(args, RUN_FIELDS), given_fields(args, FACT_FIELDS)
     tokens, memory = given_fields(args, TOKEN_FIELDS), memory_options(args)

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from recall_bench import capacity, formats, plots
-from recall_bench.experiments.run import BaseRunConfig, finished_group, train_group, train_info
+from recall_bench.experiments.config import BaseRunConfig
+from recall_bench.experiments.run import finished_group, train_group, train_info
 from recall_bench.metrics import noise_floor, sequence_stats, summarize_in_weight
 from recall_bench.model import ModelConfig, count_params
 from recall_bench.records import new_record, read_record, write_json_atomic

@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 
 from recall_bench import plots
-from recall_bench.experiments.run import RunConfig, run
+from recall_bench.experiments.config import RunConfig
+from recall_bench.experiments.run import run
 from recall_bench.records import write_json_atomic
 
 FACT_COUNTS = (256, 1024, 2048, 4096, 8192, 16384)

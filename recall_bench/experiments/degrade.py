@@ -31,7 +31,9 @@ import numpy as np
 
 from recall_bench import formats, general, plots
 from recall_bench.checkpoint import load_params, save_params
-from recall_bench.experiments.run import RunConfig, evaluate, make_record, make_task
+from recall_bench.experiments.config import RunConfig, make_task
+from recall_bench.experiments.evaluate import evaluate
+from recall_bench.experiments.run import make_record
 from recall_bench.identity import refuse_other
 from recall_bench.model import ModelConfig, add_side_memory, count_params, init_model
 from recall_bench.records import clean_json, environment, read_json, write_json_atomic

@@ -32,8 +32,9 @@ except ModuleNotFoundError:  # Python 3.10
 
 from recall_bench.experiments import capacity
 from recall_bench.experiments.capacity import TOKENS, TokenRunConfig, run_token_group
+from recall_bench.experiments.config import RunConfig
 from recall_bench.experiments.default import summary_row
-from recall_bench.experiments.run import RunConfig, group_key, run_group
+from recall_bench.experiments.run import group_key, run_group
 from recall_bench.identity import finished_record
 from recall_bench.records import environment, read_record, write_json_atomic
 from recall_bench.worlds import SpecError
