@@ -104,3 +104,13 @@ def test_a_data_capped_cell_is_never_a_models_maximum():
     assert group["fit"]["bits_per_param"] == pytest.approx(0.6)
     only_capped = capacity_summary(records[2:])
     assert only_capped[0]["fit"] is None
+
+
+def test_plots_of_a_sweep_with_only_in_tool_cells(tmp_path):
+    """No capacity group (in-tool bits are not held in weights): only params-for-recall."""
+    from recall_bench.experiments.capacity import write_plots
+
+    records = [fake_record("in-tool", 8, n, 0, 1_000, 0.0, 0.99) for n in (64, 1024)]
+    assert capacity_summary(records) == []
+    paths = write_plots([], params_for_recall(records), tmp_path)
+    assert [p.rsplit("/", 1)[-1] for p in paths] == ["params_for_recall.png"]

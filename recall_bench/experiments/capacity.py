@@ -386,10 +386,10 @@ def format_params_for_recall(rows: list[dict]) -> str:
 
 
 def write_plots(cap: list[dict], rows: list[dict], folder: str | Path) -> list[str]:
-    """The capacity figures into folder (held-out loss only for random tokens); their
-    paths."""
+    """The capacity figures into folder (none without in-weight cells; held-out loss only
+    for random tokens); their paths."""
     folder = Path(folder)
-    paths = [plots.capacity_vs_params(cap, folder / "capacity_vs_params.png")]
+    paths = [plots.capacity_vs_params(cap, folder / "capacity_vs_params.png")] if cap else []
     for g in cap:
         name = f"bits_vs_facts_{g['world']}_{g['dtype']}.png"
         paths.append(plots.bits_vs_facts(g["models"], folder / name, f"{g['world']}, {g['dtype']}"))
