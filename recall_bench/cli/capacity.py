@@ -37,6 +37,9 @@ def add_capacity_parser(subparsers) -> None:
         metavar="FILE",
         help="write the params-for-recall table with its provenance to FILE",
     )
+    p.add_argument(
+        "--out", type=Path, metavar="FILE", help="write the summary JSON (with provenance) to FILE"
+    )
     p.add_argument("--json", action="store_true", help="print the summary JSON only")
     p.set_defaults(func=cmd_capacity)
 
@@ -46,30 +49,26 @@ def cmd_capacity(args: argparse.Namespace) -> int:
     if not records:
         raise ValueError(f"no record.json under {', '.join(map(str, args.folders))}")
     cap, rows = capacity_summary(records), params_for_recall(records)
-    summary: dict[str, Any] = {
+    env = environment()
+    provenance = {
+        "command": command_line(),
         "sources": [str(f) for f in args.folders],
+        "git_commit": env["git_commit"],
+        "git_dirty": env["git_dirty"],
+    }
+    summary: dict[str, Any] = {
         "records": len(records),
         "capacity": cap,
         "params_for_recall": rows,
+        "provenance": provenance,
     }
     if args.plots is not None:
         summary["plots"] = write_plots(cap, rows, args.plots)
     if args.params_for_recall is not None:
-        env = environment()
-        write_json_atomic(
-            args.params_for_recall,
-            {
-                "target_recall": RECALL_TARGET,
-                "dtype": "float32",
-                "rows": rows,
-                "provenance": {
-                    "command": command_line(),
-                    "sources": summary["sources"],
-                    "git_commit": env["git_commit"],
-                    "git_dirty": env["git_dirty"],
-                },
-            },
-        )
+        table = {"target_recall": RECALL_TARGET, "dtype": "float32", "rows": rows}
+        write_json_atomic(args.params_for_recall, {**table, "provenance": provenance})
+    if args.out is not None:
+        write_json_atomic(args.out, summary)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
