@@ -251,6 +251,10 @@ def run_cell(
     base_accuracy = base_scores["general_accuracy"]
     kept = metrics["general_accuracy"] / base_accuracy if base_accuracy else math.nan
     metrics["general_accuracy_kept"] = kept  # undefined (null) for a base that knows nothing
+    if "general_mc_accuracy" in base_scores:  # bases saved before the graded score lack it
+        chance = 1.0 / (cfg.suite.distractors + 1)
+        mc = (metrics["general_mc_accuracy"], base_scores["general_mc_accuracy"], chance)
+        metrics["general_mc_kept"] = general.above_chance(*mc)
     if "text_bits_per_byte" in metrics:
         change = metrics["text_bits_per_byte"] - base_scores["text_bits_per_byte"]
         metrics["text_bits_per_byte_change"] = change
