@@ -403,6 +403,7 @@ def format_table(summary: dict) -> str:
 
 def add_degrade_parser(subparsers) -> None:
     from recall_bench.cli import add_memory_arguments, int_list, positive_float, positive_int
+    from recall_bench.experiments.joint_report import add_joint_arguments
 
     d = DegradeConfig()
     p = subparsers.add_parser(
@@ -414,58 +415,71 @@ def add_degrade_parser(subparsers) -> None:
         "from the base model.",
     )
     p.add_argument(
-        "--facts", type=int_list, default=d.fact_counts, help="fact counts, e.g. 256,4096"
+        "--protocol",
+        choices=("learn-tool", "joint"),
+        default="learn-tool",
+        help="learn-tool: fine-tune a base model on facts (the options below); joint: train "
+        "one model from scratch on general data and facts together (shared capacity; unset "
+        "shared options take its own defaults)",
     )
+    p.add_argument("--facts", type=int_list, help=f"fact counts (default {d.fact_counts})")
     p.add_argument(
         "--modes",
         type=lambda s: tuple(s.split(",")),
-        default=d.modes,
-        help=f"comma-separated subset of {','.join(MODES)}",
+        help=f"comma-separated subset of {','.join(MODES)} (joint: in-weight,in-tool)",
     )
-    p.add_argument("--layers", type=positive_int, default=d.layers)
-    p.add_argument("--width", type=positive_int, default=d.width)
-    p.add_argument("--heads", type=positive_int, default=d.heads)
+    p.add_argument("--layers", type=positive_int, help=f"default {d.layers}")
+    p.add_argument("--width", type=positive_int, help=f"default {d.width}")
+    p.add_argument("--heads", type=positive_int, help=f"default {d.heads}")
     p.add_argument("--base-steps", type=positive_int, default=d.base_steps)
-    p.add_argument("--steps", type=positive_int, default=d.steps, help="injection step budget")
-    p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
+    p.add_argument("--steps", type=positive_int, help=f"injection step budget (default {d.steps})")
+    p.add_argument("--batch-size", type=positive_int, help=f"default {d.batch_size}")
     p.add_argument("--base-lr", type=positive_float, default=d.base_lr)
-    p.add_argument("--lr", type=positive_float, default=d.lr, help="fact-injection lr")
+    p.add_argument("--lr", type=positive_float, help=f"fact-injection lr (default {d.lr})")
     p.add_argument("--target-recall", type=positive_float, default=d.target_recall)
     p.add_argument("--replay-fraction", type=positive_float, default=d.replay_fraction)
     add_memory_arguments(p, d.memory_layer, "adds to (< 0: counted from the last)")
     p.add_argument(
         "--text-file",
         help="a UTF-8 text file added to the general suite, scored in bits per byte on its "
-        f"last {d.suite.text_held_out:.0%}",
+        f"last {d.suite.text_held_out:.0%} (`stdlib:REL`: a file of Python's standard library; "
+        f"joint default {general.STDLIB_TEXT})",
     )
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--out", type=Path, default=Path("recall_bench_out/degradation"))
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="default recall_bench_out/degradation (joint: recall_bench_out/degradation_v2)",
+    )
     p.add_argument("--json", action="store_true", help="print the summary JSON only")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--resume", action="store_true", help="keep the finished cells in --out")
+    add_joint_arguments(p)
     p.set_defaults(func=cmd_degrade)
 
 
 def cmd_degrade(args: argparse.Namespace) -> int:
     from recall_bench.cli import memory_options
 
+    if args.protocol == "joint":
+        from recall_bench.experiments.joint_report import cmd_joint
+
+        return cmd_joint(args)
+    d = DegradeConfig()
+    shared = ("facts", "modes", "layers", "width", "heads", "steps", "batch_size", "lr")
+    fields = ("fact_counts", *shared[1:])
+    given = {f: getattr(args, a) for f, a in zip(fields, shared, strict=True)}
     cfg = DegradeConfig(
-        fact_counts=args.facts,
-        modes=args.modes,
-        layers=args.layers,
-        width=args.width,
-        heads=args.heads,
+        **{f: getattr(d, f) if v is None else v for f, v in given.items()},
         base_steps=args.base_steps,
-        steps=args.steps,
-        batch_size=args.batch_size,
         base_lr=args.base_lr,
-        lr=args.lr,
         target_recall=args.target_recall,
         replay_fraction=args.replay_fraction,
         seed=args.seed,
         **memory_options(args),
         suite=general.SuiteConfig(text_file=args.text_file),
     )
-    summary = run_degrade(cfg, args.out, not (args.quiet or args.json), args.resume)
+    out = args.out or Path("recall_bench_out/degradation")
+    summary = run_degrade(cfg, out, not (args.quiet or args.json), args.resume)
     print(json.dumps(summary, indent=2) if args.json else format_table(summary))
     return 0
