@@ -74,6 +74,9 @@ def test_tiny_joint_sweep(tmp_path):
     assert recalls[0] == 1.0 and len(recalls) == 2  # all recalled at the first check, trained on
     (row,) = [r for r in summary["rows"] if r["mode"] == "facts-only"]
     assert summary["capacity_bits"] == row["bits_memorized"] and row["capacity_share"] == 1.0
+    ref_row = summary["rows"][0]
+    assert ref_row["mode"] == "general-only" and ref_row["general_mc_ratio"] == 1.0
+    assert "add_accuracy" in ref_row and "add_mc_accuracy" in ref_row
     ref = read_json(joint.cell_path(tmp_path, "general-only", 0, 0) / "record.json")
     assert ref["metrics"]["general_accuracy_kept"] == 1.0 and ref["metrics"]["kl"] == 0.0
     assert (tmp_path / "general_kept.png").exists()

@@ -92,7 +92,8 @@ def summary_rows(records: list[dict]) -> list[dict]:
     rows = []
     for (mode, n), group in sorted(groups.items(), key=lambda g: (g[0][1], g[0][0])):
         row = {"mode": mode, "n_facts": n, "seeds": [r["seed"] for r in group]}
-        for key in SUMMARY_KEYS + tuple(f"{s}_mc_accuracy" for s in general.SKILLS):
+        skills = tuple(f"{s}_{k}" for s in general.SKILLS for k in ("accuracy", "mc_accuracy"))
+        for key in SUMMARY_KEYS + skills:
             values = [r["metrics"].get(key) for r in group]
             values = [v for v in values if v is not None and math.isfinite(v)]
             if values:
@@ -107,12 +108,16 @@ def summary_rows(records: list[dict]) -> list[dict]:
 
 def summarize(cfg: JointConfig, records: list[dict], out: Path, wall_s: float) -> dict:
     """summary.json: the rows, the model's measured fact capacity (the most bits a facts-only
-    cell held, mean over seeds) and each in-weight row's share of it; the plot."""
+    cell held, mean over seeds), each in-weight row's share of it and each row's graded
+    accuracy over the reference's (of the means); the plot."""
     rows = summary_rows(records)
     capacity = max((r["bits_memorized"] for r in rows if r["mode"] == FACTS_ONLY), default=None)
+    reference = next((r for r in rows if r["mode"] == GENERAL), None)
     for r in rows:
         if capacity and r["mode"] in ("in-weight", FACTS_ONLY):
             r["capacity_share"] = r["bits_memorized"] / capacity
+        if reference is not None:  # HellaSwag's published ratio: acc / acc_base, chance kept
+            r["general_mc_ratio"] = r["general_mc_accuracy"] / reference["general_mc_accuracy"]
     bits_per_fact = cfg.run_config("in-weight", 2, 0).spec.bits_per_fact
     plot = plots.joint_tradeoff(rows, capacity, bits_per_fact, out / "general_kept.png")
     summary = {
