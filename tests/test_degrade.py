@@ -133,3 +133,15 @@ def test_text_degrade_run(tmp_path):
         assert row["text_bits_per_byte_change"] == pytest.approx(change)
     assert f"--text-file {tmp_path / 'text.md'} " in summary["command"]
     assert "text bpb" in degrade.format_table(summary)
+
+
+def test_learn_tool_is_the_default_protocol_with_its_defaults(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(degrade, "run_degrade", lambda cfg, out, *_: seen.update(cfg=cfg, out=out))
+    monkeypatch.setattr(degrade, "format_table", lambda summary: "")
+    parser = argparse.ArgumentParser()
+    degrade.add_degrade_parser(parser.add_subparsers())
+    args = parser.parse_args(["degrade"])
+    assert args.protocol == "learn-tool" and args.func(args) == 0
+    assert seen["cfg"] == degrade.DegradeConfig()  # unset options keep learn-tool's defaults
+    assert str(seen["out"]) == "recall_bench_out/degradation"
