@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -205,4 +206,46 @@ def held_out_loss_vs_data(models: list[dict], path: str | Path) -> Path:
     ax.set_ylabel("held-out loss (nats/token)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+    return save(fig, path)
+
+
+def joint_tradeoff(
+    rows: list[dict], capacity_bits: float | None, bits_per_fact: float, path: str | Path
+) -> Path:
+    """Shared-capacity protocol: general ability kept (exact, and graded above chance) and the
+    held-out text's change in bits per byte against N for each mode, a dotted line at the
+    measured fact capacity; and kept against the fact bits stored in-weight. Bars: seed range."""
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+
+    def bars(ax, x_key: str, y_key: str, mode: str, fmt: str, color: str, label: str) -> None:
+        pts = sorted((r for r in rows if r["mode"] == mode and y_key in r), key=lambda r: r[x_key])
+        if not pts:
+            return
+        y = np.array([r[y_key] for r in pts])
+        lo, hi = (np.array([r[f"{y_key}_range"][i] for r in pts]) for i in (0, 1))
+        x = [r[x_key] for r in pts]
+        ax.errorbar(x, y, yerr=[y - lo, hi - y], fmt=fmt, color=color, capsize=3, label=label)
+
+    for mode, color in (("in-weight", "C0"), ("in-tool", "C1")):
+        bars(axes[0], "n_facts", "general_accuracy_kept", mode, "-o", color, f"{mode}, exact")
+        bars(axes[0], "n_facts", "general_mc_kept", mode, "--s", color, f"{mode}, graded")
+        bars(axes[2], "n_facts", "text_bits_per_byte_change", mode, "-o", color, mode)
+    bars(axes[1], "bits_memorized", "general_accuracy_kept", "in-weight", "-o", "C0", "exact")
+    bars(axes[1], "bits_memorized", "general_mc_kept", "in-weight", "--s", "C0", "graded")
+    if capacity_bits:
+        for ax in (axes[0], axes[2]):
+            ax.axvline(capacity_bits / bits_per_fact, color="k", ls=":", label="fact capacity")
+        axes[1].axvline(capacity_bits, color="k", ls=":", label="fact capacity")
+    labels = (
+        ("facts in the mix (N)", "general ability kept (vs general-only)"),
+        ("fact bits held in-weight", "general ability kept (in-weight)"),
+        ("facts in the mix (N)", "held-out text: change in bits/byte"),
+    )
+    for ax, (xlabel, ylabel) in zip(axes, labels, strict=True):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
     return save(fig, path)

@@ -6,10 +6,10 @@ import argparse
 import sys
 
 from recall_bench.cli.capacity import add_capacity_parser
+from recall_bench.cli.degrade import add_degrade_parser
 from recall_bench.cli.run import add_run_parser
 from recall_bench.cli.store_scale import add_store_scale_parser
 from recall_bench.cli.sweep import add_sweep_parser
-from recall_bench.experiments.degrade import add_degrade_parser
 from recall_bench.leaderboard import add_leaderboard_parser
 from recall_bench.train import TrainingDiverged
 from recall_bench.worlds import SpecError
