@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from recall_bench import formats
+from recall_bench.cost import record_cost
 from recall_bench.decode import Decoded, greedy_decode
 from recall_bench.identity import finished_record
 from recall_bench.metrics import (
@@ -441,7 +442,7 @@ def finish(
     """Evaluate model k of a training result and write its record and traces."""
     params = result.model(k)
     with tempfile.TemporaryDirectory() as tmp:
-        store = None
+        store, path = None, None
         if cfg.mode == "in-tool":
             folder = Path(out_dir or tmp)
             folder.mkdir(parents=True, exist_ok=True)
@@ -454,9 +455,14 @@ def finish(
             bits = metrics["bits_memorized"]
             metrics.update(noise_floor_metrics(cfg, world, result.graphdef, params, bits))
         store_info = None if store is None else {"kind": cfg.store, "facts": len(store)}
+        n_params = count_params(params, cfg.model_config())["total"]
+        cost = record_cost(
+            cfg.model_config(), world, result.graphdef, params, decoded, n_params, store, path
+        )
         if store is not None:
             store.close()
     record = make_record(cfg, world, result, k, metrics, task)
+    record["cost"] = cost  # per answered fact: tokens, FLOPs, latency, memory (cost.py)
     if store_info is not None:
         record["store"] = store_info
     if out_dir is not None:
