@@ -95,13 +95,22 @@ def _timed(args: tuple, prompts: np.ndarray, batch: int) -> float:
     return (time.perf_counter() - start) / len(prompts)
 
 
-def latency(graphdef, params, prompts: np.ndarray, vocab: Vocab, spec: Any, store) -> dict:
-    """Wall seconds per answer at batch 1 (LATENCY_BATCH_ONE answers) and at one large batch
-    (up to LATENCY_LARGE answers), the store's lookups included."""
+def latency(
+    graphdef,
+    params,
+    prompts: np.ndarray,
+    vocab: Vocab,
+    spec: Any,
+    store,
+    batch_one: int = LATENCY_BATCH_ONE,
+    large: int = LATENCY_LARGE,
+) -> dict:
+    """Wall seconds per answer at batch 1 (`batch_one` answers) and at one large batch (up to
+    `large` answers), the store's lookups included."""
     args = (graphdef, params, vocab, spec.key_length, spec.value_length, store)
-    large = prompts[:LATENCY_LARGE]
+    large = prompts[:large]
     return {
-        "latency_batch1_s": _timed(args, prompts[:LATENCY_BATCH_ONE], 1),
+        "latency_batch1_s": _timed(args, prompts[:batch_one], 1),
         "latency_large_batch_s": _timed(args, large, len(large)),
         "latency_large_batch": len(large),
     }

@@ -38,6 +38,7 @@ from recall_bench.worlds import make_fact_world
 
 SIZES = (1_000, 10_000, 100_000, 1_000_000)
 SAMPLE = 1024
+BATCH_ONE = 64  # answers timed one at a time (records time 8; more here for steadier numbers)
 TOOL = RunConfig(mode="in-tool", n_facts=10_000, layers=2, width=32, heads=4, steps=2000)
 SPEC = {"attribute_sizes": [4096], "key_length": 4, "key_alphabet": 64, "value_length": 2}
 
@@ -102,7 +103,7 @@ def in_weight_cost(choice: dict, n: int) -> dict:
     entity, attribute = formats.fact_index(world.spec)
     prompts = formats.prompt_tokens(world, entity, attribute)
     vocab = formats.Vocab.of(world.spec)
-    timed = cost.latency(graphdef, params, prompts, vocab, world.spec, None)
+    timed = cost.latency(graphdef, params, prompts, vocab, world.spec, None, BATCH_ONE)
     fed_random = cfg.max_len - 1  # a random model runs to the end of its position table
     fed = prompts.shape[1] + world.spec.value_length  # prompt, value, EOS: all but EOS fed
     scale = fed / fed_random
@@ -135,7 +136,8 @@ def in_tool_cost(graphdef, params, n: int, kind: str, tmp: Path) -> dict:
     entity, attribute = formats.fact_index(world.spec, entities)
     prompts = formats.prompt_tokens(world, entity, attribute)
     spent = cost.answer_cost(cfg, decoded, prompts.shape[1], n_params(cfg), store, path)
-    timed = cost.latency(graphdef, params, prompts, formats.Vocab.of(world.spec), world.spec, store)
+    vocab = formats.Vocab.of(world.spec)
+    timed = cost.latency(graphdef, params, prompts, vocab, world.spec, store, BATCH_ONE)
     store.close()
     return {
         "mode": f"in-tool ({kind})",
@@ -194,6 +196,7 @@ def _bytes(r: dict) -> float:
 
 def main(leaderboard: str, out: str) -> None:
     out_dir = Path(out)
+    env = environment()  # the code and machine the run started from
     world = make_fact_world(TOOL.spec)
     result = train_models(
         TOOL.model_config(), TOOL.train_config(), [make_task(TOOL, world)], [0], progress=False
@@ -210,7 +213,7 @@ def main(leaderboard: str, out: str) -> None:
     summary = {
         "command": f"python tools/cost_scale.py {leaderboard} {out}",
         "in_tool_training": {"steps": result.steps[0], "stop_reason": result.stop_reason[0]},
-        "env": environment(),
+        "env": env,
         "rows": rows,
     }
     write_json_atomic(out_dir / "cost.json", summary)

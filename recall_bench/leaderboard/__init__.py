@@ -20,8 +20,9 @@ Each entry is built from one run record (records.py) by `entry_from_record`:
   platform, backend?, device_kind, device_count, cpu_count?, git_commit, git_dirty}.
 
 Modules: jsonio (reading untrusted JSON), ids (entry ids), schema (validation), migrate
-(older files upgraded on reading), build (export, merge), table (ranked tables), cli (the
-`leaderboard` subcommand).
+(older files upgraded on reading), build (export, merge), table (ranked tables), page and
+figures (the static browsable page and its plots; page.js/.css/.html are its assets), cli
+(the `leaderboard` subcommand).
 """
 
 from recall_bench.leaderboard.build import entry_from_record, export, find_records, merge
