@@ -27,9 +27,9 @@ def recall_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         key = (row["mode"], row["n_facts"])
         if key not in best or recall > best[key]["recall"]:
-            unseen = _mean(row, "recall_unseen")
             best[key] = {"mode": row["mode"], "n_facts": row["n_facts"], "recall": recall}
-            best[key] |= {} if unseen is None else {"recall_unseen": unseen}
+            if _mean(row, "recall_unseen") is not None:
+                best[key]["recall_unseen"] = _mean(row, "recall_unseen")
     return list(best.values())
 
 

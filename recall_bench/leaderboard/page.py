@@ -91,7 +91,9 @@ def _row(key: str, members: list[dict[str, Any]], out_dir: Path) -> dict[str, An
     }
 
 
-def seed_groups(entries: list[dict[str, Any]], out_dir: str | os.PathLike[str] = ".") -> list:
+def seed_groups(
+    entries: list[dict[str, Any]], out_dir: str | os.PathLike[str] = "."
+) -> list[dict[str, Any]]:
     """The page's rows: one per seed group, seeds in increasing order, groups in file order."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for entry in entries:
