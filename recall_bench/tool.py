@@ -178,6 +178,10 @@ class MemoryStore:
         status = np.where(found, OK, NOT_FOUND_STATUS).astype(np.int8)
         return LookupResult(values.astype(np.uint8), status, [], time.perf_counter() - start)
 
+    def nbytes(self) -> int:
+        """Bytes of the store's arrays (the packed keys and the values)."""
+        return int(self._codes.nbytes + self._values.nbytes)
+
     def close(self) -> None:
         """Nothing to release: the arrays go with the object."""
 

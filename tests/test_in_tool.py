@@ -99,6 +99,9 @@ def test_in_tool_bits_are_named_delivered_everywhere_they_are_read():
     assert record["schema"] == records.RECORD_SCHEMA == "recall_bench.record/2"
     assert set(records.IN_TOOL_NAMES).isdisjoint(m) and "bits_memorized" not in record["better"]
     assert m["bits_delivered_per_param"] == m["bits_delivered"] / record["params"]["total"]
+    spent = record["cost"]  # per answer: the call and the copy are generated, the result not
+    assert spent["tokens_generated"] > 0 and spent["flops"] > 0 and spent["store_disk_bytes"] == 0
+    assert spent["store_memory_bytes"] > 0 and spent["latency_large_batch"] == 256
     assert "bits delivered" in format_record(record) and "delivered/param" in format_record(record)
     assert "bits delivered" in sweep.cell_summary(record)
     row = summary_row(record)

@@ -172,7 +172,7 @@ def test_entry_from_bad_record_names_the_field(tmp_path: Path) -> None:
 
 def test_export_validate_merge_round_trip(tmp_path: Path, board: Path) -> None:
     doc = lb.validate(board)
-    assert doc["format"] == "recall_bench.leaderboard" and doc["schema_version"] == 2
+    assert doc["format"] == "recall_bench.leaderboard" and doc["schema_version"] == 3
     assert len(doc["entries"]) == 4
     assert lb.find_records([board.parent / "sweep"])[0].name == "record.json"
 
@@ -445,7 +445,7 @@ def corruptions(draw: st.DrawFn, text: str) -> bytes:
     elif kind == "version":
         doc["schema_version"] = draw(
             st.one_of(
-                st.integers().filter(lambda v: v != 2),
+                st.integers().filter(lambda v: v not in (2, 3)),  # a version 2 file is valid as 3
                 st.sampled_from([True, 1.0, "1", None, [1]]),
             )
         )
@@ -545,7 +545,7 @@ def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     return out
 
 
-@pytest.mark.parametrize("version", [2, 1])
+@pytest.mark.parametrize("version", [3, 1])
 @settings(max_examples=100, deadline=None)
 @given(data=st.data())
 def test_random_field_edits_are_valid_or_one_clear_error(
@@ -553,7 +553,7 @@ def test_random_field_edits_are_valid_or_one_clear_error(
 ) -> None:
     """Delete or replace any field of a valid file (current, or version 1 read through the
     migration): it stays valid, or validate raises one LeaderboardError on one line."""
-    doc = json.loads((board if version == 2 else V1_BOARD).read_text())
+    doc = json.loads((board if version == 3 else V1_BOARD).read_text())
     for _ in range(data.draw(st.integers(1, 3))):
         path = data.draw(st.sampled_from(_paths(doc)))
         parent = doc
@@ -589,7 +589,7 @@ def test_version_1_file_is_upgraded() -> None:
     old = json.loads(V1_BOARD.read_text())
     assert old["schema_version"] == 1
     doc = lb.validate(V1_BOARD)
-    assert doc["schema_version"] == lb.SCHEMA_VERSION == 2
+    assert doc["schema_version"] == lb.SCHEMA_VERSION == 3
     for before, after in zip(old["entries"], doc["entries"], strict=True):
         assert after["id"] == lb.entry_id(after) != before["id"]
         assert after["run_id"] == before["run_id"] and after["config"] == before["config"]
@@ -626,7 +626,7 @@ def test_version_1_edits_are_caught(tmp_path: Path) -> None:
     doc = json.loads(V1_BOARD.read_text())
     doc["entries"][1]["metrics"]["recall"] = 0.5  # results are not in the id: still valid
     assert lb.validate(doc)["entries"][1]["metrics"]["recall"] == 0.5
-    for bad, pattern in [(0, "is not supported"), (3, "is not supported")]:
+    for bad, pattern in [(0, "is not supported"), (4, "is not supported")]:
         doc["schema_version"] = bad
         with pytest.raises(LeaderboardError, match=pattern):
             lb.validate(doc)
@@ -768,3 +768,29 @@ def test_cli(tmp_path: Path, board: Path, capsys: pytest.CaptureFixture[str]) ->
 def test_created_is_utc_iso() -> None:
     stamp = build.now()
     assert datetime.datetime.fromisoformat(stamp).utcoffset() == datetime.timedelta(0)
+
+
+def test_entries_name_their_record_relative_to_the_working_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Export run inside a folder names each record by its path there (the page links it);
+    a record outside it gets no `record`, and a version 2 file is upgraded without one."""
+    make_record(tmp_path / "runs" / "a", width=16, recall=0.5)
+    monkeypatch.chdir(tmp_path)
+    doc = lb.export(["runs"], tmp_path / "in.json")["leaderboard"]
+    assert [e["record"] for e in doc["entries"]] == ["runs/a/record.json"]
+    monkeypatch.chdir(tmp_path / "runs")
+    outside = lb.export([tmp_path / "runs"], tmp_path / "out.json")["leaderboard"]
+    assert "record" in outside["entries"][0]
+    monkeypatch.chdir(FIXTURES)
+    elsewhere = lb.export([tmp_path / "runs"], tmp_path / "x.json")["leaderboard"]
+    assert "record" not in elsewhere["entries"][0]
+    old = {**doc, "schema_version": 2, "entries": [_without(doc["entries"][0], "record")]}
+    assert lb.validate(old)["schema_version"] == 3
+    bad = {**doc, "entries": [{**doc["entries"][0], "record": "../secret.json"}]}
+    with pytest.raises(LeaderboardError, match=r"entries\[0\]\.record"):
+        lb.validate(bad)
+
+
+def _without(entry: dict, key: str) -> dict:
+    return {k: v for k, v in entry.items() if k != key}

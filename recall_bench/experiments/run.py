@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from recall_bench.cost import record_cost
 from recall_bench.decode import Decoded
 from recall_bench.experiments.config import BaseRunConfig, RunConfig, make_task
 from recall_bench.experiments.evaluate import evaluate, held_out_metrics, noise_floor_metrics
@@ -119,7 +120,7 @@ def finish(
     """Evaluate model k of a training result and write its record and traces."""
     params = result.model(k)
     with tempfile.TemporaryDirectory() as tmp:
-        store = None
+        store, path = None, None
         if cfg.mode == "in-tool":
             folder = Path(out_dir or tmp)
             folder.mkdir(parents=True, exist_ok=True)
@@ -131,12 +132,15 @@ def finish(
         elif cfg.format == "in-weight":  # a rule-free world: what is known of unseen facts is noise
             bits = metrics["bits_memorized"]
             metrics.update(noise_floor_metrics(cfg, world, result.graphdef, params, bits))
-        store_info = None if store is None else {"kind": cfg.store, "facts": len(store)}
+        extra = {} if store is None else {"store": {"kind": cfg.store, "facts": len(store)}}
+        n_params = count_params(params, cfg.model_config())["total"]
+        # per answered fact: tokens, FLOPs, latency, memory (cost.py)
+        extra["cost"] = record_cost(
+            cfg.model_config(), world, result.graphdef, params, decoded, n_params, store, path
+        )
         if store is not None:
             store.close()
-    record = make_record(cfg, world, result, k, metrics, task)
-    if store_info is not None:
-        record["store"] = store_info
+    record = make_record(cfg, world, result, k, metrics, task, **extra)
     if out_dir is not None:
         write_json_atomic(Path(out_dir) / "record.json", record)
         save_traces(Path(out_dir) / "traces.npz", decoded)
@@ -169,14 +173,26 @@ def train_info(train_cfg: TrainConfig, result: TrainResult, k: int, task: Task) 
     }
 
 
-def make_record(cfg: RunConfig, world, result: TrainResult, k: int, metrics, task) -> dict:
+def make_record(
+    cfg: RunConfig,
+    world,
+    result: TrainResult,
+    k: int,
+    metrics,
+    task,
+    evaluation: dict | None = None,
+    **extra: Any,
+) -> dict:
+    """The record of model k of a training result, complete: `evaluation` (what was
+    evaluated, when it is not the run's own world) joins the config, `extra` adds fields such
+    as the store and the cost per answer."""
     spec = world.spec
     return new_record(
         mode=cfg.mode,
         n_facts=spec.n_facts,
         bits_per_fact=spec.bits_per_fact,
         seed=cfg.seed,
-        config=dataclasses.asdict(cfg),
+        config={**dataclasses.asdict(cfg), **({"evaluation": evaluation} if evaluation else {})},
         world={
             # capacity fits group records by world kind: structured worlds stay apart
             "kind": "facts" if spec.rule_alpha is None else f"facts-rule{spec.rule_alpha:g}",
@@ -189,6 +205,7 @@ def make_record(cfg: RunConfig, world, result: TrainResult, k: int, metrics, tas
         train=train_info(cfg.train_config(), result, k, task),
         metrics=metrics,
         env=result.env,
+        **extra,
     )
 
 

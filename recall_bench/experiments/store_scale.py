@@ -72,10 +72,8 @@ def run_store_scale(
                 "lookups": len(entities) * cfg.spec.n_attributes,
             }
             store.close()
-        record = make_record(cfg, world, result, 0, metrics, task)
         evaluation = {"store_facts": size, "entities": "unseen sample", "count": len(entities)}
-        record["config"]["evaluation"] = evaluation  # part of what was run: distinct entries
-        record["store"] = store_info
+        record = make_record(cfg, world, result, 0, metrics, task, evaluation, store=store_info)
         write_json_atomic(out / f"store-{size}" / "record.json", record)
         rows.append(
             {

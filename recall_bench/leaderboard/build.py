@@ -109,7 +109,17 @@ def _metrics_and_better(record: dict[str, Any]) -> tuple[Any, Any]:
     return metrics, better
 
 
-def _entry_from_record(record: Any) -> dict[str, Any]:
+def _record_path(path: Path | None) -> str | None:
+    """`path` relative to the working folder with / separators, or None when outside it."""
+    if path is None:
+        return None
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return None
+
+
+def _entry_from_record(record: Any, path: Path | None = None) -> dict[str, Any]:
     record = _plain_record(record)
     model = record.get("model")
     if isinstance(model, dict):
@@ -121,6 +131,7 @@ def _entry_from_record(record: Any) -> dict[str, Any]:
     entry = {
         "id": None,
         "run_id": record.get("run_id"),
+        "record": _record_path(path),
         "created": record.get("created"),
         "benchmark_version": record.get("benchmark_version"),
         "mode": record.get("mode"),
@@ -173,7 +184,7 @@ def find_records(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]
 
 def _entry_from_file(path: Path) -> dict[str, Any]:
     try:
-        return _entry_from_record(parse_json(read_text(path), strict=False))
+        return _entry_from_record(parse_json(read_text(path), strict=False), path)
     except LeaderboardError as e:
         raise LeaderboardError(f"{path}: {with_hint(e, RECORD_HINT)}") from None
 

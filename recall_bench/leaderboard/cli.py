@@ -1,4 +1,4 @@
-"""`recall-bench leaderboard {export,validate,merge,show}`: each failure is one `error:` line
+"""`recall-bench leaderboard {export,validate,merge,show,html}`: each failure is one `error:` line
 (exit 2 for a bad file or record, 1 when the output cannot be written)."""
 
 from __future__ import annotations
@@ -79,6 +79,19 @@ def cli_show(args: argparse.Namespace) -> int:
     return 0
 
 
+@_guard
+def cli_html(args: argparse.Namespace) -> int:
+    """`leaderboard html FILE -o DIR`."""
+    from recall_bench.leaderboard.page import build_page  # matplotlib: only here
+
+    result = build_page(args.file, args.out)
+    print(
+        f"wrote {result['out']}: {result['entries']} entries in {result['rows']} seed groups, "
+        f"{len(result['plots'])} plots"
+    )
+    return 0
+
+
 def _add_on_conflict(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--on-conflict",
@@ -91,7 +104,7 @@ def _add_on_conflict(parser: argparse.ArgumentParser) -> None:
 
 
 def add_leaderboard_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add `leaderboard {export,validate,merge,show}` to an argparse subparsers object."""
+    """Add `leaderboard {export,validate,merge,show,html}` to an argparse subparsers object."""
     parser = subparsers.add_parser(
         "leaderboard", help="export, validate, merge and show leaderboards"
     )
@@ -126,4 +139,18 @@ def add_leaderboard_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--mode", metavar="MODE", help="only entries of this mode (e.g. in-weight)")
     p.add_argument("--track", choices=list(TRACKS), help="only entries of this track")
     p.set_defaults(func=cli_show)
+
+    p = sub.add_parser(
+        "html", help="a static page: sortable, filterable tables, plots, CSV/JSON downloads"
+    )
+    p.add_argument("file", metavar="FILE")
+    p.add_argument(
+        "-o",
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="folder for index.html and its plots; record links are relative to it (run from "
+        "the folder export ran in)",
+    )
+    p.set_defaults(func=cli_html)
     return parser

@@ -6,6 +6,9 @@ jax/jaxlib versions; each entry gets its track (records.track of its mode); in-t
 bits metrics (and their `better`) take the in-tool names (records.IN_TOOL_NAMES:
 bits_memorized -> bits_delivered, ...), as run records did from record/1 to record/2.
 
+2 -> 3: entries may carry `record`, the path of their run record; a version 2 file never
+knew it, so its entries are kept as they are (without `record`) and only the version moves.
+
 Steps run on untrusted input before the schema check: they change only what has the expected
 shape and leave the rest for the check to report.
 """
@@ -43,7 +46,11 @@ def _doc_1_to_2(doc: dict[str, Any]) -> dict[str, Any]:
     return {**doc, "schema_version": 2, "entries": entries}
 
 
-STEPS = {1: _doc_1_to_2}  # from schema_version n to n + 1
+def _doc_2_to_3(doc: dict[str, Any]) -> dict[str, Any]:
+    return {**doc, "schema_version": 3}
+
+
+STEPS = {1: _doc_1_to_2, 2: _doc_2_to_3}  # from schema_version n to n + 1
 
 
 def upgrade(doc: dict[str, Any]) -> dict[str, Any]:
