@@ -30,6 +30,7 @@ import numpy as np
 
 from recall_bench import formats, general, plots
 from recall_bench.checkpoint import load_params, save_params
+from recall_bench.cost import record_cost
 from recall_bench.experiments.config import RunConfig, make_task
 from recall_bench.experiments.evaluate import evaluate
 from recall_bench.experiments.run import make_record
@@ -240,7 +241,9 @@ def run_cell(
     )
     graphdef, params = result.graphdef, result.model(0)
     store = build_store(world) if run_cfg.mode == "in-tool" else None
-    metrics, _ = evaluate(run_cfg, world, graphdef, params, store)
+    metrics, decoded = evaluate(run_cfg, world, graphdef, params, store)
+    n_params = count_params(params, model_cfg)["total"]
+    cost = record_cost(model_cfg, world, graphdef, params, decoded, n_params, store, None)
     if store is not None:
         store.close()
     metrics.update(general.score(graphdef, params, suite))
@@ -256,7 +259,7 @@ def run_cell(
     if "text_bits_per_byte" in metrics:
         change = metrics["text_bits_per_byte"] - base_scores["text_bits_per_byte"]
         metrics["text_bits_per_byte_change"] = change
-    record = make_record(run_cfg, world, result, 0, metrics, task)
+    record = make_record(run_cfg, world, result, 0, metrics, task, cost=cost)
     record.update(
         mode=mode,
         model=dataclasses.asdict(model_cfg),

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
+from recall_bench.cost import record_cost
 from recall_bench.experiments.config import RunConfig, make_task
 from recall_bench.experiments.evaluate import evaluate
 from recall_bench.experiments.run import make_record
 from recall_bench.identity import refuse_other
+from recall_bench.model import count_params
 from recall_bench.records import read_json, write_json_atomic
 from recall_bench.tool import build_store
 from recall_bench.train import train_models
@@ -63,7 +65,12 @@ def run_store_scale(
             t0 = time.perf_counter()
             store = build_store(large, store_kind, Path(tmp) / "store.sqlite")
             build_s = time.perf_counter() - t0
-            metrics, _ = evaluate(cfg, large, result.graphdef, params, store, entities)
+            metrics, decoded = evaluate(cfg, large, result.graphdef, params, store, entities)
+            path = Path(tmp) / "store.sqlite" if store_kind == "sqlite" else None
+            n_params = count_params(params, cfg.model_config())["total"]
+            cost = record_cost(
+                cfg.model_config(), large, result.graphdef, params, decoded, n_params, store, path
+            )
             store_info = {
                 "kind": store_kind,
                 "facts": len(store),
@@ -73,7 +80,9 @@ def run_store_scale(
             }
             store.close()
         evaluation = {"store_facts": size, "entities": "unseen sample", "count": len(entities)}
-        record = make_record(cfg, world, result, 0, metrics, task, evaluation, store=store_info)
+        record = make_record(
+            cfg, world, result, 0, metrics, task, evaluation, store=store_info, cost=cost
+        )
         write_json_atomic(out / f"store-{size}" / "record.json", record)
         rows.append(
             {
