@@ -85,3 +85,32 @@ def test_untrained_model_makes_malformed_calls_without_crashing():
     assert metrics["recall"] <= 0.01
     assert 0.0 <= metrics["call_valid"] <= 1.0
     assert decoded.tokens.shape == (300, formats.max_length(world.spec))
+
+
+def test_held_out_entities_never_appear_in_training_rows():
+    """Invariant 6: in-tool is scored on entities it never trained on. The training rows hold
+    exactly the first 80% of the entities (every attribute of each); no key of a held-out
+    entity, nor of the validation entities that decide when to stop, is in any of them."""
+    cfg = RunConfig(mode="in-tool", n_facts=2000, attribute_sizes=(4096, 1000))
+    world = make_fact_world(cfg.spec)
+    assert world.spec.n_entities == 1000
+    assert (cfg.unseen_entities(), cfg.trained_entities()) == (200, 800)
+    task = make_task(cfg, world)
+    tokens = task.train.tokens
+    k = world.spec.key_length
+    vocab = formats.Vocab.of(world.spec)
+    assert tokens.shape == (1600, formats.max_length(world.spec))
+    prompt_keys = tokens[:, 1 : 1 + k] - vocab.key_offset
+    call_keys = tokens[:, k + 3 : 2 * k + 3] - vocab.key_offset
+    np.testing.assert_array_equal(prompt_keys, np.repeat(world.keys[:800], 2, axis=0))
+    np.testing.assert_array_equal(call_keys, prompt_keys)
+    np.testing.assert_array_equal(tokens[:, k + 1] - vocab.attr_offset, np.tile([0, 1], 800))
+    extra = make_fact_world(cfg.spec.with_entities(1000 + cfg.validation_entities))
+    unseen = {tuple(key) for key in extra.keys[800:]}  # held out, then validation entities
+    assert len(unseen) == 200 + cfg.validation_entities
+    for row in tokens:  # a held-out key anywhere in a row, in any window of k tokens
+        windows = np.lib.stride_tricks.sliding_window_view(row - vocab.key_offset, k)
+        assert not unseen & {tuple(w) for w in windows}
+    monitored = task.monitor.tokens[:, 1 : 1 + k] - vocab.key_offset
+    assert {tuple(key) for key in monitored} <= unseen
+    assert len(task.monitor.tokens) == 2 * cfg.validation_entities
