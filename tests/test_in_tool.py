@@ -1,14 +1,24 @@
 """In-tool end to end: calls really run against a store; recall on unseen entities."""
 
 import dataclasses
+import sqlite3
 
 import numpy as np
 import pytest
 
 from recall_bench import formats
-from recall_bench.experiments.run import RunConfig, evaluate, make_task, run
+from recall_bench.experiments.run import RunConfig, evaluate, finish, make_task, run
 from recall_bench.model import init_model
-from recall_bench.tool import ERROR_STATUS, OK, MemoryStore, build_store, world_facts
+from recall_bench.records import read_json
+from recall_bench.tool import (
+    ERROR_STATUS,
+    INVALID_STATUS,
+    OK,
+    MemoryStore,
+    build_store,
+    parse_call,
+    world_facts,
+)
 from recall_bench.train import train_models
 from recall_bench.worlds import make_fact_world
 
@@ -78,13 +88,33 @@ def test_store_errors_are_recorded_and_other_rows_kept(trained):
 
 
 def test_untrained_model_makes_malformed_calls_without_crashing():
+    """An untrained model writes a few calls, all malformed: each is recorded as invalid and
+    answered RESULT NOT_FOUND RESULT_END right after its CALL_END; rows without a call say
+    so; no answer is right."""
     world = make_fact_world(TOOL.spec.with_entities(300))
     graphdef, params = init_model(TOOL.model_config(), 0)
     cfg = dataclasses.replace(TOOL, n_facts=300)
+    vocab = formats.Vocab.of(world.spec)
     metrics, decoded = evaluate(cfg, world, graphdef, params, build_store(world, "memory"))
-    assert metrics["recall"] <= 0.01
-    assert 0.0 <= metrics["call_valid"] <= 1.0
     assert decoded.tokens.shape == (300, formats.max_length(world.spec))
+    assert metrics["recall"] == 0.0 and metrics["call_valid"] == 0.0
+    assert metrics["call_key_accuracy"] == 0.0 and metrics["store_errors"] == 0.0
+    made = decoded.call_made
+    assert 0 < made.sum() < 300 and not decoded.call_valid.any()
+    assert (decoded.store_status[made] == INVALID_STATUS).all()
+    assert (decoded.store_status[~made] == -1).all()
+    assert (decoded.call_key == -1).all() and (decoded.call_attribute == -1).all()
+    p = formats.prompt_tokens(world, np.zeros(1, int), np.zeros(1, int)).shape[1]
+    for row, span in zip(decoded.tokens[made], decoded.call_tokens[made], strict=True):
+        end = p + np.flatnonzero(row[p:] == formats.CALL_END)[0]  # the first call's end
+        opens = np.flatnonzero(row[:end] == formats.CALL)
+        call = row[opens[-1] + 1 : end] if len(opens) else row[:0]
+        assert not parse_call(call, vocab, world.spec.key_length).valid
+        np.testing.assert_array_equal(span[: len(call)], call)
+        assert (span[len(call) :] == formats.PAD).all()
+        result = [formats.RESULT, formats.NOT_FOUND, formats.RESULT_END]
+        np.testing.assert_array_equal(row[end + 1 : end + 4], result[: len(row) - end - 1])
+    assert not (decoded.tokens[~made, p:] == formats.CALL_END).any()
 
 
 def test_held_out_entities_never_appear_in_training_rows():
@@ -114,3 +144,30 @@ def test_held_out_entities_never_appear_in_training_rows():
     monitored = task.monitor.tokens[:, 1 : 1 + k] - vocab.key_offset
     assert {tuple(key) for key in monitored} <= unseen
     assert len(task.monitor.tokens) == 2 * cfg.validation_entities
+
+
+def test_in_tool_run_through_sqlite_end_to_end(tmp_path):
+    """One trained model evaluated through a SQLite store written into the run folder and
+    through the in-memory store: the same decoded answers and metrics, and the record names
+    the store it used."""
+    cfg = RunConfig(
+        mode="in-tool", n_facts=256, layers=1, width=16, heads=2, steps=200, batch_size=64
+    )
+    cfg = dataclasses.replace(cfg, store="sqlite")
+    world = make_fact_world(cfg.spec)
+    task = make_task(cfg, world)
+    result = train_models(cfg.model_config(), cfg.train_config(), [task], [0], progress=False)
+    record = finish(cfg, world, task, result, 0, tmp_path)
+    memory = finish(dataclasses.replace(cfg, store="memory"), world, task, result, 0, None)
+    assert record["store"] == {"kind": "sqlite", "facts": 256}
+    assert memory["store"] == {"kind": "memory", "facts": 256}
+    with sqlite3.connect(tmp_path / "store.sqlite") as conn:
+        assert conn.execute("SELECT count(*) FROM facts").fetchone() == (256,)
+    timing = {"eval_s", "lookup_s"}
+    assert set(record["metrics"]) - timing == set(memory["metrics"]) - timing
+    for key in set(record["metrics"]) - timing:
+        assert record["metrics"][key] == memory["metrics"][key], key
+    assert record["metrics"]["call_valid"] > 0.9 and record["metrics"]["recall_unseen"] > 0.5
+    traces = np.load(tmp_path / "traces.npz")
+    assert (traces["store_status"][traces["call_valid"]] == OK).mean() > 0.9
+    assert read_json(tmp_path / "record.json")["metrics"] == record["metrics"]

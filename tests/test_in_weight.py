@@ -114,3 +114,32 @@ def test_late_gain_is_the_share_of_bits_gained_since_the_window_began():
     assert late_gain(history, 0.05) == pytest.approx(0.2)  # falls back to the check at 700
     assert late_gain(history[:1], 0.3) is None  # no check that far back yet
     assert late_gain([{"step": 100, "bits": 0.0}, {"step": 1000, "bits": 0.0}], 0.3) is None
+
+
+@pytest.mark.parametrize(
+    ("earlier", "plateau"), [(991.0, True), (990.0, False), (989.0, False), (900.0, False)]
+)
+def test_plateau_rule_at_its_tolerance(earlier, plateau):
+    """1,000 bits held at step 2,000 and `earlier` at step 1,400 (70% of the way): a gain
+    of 0.9% is a plateau; exactly 1%, 1.1% or 10% are not (the default tolerance is 1%)."""
+    cfg = TrainConfig(steps=2000)
+    history = [{"step": 700, "bits": 500.0}, {"step": 1400, "bits": earlier}]
+    history.append({"step": 2000, "bits": 1000.0})
+    assert late_gain(history, cfg.plateau_window) == pytest.approx((1000.0 - earlier) / 1000.0)
+    assert plateaued(history, cfg, 10_000.0) is plateau
+
+
+def test_plateau_rule_at_its_step_and_bits_thresholds():
+    """Flat bits: declared from exactly max(plateau_min_steps, 70% of the budget) on, and
+    from exactly 2% of the monitored entropy on."""
+    flat = [{"step": s, "bits": 1000.0} for s in (100, 700, 1000, 1400, 1425, 2000)]
+    cfg = TrainConfig(steps=2000)
+    assert [plateaued(flat[:i], cfg, 10_000.0) for i in (4, 5)] == [True, True]  # 1400, 1425
+    assert not plateaued(flat[:3], cfg, 10_000.0)  # step 1000 < 1400
+    assert not plateaued([*flat[:3], {"step": 1399, "bits": 1000.0}], cfg, 10_000.0)
+    short = TrainConfig(steps=1000)  # 70% of it is 700: plateau_min_steps (1000) decides
+    assert plateaued(flat[:3], short, 10_000.0)
+    assert not plateaued([*flat[:2], {"step": 999, "bits": 1000.0}], short, 10_000.0)
+    assert plateaued(flat, cfg, 50_000.0)  # 1,000 bits = exactly 2% of 50,000
+    assert not plateaued(flat, cfg, 50_001.0)
+    assert not plateaued(flat[:1], TrainConfig(steps=100, plateau_min_steps=0), 10_000.0)

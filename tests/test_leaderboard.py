@@ -561,3 +561,20 @@ def test_cli(tmp_path: Path, board: Path, capsys: pytest.CaptureFixture[str]) ->
 def test_created_is_utc_iso() -> None:
     stamp = lb._now()
     assert datetime.datetime.fromisoformat(stamp).utcoffset() == datetime.timedelta(0)
+
+
+def test_committed_leaderboard_validates_and_matches_the_committed_records() -> None:
+    """results/leaderboard.json validates against the shipped schema, and holds one entry
+    per distinct configuration among the records committed under results/ (the ids its
+    export would give), each with that record's metrics."""
+    results = Path(__file__).resolve().parents[1] / "results"
+    doc = lb.validate(results / "leaderboard.json")
+    entries = {e["id"]: e for e in doc["entries"]}
+    assert len(entries) == len(doc["entries"]) > 200
+    fresh = {}
+    for path in lb.find_records(results):
+        entry = lb.entry_from_record(json.loads(path.read_text()))
+        fresh.setdefault(entry["id"], []).append(entry["metrics"])
+    assert set(entries) == set(fresh)
+    for key, entry in entries.items():
+        assert entry["metrics"] in fresh[key]
