@@ -16,8 +16,10 @@ from flax import nnx
 from recall_bench import general
 from recall_bench.experiments import degrade
 from recall_bench.experiments.run import evaluate
+from recall_bench.model import init_model
+from recall_bench.records import environment
 from recall_bench.tool import build_store
-from recall_bench.train import train_models
+from recall_bench.train import TrainResult, train_models
 from recall_bench.worlds import make_fact_world
 
 TINY = degrade.DegradeConfig(
@@ -201,9 +203,75 @@ def test_text_degrade_run(tmp_path):
         np.mean([base[f"{s}_accuracy"] for s in skills])
     )
     for row in summary["rows"]:
-        assert row["text_bits_per_byte"] > 0.0 and row["text_kl"] >= 0.0
+        assert row["text_bits_per_byte"] > 0.0 and row["text_kl"] > 1e-6 and row["text_tv"] > 1e-5
+        assert row["kl"] > 1e-6 and row["tv"] > 1e-5  # training moved the model
         assert row["kl"] == pytest.approx(np.mean([row[f"{s}_kl"] for s in skills]))  # no text
         change = row["text_bits_per_byte"] - base["text_bits_per_byte"]
         assert row["text_bits_per_byte_change"] == pytest.approx(change)
     assert f"--text-file {tmp_path / 'text.md'} " in summary["command"]
     assert "text bpb" in degrade.format_table(summary)
+
+
+@pytest.mark.parametrize("mode", ["in-weight", "in-tool", "side-memory"])
+def test_cell_record_is_built_from_what_training_returned(monkeypatch, mode):
+    """run_cell with training replaced by a known change of the base model (fast, for
+    mutation testing): it trains from the base (plus an empty memory in side-memory) on the
+    cell's task, and every metric of its record is that changed model's, the share of
+    general accuracy kept is against the base's, and the base is left as it was."""
+    cfg = dataclasses.replace(TINY, memory_size=64)
+    suite = tiny_suite(cfg)
+    graphdef, params = init_model(cfg.model_config(), 0)
+    scores = {**general.score(graphdef, params, suite), "general_accuracy": 0.5}
+    base = {"graphdef": graphdef, "params": params, "info": {"scores": scores}}
+    before = leaves(params)
+    calls = []
+
+    def fake_train(model_cfg, train_cfg, tasks, seeds, progress, init_params):
+        calls.append((model_cfg, train_cfg, tasks, seeds, init_params))
+        moved = jax.tree.map(lambda x: x * 1.5 + 0.01, init_params[0])
+        history = [{"step": 25, "loss": 1.0, "recall": 0.0, "bits": 0.0, "monitor_loss": 1.0}]
+        stacked = jax.tree.map(lambda x: x[None], moved)
+        return TrainResult(
+            init_model(model_cfg, 0)[0],
+            stacked,
+            [25],
+            ["budget"],
+            [history],
+            1.0,
+            0.5,
+            environment(),
+            [],
+        )
+
+    monkeypatch.setattr(degrade, "train_models", fake_train)
+    record = degrade.run_cell(cfg, mode, 64, base, suite, progress=False)
+    ((model_cfg, train_cfg, (task,), seeds, (init,)),) = calls
+    assert model_cfg == cfg.cell_model_config(mode) and train_cfg == cfg.injection_config(mode)
+    assert seeds == [cfg.seed]
+    world = make_fact_world(cfg.run_config(mode, 64).spec)
+    want_task = degrade.injection_task(cfg, mode, world, suite)
+    np.testing.assert_array_equal(task.train.tokens, want_task.train.tokens)
+    start = leaves(init)
+    for path, value in before.items():  # training starts from the base model
+        np.testing.assert_array_equal(start[path], value, err_msg=path)
+    assert (set(start) > set(before)) == (mode == "side-memory")
+    trained = jax.tree.map(lambda x: x * 1.5 + 0.01, init)
+    cell_graphdef = init_model(model_cfg, 0)[0]
+    m = record["metrics"]
+    now = general.score(cell_graphdef, trained, suite)
+    assert {k: m[k] for k in now} == now
+    div = general.divergence(graphdef, params, cell_graphdef, trained, suite)
+    assert {k: m[k] for k in div} == div and m["kl"] > 1e-3
+    assert m["general_accuracy_kept"] == now["general_accuracy"] / 0.5
+    run_cfg = cfg.run_config(mode, 64)
+    store = build_store(world) if mode == "in-tool" else None
+    want, _ = evaluate(run_cfg, world, cell_graphdef, trained, store)
+    for key in ("recall", "bits_memorized", "token_accuracy", "recall_unseen", "call_valid"):
+        assert m.get(key) == want.get(key), key
+    assert record["mode"] == mode and record["n_facts"] == 64
+    assert record["train"]["steps"] == 25 and record["train"]["stop_reason"] == "budget"
+    assert record["degrade"]["base"] == base["info"]
+    assert record["model"] == dataclasses.asdict(model_cfg)
+    after = leaves(params)
+    for path, value in before.items():
+        np.testing.assert_array_equal(after[path], value, err_msg=path)

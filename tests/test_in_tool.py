@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from recall_bench import formats
-from recall_bench.experiments.run import RunConfig, evaluate, finish, make_task, run
+from recall_bench.experiments.run import RunConfig, answered, evaluate, finish, make_task, run
 from recall_bench.model import init_model
 from recall_bench.records import read_json
 from recall_bench.tool import (
@@ -83,8 +83,14 @@ def test_store_errors_are_recorded_and_other_rows_kept(trained):
     metrics, decoded = evaluate(TOOL, world, graphdef, params, Flaky(), entities)
     assert (decoded.store_status[::2] == ERROR_STATUS).all()
     assert (decoded.store_status[1::2] == OK).all()
-    assert metrics["store_errors"] == pytest.approx(0.5)
-    assert 0.45 <= metrics["recall"] <= 0.5  # only the rows the store answered are right
+    assert metrics["store_errors"] == 0.5 and decoded.store_errors == ["disk on fire (half)"]
+    healthy, fine = evaluate(TOOL, world, graphdef, params, inner, entities)
+    for name in ("tokens", "answer", "answer_length", "store_value", "call_key"):
+        np.testing.assert_array_equal(getattr(decoded, name)[1::2], getattr(fine, name)[1::2])
+    expected = formats.answer_tokens(world, *formats.fact_index(world.spec, entities))
+    right = answered(decoded, expected)
+    assert not right[::2].any() and right[1::2].all()  # a failed lookup is never a right answer
+    assert metrics["recall"] == 0.5 and healthy["recall"] == 1.0
 
 
 def test_untrained_model_makes_malformed_calls_without_crashing():

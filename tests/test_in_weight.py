@@ -25,11 +25,12 @@ def test_parameter_count_does_not_depend_on_fact_count():
     assert 15_000 <= counts[0]["total"] <= 25_000
 
 
-def test_learns_200_facts_within_a_minute():
+def test_learns_200_facts_well_before_its_budget():
     record = run(dataclasses.replace(SMALL, n_facts=200), progress=False)
-    assert record["metrics"]["recall"] >= 0.99
-    assert record["train"]["wall_s"] + record["train"]["compile_s"] < 60
+    assert record["metrics"]["recall"] == 1.0
     assert record["train"]["stop_reason"] == "recall" and record["train"]["converged"]
+    assert record["train"]["steps"] <= 500 < record["train"]["budget"]
+    assert record["train"]["history"][-1]["recall"] == 1.0  # the monitor saw it too
     bits = record["metrics"]["bits_memorized"]
     assert 0.95 * 200 * 12 <= bits <= 200 * 12
 
@@ -38,8 +39,10 @@ def test_far_more_facts_than_it_can_hold():
     cfg = dataclasses.replace(SMALL, n_facts=20_000, steps=300)
     record = run(cfg, progress=False)
     m = record["metrics"]
-    assert m["recall"] < 0.5
-    assert 0 < m["bits_memorized"] < record["world"]["entropy_bits"]
+    assert m["recall"] < 0.05
+    assert (
+        0 < m["bits_memorized"] < 4.0 * record["params"]["total"] < record["world"]["entropy_bits"]
+    )
     assert not record["train"]["converged"] and record["train"]["stop_reason"] == "budget"
     assert record["train"]["late_bits_gain"] == late_gain(record["train"]["history"], 0.3)
     assert m["bits_per_param"] == pytest.approx(m["bits_memorized"] / record["params"]["total"])

@@ -538,8 +538,10 @@ def _run(*argv: str) -> int:
 
 def test_cli(tmp_path: Path, board: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert _run("validate", str(board)) == 0
+    assert capsys.readouterr().out == f"ok: {board}: 4 entries, schema_version 1\n"
     assert _run("show", str(board), "--markdown", "--sort", "recall") == 0
-    assert capsys.readouterr().out.count("\n") >= 6
+    table = lb.show(board, markdown=True, sort_by="recall")
+    assert capsys.readouterr().out.strip() == table.strip() and table.count("\n") >= 5
     assert _run("merge", str(board), str(board), "-o", str(tmp_path / "m.json")) == 0
     assert "4 duplicates dropped" in capsys.readouterr().out
     assert _run("export", str(board.parent / "sweep"), "-o", str(tmp_path / "e.json")) == 0

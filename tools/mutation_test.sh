@@ -30,7 +30,7 @@ targets=(
 [ $# -gt 0 ] && targets=("$@")
 rm -rf mutants
 log="${TMPDIR:-/tmp}/recall_bench_mutation.log"
-timeout "$((${MUTATION_MINUTES:-25} * 60))" nice mutmut run --max-children "${MUTATION_CHILDREN:-2}" \
+timeout "$((${MUTATION_MINUTES:-25} * 60))" mutmut run --max-children "${MUTATION_CHILDREN:-2}" \
   "${targets[@]}" >"$log" 2>&1
 echo "mutmut exit: $? (124: stopped at the time cap; the rest were not run); log: $log"
 mutmut results --all true >mutants/results.txt 2>/dev/null
