@@ -285,6 +285,8 @@ def test_serve_calls_error_token(tmp_path):
         ([VOCAB.key_offset] * (SPEC.key_length + 2), "wrong length"),
         ([VOCAB.attr_offset] + [VOCAB.key_offset] * SPEC.key_length, "non-key token in key"),
         ([-5] * SPEC.key_length + [VOCAB.attr_offset], "non-key token in key"),
+        ([VOCAB.value_offset] * SPEC.key_length + [VOCAB.attr_offset], "non-key token in key"),
+        ([VOCAB.key_offset] * SPEC.key_length + [VOCAB.attr_offset - 1], "unknown attribute"),
         ([VOCAB.key_offset] * SPEC.key_length + [10**9], "unknown attribute"),
         ([VOCAB.key_offset] * (SPEC.key_length + 1), "unknown attribute"),
         ([0.5] * (SPEC.key_length + 1), "non-integer tokens"),

@@ -28,7 +28,7 @@ targets=(
   "recall_bench.experiments.degrade.x_run_cell__*"
 )
 [ $# -gt 0 ] && targets=("$@")
-rm -rf mutants
+[ "${MUTATION_FRESH:-1}" = 1 ] && rm -rf mutants  # MUTATION_FRESH=0: keep earlier results
 log="${TMPDIR:-/tmp}/recall_bench_mutation.log"
 timeout "$((${MUTATION_MINUTES:-25} * 60))" mutmut run --max-children "${MUTATION_CHILDREN:-2}" \
   "${targets[@]}" >"$log" 2>&1
