@@ -18,7 +18,7 @@ from recall_bench.experiments import degrade
 from recall_bench.experiments.run import evaluate
 from recall_bench.model import init_model
 from recall_bench.records import environment
-from recall_bench.tool import build_store
+from recall_bench.tool import OK, build_store, world_facts
 from recall_bench.train import TrainResult, train_models
 from recall_bench.worlds import make_fact_world
 
@@ -212,7 +212,7 @@ def test_text_degrade_run(tmp_path):
     assert "text bpb" in degrade.format_table(summary)
 
 
-@pytest.mark.parametrize("mode", ["in-weight", "in-tool", "side-memory"])
+@pytest.mark.parametrize("mode", ["in-weight", "in-tool", "side-memory", "in-tool+replay"])
 def test_cell_record_is_built_from_what_training_returned(monkeypatch, mode):
     """run_cell with training replaced by a known change of the base model (fast, for
     mutation testing): it trains from the base (plus an empty memory in side-memory) on the
@@ -243,8 +243,23 @@ def test_cell_record_is_built_from_what_training_returned(monkeypatch, mode):
             [],
         )
 
+    stores = []
+
+    def spy_evaluate(run_cfg, world, graphdef, params, store=None, entities=None):
+        """What store the cell decodes with: in-tool, one holding exactly the world's facts."""
+        if store is None:
+            stores.append(None)
+        else:
+            keys, attributes, values = world_facts(world)
+            found = store.lookup(keys, attributes)
+            right = (found.status == OK).all() and (found.values == values).all()
+            stores.append((len(store), bool(right)))
+        return evaluate(run_cfg, world, graphdef, params, store, entities)
+
     monkeypatch.setattr(degrade, "train_models", fake_train)
+    monkeypatch.setattr(degrade, "evaluate", spy_evaluate)
     record = degrade.run_cell(cfg, mode, 64, base, suite, progress=False)
+    assert stores == ([(64, True)] if mode.startswith("in-tool") else [None])
     ((model_cfg, train_cfg, (task,), seeds, (init,)),) = calls
     assert model_cfg == cfg.cell_model_config(mode) and train_cfg == cfg.injection_config(mode)
     assert seeds == [cfg.seed]

@@ -32,8 +32,15 @@ targets=(
 log="${TMPDIR:-/tmp}/recall_bench_mutation.log"
 timeout "$((${MUTATION_MINUTES:-25} * 60))" mutmut run --max-children "${MUTATION_CHILDREN:-2}" \
   "${targets[@]}" >"$log" 2>&1
-echo "mutmut exit: $? (124: stopped at the time cap; the rest were not run); log: $log"
+echo "mutmut exit: $? (0: all ran; otherwise stopped at the time cap, the rest not checked); log: $log"
 mutmut results --all true >mutants/results.txt 2>/dev/null
-echo "mutants by outcome (killed, survived, no tests, timeout, ...):"
-grep -E ': ' mutants/results.txt | sed 's/.*: //' | sort | uniq -c
-echo "survivors: grep survived mutants/results.txt; mutmut show NAME"
+python3 - "${targets[@]}" <<'PY'
+import collections, fnmatch, sys
+rows = [line.strip().rsplit(": ", 1) for line in open("mutants/results.txt") if ": " in line]
+mine = [(name, status) for name, status in rows if any(fnmatch.fnmatch(name, t) for t in sys.argv[1:])]
+print(f"{len(mine)} mutants in scope:", dict(collections.Counter(s for _, s in mine)))
+for name, status in mine:
+    if status == "survived":
+        print("survived:", name)
+PY
+echo "show one: mutmut show NAME"
