@@ -117,6 +117,8 @@ def test_late_gain_is_the_share_of_bits_gained_since_the_window_began():
     assert late_gain(history, 0.05) == pytest.approx(0.2)  # falls back to the check at 700
     assert late_gain(history[:1], 0.3) is None  # no check that far back yet
     assert late_gain([{"step": 100, "bits": 0.0}, {"step": 1000, "bits": 0.0}], 0.3) is None
+    small = [{"step": 100, "bits": 0.25}, {"step": 1000, "bits": 0.5}]  # under one bit held
+    assert late_gain(small, 0.3) == 0.5
 
 
 @pytest.mark.parametrize(
