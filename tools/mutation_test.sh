@@ -8,6 +8,8 @@
 # `mutmut show NAME` shows one. README.md (Testing) says why each survivor is harmless.
 #
 #   bash tools/mutation_test.sh [MUTANT_GLOB ...]
+#   MUTATION_MINUTES=25 (time cap)  MUTATION_CHILDREN=2 (parallel mutants)
+#   MUTATION_FRESH=0 (resume: keep the results and test stats of the last run)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export JAX_PLATFORMS=cpu PYTHONPATH=
