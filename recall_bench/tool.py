@@ -174,7 +174,8 @@ class MemoryStore:
         codes = _pack(np.where(valid[:, None], keys, 0), np.where(valid, attributes, 0), self._bits)
         pos = np.minimum(np.searchsorted(self._codes, codes), max(len(self) - 1, 0))
         found = valid & (self._codes[pos] == codes) if len(self) else np.zeros_like(valid)
-        values = np.where(found[:, None], self._values[pos] if len(self) else 0, 0)
+        stored = self._values[pos] if len(self) else np.zeros((len(codes), self.value_length))
+        values = np.where(found[:, None], stored, 0)
         status = np.where(found, OK, NOT_FOUND_STATUS).astype(np.int8)
         return LookupResult(values.astype(np.uint8), status, [], time.perf_counter() - start)
 

@@ -6,14 +6,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 import recall_bench.cli.degrade as cli_degrade
 from recall_bench import general
 from recall_bench.experiments import degrade
+from recall_bench.experiments.run import evaluate
+from recall_bench.model import init_model
+from recall_bench.records import environment
+from recall_bench.tool import OK, build_store, world_facts
+from recall_bench.train import TrainResult, train_models
 from recall_bench.worlds import make_fact_world
 
 TINY = degrade.DegradeConfig(
@@ -86,18 +93,87 @@ def test_cli_rejects_bad_input(argv, match):
         args.func(args)
 
 
-def test_side_memory_cell_summary_row(tmp_path):
+@pytest.fixture(scope="module")
+def base_model() -> tuple[general.Suite, dict]:
+    """The tiny suite and a base model trained on it (25 steps), shared by the cell tests."""
+    suite = tiny_suite()
+    return suite, degrade.train_base(TINY, suite, progress=False)
+
+
+def run_spied(monkeypatch, cfg, mode, n_facts, base, suite) -> tuple[dict, nnx.GraphDef, dict]:
+    """run_cell, also handing back the model it trained (caught from train_models)."""
+    results = []
+
+    def spy(*args, **kwargs):
+        results.append(train_models(*args, **kwargs))
+        return results[-1]
+
+    monkeypatch.setattr(degrade, "train_models", spy)
+    record = degrade.run_cell(cfg, mode, n_facts, base, suite, progress=False)
+    (result,) = results
+    return record, result.graphdef, result.model(0)
+
+
+def leaves(state) -> dict:
+    return {
+        jax.tree_util.keystr(p): np.asarray(x)
+        for p, x in jax.tree_util.tree_leaves_with_path(state)
+    }
+
+
+@pytest.mark.parametrize("mode", ["in-weight", "in-tool"])
+def test_cell_scores_the_trained_model_not_the_base(monkeypatch, base_model, mode):
+    """The degradation measure moves when the model is trained: every general score and
+    divergence in the record is the trained model's, bitwise, and KL and TV are > 0."""
+    suite, base = base_model
+    before = leaves(base["params"])
+    record, graphdef, params = run_spied(monkeypatch, TINY, mode, 64, base, suite)
+    m = record["metrics"]
+    trained = general.score(graphdef, params, suite)
+    assert {k: m[k] for k in trained} == trained
+    assert trained != base["info"]["scores"]  # the losses moved
+    div = general.divergence(base["graphdef"], base["params"], graphdef, params, suite)
+    assert {k: m[k] for k in div} == div
+    assert m["kl"] > 1e-4 and m["tv"] > 1e-3
+    base_accuracy = base["info"]["scores"]["general_accuracy"]
+    kept = trained["general_accuracy"] / base_accuracy if base_accuracy else np.nan
+    np.testing.assert_equal(m["general_accuracy_kept"], kept)
+    run_cfg = TINY.run_config(mode, 64)
+    store = build_store(make_fact_world(run_cfg.spec)) if mode == "in-tool" else None
+    decoded, _ = evaluate(run_cfg, make_fact_world(run_cfg.spec), graphdef, params, store)
+    assert m["recall"] == decoded["recall"] and m["bits_memorized"] == decoded["bits_memorized"]
+    after = leaves(base["params"])  # the base model itself is left as it was
+    assert before.keys() == after.keys()
+    for path, value in before.items():
+        np.testing.assert_array_equal(after[path], value, err_msg=path)
+
+
+def test_side_memory_cell_summary_row(monkeypatch, base_model):
+    """A side-memory cell keeps every base weight bitwise, trains its memory, and still moves
+    the output distribution (the memory is read at every position)."""
+    suite, base = base_model
     cfg = dataclasses.replace(TINY, modes=("side-memory",), memory_size=64)
-    summary = degrade.run_degrade(cfg, tmp_path, progress=False)
-    (row,) = summary["rows"]
+    record, graphdef, params = run_spied(monkeypatch, cfg, "side-memory", 64, base, suite)
+    row = degrade.summary_row(record)
+    m = record["metrics"]
     assert row["mode"] == "side-memory" and row["n_facts"] == 64
-    assert 0.0 <= row["recall"] <= 1.0 and 0.0 <= row["general_accuracy"] <= 1.0
-    assert row["kl"] >= 0.0 and 0.0 <= row["tv"] <= 1.0
-    record = degrade.read_json(tmp_path / "side-memory-64" / "record.json")
+    for key in ("recall", "general_accuracy", "general_accuracy_kept", "kl", "tv", "steps"):
+        np.testing.assert_equal(row[key], (record["train"] if key == "steps" else m)[key], key)
+    base_leaves, side_leaves = leaves(base["params"]), leaves(params)
+    assert set(base_leaves) < set(side_leaves)
+    for path, value in base_leaves.items():  # every base weight bitwise unchanged
+        np.testing.assert_array_equal(side_leaves[path], value, err_msg=path)
+    memory = [p for p in side_leaves if p not in base_leaves]
+    assert any("value_table" in p and side_leaves[p].any() for p in memory)  # it trained
+    div = general.divergence(base["graphdef"], base["params"], graphdef, params, suite)
+    assert {k: m[k] for k in div} == div and m["kl"] > 1e-6 and m["tv"] > 1e-5
     assert record["model"]["memory_mode"] == "add"
     assert record["params"]["memory"] == 64 * 16 + 4 * 2 * 8 * 16
-    assert "--memory-size 64" in summary["command"]
-    assert "side-memory" in degrade.format_table(summary)
+    assert record["train"]["stop_reason"] == "budget" and record["train"]["steps"] == 25
+    summary = {"base": base["info"], "params": base["info"]["params"], "rows": [row]}
+    table = degrade.format_table({**summary, "plot": "p.png", "wall_s": 1.0})
+    assert f"side-memory{64:>13} {row['recall']:>7.3f}" in table
+    assert "--memory-size 64" in degrade.command(cfg, Path("out"))
 
 
 def text_config(path, text: bytes, **fields) -> degrade.DegradeConfig:
@@ -128,7 +204,8 @@ def test_text_degrade_run(tmp_path):
         np.mean([base[f"{s}_accuracy"] for s in skills])
     )
     for row in summary["rows"]:
-        assert row["text_bits_per_byte"] > 0.0 and row["text_kl"] >= 0.0
+        assert row["text_bits_per_byte"] > 0.0 and row["text_kl"] > 1e-6 and row["text_tv"] > 1e-5
+        assert row["kl"] > 1e-6 and row["tv"] > 1e-5  # training moved the model
         assert row["kl"] == pytest.approx(np.mean([row[f"{s}_kl"] for s in skills]))  # no text
         change = row["text_bits_per_byte"] - base["text_bits_per_byte"]
         assert row["text_bits_per_byte_change"] == pytest.approx(change)
@@ -148,3 +225,83 @@ def test_learn_tool_is_the_default_protocol_with_its_defaults(monkeypatch):
     assert args.protocol == "learn-tool" and args.func(args) == 0
     assert seen["cfg"] == degrade.DegradeConfig()  # unset options keep learn-tool's defaults
     assert str(seen["out"]) == "recall_bench_out/degradation"
+
+
+@pytest.mark.parametrize("mode", ["in-weight", "in-tool", "side-memory", "in-tool+replay"])
+def test_cell_record_is_built_from_what_training_returned(monkeypatch, mode):
+    """run_cell with training replaced by a known change of the base model (fast, for
+    mutation testing): it trains from the base (plus an empty memory in side-memory) on the
+    cell's task, and every metric of its record is that changed model's, the share of
+    general accuracy kept is against the base's, and the base is left as it was."""
+    cfg = dataclasses.replace(TINY, memory_size=64)
+    suite = tiny_suite(cfg)
+    graphdef, params = init_model(cfg.model_config(), 0)
+    scores = {**general.score(graphdef, params, suite), "general_accuracy": 0.5}
+    base = {"graphdef": graphdef, "params": params, "info": {"scores": scores}}
+    before = leaves(params)
+    calls = []
+
+    def fake_train(model_cfg, train_cfg, tasks, seeds, progress, init_params):
+        calls.append((model_cfg, train_cfg, tasks, seeds, init_params))
+        moved = jax.tree.map(lambda x: x * 1.5 + 0.01, init_params[0])
+        history = [{"step": 25, "loss": 1.0, "recall": 0.0, "bits": 0.0, "monitor_loss": 1.0}]
+        stacked = jax.tree.map(lambda x: x[None], moved)
+        return TrainResult(
+            init_model(model_cfg, 0)[0],
+            stacked,
+            [25],
+            ["budget"],
+            [history],
+            1.0,
+            0.5,
+            environment(),
+            [],
+        )
+
+    stores = []
+
+    def spy_evaluate(run_cfg, world, graphdef, params, store=None, entities=None):
+        """What store the cell decodes with: in-tool, one holding exactly the world's facts."""
+        if store is None:
+            stores.append(None)
+        else:
+            keys, attributes, values = world_facts(world)
+            found = store.lookup(keys, attributes)
+            right = (found.status == OK).all() and (found.values == values).all()
+            stores.append((len(store), bool(right)))
+        return evaluate(run_cfg, world, graphdef, params, store, entities)
+
+    monkeypatch.setattr(degrade, "train_models", fake_train)
+    monkeypatch.setattr(degrade, "evaluate", spy_evaluate)
+    record = degrade.run_cell(cfg, mode, 64, base, suite, progress=False)
+    assert stores == ([(64, True)] if mode.startswith("in-tool") else [None])
+    ((model_cfg, train_cfg, (task,), seeds, (init,)),) = calls
+    assert model_cfg == cfg.cell_model_config(mode) and train_cfg == cfg.injection_config(mode)
+    assert seeds == [cfg.seed]
+    world = make_fact_world(cfg.run_config(mode, 64).spec)
+    want_task = degrade.injection_task(cfg, mode, world, suite)
+    np.testing.assert_array_equal(task.train.tokens, want_task.train.tokens)
+    start = leaves(init)
+    for path, value in before.items():  # training starts from the base model
+        np.testing.assert_array_equal(start[path], value, err_msg=path)
+    assert (set(start) > set(before)) == (mode == "side-memory")
+    trained = jax.tree.map(lambda x: x * 1.5 + 0.01, init)
+    cell_graphdef = init_model(model_cfg, 0)[0]
+    m = record["metrics"]
+    now = general.score(cell_graphdef, trained, suite)
+    assert {k: m[k] for k in now} == now
+    div = general.divergence(graphdef, params, cell_graphdef, trained, suite)
+    assert {k: m[k] for k in div} == div and m["kl"] > 1e-3
+    assert m["general_accuracy_kept"] == now["general_accuracy"] / 0.5
+    run_cfg = cfg.run_config(mode, 64)
+    store = build_store(world) if mode == "in-tool" else None
+    want, _ = evaluate(run_cfg, world, cell_graphdef, trained, store)
+    for key in ("recall", "bits_memorized", "token_accuracy", "recall_unseen", "call_valid"):
+        assert m.get(key) == want.get(key), key
+    assert record["mode"] == mode and record["n_facts"] == 64
+    assert record["train"]["steps"] == 25 and record["train"]["stop_reason"] == "budget"
+    assert record["degrade"]["base"] == base["info"]
+    assert record["model"] == dataclasses.asdict(model_cfg)
+    after = leaves(params)
+    for path, value in before.items():
+        np.testing.assert_array_equal(after[path], value, err_msg=path)

@@ -255,3 +255,43 @@ def test_stdlib_text_exists_and_is_named():
     assert cfg.key()["text_file"] == general.STDLIB_TEXT and len(cfg.text_sha256) == 64
     assert cfg.text_bytes > 100_000
     assert "distractors" not in general.SuiteConfig().key()  # old records' keys still match
+
+
+def test_divergence_and_score_of_two_models(tmp_path):
+    """Per skill (and the text): the KL/TV of the two models' logits at the answer positions
+    (loss_mask[:, 1:]); kl and tv are the means over the structured skills only, and a
+    model against itself diverges by exactly 0."""
+    from recall_bench.model import ModelConfig, apply, init_model
+
+    suite = general.make_suite(text_suite(tmp_path), VOCAB)
+    cfg = ModelConfig(vocab_size=VOCAB.size, max_len=20, layers=1, width=8, heads=2)
+    (graphdef, a), (_, b) = init_model(cfg, 0), init_model(cfg, 1)
+    out = general.divergence(graphdef, a, graphdef, b, suite)
+    parts = {**suite.test, "text": suite.text}
+    names = {f"{s}_{k}" for s in parts for k in ("kl", "tv")}
+    assert set(out) == names | {"kl", "tv"}
+    for skill, seqs in parts.items():
+        tokens = seqs.tokens[:, :-1]
+        kl, tv = kl_tv(
+            apply(graphdef, a, tokens), apply(graphdef, b, tokens), seqs.loss_mask[:, 1:]
+        )
+        assert out[f"{skill}_kl"] == pytest.approx(kl, rel=1e-5) and kl > 1e-3
+        assert out[f"{skill}_tv"] == pytest.approx(tv, rel=1e-5) and tv > 1e-3
+    assert out["kl"] == pytest.approx(np.mean([out[f"{s}_kl"] for s in SMALL.skills]))
+    assert out["tv"] == pytest.approx(np.mean([out[f"{s}_tv"] for s in SMALL.skills]))
+    assert out["kl"] != pytest.approx(np.mean([out[f"{s}_kl"] for s in parts]))  # no text
+    same = general.divergence(graphdef, a, graphdef, a, suite)
+    assert all(v == 0.0 for v in same.values())
+    scores = general.score(graphdef, a, suite)
+    for skill, seqs in suite.test.items():
+        logits = apply(graphdef, a, seqs.tokens[:, :-1])
+        stats = stats_from_logits(logits, seqs.tokens, seqs.loss_mask, seqs.value_mask)
+        assert scores[f"{skill}_accuracy"] == float(np.mean(stats["exact"]))
+        loss = float(np.sum(stats["loss_sum"]) / seqs.loss_mask[:, 1:].sum())
+        assert scores[f"{skill}_loss"] == pytest.approx(loss, rel=1e-5)
+    accuracy = np.mean([scores[f"{s}_accuracy"] for s in SMALL.skills])
+    assert scores["general_accuracy"] == pytest.approx(accuracy)
+    assert scores["general_loss"] == pytest.approx(
+        np.mean([scores[f"{s}_loss"] for s in SMALL.skills])
+    )
+    assert scores["text_bits_per_byte"] > 0.0 and "text_loss" in scores

@@ -730,8 +730,10 @@ def _run(*argv: str) -> int:
 
 def test_cli(tmp_path: Path, board: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert _run("validate", str(board)) == 0
+    assert capsys.readouterr().out == f"ok: {board}: 4 entries, schema_version 1\n"
     assert _run("show", str(board), "--markdown", "--sort", "recall") == 0
-    assert capsys.readouterr().out.count("\n") >= 6
+    table = lb.show(board, markdown=True, sort_by="recall")
+    assert capsys.readouterr().out.strip() == table.strip() and table.count("\n") >= 5
     assert _run("merge", str(board), str(board), "-o", str(tmp_path / "m.json")) == 0
     assert "4 duplicate ids dropped" in capsys.readouterr().out
     assert _run("export", str(board.parent / "sweep"), "-o", str(tmp_path / "e.json")) == 0
@@ -794,3 +796,20 @@ def test_entries_name_their_record_relative_to_the_working_folder(
 
 def _without(entry: dict, key: str) -> dict:
     return {k: v for k, v in entry.items() if k != key}
+
+
+def test_committed_leaderboard_validates_and_matches_the_committed_records() -> None:
+    """results/leaderboard.json validates against the shipped schema, and holds one entry
+    per distinct configuration among the records committed under results/ (the ids its
+    export would give), each with that record's metrics."""
+    results = Path(__file__).resolve().parents[1] / "results"
+    doc = lb.validate(results / "leaderboard.json")
+    entries = {e["id"]: e for e in doc["entries"]}
+    assert len(entries) == len(doc["entries"]) > 200
+    fresh = {}
+    for path in lb.find_records(results):
+        entry = lb.entry_from_record(json.loads(path.read_text()))
+        fresh.setdefault(entry["id"], []).append(entry["metrics"])
+    assert set(entries) == set(fresh)
+    for key, entry in entries.items():
+        assert entry["metrics"] in fresh[key]

@@ -4,7 +4,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from recall_bench.metrics import bits_memorized, kl_tv, stats_from_logits
+from recall_bench.metrics import (
+    bits_memorized,
+    kl_tv,
+    sequence_stats,
+    stats_from_logits,
+    summarize_in_weight,
+)
+from recall_bench.model import ModelConfig, apply, init_model
 
 
 def logits_for(probs_of_target, vocab=4, target=1):
@@ -115,3 +122,94 @@ def test_noise_floor_of_a_model_that_saw_nothing_is_about_all_it_holds():
     held = bits_memorized(stats["value_nll_bits"], world.fact_bits())
     trained = noise_floor_metrics(cfg, world, graphdef, params, held)
     assert trained["bits_memorized_corrected"] > 0.9 * held > 10 * bits
+
+
+def reference_kl_tv(p_logits, q_logits, mask):
+    """KL(p || q) and TV per position in float64, averaged over the masked positions."""
+    p_logits, q_logits = (np.asarray(x, np.float64) for x in (p_logits, q_logits))
+    p = np.exp(p_logits - p_logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    q = np.exp(q_logits - q_logits.max(-1, keepdims=True))
+    q /= q.sum(-1, keepdims=True)
+    kl = (p * (np.log(p) - np.log(q))).sum(-1)
+    tv = 0.5 * np.abs(p - q).sum(-1)
+    return (kl * mask).sum() / mask.sum(), (tv * mask).sum() / mask.sum()
+
+
+def test_kl_and_tv_over_rows_positions_and_a_mask():
+    """2 rows x 3 positions x 5 tokens (no axis of the same length), 4 masked-in positions;
+    logits in bfloat16 are scored in float32; an empty mask gives 0, not NaN."""
+    rng = np.random.default_rng(0)
+    p, q = rng.normal(size=(2, 2, 3, 5)) * 3
+    mask = np.array([[1.0, 0.0, 1.0], [1.0, 1.0, 0.0]])
+    kl, tv = kl_tv(jnp.asarray(p, jnp.float32), jnp.asarray(q, jnp.float32), jnp.asarray(mask))
+    want_kl, want_tv = reference_kl_tv(p, q, mask)
+    assert kl == pytest.approx(want_kl, rel=1e-5) and tv == pytest.approx(want_tv, rel=1e-5)
+    assert kl > 0.1 and 0.1 < tv < 1.0
+    p16, q16 = jnp.asarray(p, jnp.bfloat16), jnp.asarray(q, jnp.bfloat16)
+    kl, tv = kl_tv(p16, q16, jnp.asarray(mask))
+    want_kl, want_tv = reference_kl_tv(p16.astype(jnp.float32), q16.astype(jnp.float32), mask)
+    assert kl == pytest.approx(want_kl, rel=1e-5) and tv == pytest.approx(want_tv, rel=1e-5)
+    assert kl_tv(jnp.asarray(p), jnp.asarray(q), jnp.zeros((2, 3))) == (0.0, 0.0)
+
+
+def test_sequence_stats_in_blocks_equal_one_pass():
+    """Blocks (the last one padded) give the stats of one teacher-forced pass, row by row."""
+    cfg = ModelConfig(vocab_size=12, max_len=6, layers=1, width=8, heads=2)
+    graphdef, params = init_model(cfg, 0)
+    rng = np.random.default_rng(1)
+    tokens = rng.integers(0, 12, (7, 6)).astype(np.int32)
+    loss_mask = (rng.random((7, 6)) < 0.7).astype(np.float32)
+    value_mask = loss_mask * (rng.random((7, 6)) < 0.6)
+    logits = apply(graphdef, params, jnp.asarray(tokens[:, :-1]))
+    whole = stats_from_logits(logits, tokens, loss_mask, value_mask)
+    for block in (3, 7, 4096):
+        got = sequence_stats(graphdef, params, tokens, loss_mask, value_mask, block=block)
+        assert set(got) == {"exact", "value_correct", "value_nll_bits", "loss_sum"}
+        for key, value in got.items():
+            assert value.shape == (7,), key
+            np.testing.assert_allclose(value, whole[key], rtol=1e-5, err_msg=key)
+
+
+def test_stats_from_logits_by_hand():
+    """Row 0 right everywhere; row 1 wrong on its second value token; the masks decide
+    which positions count (the first token is never a target)."""
+    tokens = np.array([[0, 1, 2, 3], [0, 1, 2, 3]])
+    logits = np.full((2, 3, 4), np.log(0.1), np.float32)
+    logits[0, [0, 1, 2], [1, 2, 3]] = np.log(0.7)  # p(target) = 0.7 at every position
+    logits[1, [0, 1, 2], [1, 0, 3]] = np.log(0.7)  # position 2's target 2 gets 0.1
+    loss_mask = np.array([[1, 0, 1, 1]] * 2, np.float32)  # column 0 is dropped
+    value_mask = np.array([[0, 0, 1, 1]] * 2, np.float32)
+    stats = {
+        k: np.asarray(v)
+        for k, v in stats_from_logits(logits, tokens, loss_mask, value_mask).items()
+    }
+    assert stats["exact"].tolist() == [True, False]
+    assert stats["value_correct"].tolist() == [2, 1]
+    nll7, nll1 = -np.log(0.7 / 1.0), -np.log(0.1 / 1.0)
+    np.testing.assert_allclose(
+        stats["value_nll_bits"], [2 * nll7 / math.log(2), (nll7 + nll1) / math.log(2)], rtol=1e-5
+    )
+    np.testing.assert_allclose(stats["loss_sum"], [2 * nll7, nll7 + nll1], rtol=1e-5)
+    assert stats["value_nll_bits"].dtype == np.float32
+    loss_mask[:, 1] = 1  # now position 1 (target 1 of row 0 and 1 of row 1) counts too
+    stats = stats_from_logits(logits, tokens, loss_mask, value_mask)
+    np.testing.assert_allclose(stats["loss_sum"], [3 * nll7, 2 * nll7 + nll1], rtol=1e-5)
+
+
+def test_summarize_in_weight_by_hand():
+    stats = {
+        "exact": np.array([True, False, True, False]),
+        "value_correct": np.array([2, 1, 2, 0]),
+        "value_nll_bits": np.array([1.0, 13.0, 0.5, 20.0]),
+    }
+    value_mask = np.array([[0, 1, 1, 0]] * 4, np.float32)
+    out = summarize_in_weight(stats, value_mask, np.full(4, 12.0), 100, 50)
+    assert out == {
+        "recall": 0.5,
+        "token_accuracy": 5 / 8,
+        "bits_memorized": 22.5,  # 11 + 0 + 11.5 + 0
+        "bits_per_param": 0.225,
+        "bits_per_param_non_embedding": 0.45,
+        "value_nll_bits": 8.625,
+    }

@@ -119,6 +119,14 @@ def test_bfloat16_ensemble_under_vmap():
 
     losses, grads = jax.jit(jax.vmap(jax.value_and_grad(loss)))(stacked, tokens)
     assert np.all(np.isfinite(losses)) and losses[0] != losses[1]
+    for k, seed in enumerate((0, 1)):  # each model of the ensemble is that model alone
+        alone, alone_grads = jax.jit(jax.value_and_grad(loss))(init_model(cfg, seed)[1], tokens[k])
+        np.testing.assert_allclose(np.float32(losses[k]), np.float32(alone), rtol=1e-2)
+        alone_table = alone_grads["blocks"][0]["memory"]["value_table"][...]
+        np.testing.assert_array_equal(
+            np.any(grads["blocks"][0]["memory"]["value_table"][...][k] != 0, axis=-1),
+            np.any(alone_table != 0, axis=-1),
+        )  # the same rows read
     table = grads["blocks"][0]["memory"]["value_table"][...]
     assert table.dtype == jnp.bfloat16 and table.shape == (2, cfg.memory_size, cfg.width)
     rows_read = np.count_nonzero(np.any(table != 0, axis=-1), axis=1)

@@ -100,7 +100,13 @@ def test_invalid_alpha_is_a_spec_error(alpha):
 @given(alpha=st.floats(0, 1))
 def test_valid_alpha_builds(alpha):
     world = make_fact_world(FactSpec(n_entities=50, attribute_sizes=(4096, 3), rule_alpha=alpha))
-    assert np.isfinite(world.fact_bits()).all() and (world.fact_bits() >= 0).all()
+    follows = world.follows_rule()
+    bits = world.fact_bits().reshape(50, 2)
+    for a, size in enumerate((4096, 3)):
+        p_rule, p_other = 1 - alpha + alpha / size, alpha / size
+        with np.errstate(divide="ignore"):  # p_other is 0 at alpha 0: no exception exists
+            want = np.where(follows[:, a], -np.log2(p_rule), -np.log2(p_other))
+        np.testing.assert_allclose(bits[:, a], want, rtol=1e-9, atol=1e-12)
 
 
 def test_cli_and_sweep_reject_alpha_outside_0_1(capsys):

@@ -111,8 +111,16 @@ def test_sweep_writes_records_and_summary(finished_sweep):
     for cfg in s.cells:
         assert (out / sweep.cell_name(cfg) / "record.json").exists()
     assert json.loads((out / "summary.json").read_text())["n_cells"] == 3
-    token = next(r for r in summary["cells"] if r["mode"] == "random-tokens")
-    assert token["held_out_loss"] > 0
+    rows = {r["cell"]: r for r in summary["cells"]}
+    assert set(rows) == {sweep.cell_name(c) for c in s.cells}
+    for cfg in s.cells:  # each row is its record's numbers
+        record = json.loads((out / sweep.cell_name(cfg) / "record.json").read_text())
+        row = rows[sweep.cell_name(cfg)]
+        assert row["seed"] == cfg.seed == record["seed"] and row["steps"] == 25
+        for key in ("bits_memorized", "held_out_loss"):
+            assert row.get(key) == record["metrics"].get(key), key
+    token = rows[sweep.cell_name(s.cells[2])]
+    assert token["mode"] == "random-tokens" and token["held_out_loss"] > 0
     worlds = {g["world"] for g in summary["capacity"]}
     assert worlds == {"facts", "random-tokens"}
 
@@ -163,7 +171,14 @@ def test_capacity_and_merge_commands_print_documented_json(finished_sweep, tmp_p
     group = next(g for g in printed["capacity"] if g["world"] == "facts")
     model = group["models"][0]
     assert model["params"]["total"] > model["params"]["non_embedding"] > 0
-    assert model["capacity_bits"] >= 0
+    bits = [  # the in-weight cells: one fact count, two seeds: capacity = their mean
+        json.loads((out / sweep.cell_name(c) / "record.json").read_text())["metrics"][
+            "bits_memorized"
+        ]
+        for c in sweep.load_sweep(write(tmp_path, TINY)).cells[:2]
+    ]
+    assert model["capacity_bits_by_seed"] == bits and model["capacity_bits"] == np.mean(bits) > 0
+    assert model["bits_per_param"] == model["capacity_bits"] / model["params"]["total"]
     assert len(group["fit"]["interval"]) == 2 and "bits_per_param" in group["fit"]
     pfr = json.loads(table.read_text())
     assert {r["mode"] for r in pfr["rows"]} == {"in-weight"}

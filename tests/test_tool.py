@@ -4,6 +4,7 @@ and turn any model call into a recorded outcome."""
 from __future__ import annotations
 
 import sqlite3
+import time
 
 import numpy as np
 import pytest
@@ -284,6 +285,8 @@ def test_serve_calls_error_token(tmp_path):
         ([VOCAB.key_offset] * (SPEC.key_length + 2), "wrong length"),
         ([VOCAB.attr_offset] + [VOCAB.key_offset] * SPEC.key_length, "non-key token in key"),
         ([-5] * SPEC.key_length + [VOCAB.attr_offset], "non-key token in key"),
+        ([VOCAB.value_offset] * SPEC.key_length + [VOCAB.attr_offset], "non-key token in key"),
+        ([VOCAB.key_offset] * SPEC.key_length + [VOCAB.attr_offset - 1], "unknown attribute"),
         ([VOCAB.key_offset] * SPEC.key_length + [10**9], "unknown attribute"),
         ([VOCAB.key_offset] * (SPEC.key_length + 1), "unknown attribute"),
         ([0.5] * (SPEC.key_length + 1), "non-integer tokens"),
@@ -329,3 +332,45 @@ def test_any_calls_are_recorded_outcomes(calls):
             assert status == INVALID_STATUS and row[1] == NOT_FOUND
         elif status == OK:
             assert length == SPEC.value_length + 2
+
+
+def test_memory_store_edge_sizes_and_types():
+    """An empty store and a one-fact store answer every row NOT_FOUND (or the fact) with
+    the documented shapes and dtypes; a key symbol past 255 never aliases a stored key
+    (256 at one position is 1 at the one before it, once packed into an integer)."""
+    empty = MemoryStore(np.zeros((0, 4), int), np.zeros(0, int), np.zeros((0, 2), int))
+    result = empty.lookup(np.array([[1, 2, 3, 4], [0, 0, 0, 0]]), np.array([0, 1]))
+    assert result.values.shape == (2, 2) and result.values.dtype == np.uint8
+    assert result.status.dtype == np.int8 and (result.status == NOT_FOUND_STATUS).all()
+    one = MemoryStore(np.array([[1, 0, 0, 0]]), np.array([0]), np.array([[7, 9]]))
+    keys = np.array([[1, 0, 0, 0], [2, 0, 0, 0], [0, 0, 0, 0], [0, 256, 0, 0], [1, 0, 0, 0]])
+    t0 = time.perf_counter()
+    result = one.lookup(keys, np.array([0, 0, 0, 0, 1]))
+    elapsed = time.perf_counter() - t0
+    np.testing.assert_array_equal(result.status, [OK] + [NOT_FOUND_STATUS] * 4)
+    np.testing.assert_array_equal(result.values, [[7, 9]] + [[0, 0]] * 4)
+    assert result.values.dtype == np.uint8 and result.status.dtype == np.int8
+    assert 0.0 <= result.seconds <= elapsed
+
+
+def test_serve_calls_types_timing_and_a_large_vocabulary():
+    """Token ids past 255 (a 200-symbol key alphabet) are written without uint8 overflow;
+    status and values keep their dtypes; a batch with no valid call spends no lookup time."""
+    vocab = Vocab(n_attributes=2, key_alphabet=200, value_alphabet=64)
+    keys = np.array([[199, 3, 150, 0], [5, 6, 7, 8]])
+    store = MemoryStore(keys, np.array([1, 0]), np.array([[63, 62], [0, 1]]))
+    calls = [
+        np.append(k + vocab.key_offset, vocab.attr_offset + a)
+        for k, a in zip(keys, [1, 0], strict=True)
+    ]
+    parsed, tokens, result = serve_calls(store, [*calls, np.array([CALL])], vocab, 4)
+    assert [p.valid for p in parsed] == [True, True, False]
+    np.testing.assert_array_equal(
+        tokens[0, 1:3], [vocab.value_offset + 63, vocab.value_offset + 62]
+    )
+    np.testing.assert_array_equal(tokens[1, 1:3], [vocab.value_offset, vocab.value_offset + 1])
+    assert vocab.value_offset + 63 > 255 and tokens.dtype == np.int32
+    assert result.status.dtype == np.int8 and result.values.dtype == np.uint8
+    np.testing.assert_array_equal(result.values, [[63, 62], [0, 1], [0, 0]])
+    _, _, none = serve_calls(store, [np.array([CALL])], vocab, 4)
+    assert none.seconds == 0.0 and none.status.tolist() == [INVALID_STATUS]

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Mutation testing with mutmut (`pip install -e '.[mutation]'`) of what the benchmark's numbers
+# rest on: the bits measure (metrics.py), the tool loop (decode.py; tool.py's call parsing,
+# serving and memory-store lookup), the stopping rule (train.py plateaued, late_gain) and
+# degradation (degrade.run_cell, general.divergence). Only the fast tests listed under
+# [tool.mutmut] in pyproject.toml run against each mutant. Not run in CI: it uses both cores
+# for up to MUTATION_MINUTES (default 25); then `mutmut results` lists the survivors and
+# `mutmut show NAME` shows one. README.md (Testing) says why each survivor is harmless.
+#
+#   bash tools/mutation_test.sh [MUTANT_GLOB ...]
+#   MUTATION_MINUTES=25 (time cap)  MUTATION_CHILDREN=2 (parallel mutants)
+#   MUTATION_FRESH=0 (resume: keep the results and test stats of the last run)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export JAX_PLATFORMS=cpu PYTHONPATH=
+# compiled XLA programs are reused across the mutants' fresh processes
+export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-${TMPDIR:-/tmp}/recall_bench_mutation_jax}"
+export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=0
+targets=(
+  "recall_bench.metrics.*"
+  "recall_bench.decode.*"
+  "recall_bench.tool.x_parse_call__*"
+  "recall_bench.tool.x__invalid__*"
+  "recall_bench.tool.x_serve_calls__*"
+  "recall_bench.tool.x_result_lengths__*"
+  "recall_bench.tool.xǁMemoryStoreǁlookup__*"
+  "recall_bench.train.x_plateaued__*"
+  "recall_bench.train.x_late_gain__*"
+  "recall_bench.general.x_divergence__*"
+  "recall_bench.experiments.degrade.x_run_cell__*"
+)
+[ $# -gt 0 ] && targets=("$@")
+[ "${MUTATION_FRESH:-1}" = 1 ] && rm -rf mutants  # MUTATION_FRESH=0: keep earlier results
+log="${TMPDIR:-/tmp}/recall_bench_mutation.log"
+timeout "$((${MUTATION_MINUTES:-25} * 60))" mutmut run --max-children "${MUTATION_CHILDREN:-2}" \
+  "${targets[@]}" >"$log" 2>&1
+echo "mutmut exit: $? (0: all ran; otherwise stopped at the time cap, the rest not checked); log: $log"
+mutmut results --all true >mutants/results.txt 2>/dev/null
+python3 - "${targets[@]}" <<'PY'
+import collections, fnmatch, sys
+rows = [line.strip().rsplit(": ", 1) for line in open("mutants/results.txt") if ": " in line]
+mine = [(name, status) for name, status in rows if any(fnmatch.fnmatch(name, t) for t in sys.argv[1:])]
+print(f"{len(mine)} mutants in scope:", dict(collections.Counter(s for _, s in mine)))
+for name, status in mine:
+    if status == "survived":
+        print("survived:", name)
+PY
+echo "show one: mutmut show NAME"
