@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Mutation testing with mutmut (`pip install -e '.[mutation]'`) of what the benchmark's numbers
 # rest on: the bits measure (metrics.py), the tool loop (decode.py; tool.py's call parsing,
-# serving and memory-store lookup), the stopping rule (train.py plateaued, late_gain) and
+# serving and memory-store lookup), the stopping rule (stopping.py plateaued, late_gain) and
 # degradation (degrade.run_cell, general.divergence). Only the fast tests listed under
 # [tool.mutmut] in pyproject.toml run against each mutant. Not run in CI: it uses both cores
 # for up to MUTATION_MINUTES (default 25); then `mutmut results` lists the survivors and
@@ -24,8 +24,8 @@ targets=(
   "recall_bench.tool.x_serve_calls__*"
   "recall_bench.tool.x_result_lengths__*"
   "recall_bench.tool.xǁMemoryStoreǁlookup__*"
-  "recall_bench.train.x_plateaued__*"
-  "recall_bench.train.x_late_gain__*"
+  "recall_bench.stopping.x_plateaued__*"
+  "recall_bench.stopping.x_late_gain__*"
   "recall_bench.general.x_divergence__*"
   "recall_bench.experiments.degrade.x_run_cell__*"
 )
