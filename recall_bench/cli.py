@@ -183,6 +183,11 @@ def add_run_parser(subparsers) -> None:
         metavar="SECONDS",
         help="save a checkpoint at most this often (default 30; 0: at every progress check)",
     )
+    p.add_argument(
+        "--save-model",
+        action="store_true",
+        help="keep the final parameters in --out/model (for `recall-bench quantize`)",
+    )
     p.set_defaults(func=cmd_run)
 
 
@@ -210,6 +215,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     output_folder(args.out)
     if args.mode is None and args.facts is None:
         given = {k: v for k in RUN_FIELDS if (v := getattr(args, k)) is not None}
+        given.update({"save_model": True} if args.save_model else {})
         refuse_ignored(
             {**given, **memory_options(args)},
             "the default benchmark fixes its own model and budget; give --mode and --facts "
@@ -227,7 +233,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = args.out or Path("recall_bench_out") / (
         f"{cfg.mode}{rule}-n{cfg.n_facts}-L{cfg.layers}-d{cfg.width}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
-    record = run(cfg, out, progress, args.resume, args.checkpoint_every)
+    record = run(cfg, out, progress, args.resume, args.checkpoint_every, args.save_model)
     if args.json:
         print(json.dumps(record, indent=2))
     else:
@@ -350,6 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_sweep_parser(sub)
     add_capacity_parser(sub)
     add_degrade_parser(sub)
+    from recall_bench.quantize import add_quantize_parser
+
+    add_quantize_parser(sub)
     return parser
 
 
