@@ -202,3 +202,34 @@ def held_out_loss_vs_data(models: list[dict], path: str | Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return save(fig, path)
+
+
+# Allen-Zhu & Li 2024 (Part 3.3): knowledge bits/param of quantized GPT-2-architecture models
+PUBLISHED_QUANTIZED = {16: 2.0, 8: 2.0, 4: 0.7}
+
+
+def quantization(records: list[dict], path: str | Path) -> Path:
+    """Bits/param (left) and recall (right) against weight bits, one line per quantization
+    record (recall_bench/quantize.py), with Allen-Zhu & Li's published points."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+    for r in records:
+        label = f"{r['mode']}, {r['n_facts']:,} facts"
+        rows = sorted(r["widths"], key=lambda w: -w["weight_bits"])
+        x = [w["weight_bits"] for w in rows]
+        left.plot(x, [w["bits_per_param"] for w in rows], marker="o", label=label)
+        right.plot(x, [w["recall"] for w in rows], marker="o", label=label)
+        if r["mode"] == "in-tool":
+            unseen = [w["recall_unseen"] for w in rows]
+            right.plot(x, unseen, marker="s", linestyle="--", label=f"{label}: unseen")
+    pub = sorted(PUBLISHED_QUANTIZED.items())
+    left.plot(*zip(*pub, strict=True), "k*", markersize=11, label="Allen-Zhu & Li 2024")
+    left.set_ylabel("bits memorized / parameter")
+    right.set_ylabel("exact-match recall (greedy decoding)")
+    right.set_ylim(-0.02, 1.02)
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks([2, 3, 4, 8, 16, 32], ["int2", "int3", "int4", "int8", "bf16", "fp32"])
+        ax.set_xlabel("weight bits (post-training, per-channel round-to-nearest)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return save(fig, path)

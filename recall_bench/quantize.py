@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from recall_bench import plots
 from recall_bench.identity import refuse_other
 from recall_bench.model import count_params
 from recall_bench.records import new_record, read_json, write_json_atomic
@@ -116,10 +117,15 @@ def width_row(cfg, world, graphdef, params, bits: int | str, n_params: int) -> d
 
 
 def quantize_run(
-    run_dir: str | Path, widths: tuple[int, ...], out: str | Path | None = None
+    run_dir: str | Path,
+    widths: tuple[int, ...],
+    out: str | Path | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Quantize the run saved in run_dir to each width, re-evaluate, and write one record
-    with a row per width (references first) to out/quantization.json (default: run_dir)."""
+    with a row per width (references first) to out/quantization.json (default: run_dir).
+    An existing record is never overwritten; with resume, one of the same config is
+    returned as is."""
     for b in widths:
         if not 2 <= b <= 8:
             raise ValueError(f"--bits takes widths from 2 to 8, got {b}")
@@ -128,8 +134,14 @@ def quantize_run(
     path = Path(out or run_dir) / RECORD_NAME
     config = {"run": source["config"], "bits": list(widths), "scheme": SCHEME}
     if path.exists():
-        refuse_other(path, "a quantization record", read_json(path).get("config", {}), config)
-        raise ValueError(f"{path} already holds this quantization: remove it to redo it")
+        old = read_json(path)
+        refuse_other(path, "a quantization record", old.get("config", {}), config)
+        if resume:
+            return old
+        raise ValueError(
+            f"{path} already holds this quantization: pass --resume to return it, or remove "
+            "it to redo it"
+        )
     cfg, world, graphdef, params = load_run(run_dir)
     counts = count_params(params, cfg.model_config())
     refs = ["trained"] if cfg.dtype == "bfloat16" else ["trained", "bfloat16"]
@@ -190,16 +202,32 @@ def add_quantize_parser(subparsers) -> None:
         "saved with `recall-bench run ... --save-model`, re-evaluated by the run's own "
         "greedy decoding (in-tool: with the store in the loop). Writes quantization.json.",
     )
-    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the --out folder of the run")
+    p.add_argument(
+        "run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="--out folders of saved runs"
+    )
     p.add_argument("--bits", type=int_list, default=(8, 4, 3, 2), help="widths (default 8,4,3,2)")
-    p.add_argument("--out", type=Path, help="folder for quantization.json (default RUN_DIR)")
-    p.add_argument("--json", action="store_true", help="print the record only")
+    p.add_argument(
+        "--out", type=Path, help="folder for quantization.json (one RUN_DIR only; default RUN_DIR)"
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="return finished records instead of refusing"
+    )
+    p.add_argument("--plot", type=Path, metavar="FILE", help="bits/param and recall by width")
+    p.add_argument("--json", action="store_true", help="print the records only")
     p.set_defaults(func=cmd_quantize)
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     from recall_bench.cli import output_folder
 
-    record = quantize_run(args.run_dir, args.bits, output_folder(args.out))
-    print(json.dumps(record, indent=2) if args.json else format_table(record))
+    if args.out is not None and len(args.run_dirs) > 1:
+        raise ValueError("--out takes one RUN_DIR; without it each record goes into its RUN_DIR")
+    out = output_folder(args.out)
+    records = [quantize_run(d, args.bits, out, args.resume) for d in args.run_dirs]
+    if args.plot is not None:
+        plots.quantization(records, args.plot)
+    if args.json:
+        print(json.dumps(records if len(records) > 1 else records[0], indent=2))
+    else:
+        print("\n\n".join(format_table(r) for r in records))
     return 0

@@ -106,6 +106,9 @@ def test_quantize_cli_writes_one_record_and_refuses_to_overwrite(saved, tmp_path
     )
     assert cli.main(args) == 2
     assert "already holds this quantization" in capsys.readouterr().err
+    assert cli.main([*args, "--resume", "--plot", str(tmp_path / "q.png")]) == 0
+    assert (tmp_path / "q.png").stat().st_size > 0
+    assert json.loads((tmp_path / "quantization.json").read_text()) == q
     assert cli.main([*args[:3], "8", "--out", str(tmp_path)]) == 2
     assert "bits: [8, 2] -> [8]" in capsys.readouterr().err
 
