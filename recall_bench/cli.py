@@ -359,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     from recall_bench.quantize import add_quantize_parser
 
     add_quantize_parser(sub)
+    from recall_bench.probe import add_probe_parser
+
+    add_probe_parser(sub)
     return parser
 
 

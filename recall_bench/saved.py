@@ -11,6 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from recall_bench.checkpoint import load_params
 from recall_bench.experiments.run import RunConfig, evaluate
 from recall_bench.model import init_model
@@ -43,14 +45,16 @@ def load_run(folder: str | Path) -> tuple[RunConfig, FactWorld, Any, Any]:
     return cfg, make_fact_world(cfg.spec), graphdef, params
 
 
-def evaluate_run(cfg: RunConfig, world: FactWorld, graphdef, params) -> dict[str, float]:
-    """The run's own evaluation (experiments/run.py `evaluate`) of `params`; in-tool with a
-    freshly built store of the run's kind in the loop."""
+def evaluate_run(
+    cfg: RunConfig, world: FactWorld, graphdef, params, entities: np.ndarray | None = None
+) -> dict[str, float]:
+    """The run's own evaluation (experiments/run.py `evaluate`) of `params` on the facts of
+    `entities` (default: all); in-tool with a freshly built store of the run's kind."""
     if cfg.mode != "in-tool":
-        return evaluate(cfg, world, graphdef, params)[0]
+        return evaluate(cfg, world, graphdef, params, entities=entities)[0]
     with tempfile.TemporaryDirectory() as tmp:
         store = build_store(world, cfg.store, Path(tmp) / "store.sqlite")
         try:
-            return evaluate(cfg, world, graphdef, params, store)[0]
+            return evaluate(cfg, world, graphdef, params, store, entities)[0]
         finally:
             store.close()
