@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -75,12 +76,18 @@ class Recording(Ablatable):
         self.sink = sink
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        self.sink.append(np.asarray(x, np.float64).reshape(-1, x.shape[-1]))
+        self.sink.append(x.reshape(-1, x.shape[-1]).astype(jnp.float32))
         return super().__call__(x)
 
 
 def projection_means(graphdef, params, tokens: np.ndarray) -> dict[tuple[int, str], np.ndarray]:
-    """Mean input of every output projection over all positions of `tokens` [M, L]."""
+    """Mean input of every output projection over all positions of `tokens[:, :-1]`."""
+    means = _projection_means(graphdef, params, jnp.asarray(tokens[:, :-1]))
+    return {k: np.asarray(v) for k, v in means.items()}
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _projection_means(graphdef, params, tokens: jax.Array) -> dict:
     model = nnx.merge(graphdef, params)
     seen: dict[tuple[int, str], list] = {}
     for layer, block in enumerate(model.blocks):
@@ -88,9 +95,8 @@ def projection_means(graphdef, params, tokens: np.ndarray) -> dict[tuple[int, st
             if hasattr(block, name):
                 sink = seen.setdefault((layer, name), [])
                 setattr(block, name, Recording(getattr(block, name).kernel, sink))
-    for start in range(0, len(tokens), 1024):
-        model(jnp.asarray(tokens[start : start + 1024, :-1]))
-    return {k: np.concatenate(v).mean(axis=0) for k, v in seen.items()}
+    model(tokens)
+    return {k: jnp.concatenate(v).mean(axis=0) for k, v in seen.items()}
 
 
 def path_names(path) -> tuple:
@@ -105,7 +111,7 @@ def with_gates(state, gates: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]
         names = path_names(path)
         if len(names) == 4 and (names[1], names[2]) in gates and names[3] in ("keep", "fill"):
             keep, fill = gates[names[1], names[2]]
-            return jnp.asarray(keep if names[3] == "keep" else fill, x.dtype)
+            return np.asarray(keep if names[3] == "keep" else fill, x.dtype)
         return x
 
     return jax.tree_util.tree_map_with_path(one, state)
@@ -154,13 +160,20 @@ def kept(metrics: dict) -> dict:
     return {k: metrics[k] for k in KEPT_METRICS if k in metrics}
 
 
-def mean_loss(params, graphdef, seqs: formats.Sequences) -> jax.Array:
-    """Mean over sequences of the loss per loss-masked token."""
-    tokens = jnp.asarray(seqs.tokens)
+def mean_loss(params, graphdef, tokens, loss_mask, value_mask) -> jax.Array:
+    """Mean over sequences [M, L] of the loss per loss-masked token."""
     stats = stats_from_logits(
-        apply(graphdef, params, tokens[:, :-1]), tokens, seqs.loss_mask, seqs.value_mask
+        apply(graphdef, params, tokens[:, :-1]), tokens, loss_mask, value_mask
     )
-    return jnp.mean(stats["loss_sum"] / seqs.loss_mask[:, 1:].sum(axis=1))
+    return jnp.mean(stats["loss_sum"] / loss_mask[:, 1:].sum(axis=1))
+
+
+_loss_gradient = jax.jit(jax.grad(mean_loss), static_argnums=1)
+
+
+def loss_gradient(params, graphdef, seqs: formats.Sequences):
+    """The gradient of mean_loss on `seqs` with respect to params."""
+    return _loss_gradient(params, graphdef, seqs.tokens, seqs.loss_mask, seqs.value_mask)
 
 
 def group(names: tuple) -> str:
@@ -180,11 +193,11 @@ def gradient_profile(graphdef, params, seqs: formats.Sequences, recalled: np.nda
         part = formats.Sequences(
             seqs.tokens[rows], seqs.loss_mask[rows], seqs.value_mask[rows], seqs.prompt_length
         )
-        grads = jax.grad(mean_loss)(params, graphdef, part)
+        grads = loss_gradient(params, graphdef, part)
         sums: dict[str, float] = {}
         for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
             key = group(path_names(path))
-            sums[key] = sums.get(key, 0.0) + float(jnp.sum(jnp.square(g.astype(jnp.float32))))
+            sums[key] = sums.get(key, 0.0) + float(np.sum(np.square(np.asarray(g, np.float64))))
         norms[label] = {k: v**0.5 for k, v in sums.items()}
     groups = list(norms.get("recalled", norms.get("not_recalled", {})))
     return [
@@ -207,7 +220,7 @@ def is_matrix(names: tuple) -> bool:
 def removal_scores(graphdef, params, seqs: formats.Sequences) -> dict[str, np.ndarray]:
     """Per entry of the blocks' matrices (flattened in tree order): |gradient × weight| of
     the mean loss on `seqs`, and |weight| (magnitude pruning)."""
-    grads = jax.grad(mean_loss)(params, graphdef, seqs)
+    grads = loss_gradient(params, graphdef, seqs)
     pairs = zip(
         jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(grads), strict=True
     )
@@ -227,7 +240,7 @@ def removed(params, mask: np.ndarray):
         if is_matrix(path_names(path)):
             cut = mask[offset : offset + w.size].reshape(w.shape)
             offset += w.size
-            w = jnp.where(cut, jnp.zeros((), w.dtype), w) if cut.any() else w
+            w = np.where(cut, np.zeros((), w.dtype), np.asarray(w)) if cut.any() else w
         leaves.append(w)
     if offset != mask.size:
         raise ValueError(f"removal mask has {mask.size} entries, the matrices {offset}")

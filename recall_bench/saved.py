@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from flax import nnx
 
 from recall_bench.checkpoint import load_params
 from recall_bench.experiments.run import RunConfig, evaluate
-from recall_bench.model import init_model
+from recall_bench.model import GPT
 from recall_bench.records import read_json
 from recall_bench.tool import build_store
 from recall_bench.worlds import FactWorld, make_fact_world
@@ -40,7 +41,9 @@ def load_run(folder: str | Path) -> tuple[RunConfig, FactWorld, Any, Any]:
             "with --save-model"
         )
     cfg = RunConfig(**record["config"])
-    graphdef, like = init_model(cfg.model_config(), cfg.seed)
+    # shapes only: no initialization to compile and run before the restore
+    abstract = nnx.eval_shape(lambda: GPT(cfg.model_config(), nnx.Rngs(cfg.seed)))
+    graphdef, like = nnx.split(abstract)
     params = load_params(folder / "model", like)
     return cfg, make_fact_world(cfg.spec), graphdef, params
 
