@@ -5,8 +5,9 @@
   decoding, bits memorized). Done at the input of the component's output projection
   (attn_out: per head, the rows of its slice; mlp_out: the hidden units), so the ablated
   output is exactly 0 or the mean output; ablating nothing changes nothing, bitwise.
-- Gradient profile: the norm of the gradient of the mean loss, per layer and component,
-  on facts the model recalls vs facts it does not (yet) recall (Stoehr et al. 2024).
+- Gradient profile: per layer and component, the mean over facts of the norm of each
+  fact's loss gradient, on facts the model recalls vs facts it does not (yet) recall
+  (Stoehr et al. 2024).
 - Removal: the top-p% of the blocks' weight-matrix entries by |gradient × weight| (the loss
   on the evaluated facts) are zeroed, against a random p% of the same entries (Chang et
   al. 2024 compare such localizers); embeddings and LayerNorms are left alone.
@@ -36,6 +37,7 @@ RECORD_NAME = "probe.json"
 PERCENTS = (0.0, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0)
 PROJECTIONS = ("attn_out", "mlp_out")  # the output projection of each ablated component
 MATRICES = ("qkv", "attn_out", "mlp_in", "mlp_out")  # the blocks' weight matrices
+GRADIENT_FACTS = 256  # facts per set whose gradient norms are averaged
 KEPT_METRICS = ("recall", "bits_memorized", "recall_unseen")
 
 
@@ -184,21 +186,38 @@ def group(names: tuple) -> str:
     return f"L{names[1]} {part}"
 
 
-def gradient_profile(graphdef, params, seqs: formats.Sequences, recalled: np.ndarray) -> list:
-    """Per group, the gradient norm of the mean loss on recalled vs not recalled facts."""
-    norms = {}
-    for label, rows in (("recalled", recalled), ("not_recalled", ~recalled)):
-        if not rows.any():
-            continue
-        part = formats.Sequences(
-            seqs.tokens[rows], seqs.loss_mask[rows], seqs.value_mask[rows], seqs.prompt_length
-        )
-        grads = loss_gradient(params, graphdef, part)
-        sums: dict[str, float] = {}
+@functools.partial(jax.jit, static_argnums=1)
+def fact_gradient_norms(params, graphdef, tokens, loss_mask, value_mask) -> dict[str, jax.Array]:
+    """Per sequence of tokens [M, L] and per group, the norm of its own loss gradient."""
+
+    def one(t, lm, vm):
+        grads = jax.grad(mean_loss)(params, graphdef, t[None], lm[None], vm[None])
+        sums: dict[str, jax.Array] = {}
         for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
             key = group(path_names(path))
-            sums[key] = sums.get(key, 0.0) + float(np.sum(np.square(np.asarray(g, np.float64))))
-        norms[label] = {k: v**0.5 for k, v in sums.items()}
+            sums[key] = sums.get(key, 0.0) + jnp.sum(jnp.square(g.astype(jnp.float32)))
+        return {k: jnp.sqrt(v) for k, v in sums.items()}
+
+    return jax.vmap(one)(tokens, loss_mask, value_mask)
+
+
+def gradient_profile(
+    graphdef, params, seqs: formats.Sequences, recalled: np.ndarray, seed: int
+) -> list[dict]:
+    """Per group, the mean over facts of each fact's own loss-gradient norm, for recalled
+    and not recalled facts (up to GRADIENT_FACTS of each, seeded): per fact, so that the
+    sizes of the two sets do not matter (the norm of a mean gradient shrinks with the set)."""
+    norms = {}
+    for label, rows in (("recalled", recalled), ("not_recalled", ~recalled)):
+        index = np.flatnonzero(rows)
+        if not index.size:
+            continue
+        rng = np.random.default_rng([seed, 13])
+        index = np.sort(rng.permutation(index)[:GRADIENT_FACTS])
+        per_fact = fact_gradient_norms(
+            params, graphdef, seqs.tokens[index], seqs.loss_mask[index], seqs.value_mask[index]
+        )
+        norms[label] = {k: float(np.mean(v)) for k, v in per_fact.items()}
     groups = list(norms.get("recalled", norms.get("not_recalled", {})))
     return [
         {
@@ -312,7 +331,7 @@ def probe_run(
         },
         sample={"entities": len(entities), "facts": len(seqs.tokens), **baseline},
         ablation=ablation_rows(cfg, world, graphdef, params, entities, seqs.tokens),
-        gradients=gradient_profile(graphdef, params, seqs, exact),
+        gradients=gradient_profile(graphdef, params, seqs, exact, cfg.seed),
         removal=removal_rows(cfg, world, graphdef, params, entities, seqs, baseline),
     )
     write_json_atomic(path, record)

@@ -6,6 +6,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from recall_bench import cli, formats
@@ -14,8 +15,11 @@ from recall_bench.model import apply, init_model
 from recall_bench.probe import (
     Ablatable,
     ablatable,
+    fact_gradient_norms,
     gate,
+    group,
     is_matrix,
+    loss_gradient,
     path_names,
     removal_scores,
     removed,
@@ -102,3 +106,27 @@ def test_probe_cli_writes_a_record(tmp_path, capsys):
     assert {r["group"] for r in record["gradients"]} >= {"L0 attention", "L0 mlp", "embeddings"}
     assert "L0 head 1" in capsys.readouterr().out
     assert cli.main(["probe", str(tmp_path), "--sample", "32"]) == 2
+
+
+def test_fact_gradient_norms_are_each_facts_own():
+    graphdef, params, seqs = model_and_tokens()
+    norms = fact_gradient_norms(
+        params, graphdef, seqs.tokens[:3], seqs.loss_mask[:3], seqs.value_mask[:3]
+    )
+    alone = formats.Sequences(
+        seqs.tokens[1:2], seqs.loss_mask[1:2], seqs.value_mask[1:2], seqs.prompt_length
+    )
+    sums = {}
+    for path, g in jax.tree_util.tree_flatten_with_path(loss_gradient(params, graphdef, alone))[0]:
+        key = group(path_names(path))
+        sums[key] = sums.get(key, 0.0) + float(np.sum(np.square(np.asarray(g, np.float64))))
+    assert set(norms) == {
+        "L0 attention",
+        "L0 mlp",
+        "L1 attention",
+        "L1 mlp",
+        "final norm",
+        "embeddings",
+    }
+    for key, value in norms.items():
+        assert float(value[1]) == pytest.approx(sums[key] ** 0.5, rel=1e-5)
