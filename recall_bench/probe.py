@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from recall_bench import formats
+from recall_bench import formats, plots
 from recall_bench.identity import refuse_other
 from recall_bench.metrics import sequence_stats, stats_from_logits
 from recall_bench.model import apply
@@ -387,6 +387,7 @@ def add_probe_parser(subparsers) -> None:
     p.add_argument("--sample", type=positive_int, default=2048, help="facts probed (default 2048)")
     p.add_argument("--out", type=Path, help="folder for probe.json (default RUN_DIR)")
     p.add_argument("--resume", action="store_true", help="return a finished record")
+    p.add_argument("--plot", type=Path, metavar="FILE", help="ablation heat map, removal curves")
     p.add_argument("--json", action="store_true", help="print the record only")
     p.set_defaults(func=cmd_probe)
 
@@ -395,5 +396,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from recall_bench.cli import output_folder
 
     record = probe_run(args.run_dir, args.sample, output_folder(args.out), args.resume)
+    if args.plot is not None:
+        plots.probe(record, args.plot)
     print(json.dumps(record, indent=2) if args.json else format_tables(record))
     return 0

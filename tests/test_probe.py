@@ -106,6 +106,9 @@ def test_probe_cli_writes_a_record(tmp_path, capsys):
     assert {r["group"] for r in record["gradients"]} >= {"L0 attention", "L0 mlp", "embeddings"}
     assert "L0 head 1" in capsys.readouterr().out
     assert cli.main(["probe", str(tmp_path), "--sample", "32"]) == 2
+    plot = ["--resume", "--plot", str(tmp_path / "probe.png")]
+    assert cli.main(["probe", str(tmp_path), "--sample", "32", *plot]) == 0
+    assert (tmp_path / "probe.png").stat().st_size > 0
 
 
 def test_fact_gradient_norms_are_each_facts_own():
