@@ -239,7 +239,7 @@ def probe(record: dict, path: str | Path) -> Path:
     """A probe record (recall_bench/probe.py): recall after each zero and mean ablation as
     a heat map (left), and recall against the share of block weights removed (right)."""
     fig, (left, right) = plt.subplots(
-        1, 2, figsize=(11, 5), width_ratios=(1, 1.6), layout="constrained"
+        1, 2, figsize=(12, 5), width_ratios=(1.4, 1.6), layout="constrained"
     )
     rows = record["ablation"]
     names = list(
@@ -254,7 +254,7 @@ def probe(record: dict, path: str | Path) -> Path:
         for j, value in enumerate(row):
             color = "white" if value < 0.5 else "black"
             left.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color=color)
-    left.set_xticks([0, 1], ["zero", "mean"])
+    left.set_xticks([0, 1], ["zero", "mean"], fontsize=8)
     left.set_yticks(range(len(names)), names, fontsize=8)
     left.set_title(f"recall after ablation (none: {record['sample']['recall']:.2f})", fontsize=9)
     fig.colorbar(image, ax=left, fraction=0.05)
