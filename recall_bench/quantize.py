@@ -70,26 +70,26 @@ def quantize_params(params, bits: int | str) -> tuple[Any, dict[str, float]]:
     "bfloat16", stats): stats holds the relative weight error ‖Wq − W‖ / ‖W‖ over all
     matrices, and the bits needed to store the model (integers, channel scales, kept
     parameters at their dtype's width)."""
-    err, norm, stored = [0.0], [0.0], [0]
-
-    def one(path, w):
+    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+    leaves, err, norm, stored = [], 0.0, 0.0, 0
+    for path, w in flat:
         if w.ndim < 2:
-            stored[0] += w.size * w.dtype.itemsize * 8
-            return w
+            leaves.append(w)
+            stored += w.size * w.dtype.itemsize * 8
+            continue
         axis = reduce_axis(leaf_name(path))
         if bits == "bfloat16":
             wq = w.astype(jnp.bfloat16).astype(w.dtype)
-            stored[0] += w.size * 16
+            stored += w.size * 16
         else:
             wq = quantize_dequantize(w, bits, axis)
-            stored[0] += w.size * bits + (w.size // w.shape[axis]) * 32
-        diff = np.asarray(wq, np.float64) - np.asarray(w, np.float64)
-        err[0] += float(np.sum(diff**2))
-        norm[0] += float(np.sum(np.asarray(w, np.float64) ** 2))
-        return wq
-
-    out = jax.tree_util.tree_map_with_path(one, params)
-    return out, {"relative_weight_error": (err[0] / norm[0]) ** 0.5, "storage_bits": stored[0]}
+            stored += w.size * bits + (w.size // w.shape[axis]) * 32
+        w64 = np.asarray(w, np.float64)
+        err += float(np.sum((np.asarray(wq, np.float64) - w64) ** 2))
+        norm += float(np.sum(w64**2))
+        leaves.append(wq)
+    stats = {"relative_weight_error": (err / norm) ** 0.5, "storage_bits": stored}
+    return jax.tree_util.tree_unflatten(treedef, leaves), stats
 
 
 def width_row(cfg, world, graphdef, params, bits: int | str, n_params: int) -> dict:
