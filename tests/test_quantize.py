@@ -121,6 +121,8 @@ def test_run_without_a_saved_model_is_a_clear_error(saved, tmp_path, capsys):
     assert "no saved model" in err and "--save-model" in err and err.count("\n") == 1
     assert cli.main(["quantize", str(tmp_path)]) == 2
     assert "no record.json" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="finished without --save-model"):
+        run(TINY, tmp_path / "run", progress=False, resume=True, save_model=True)
 
 
 def test_in_tool_run_quantized_with_its_store(tmp_path):

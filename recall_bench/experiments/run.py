@@ -342,6 +342,12 @@ def run_group(
         None if d is None else finished_record(Path(d) / "record.json", c, resume)
         for c, d in zip(cfgs, out_dirs, strict=True)
     ]
+    for out_dir, record in zip(out_dirs, done, strict=True):
+        if save_model and record is not None and not (Path(out_dir) / "model").is_dir():
+            raise ValueError(
+                f"{out_dir} holds a run finished without --save-model: its parameters are "
+                "gone; rerun it into another --out"
+            )
     if all(r is not None for r in done):
         return done
     worlds = [make_fact_world(c.spec) for c in cfgs]
