@@ -15,11 +15,18 @@ Optionally a user's UTF-8 text file, modelled byte by byte, each byte two value 
 
     BOS TEXT <2 * TEXT_WINDOW nibbles>                 loss on every nibble
 
-TEXT is the reserved id 15. Training windows start at random offsets in the first
-(1 - text_held_out) of the bytes; held-out windows tile the rest without overlap. The text is
-trained on with the suite but scored apart, in bits per byte: it is not in general_accuracy,
-general_loss or the kl / tv means (those stay over the structured skills, comparable with runs
-without a text), only in its own text_* numbers.
+TEXT is the reserved id 15. A text file is a path, or `stdlib:REL` for a file of this
+Python's standard library (STDLIB_TEXT, CPython's pydoc topics, is on every machine without a
+download; its sha256 goes in the record, as every text's does). Training windows start at
+random offsets in the first (1 - text_held_out) of the bytes; held-out windows tile the rest
+without overlap. The text is trained on with the suite but scored apart, in bits per byte: it
+is not in general_accuracy, general_loss or the kl / tv means (those stay over the structured
+skills, comparable with runs without a text), only in its own text_* numbers.
+
+Graded score (like HellaSwag's `acc`): each held-out prompt with its right answer and
+`distractors` others (answers of other held-out prompts of the skill, all different), ranked by
+the summed log-likelihood of `answer EOS`; ties share the credit, so a model indifferent to
+the answer scores exactly chance, 1 / (distractors + 1). Retention is reported above chance.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import sysconfig
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -45,6 +54,7 @@ OPEN, CLOSE = (0, 1), (2, 3)  # bracket symbols: ( [ and ) ]
 TEXT = 15  # marker of a text window
 TEXT_WINDOW = 9  # bytes per text window: BOS TEXT + 18 nibbles fill the 20-position model
 NIBBLES = 16  # value symbols a byte's halves use
+STDLIB_TEXT = "stdlib:pydoc_data/topics.py"  # ~0.75 MB of English prose shipped with CPython
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +72,7 @@ class SuiteConfig:
     text_train_windows: int = 20000  # training windows from the rest
     text_sha256: str | None = dataclasses.field(default=None, init=False)  # set from the file
     text_bytes: int | None = dataclasses.field(default=None, init=False)  # its size
+    distractors: int = 3  # wrong answers beside the right one in the graded score
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "skills", tuple(self.skills))
@@ -75,6 +86,8 @@ class SuiteConfig:
             raise ValueError(f"train_per_skill must be >= 0, got {self.train_per_skill}")
         if not 0.0 < self.text_held_out < 1.0:
             raise ValueError(f"text_held_out must be in (0, 1), got {self.text_held_out}")
+        if self.distractors < 1:
+            raise ValueError(f"distractors must be >= 1, got {self.distractors}")
         if self.text_train_windows < 1:
             raise ValueError(f"text_train_windows must be >= 1, got {self.text_train_windows}")
         if self.text_file is not None:
@@ -101,30 +114,34 @@ class SuiteConfig:
         return {"add": BASE, "brackets": 4}.get(skill, self.symbols)
 
     def key(self) -> dict:
-        """Its settings; the text_* ones only with a text file, so that keys and records
-        made before they existed still match."""
+        """Its settings; the text_* ones only with a text file and distractors only when not
+        the default, so that keys and records made before they existed still match."""
         out = dataclasses.asdict(self)
         if self.text_file is None:
             out = {k: v for k, v in out.items() if not k.startswith("text_")}
+        if self.distractors == 3:
+            del out["distractors"]
         return out
 
 
 @dataclasses.dataclass(frozen=True)
 class Suite:
     """train: every skill's training sequences (and text windows), shuffled together; test:
-    per structured skill; text: the held-out text windows, when the suite has a text."""
+    per structured skill; text: the held-out text windows, when the suite has a text;
+    choices: per skill, each test prompt with its right answer then its distractors."""
 
     config: SuiteConfig
     train: Sequences
     test: dict[str, Sequences]
     text: Sequences | None = None
+    choices: dict[str, Sequences] | None = None
 
 
 def read_text(path: str, held_out: float) -> bytes:
     """The bytes of a UTF-8 text file long enough for training and held-out windows; a
     ValueError that says what to do otherwise."""
     try:
-        data = Path(path).read_bytes()
+        data = text_path(path).read_bytes()
     except OSError as err:
         raise ValueError(
             f"text file {path!r} cannot be read ({err.strerror}): give the path of a UTF-8 "
@@ -146,6 +163,13 @@ def read_text(path: str, held_out: float) -> bytes:
             f"at least {need} bytes"
         )
     return data
+
+
+def text_path(name: str) -> Path:
+    """The file a text name points to: `stdlib:REL` is REL in this Python's standard library."""
+    if name.startswith("stdlib:"):
+        return Path(sysconfig.get_path("stdlib")) / name.removeprefix("stdlib:")
+    return Path(name)
 
 
 def text_split(n_bytes: int, held_out: float) -> int:
@@ -243,8 +267,14 @@ def answers(skill: str, data: np.ndarray) -> np.ndarray:
 
 def render(skill: str, data: np.ndarray, vocab: Vocab, width: int) -> Sequences:
     """BOS MARKER data SEP answer EOS, padded with PAD to `width`; loss on `answer EOS`."""
+    return render_answers(skill, data, answers(skill, data), vocab, width)
+
+
+def render_answers(
+    skill: str, data: np.ndarray, answer: np.ndarray, vocab: Vocab, width: int
+) -> Sequences:
+    """As render, with the given answers (-1 padded) in place of the right ones."""
     n, d = data.shape
-    answer = answers(skill, data)
     length = (answer >= 0).sum(axis=1)
     p = d + 3
     tokens = np.full((n, width), PAD, np.int32)
@@ -270,13 +300,14 @@ def make_suite(cfg: SuiteConfig, vocab: Vocab) -> Suite:
             f"the suite needs {needed} data symbols but the value alphabet has "
             f"{vocab.value_alphabet}: lower the suite's symbols or raise value_alphabet"
         )
-    train, test = [], {}
+    train, test, choices = [], {}, {}
     for i, skill in enumerate(cfg.skills):
         held = prompts(skill, np.random.default_rng([cfg.seed, 4, i, 1]), cfg.test_per_skill, cfg)
         data = prompts(skill, np.random.default_rng([cfg.seed, 4, i, 0]), cfg.train_per_skill, cfg)
         seen = {row.tobytes() for row in held}
         data = data[[row.tobytes() not in seen for row in data]] if len(data) else data
         test[skill] = render(skill, held, vocab, cfg.width)
+        choices[skill] = choice_sequences(skill, held, cfg.distractors, vocab, cfg.width)
         train.append(render(skill, data, vocab, cfg.width))
     text = None
     if cfg.text_file is not None:
@@ -286,7 +317,64 @@ def make_suite(cfg: SuiteConfig, vocab: Vocab) -> Suite:
         text = render_text(data, held, vocab, cfg.width)
     order = np.random.default_rng([cfg.seed, 5]).permutation(sum(len(s.tokens) for s in train))
     merged = [np.concatenate([getattr(s, f) for s in train])[order] for f in _ARRAYS]
-    return Suite(cfg, Sequences(*merged, prompt_length=0), test, text)
+    return Suite(cfg, Sequences(*merged, prompt_length=0), test, text, choices)
+
+
+def distractor_rows(answer: np.ndarray, k: int) -> np.ndarray:
+    """[n, k] for each row, the next k rows after it (cyclically) whose answers differ from
+    its own and from each other's: deterministic distractors."""
+    keys = [row.tobytes() for row in answer]
+    n = len(keys)
+    out = np.empty((n, k), np.int64)
+    for i in range(n):
+        seen, chosen = {keys[i]}, []
+        for j in (np.arange(i + 1, i + n) % n).tolist():
+            if len(chosen) < k and keys[j] not in seen:
+                seen.add(keys[j])
+                chosen.append(j)
+        if len(chosen) < k:
+            raise ValueError(
+                f"only {len(chosen)} distinct wrong answers for a {k}-distractor graded score: "
+                "raise test_per_skill or lower distractors"
+            )
+        out[i] = chosen
+    return out
+
+
+def choice_sequences(skill: str, data: np.ndarray, k: int, vocab: Vocab, width: int) -> Sequences:
+    """Rows [n * (k + 1)]: prompt i with its right answer (row i * (k + 1)), then with each of
+    its k distractors."""
+    answer = answers(skill, data)
+    options = np.concatenate([np.arange(len(data))[:, None], distractor_rows(answer, k)], 1)
+    rows = options.reshape(-1)
+    return render_answers(skill, np.repeat(data, k + 1, axis=0), answer[rows], vocab, width)
+
+
+def choice_accuracy(nll: np.ndarray) -> np.ndarray:
+    """Per prompt, the credit of ranking by NLL [n, choices] (column 0 right): 1 when the right
+    answer is the only most likely, 1/m when m answers tie for most likely, else 0."""
+    best = nll.min(axis=1, keepdims=True)
+    tied = (nll == best).sum(axis=1)
+    return np.where(nll[:, 0] == best[:, 0], 1.0 / tied, 0.0)
+
+
+def above_chance(accuracy: float, base_accuracy: float, chance: float) -> float:
+    """Retention above chance, (acc - chance) / (acc_base - chance); NaN when the base is not
+    above chance (nothing to retain)."""
+    if not base_accuracy > chance:
+        return math.nan
+    return (accuracy - chance) / (base_accuracy - chance)
+
+
+def graded_score(nll: Callable[[Sequences], np.ndarray], suite: Suite) -> dict[str, float]:
+    """{skill}_mc_accuracy and their mean general_mc_accuracy, with `nll` giving each
+    sequence's summed NLL of its loss tokens (the answer and EOS)."""
+    out = {}
+    for skill, seqs in suite.choices.items():
+        scores = np.asarray(nll(seqs), np.float64).reshape(-1, suite.config.distractors + 1)
+        out[f"{skill}_mc_accuracy"] = float(choice_accuracy(scores).mean())
+    out["general_mc_accuracy"] = float(np.mean(list(out.values())))
+    return out
 
 
 _ARRAYS = ("tokens", "loss_mask", "value_mask")
@@ -308,7 +396,8 @@ def concat(parts: list[Sequences]) -> Sequences:
 
 def score(graphdef: nnx.GraphDef, params: nnx.State, suite: Suite) -> dict[str, float]:
     """Held-out exact-match accuracy and mean loss (nats/token) of each skill, and their
-    means over skills: general_accuracy, general_loss; with a text, text_bits_per_byte and
+    means over skills: general_accuracy, general_loss; the graded score (graded_score); with a
+    text, text_bits_per_byte and
     text_loss of its held-out windows."""
     out: dict[str, float] = {}
     for skill, seqs in suite.test.items():
@@ -317,6 +406,13 @@ def score(graphdef: nnx.GraphDef, params: nnx.State, suite: Suite) -> dict[str, 
         out[f"{skill}_loss"] = float(stats["loss_sum"].sum() / seqs.loss_mask[:, 1:].sum())
     out["general_accuracy"] = float(np.mean([out[f"{s}_accuracy"] for s in suite.test]))
     out["general_loss"] = float(np.mean([out[f"{s}_loss"] for s in suite.test]))
+    if suite.choices is not None:
+
+        def nll(seqs: Sequences) -> np.ndarray:
+            args = (seqs.tokens, seqs.loss_mask, seqs.value_mask)
+            return sequence_stats(graphdef, params, *args)["loss_sum"]
+
+        out.update(graded_score(nll, suite))
     if suite.text is not None:
         seqs = suite.text
         stats = sequence_stats(graphdef, params, seqs.tokens, seqs.loss_mask, seqs.value_mask)

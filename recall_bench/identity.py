@@ -11,7 +11,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from recall_bench.records import clean_json, read_json
+from recall_bench.records import clean_json, read_record
 
 SHOWN = 6  # differing fields named in one message
 
@@ -58,7 +58,7 @@ def finished_record(path: str | Path, cfg: Any, resume: bool) -> dict | None:
         return None
     if path.parent.exists() and not path.parent.is_dir():
         raise ValueError(f"{path.parent} is a file, not a folder: choose another --out")
-    record = read_json(path)
+    record = read_record(path)
     old = resolved(record.get("config", {}), type(cfg))
     refuse_other(path, "a finished record", old, dataclasses.asdict(cfg))
     if not resume:

@@ -49,20 +49,32 @@ def stats_from_logits(logits, tokens, loss_mask, value_mask) -> dict[str, jax.Ar
     }
 
 
+LOGITS_PER_BLOCK = 1 << 25  # logits computed at once (128 MiB in float32)
+
+
+def rows_per_block(graphdef: nnx.GraphDef, params: nnx.State, tokens: np.ndarray) -> int:
+    """Rows whose logits fit LOGITS_PER_BLOCK (at most 4096): 4,096 sequences of 64 tokens
+    over 2,048 symbols would be 2 GiB of logits at once."""
+    row = jax.eval_shape(lambda p, t: apply(graphdef, p, t), params, tokens[:1, :-1])
+    return int(np.clip(LOGITS_PER_BLOCK // math.prod(row.shape), 1, 4096))
+
+
 def sequence_stats(
     graphdef: nnx.GraphDef,
     params: nnx.State,
     tokens: np.ndarray,
     loss_mask: np.ndarray,
     value_mask: np.ndarray,
-    block: int = 4096,
+    block: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """Teacher-forced stats of every sequence, in blocks of `block` rows.
+    """Teacher-forced stats of every sequence, in blocks of `block` rows (default: as many as
+    keep the logits under LOGITS_PER_BLOCK).
 
     exact: every loss-masked target is the argmax (equivalent to greedy decoding reproducing
     the answer, by induction over positions); value_correct: value tokens right;
     value_nll_bits: NLL of the value tokens in bits; loss_sum: NLL over all loss tokens.
     """
+    block = block or rows_per_block(graphdef, params, tokens)
     parts = []
     for start in range(0, len(tokens), block):
         sl = slice(start, start + block)
@@ -90,6 +102,18 @@ def summarize_in_weight(
         "bits_per_param": bits / params_total,
         "bits_per_param_non_embedding": bits / params_non_embedding,
         "value_nll_bits": float(np.mean(stats["value_nll_bits"])),
+    }
+
+
+def noise_floor(
+    held_out_nll_bits: np.ndarray, held_out_bits: np.ndarray, bits: float, n_facts: int
+) -> dict[str, float]:
+    """Bits "memorized" of facts the model never trained on (same clipping) are noise: their
+    mean per fact is the floor, and n_facts times it is taken off the bits held."""
+    floor = bits_memorized(held_out_nll_bits, held_out_bits) / len(held_out_bits)
+    return {
+        "noise_floor_bits_per_fact": floor,
+        "bits_memorized_corrected": max(0.0, bits - floor * n_facts),
     }
 
 

@@ -15,7 +15,13 @@ from flax import nnx
 
 from recall_bench.pkm import ProductKeyMemory
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# dtype name -> (parameter dtype, compute dtype): pure float32, pure bfloat16 (parameters and
+# AdamW state too), or bfloat16 compute over float32 master weights and state (Morris et al.)
+DTYPES = {
+    "float32": (jnp.float32, jnp.float32),
+    "bfloat16": (jnp.bfloat16, jnp.bfloat16),
+    "bfloat16-mixed": (jnp.float32, jnp.bfloat16),
+}
 MEMORY_MODES = ("replace", "add")
 
 
@@ -59,7 +65,7 @@ class ModelConfig:
     width: int = 32
     heads: int = 4
     mlp_ratio: int = 4
-    dtype: str = "float32"  # parameters and activations; logits and loss are float32
+    dtype: str = "float32"  # a DTYPES name: parameters / activations; logits, loss float32
     memory_layer: int | None = None  # block with a product-key memory
     memory_mode: str = "replace"  # the memory replaces that block's MLP, or is added to it
     memory_size: int = 0  # value rows, a perfect square (0 without a memory)
@@ -103,15 +109,15 @@ class Block(nnx.Module):
     memory=True a product-key memory replaces the MLP or is added to its output."""
 
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, memory: bool = False):
-        dt = DTYPES[cfg.dtype]
+        pt, dt = DTYPES[cfg.dtype]
         kw = dict(
-            use_bias=False, dtype=dt, param_dtype=dt, dot_general=linear_dot_general, rngs=rngs
+            use_bias=False, dtype=dt, param_dtype=pt, dot_general=linear_dot_general, rngs=rngs
         )
         self.heads = cfg.heads
-        self.ln_attn = nnx.LayerNorm(cfg.width, dtype=dt, param_dtype=dt, rngs=rngs)
+        self.ln_attn = nnx.LayerNorm(cfg.width, dtype=dt, param_dtype=pt, rngs=rngs)
         self.qkv = nnx.Linear(cfg.width, 3 * cfg.width, **kw)
         self.attn_out = nnx.Linear(cfg.width, cfg.width, **kw)
-        self.ln_mlp = nnx.LayerNorm(cfg.width, dtype=dt, param_dtype=dt, rngs=rngs)
+        self.ln_mlp = nnx.LayerNorm(cfg.width, dtype=dt, param_dtype=pt, rngs=rngs)
         self.use_memory = memory
         self.use_mlp = not memory or cfg.memory_mode == "add"
         if memory:
@@ -121,7 +127,7 @@ class Block(nnx.Module):
                 cfg.memory_topk,
                 cfg.memory_heads,
                 cfg.memory_key_dim,
-                dt,
+                pt,  # a side memory computes in its parameters' dtype
                 rngs,
                 zero_values=self.use_mlp,
             )
@@ -167,13 +173,14 @@ class GPT(nnx.Module):
     """tokens [B, T] int -> logits [B, T, vocab] float32."""
 
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-        dt = DTYPES[cfg.dtype]
-        self.token_embed = nnx.Embed(cfg.vocab_size, cfg.width, dtype=dt, param_dtype=dt, rngs=rngs)
-        self.pos_embed = nnx.Embed(cfg.max_len, cfg.width, dtype=dt, param_dtype=dt, rngs=rngs)
+        pt, dt = DTYPES[cfg.dtype]
+        self.compute_dtype = dt
+        self.token_embed = nnx.Embed(cfg.vocab_size, cfg.width, dtype=dt, param_dtype=pt, rngs=rngs)
+        self.pos_embed = nnx.Embed(cfg.max_len, cfg.width, dtype=dt, param_dtype=pt, rngs=rngs)
         self.blocks = nnx.List(
             [Block(cfg, rngs, memory=i == cfg.memory_layer) for i in range(cfg.layers)]
         )
-        self.ln_final = nnx.LayerNorm(cfg.width, dtype=dt, param_dtype=dt, rngs=rngs)
+        self.ln_final = nnx.LayerNorm(cfg.width, dtype=dt, param_dtype=pt, rngs=rngs)
 
     def __call__(self, tokens: jax.Array, columns: tuple[int, int] | None = None) -> jax.Array:
         """With columns (start, stop): the logits of those positions only."""
@@ -189,7 +196,7 @@ class GPT(nnx.Module):
         block = self.blocks[0]
         t, d = self.pos_embed.num_embeddings, self.token_embed.features
         shape = (batch, t, block.heads, d // block.heads)
-        dtype = self.token_embed.embedding.dtype
+        dtype = self.compute_dtype
         return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in self.blocks]
 
     def decode_step(self, tokens: jax.Array, pos: jax.Array, cache: list) -> tuple[jax.Array, list]:

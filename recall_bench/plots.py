@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -90,7 +91,7 @@ def bits_vs_facts(models: list[dict], path: str | Path, title: str = "") -> Path
 def capacity_vs_params(groups: list[dict], path: str | Path) -> Path:
     """Capacity against parameters per world kind and dtype (every seed, and the fitted
     line), with the published 2 (facts) and 3.6 (random tokens) bits/param lines; hollow
-    points are lower bounds (the model held every fact it was given)."""
+    points are lower bounds (data-capped: the model held nearly all it was given)."""
     fig, ax = plt.subplots(figsize=(6, 4.5))
     xs = [m["params"]["total"] for g in groups for m in g["models"]]
     span = [min(xs) / 1.5, max(xs) * 1.5]
@@ -98,11 +99,15 @@ def capacity_vs_params(groups: list[dict], path: str | Path) -> Path:
         ax.plot(span, [alpha * x for x in span], "k" + style, lw=0.8, label=f"{alpha} bits/param")
     for g in groups:
         fit = g["fit"]
-        label = (
-            f"{g['world']} {g['dtype']}: {fit['bits_per_param']:.2f} "
-            f"[{fit['interval'][0]:.2f}, {fit['interval'][1]:.2f}]"
-        )
-        line = ax.plot(span, [fit["bits_per_param"] * x for x in span], lw=1, label=label)[0]
+        if fit is None:  # every model data-capped: points only
+            line = ax.plot([], [], lw=1, label=f"{g['world']} {g['dtype']}: data-capped")[0]
+        else:
+            label = (
+                f"{g['world']} {g['dtype']}: {fit['bits_per_param']:.2f} "
+                f"[{fit['interval'][0]:.2f}, {fit['interval'][1]:.2f}]"
+            )
+            alpha = fit["bits_per_param"]
+            line = ax.plot(span, [alpha * x for x in span], lw=1, label=label)[0]
         for m in g["models"]:
             caps = m["capacity_bits_by_seed"]
             color = line.get_color()
@@ -201,6 +206,48 @@ def held_out_loss_vs_data(models: list[dict], path: str | Path) -> Path:
     ax.set_ylabel("held-out loss (nats/token)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+    return save(fig, path)
+
+
+def joint_tradeoff(
+    rows: list[dict], capacity_bits: float | None, bits_per_fact: float, path: str | Path
+) -> Path:
+    """Shared-capacity protocol: general ability kept (exact, and graded above chance) and the
+    held-out text's change in bits per byte against N for each mode, a dotted line at the
+    measured fact capacity; and kept against the fact bits stored in-weight. Bars: seed range."""
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+
+    def bars(ax, x_key: str, y_key: str, mode: str, fmt: str, color: str, label: str) -> None:
+        pts = sorted((r for r in rows if r["mode"] == mode and y_key in r), key=lambda r: r[x_key])
+        if not pts:
+            return
+        y = np.array([r[y_key] for r in pts])
+        lo, hi = (np.array([r[f"{y_key}_range"][i] for r in pts]) for i in (0, 1))
+        x = [r[x_key] for r in pts]
+        ax.errorbar(x, y, yerr=[y - lo, hi - y], fmt=fmt, color=color, capsize=3, label=label)
+
+    for mode, color in (("in-weight", "C0"), ("in-tool", "C1")):
+        bars(axes[0], "n_facts", "general_accuracy_kept", mode, "-o", color, f"{mode}, exact")
+        bars(axes[0], "n_facts", "general_mc_kept", mode, "--s", color, f"{mode}, graded")
+        bars(axes[2], "n_facts", "text_bits_per_byte_change", mode, "-o", color, mode)
+    bars(axes[1], "bits_memorized", "general_accuracy_kept", "in-weight", "-o", "C0", "exact")
+    bars(axes[1], "bits_memorized", "general_mc_kept", "in-weight", "--s", "C0", "graded")
+    if capacity_bits:
+        for ax in (axes[0], axes[2]):
+            ax.axvline(capacity_bits / bits_per_fact, color="k", ls=":", label="fact capacity")
+        axes[1].axvline(capacity_bits, color="k", ls=":", label="fact capacity")
+    labels = (
+        ("facts in the mix (N)", "general ability kept (vs general-only)"),
+        ("fact bits held in-weight", "general ability kept (in-weight)"),
+        ("facts in the mix (N)", "held-out text: change in bits/byte"),
+    )
+    for ax, (xlabel, ylabel) in zip(axes, labels, strict=True):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
     return save(fig, path)
 
 

@@ -15,9 +15,7 @@
 
 from __future__ import annotations
 
-import argparse
 import functools
-import json
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from recall_bench import formats, plots
+from recall_bench import formats
 from recall_bench.identity import refuse_other
 from recall_bench.metrics import sequence_stats, stats_from_logits
 from recall_bench.model import apply
@@ -370,33 +368,3 @@ def format_tables(record: dict) -> str:
         pct, bits = f"{r['percent']:g}%", f"{r['bits_memorized']:,.0f}"
         lines.append(f"{pct:>7} {r['method']:<18} {r['recall']:>7.4f} {bits:>9}")
     return "\n".join(lines)
-
-
-def add_probe_parser(subparsers) -> None:
-    from recall_bench.cli import positive_int
-
-    p = subparsers.add_parser(
-        "probe",
-        help="where a saved run keeps its facts: ablations, gradient profile, removal curves",
-        description="Zero and mean ablation of each attention, head and MLP; gradient norms "
-        "per layer on recalled vs not recalled facts; recall after zeroing the top-p%% of "
-        "the blocks' weights by |gradient x weight| or |weight| vs a random p%%. On a sample "
-        "of the facts of a run saved with `recall-bench run ... --save-model`.",
-    )
-    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the --out folder of the run")
-    p.add_argument("--sample", type=positive_int, default=2048, help="facts probed (default 2048)")
-    p.add_argument("--out", type=Path, help="folder for probe.json (default RUN_DIR)")
-    p.add_argument("--resume", action="store_true", help="return a finished record")
-    p.add_argument("--plot", type=Path, metavar="FILE", help="ablation heat map, removal curves")
-    p.add_argument("--json", action="store_true", help="print the record only")
-    p.set_defaults(func=cmd_probe)
-
-
-def cmd_probe(args: argparse.Namespace) -> int:
-    from recall_bench.cli import output_folder
-
-    record = probe_run(args.run_dir, args.sample, output_folder(args.out), args.resume)
-    if args.plot is not None:
-        plots.probe(record, args.plot)
-    print(json.dumps(record, indent=2) if args.json else format_tables(record))
-    return 0

@@ -1,12 +1,13 @@
 """Run records: one JSON file per run saying what was run, where, how long, and what came out.
 
-Record layout (schema "recall_bench.record/1"):
+Record layout (schema "recall_bench.record/2"; docs/results-schema.md has the full account):
   schema, benchmark_version, run_id, created (UTC ISO time), mode, n_facts, bits_per_fact,
   seed, config (the full resolved run config), config_hash (its identity),
   world {kind, spec, hash, entropy_bits}, model {architecture fields},
   params {total, non_embedding},
   train {steps, exposures_per_fact, wall_s, compile_s, converged, stop_reason, ...},
-  metrics {name: number}, better {metric name: "higher" | "lower"},
+  metrics {name: number} (in-tool's bits under their own names: IN_TOOL_NAMES),
+  better {metric name: "higher" | "lower"},
   env {python, jax, jaxlib, flax, optax, orbax, numpy, platform, device_kind, device_count,
        git_commit, git_dirty}, determinism (a sentence).
 """
@@ -27,7 +28,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-RECORD_SCHEMA = "recall_bench.record/1"
+RECORD_SCHEMA = "recall_bench.record/2"  # /1: in-tool's bits under in-weight's names
 BENCHMARK_VERSION = "0.1.0"
 
 # Direction of every metric a record may carry; leaderboards rank by these.
@@ -40,7 +41,14 @@ BETTER = {
     "bits_per_param": "higher",
     "bits_per_param_non_embedding": "higher",
     "bits_per_memory_param": "higher",
+    "bits_memorized_corrected": "higher",
+    "bits_per_param_corrected": "higher",
+    "noise_floor_bits_per_fact": "lower",
     "bits_per_active_param": "higher",
+    "bits_delivered": "higher",
+    "bits_delivered_per_param": "higher",
+    "bits_delivered_per_param_non_embedding": "higher",
+    "bits_delivered_exceptions": "higher",
     "value_nll_bits": "lower",
     "call_valid": "higher",
     "call_key_accuracy": "higher",
@@ -60,6 +68,25 @@ BETTER = {
     "general_loss": "lower",
     "kl": "lower",
     "tv": "lower",
+}
+
+# In-tool, the prompt holds the store's answer, so the bits formula counts bits delivered with
+# the store's help, not bits held in the weights: they carry their own names (record/2 on).
+IN_TOOL_NAMES = {
+    "bits_memorized": "bits_delivered",
+    "bits_per_param": "bits_delivered_per_param",
+    "bits_per_param_non_embedding": "bits_delivered_per_param_non_embedding",
+    "bits_memorized_exceptions": "bits_delivered_exceptions",
+}
+
+# The leaderboard track of each mode: methods are ranked only against their own track.
+TRACKS = {
+    "in-weight": "in-weight-capacity",
+    "in-weight+replay": "in-weight-capacity",
+    "random-tokens": "in-weight-capacity",
+    "in-tool": "in-tool-recall",
+    "in-tool+replay": "in-tool-recall",
+    "side-memory": "side-memory",
 }
 
 DETERMINISM = (
@@ -186,3 +213,31 @@ def read_json(path: str | Path) -> Any:
             f"{path} is not valid JSON ({err.msg} at line {err.lineno}): it was cut short or "
             "edited; delete it to rerun what wrote it"
         ) from None
+
+
+def track(mode: object) -> str:
+    """The leaderboard track of a mode; "other" for a mode TRACKS does not list."""
+    return TRACKS.get(mode, "other") if isinstance(mode, str) else "other"
+
+
+def delivered_names(metrics: dict[str, Any]) -> dict[str, Any]:
+    """An in-tool run's metrics with its bits under the in-tool names (IN_TOOL_NAMES)."""
+    return {IN_TOOL_NAMES.get(k, k): v for k, v in metrics.items()}
+
+
+def upgrade_record(record: Any) -> Any:
+    """A record of schema /1 as /2 (in-tool bits renamed); others, and anything malformed,
+    are returned as they are."""
+    if not isinstance(record, dict) or record.get("schema") != "recall_bench.record/1":
+        return record
+    out = {**record, "schema": RECORD_SCHEMA}
+    if track(record.get("mode")) == "in-tool-recall":
+        for key in ("metrics", "better"):
+            if isinstance(record.get(key), dict):
+                out[key] = delivered_names(record[key])
+    return out
+
+
+def read_record(path: str | Path) -> dict[str, Any]:
+    """A run record read from `path`, upgraded to the current schema."""
+    return upgrade_record(read_json(path))

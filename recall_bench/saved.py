@@ -15,7 +15,8 @@ import numpy as np
 from flax import nnx
 
 from recall_bench.checkpoint import load_params
-from recall_bench.experiments.run import RunConfig, evaluate
+from recall_bench.experiments.config import RunConfig
+from recall_bench.experiments.evaluate import evaluate
 from recall_bench.model import GPT
 from recall_bench.records import read_json
 from recall_bench.tool import build_store

@@ -11,10 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import hashlib
-import signal
-import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,12 +23,18 @@ from flax import nnx
 
 from recall_bench.checkpoint import Checkpoints
 from recall_bench.formats import Sequences
-from recall_bench.identity import refuse_other
-from recall_bench.metrics import bits_memorized, sequence_stats
 from recall_bench.model import ModelConfig, apply, init_model
 from recall_bench.progress import Progress
-from recall_bench.records import clean_json, environment
+from recall_bench.records import environment
+from recall_bench.resume import (
+    Interrupted,
+    deferred_interrupts,
+    restore_or_start,
+    training_identity,
+)
+from recall_bench.stopping import check_progress, late_gain, plateaued, progress_fields  # noqa: F401 - late_gain: public here too
 
+SCHEDULES = ("cosine", "constant")
 STATE_KEYS = ("params", "opt_state", "rng")  # the loop state, in make_train_chunk's order
 
 
@@ -46,6 +48,7 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 1e-2
     warmup_steps: int = 50
+    schedule: str = "cosine"  # after warmup: cosine decay to 5% of lr, or constant
     weight_decay: float = 0.0
     memory_lr_scale: float = 1.0  # learning rate of product-key value tables, relative to lr
     memory_only: bool = False  # train only product-key memories; every other weight stays fixed
@@ -75,6 +78,10 @@ class TrainConfig:
             raise ValueError(f"plateau_after must be in [0, 1], got {self.plateau_after}")
         if not self.lr > 0:
             raise ValueError(f"learning rate must be > 0, got {self.lr}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.warmup_steps < 0 or self.weight_decay < 0:
+            raise ValueError("warmup_steps and weight_decay must be >= 0")
 
     @property
     def budget(self) -> int:
@@ -112,14 +119,21 @@ def take(stacked, k: int):
 
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-    """AdamW with warmup and cosine decay after global-norm clipping; product-key value
+    """AdamW with linear warmup then cosine decay (or a constant rate) after global-norm
+    clipping; product-key value
     tables (sparse: each row gets a gradient only when read) use lr * memory_lr_scale. With
     memory_only, parameters outside the memories get zero updates and no say in the clip."""
 
     def adamw(lr: float) -> optax.GradientTransformation:
-        schedule = optax.warmup_cosine_decay_schedule(
-            0.0, lr, min(cfg.warmup_steps, cfg.budget - 1), cfg.budget, end_value=lr * 0.05
-        )
+        warmup = min(cfg.warmup_steps, cfg.budget - 1)
+        if cfg.schedule == "constant":
+            schedule = optax.join_schedules(
+                [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup]
+            )
+        else:
+            schedule = optax.warmup_cosine_decay_schedule(
+                0.0, lr, warmup, cfg.budget, end_value=lr * 0.05
+            )
         return optax.adamw(schedule, b1=0.9, b2=0.98, weight_decay=cfg.weight_decay)
 
     def labels(params):
@@ -165,6 +179,14 @@ def masked_loss(graphdef, params, tokens, loss_mask, columns: tuple[int, int] | 
     return jnp.sum(nll * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
+def train_step(graphdef, optimizer, params, opt_state, batch, columns=None) -> tuple:
+    """One AdamW step of one model on one batch (tokens, loss_mask) of the masked loss:
+    (new params, new optimizer state, loss)."""
+    loss, grads = jax.value_and_grad(masked_loss, argnums=1)(graphdef, params, *batch, columns)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+
 def make_train_chunk(
     graphdef,
     optimizer,
@@ -172,7 +194,7 @@ def make_train_chunk(
     columns: tuple[int, int] | None = None,
     batch_sharding: jax.sharding.Sharding | None = None,
 ) -> Callable:
-    """A compiled call running cfg.steps_per_call AdamW steps on every model of an ensemble.
+    """A compiled call running cfg.steps_per_call train_steps on every model of an ensemble.
 
     (params, opt_state, rng, tokens, loss_mask, n_rows, active) -> (params, opt_state,
     rng, losses [K, steps]); batches come from the first n_rows rows of tokens (the rest is
@@ -187,9 +209,9 @@ def make_train_chunk(
         batch = (tokens[idx], loss_mask[idx])
         if batch_sharding is not None:
             batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-        loss, grads = jax.value_and_grad(masked_loss, argnums=1)(graphdef, params, *batch, columns)
-        updates, new_opt_state = optimizer.update(grads, opt_state, params)
-        new_params = optax.apply_updates(params, updates)
+        new_params, new_opt_state, loss = train_step(
+            graphdef, optimizer, params, opt_state, batch, columns
+        )
         keep = functools.partial(jax.tree.map, lambda new, old: jnp.where(active, new, old))
         return (keep(new_params, params), keep(new_opt_state, opt_state), rng), loss
 
@@ -268,152 +290,6 @@ def placement(k: int, batch_size: int) -> tuple[jax.sharding.Sharding | None, ..
 def place(tree, sharding: jax.sharding.Sharding | None):
     """tree on the devices as `sharding` says (None: left where it is)."""
     return tree if sharding is None else jax.device_put(tree, sharding)
-
-
-def late_gain(history: list[dict], window: float) -> float | None:
-    """Monitored bits gained over the last `window` share of the steps run, relative to the
-    bits held now (docs/design.md §7: how far from saturation); None before there is a
-    check that far back or while no bits are held."""
-    now = history[-1]
-    earlier = [h for h in history if h["step"] <= now["step"] * (1 - window)]
-    if not earlier or now["bits"] <= 0:
-        return None
-    return (now["bits"] - earlier[-1]["bits"]) / now["bits"]
-
-
-def rule_applies(step: int, cfg: TrainConfig) -> bool:
-    """Whether the plateau rule may stop a run at `step` (see plateaued)."""
-    return step >= max(cfg.plateau_min_steps, cfg.plateau_after * cfg.budget)
-
-
-def plateaued(history: list[dict], cfg: TrainConfig, monitor_entropy: float) -> bool:
-    """Bits gained over the last plateau_window of steps are under plateau_tol of the bits
-    held, the model holds enough bits to have left the early no-knowledge plateau, and the
-    cosine schedule has decayed (plateau_after of the budget): stalls at the peak learning
-    rate ended GPU capacity runs 15-20% below seeds that trained on (results/capacity_gpu)."""
-    now = history[-1]
-    if not rule_applies(now["step"], cfg) or now["bits"] < cfg.plateau_min_bits * monitor_entropy:
-        return False
-    gain = late_gain(history, cfg.plateau_window)
-    return gain is not None and gain < cfg.plateau_tol
-
-
-def progress_fields(history: list[dict], cfg: TrainConfig, task: Task) -> dict[str, str]:
-    """What the progress bar shows: loss, recall, the share of the monitored entropy held
-    (for tasks with an entropy: not a general suite), and, once the plateau rule can apply,
-    the bits gained over the last plateau_window of steps (what it checks)."""
-    last = history[-1]
-    fields = {"loss": f"{last['loss']:.3f}", "recall": f"{last['recall']:.3f}"}
-    entropy = float(task.monitor_bits.sum())
-    if entropy > 0:
-        fields["bits"] = f"{last['bits'] / entropy:.1%}"
-    gain = late_gain(history, cfg.plateau_window)
-    if gain is not None and rule_applies(last["step"], cfg):
-        fields["late"] = f"{gain:+.1%}"
-    return fields
-
-
-def check_progress(graphdef, params, task: Task) -> dict:
-    stats = sequence_stats(
-        graphdef, params, task.monitor.tokens, task.monitor.loss_mask, task.monitor.value_mask
-    )
-    return {
-        "recall": float(np.mean(stats["exact"])),
-        "bits": bits_memorized(stats["value_nll_bits"], task.monitor_bits),
-        "monitor_loss": float(stats["loss_sum"].sum() / task.monitor.loss_mask[:, 1:].sum()),
-    }
-
-
-def training_identity(
-    model_cfg: ModelConfig,
-    cfg: TrainConfig,
-    tasks: list[Task],
-    seeds: list[int],
-    init_params: list[nnx.State] | None = None,
-) -> dict:
-    """What decides a training run's outcome: the model and training configs, the seeds, and
-    digests of the data and of any initial parameters. A checkpoint carries it, and resuming
-    under another identity is refused."""
-    data = hashlib.sha256()
-    for t in tasks:
-        for a in (t.train.tokens, t.train.loss_mask, t.monitor.tokens, t.monitor.loss_mask):
-            data.update(np.ascontiguousarray(a).tobytes())
-        data.update(np.ascontiguousarray(t.monitor_bits, np.float64).tobytes())
-    identity = {
-        "model": dataclasses.asdict(model_cfg),
-        "train": dataclasses.asdict(cfg),
-        "seeds": list(seeds),
-        "data_sha256": data.hexdigest()[:16],
-    }
-    if init_params is not None:
-        init = hashlib.sha256()
-        for leaf in jax.tree.leaves(init_params):
-            init.update(np.asarray(leaf).tobytes())
-        identity["init_sha256"] = init.hexdigest()[:16]
-    return clean_json(identity)
-
-
-class Interrupted(KeyboardInterrupt):
-    """Training stopped on SIGINT or SIGTERM (after saving a checkpoint, when it has a folder)."""
-
-
-@contextlib.contextmanager
-def deferred_interrupts():
-    """SIGINT and SIGTERM only note a request while training runs, so the loop can save a
-    checkpoint at the end of the current call; a second signal interrupts at once."""
-    requested: list[int] = []
-
-    def handler(signum, frame):
-        if requested:
-            raise KeyboardInterrupt
-        requested.append(signum)
-
-    if threading.current_thread() is not threading.main_thread():
-        yield requested
-        return
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield requested
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-def note(text: str) -> None:
-    """A one-line notice on stderr (resume and interruption), shown even without progress."""
-    print(text, file=sys.stderr)
-
-
-def restore_or_start(
-    checkpoints: Checkpoints, folder, state: dict, meta: dict, resume: bool
-) -> tuple[dict, dict]:
-    """The loop state to start from: the latest checkpoint in `folder` with resume (refused
-    if its identity differs), else the fresh `state` and `meta`."""
-    latest = checkpoints.latest_step()
-    if latest is None:
-        if resume:
-            note(f"no checkpoint in {folder}; starting fresh")
-        return state, meta
-    if not resume:
-        raise ValueError(
-            f"{folder} already holds checkpoints: pass --resume to continue that run, or "
-            "choose another output folder"
-        )
-    saved = checkpoints.meta(latest)
-    if "identity" in saved:
-        refuse_other(folder, "a checkpoint", saved["identity"], meta["identity"])
-    try:
-        state, saved = checkpoints.restore(state, latest)
-    except (ValueError, TypeError, KeyError) as err:
-        raise ValueError(
-            f"the checkpoint in {folder} does not fit this run ({type(err).__name__}): it was "
-            "made by another configuration or version; choose another output folder"
-        ) from None
-    note(f"resuming from step {saved['step']}")
-    saved["resumes"] = [*saved.get("resumes", []), resume_note(saved["step"])]
-    saved.setdefault("env", environment())  # older checkpoints: the resuming code's
-    saved["identity"] = meta["identity"]
-    return state, saved
 
 
 def train_models(
@@ -587,9 +463,3 @@ def stop_decisions(
             meta["stop_reason"][m], active[m] = "plateau", False
         elif step >= cfg.budget:
             active[m] = False
-
-
-def resume_note(step: int) -> dict:
-    """Where a run resumed and on what code and device, for its record's provenance."""
-    env = environment()
-    return {"step": step, **{k: env[k] for k in ("git_commit", "git_dirty", "device_kind", "jax")}}

@@ -83,3 +83,34 @@ def test_capacity_summary_and_params_for_recall_from_records():
         ("in-weight", 256): 4_000,
         ("in-weight", 1024): None,
     }
+
+
+def test_a_data_capped_cell_is_never_a_models_maximum():
+    """A cell holding >= 90% of its data's entropy shows the data's limit, not the model's:
+    the maximum is taken over the others, and a model with only such cells is left out of
+    the fit (its number is a lower bound)."""
+    records = [
+        fake_record("in-weight", 8, 64, 0, 1_000, 0.95 * 768, 0.9),  # capped, yet the largest
+        fake_record("in-weight", 8, 256, 0, 1_000, 600.0, 0.2),
+        fake_record("in-weight", 32, 64, 0, 9_000, 768.0, 1.0),  # every cell capped
+        fake_record("in-weight", 32, 256, 0, 9_000, 0.92 * 3072, 0.9),
+    ]
+    (group,) = capacity_summary(records)
+    small, large = group["models"]
+    assert small["capacity_bits"] == 600.0 and small["best_n_facts"] == 256
+    assert not small["data_capped"] and large["data_capped"]
+    assert group["fit_excludes_data_capped"] == ["L1-d32"]
+    assert group["fit_cells"] == [{"model": "L1-d8", "n_facts_by_seed": [256]}]
+    assert group["fit"]["bits_per_param"] == pytest.approx(0.6)
+    only_capped = capacity_summary(records[2:])
+    assert only_capped[0]["fit"] is None
+
+
+def test_plots_of_a_sweep_with_only_in_tool_cells(tmp_path):
+    """No capacity group (in-tool bits are not held in weights): only params-for-recall."""
+    from recall_bench.experiments.capacity import write_plots
+
+    records = [fake_record("in-tool", 8, n, 0, 1_000, 0.0, 0.99) for n in (64, 1024)]
+    assert capacity_summary(records) == []
+    paths = write_plots([], params_for_recall(records), tmp_path)
+    assert [p.rsplit("/", 1)[-1] for p in paths] == ["params_for_recall.png"]

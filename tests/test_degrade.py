@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 
+import recall_bench.cli.degrade as cli_degrade
 from recall_bench import general
 from recall_bench.experiments import degrade
 from recall_bench.worlds import make_fact_world
@@ -79,7 +80,7 @@ def test_model_covers_suite_and_facts():
 )
 def test_cli_rejects_bad_input(argv, match):
     parser = argparse.ArgumentParser()
-    degrade.add_degrade_parser(parser.add_subparsers())
+    cli_degrade.add_degrade_parser(parser.add_subparsers())
     args = parser.parse_args(["degrade", *argv])
     with pytest.raises(ValueError, match=match):
         args.func(args)
@@ -133,3 +134,17 @@ def test_text_degrade_run(tmp_path):
         assert row["text_bits_per_byte_change"] == pytest.approx(change)
     assert f"--text-file {tmp_path / 'text.md'} " in summary["command"]
     assert "text bpb" in degrade.format_table(summary)
+
+
+def test_learn_tool_is_the_default_protocol_with_its_defaults(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(
+        cli_degrade, "run_degrade", lambda cfg, out, *_: seen.update(cfg=cfg, out=out)
+    )
+    monkeypatch.setattr(cli_degrade, "format_table", lambda summary: "")
+    parser = argparse.ArgumentParser()
+    cli_degrade.add_degrade_parser(parser.add_subparsers())
+    args = parser.parse_args(["degrade"])
+    assert args.protocol == "learn-tool" and args.func(args) == 0
+    assert seen["cfg"] == degrade.DegradeConfig()  # unset options keep learn-tool's defaults
+    assert str(seen["out"]) == "recall_bench_out/degradation"

@@ -185,3 +185,73 @@ def test_bad_text_files(tmp_path):
     (tmp_path / "text.md").write_bytes(TEXT.replace(b"essai", b"ESSAI"))
     with pytest.raises(ValueError, match="changed after"):
         general.make_suite(cfg, VOCAB)
+
+
+def test_choice_accuracy_by_hand():
+    nll = np.array([[1.0, 2.0, 3.0, 4.0], [2.0, 1.0, 3.0, 4.0], [1.0, 1.0, 3.0, 4.0], [5.0] * 4])
+    np.testing.assert_allclose(general.choice_accuracy(nll), [1.0, 0.0, 0.5, 0.25])
+
+
+def test_chance_normalisation():
+    assert general.above_chance(0.625, 1.0, 0.25) == pytest.approx(0.5)
+    assert general.above_chance(0.25, 0.85, 0.25) == 0.0
+    assert general.above_chance(0.1, 0.85, 0.25) < 0.0  # below chance: negative retention
+    assert math.isnan(general.above_chance(0.5, 0.25, 0.25))  # a base at chance holds nothing
+
+
+def fake_scorer(logits_of):
+    """A scorer from hand-made logits: logits_of(tokens [n, L]) -> [n, L-1, V] next-token
+    logits; the summed NLL of the loss-masked targets, as the model's scorer computes it."""
+
+    def nll(seqs):
+        logits = logits_of(seqs.tokens)
+        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        picked = np.take_along_axis(logp, seqs.tokens[:, 1:, None], -1)[..., 0]
+        return -(picked * seqs.loss_mask[:, 1:]).sum(1)
+
+    return nll
+
+
+def test_graded_score_on_hand_made_logits():
+    suite = general.make_suite(SMALL, VOCAB)
+    choices = suite.choices["copy"]
+    k = SMALL.distractors + 1
+    assert len(choices.tokens) == k * len(suite.test["copy"].tokens)
+    np.testing.assert_array_equal(choices.tokens[::k], suite.test["copy"].tokens)
+    # uniform logits: every copy answer has the same length, so all tie: exactly chance
+    uniform = general.graded_score(fake_scorer(lambda t: np.zeros((*t[:, 1:].shape, 160))), suite)
+    assert uniform["copy_mc_accuracy"] == pytest.approx(1 / k)
+
+    def copier(tokens):  # puts 4 nats more on the data symbol being copied at each position
+        p = SMALL.length + 3
+        logits = np.zeros((*tokens[:, 1:].shape, 160))
+        rows = np.arange(len(tokens))[:, None]
+        cols = np.arange(p - 1, p - 1 + SMALL.length)
+        logits[rows, cols, tokens[:, 2 : 2 + SMALL.length]] = 4.0
+        return logits
+
+    graded = general.graded_score(fake_scorer(copier), suite)
+    assert graded["copy_mc_accuracy"] == 1.0
+    assert graded["reverse_mc_accuracy"] < 1.0  # it copies instead of reversing
+    skills = [graded[f"{s}_mc_accuracy"] for s in SMALL.skills]
+    assert graded["general_mc_accuracy"] == pytest.approx(np.mean(skills))
+
+
+def test_distractors_differ_and_are_deterministic():
+    answer = np.array([[1, 2], [1, 2], [3, 4], [5, 6], [3, 4], [7, 8]])
+    rows = general.distractor_rows(answer, 3)
+    np.testing.assert_array_equal(rows, general.distractor_rows(answer, 3))
+    for i, chosen in enumerate(rows):
+        keys = {answer[j].tobytes() for j in chosen}
+        assert len(keys) == 3 and answer[i].tobytes() not in keys
+    np.testing.assert_array_equal(rows[0], [2, 3, 5])  # the next distinct answers after row 0
+    with pytest.raises(ValueError, match="distinct wrong answers"):
+        general.distractor_rows(answer, 4)
+
+
+def test_stdlib_text_exists_and_is_named():
+    cfg = general.SuiteConfig(text_file=general.STDLIB_TEXT)
+    assert general.text_path(general.STDLIB_TEXT).is_file()
+    assert cfg.key()["text_file"] == general.STDLIB_TEXT and len(cfg.text_sha256) == 64
+    assert cfg.text_bytes > 100_000
+    assert "distractors" not in general.SuiteConfig().key()  # old records' keys still match

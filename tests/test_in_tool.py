@@ -5,7 +5,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from recall_bench import formats
+from recall_bench import formats, records
+from recall_bench.cli import format_record
+from recall_bench.experiments import sweep
+from recall_bench.experiments.default import format_table, summary_row
 from recall_bench.experiments.run import RunConfig, evaluate, make_task, run
 from recall_bench.model import init_model
 from recall_bench.tool import ERROR_STATUS, OK, MemoryStore, build_store, world_facts
@@ -85,3 +88,25 @@ def test_untrained_model_makes_malformed_calls_without_crashing():
     assert metrics["recall"] <= 0.01
     assert 0.0 <= metrics["call_valid"] <= 1.0
     assert decoded.tokens.shape == (300, formats.max_length(world.spec))
+
+
+def test_in_tool_bits_are_named_delivered_everywhere_they_are_read():
+    """In-tool bits come with the store's help: never under in-weight's names, and every
+    summary shows them apart from bits held in weights."""
+    cfg = dataclasses.replace(TOOL, n_facts=256, layers=1, width=16, heads=2, steps=20)
+    record = run(cfg, progress=False)
+    m = record["metrics"]
+    assert record["schema"] == records.RECORD_SCHEMA == "recall_bench.record/2"
+    assert set(records.IN_TOOL_NAMES).isdisjoint(m) and "bits_memorized" not in record["better"]
+    assert m["bits_delivered_per_param"] == m["bits_delivered"] / record["params"]["total"]
+    assert "bits delivered" in format_record(record) and "delivered/param" in format_record(record)
+    assert "bits delivered" in sweep.cell_summary(record)
+    row = summary_row(record)
+    assert row["bits_per_param"] is None and row["bits_delivered"] == m["bits_delivered"]
+    table = format_table({"params": 1, "rows": [row], "plot": "p.png", "wall_s": 1.0})
+    line = table.splitlines()[2].split()  # mode facts recall unseen bits/param delivered/param
+    assert (
+        line[0] == "in-tool"
+        and line[4] == "-"
+        and float(line[5]) == pytest.approx(row["bits_delivered_per_param"], abs=1e-3)
+    )

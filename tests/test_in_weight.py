@@ -97,7 +97,8 @@ def test_progress_bar_shows_bits_held_and_the_late_gain_once_there_is_one():
     fields = progress_fields(history[:1], TrainConfig(), task)
     assert fields == {"loss": "2.500", "recall": "0.000", "bits": "20.0%"}
     history.append({"step": 1000, "bits": 100.0, "loss": 1.9, "recall": 0.3})
-    fields = progress_fields(history, TrainConfig(), task)
+    assert "late" not in progress_fields(history, TrainConfig(steps=3000), task)  # rule: 2,100
+    fields = progress_fields(history, TrainConfig(steps=1000), task)
     assert fields["bits"] == "50.0%" and fields["late"] == "+20.0%"
     general = types.SimpleNamespace(monitor_bits=np.zeros(20))  # a suite with no entropy
     assert "bits" not in progress_fields(history, TrainConfig(), general)

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from recall_bench import leaderboard as lb
 from recall_bench import records, worlds
-from recall_bench.leaderboard import LeaderboardError
+from recall_bench.leaderboard import LeaderboardError, build, jsonio
 
 # ---------------------------------------------------------------- fake but realistic records
 
@@ -70,8 +70,9 @@ def make_record(
         "value_nll_bits": None,  # non-finite in the run: written as null
         "eval_s": 0.25,
     }
-    if mode == "in-tool":
+    if mode == "in-tool":  # bits delivered with the store's help, as run.evaluate names them
         metrics.update(recall_unseen=recall, call_valid=1.0, call_key_accuracy=recall)
+        metrics = records.delivered_names(metrics)
     record = records.new_record(
         mode=mode,
         n_facts=spec.n_facts,
@@ -131,6 +132,7 @@ def test_entry_from_record(tmp_path: Path) -> None:
         "created",
         "benchmark_version",
         "mode",
+        "track",
         "n_facts",
         "seed",
         "world",
@@ -164,13 +166,13 @@ def test_entry_from_bad_record_names_the_field(tmp_path: Path) -> None:
     del record["params"]
     with pytest.raises(LeaderboardError, match=r"model\.params: missing required field"):
         lb.entry_from_record(record)
-    with pytest.raises(LeaderboardError, match=re.escape("not 'recall_bench.record/1'")):
+    with pytest.raises(LeaderboardError, match=re.escape("not 'recall_bench.record/2'")):
         lb.entry_from_record({"schema": "other"})
 
 
 def test_export_validate_merge_round_trip(tmp_path: Path, board: Path) -> None:
     doc = lb.validate(board)
-    assert doc["format"] == "recall_bench.leaderboard" and doc["schema_version"] == 1
+    assert doc["format"] == "recall_bench.leaderboard" and doc["schema_version"] == 2
     assert len(doc["entries"]) == 4
     assert lb.find_records([board.parent / "sweep"])[0].name == "record.json"
 
@@ -191,17 +193,61 @@ def test_export_validate_merge_round_trip(tmp_path: Path, board: Path) -> None:
 
 
 def test_duplicates_keep_the_newer(tmp_path: Path) -> None:
-    make_record(tmp_path / "old", recall=0.5, created="2025-01-01T00:00:00+00:00")
-    make_record(tmp_path / "new", recall=0.6, created="2025-02-01T00:00:00+00:00")
-    doc = lb.export(tmp_path, tmp_path / "one.json")
-    assert [e["metrics"]["recall"] for e in doc["entries"]] == [0.6]
+    """The same id with the same metrics: one entry, the newer record's."""
+    make_record(tmp_path / "old", created="2025-01-01T00:00:00+00:00")
+    new = make_record(tmp_path / "new", created="2025-02-01T00:00:00+00:00")
+    result = lb.export(tmp_path, tmp_path / "one.json")
+    assert result["duplicates_dropped"] == 1 and not result["conflicts"]
+    assert [e["run_id"] for e in result["leaderboard"]["entries"]] == [new["run_id"]]
 
-    lb.export(tmp_path / "old", tmp_path / "a.json")
-    lb.export(tmp_path / "new", tmp_path / "b.json")
+
+def test_conflicts_refuse_or_are_reported(tmp_path: Path) -> None:
+    """The same id with different metrics: refused by default (nothing written), naming the
+    id and the metrics; with keep-newest / keep-first reported and resolved."""
+    make_record(tmp_path / "1-old", recall=0.5, created="2025-01-01T00:00:00+00:00")
+    make_record(tmp_path / "2-new", recall=0.6, created="2025-02-01T00:00:00+00:00")
+    entry = lb.entry_from_record(records.read_json(tmp_path / "1-old" / "record.json"))
+    with pytest.raises(LeaderboardError) as e:
+        lb.export(tmp_path, tmp_path / "one.json")
+    message = str(e.value)
+    assert f"id {entry['id'][:12]} (in-weight, 1000 facts, seed 0," in message
+    assert "recall 0.5 vs 0.6" in message and "bits_memorized" in message
+    assert "eval_s" not in message and "\n" not in message and "--on-conflict" in message
+    assert not (tmp_path / "one.json").exists()
+
+    lb.export(tmp_path / "1-old", tmp_path / "a.json")
+    lb.export(tmp_path / "2-new", tmp_path / "b.json")
     for a, b in [("a.json", "b.json"), ("b.json", "a.json")]:
-        result = lb.merge(tmp_path / a, tmp_path / b, tmp_path / "m.json")
-        assert result["duplicates_dropped"] == 1
-        assert [e["metrics"]["recall"] for e in result["leaderboard"]["entries"]] == [0.6]
+        out = tmp_path / f"{a}+{b}"
+        with pytest.raises(LeaderboardError, match=re.escape(entry["id"][:12])):
+            lb.merge(tmp_path / a, tmp_path / b, out)
+        assert not out.exists()
+        newest = lb.merge(tmp_path / a, tmp_path / b, out, "keep-newest")
+        first = lb.merge(tmp_path / a, tmp_path / b, out, "keep-first")
+        assert newest["duplicates_dropped"] == 1 and len(newest["conflicts"]) == 1
+        assert [e["metrics"]["recall"] for e in newest["leaderboard"]["entries"]] == [0.6]
+        expected = 0.5 if a == "a.json" else 0.6
+        assert [e["metrics"]["recall"] for e in first["leaderboard"]["entries"]] == [expected]
+
+
+def test_id_names_what_moves_a_metric(tmp_path: Path) -> None:
+    """Device kind, jax versions and benchmark version are in the id; where a run wrote is not."""
+    record = make_record(tmp_path / "a")
+    base = lb.entry_from_record(record)["id"]
+    assert lb.entry_from_record(make_record(tmp_path / "b"))["id"] == base
+    for field, value in [
+        (("env", "device_kind"), "NVIDIA H200"),
+        (("env", "jaxlib"), "0.0.1"),
+        (("benchmark_version",), "9.9.9"),
+        (("config", "train", "lr"), 3e-3),
+    ]:
+        other = copy.deepcopy(record)
+        _set(other, field, value)
+        assert lb.entry_from_record(other)["id"] != base, field
+    for field, value in [(("env", "git_commit"), "abcdef1"), (("env", "cpu_count"), 99)]:
+        other = copy.deepcopy(record)
+        _set(other, field, value)
+        assert lb.entry_from_record(other)["id"] == base, field
 
 
 def test_export_without_records(tmp_path: Path) -> None:
@@ -272,8 +318,8 @@ def test_oversized_file_rejected_before_reading(
     def no_open(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("opened a file over the limit")
 
-    monkeypatch.setattr(lb, "MAX_BYTES", 1000)
-    monkeypatch.setattr(lb, "open", no_open, raising=False)
+    monkeypatch.setattr(jsonio, "MAX_BYTES", 1000)
+    monkeypatch.setattr(jsonio, "open", no_open, raising=False)
     with pytest.raises(LeaderboardError, match="over the 1000-byte limit"):
         lb.validate(board)
 
@@ -399,7 +445,7 @@ def corruptions(draw: st.DrawFn, text: str) -> bytes:
     elif kind == "version":
         doc["schema_version"] = draw(
             st.one_of(
-                st.integers().filter(lambda v: v != 1),
+                st.integers().filter(lambda v: v != 2),
                 st.sampled_from([True, 1.0, "1", None, [1]]),
             )
         )
@@ -488,41 +534,187 @@ def test_arbitrary_objects_never_crash(board: Path, value: Any, where: str) -> N
         assert str(e).strip()
 
 
+def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """The path of every field under `value` (not the top level itself)."""
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    out = []
+    for key, item in items:
+        out.append((*prefix, key))
+        if isinstance(item, (dict, list)):
+            out += _paths(item, (*prefix, key))
+    return out
+
+
+@pytest.mark.parametrize("version", [2, 1])
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_random_field_edits_are_valid_or_one_clear_error(
+    board: Path, version: int, data: st.DataObject
+) -> None:
+    """Delete or replace any field of a valid file (current, or version 1 read through the
+    migration): it stays valid, or validate raises one LeaderboardError on one line."""
+    doc = json.loads((board if version == 2 else V1_BOARD).read_text())
+    for _ in range(data.draw(st.integers(1, 3))):
+        path = data.draw(st.sampled_from(_paths(doc)))
+        parent = doc
+        for key in path[:-1]:
+            parent = parent[key]
+        if data.draw(st.booleans()) and isinstance(parent, dict):
+            del parent[path[-1]]
+        else:
+            parent[path[-1]] = copy.deepcopy(data.draw(st.sampled_from(_POOL)))
+    path = _write(board.parent / "edited.json", json.dumps(doc).encode())
+    try:
+        assert lb.validate(path)["schema_version"] == lb.SCHEMA_VERSION
+    except LeaderboardError as e:
+        message = str(e)
+        assert message.startswith(str(path)) and "\n" not in message
+
+
 def test_valid_file_passes(board: Path) -> None:
     doc = lb.validate(board)
     assert lb.validate(doc) == doc  # a parsed object validates too
 
 
+# ---------------------------------------------------------------- older versions
+
+# Real files from before schema_version 2 / record/2: two entries of the committed version 1
+# leaderboard (the default benchmark's 256-fact cells) and the in-tool cell's record.
+FIXTURES = Path(__file__).parent / "fixtures"
+V1_BOARD = FIXTURES / "leaderboard_v1.json"
+V1_RECORD = FIXTURES / "record_v1_in_tool.json"
+
+
+def test_version_1_file_is_upgraded() -> None:
+    old = json.loads(V1_BOARD.read_text())
+    assert old["schema_version"] == 1
+    doc = lb.validate(V1_BOARD)
+    assert doc["schema_version"] == lb.SCHEMA_VERSION == 2
+    for before, after in zip(old["entries"], doc["entries"], strict=True):
+        assert after["id"] == lb.entry_id(after) != before["id"]
+        assert after["run_id"] == before["run_id"] and after["config"] == before["config"]
+        if before["mode"] == "in-tool":
+            assert after["track"] == "in-tool-recall"
+            renamed = {records.IN_TOOL_NAMES.get(k, k): v for k, v in before["metrics"].items()}
+            assert after["metrics"] == renamed  # same numbers, in-tool names
+            assert after["metrics"]["bits_delivered"] == before["metrics"]["bits_memorized"]
+            assert "bits_memorized" not in after["metrics"]
+            assert after["better"]["bits_delivered_per_param"] == "higher"
+        else:
+            assert after["track"] == "in-weight-capacity"
+            assert after["metrics"] == before["metrics"]
+
+
+def test_version_1_record_gives_the_upgraded_entry() -> None:
+    """Upgrading the record (record/1 -> /2) and upgrading the file agree on the entry."""
+    record = json.loads(V1_RECORD.read_text())
+    upgraded = records.upgrade_record(record)
+    assert record["schema"] == "recall_bench.record/1" and "bits_memorized" in record["metrics"]
+    assert upgraded["schema"] == records.RECORD_SCHEMA
+    assert upgraded["metrics"]["bits_delivered"] == record["metrics"]["bits_memorized"]
+    assert records.upgrade_record(upgraded) == upgraded
+    entry = lb.entry_from_record(record)
+    from_file = [e for e in lb.validate(V1_BOARD)["entries"] if e["run_id"] == record["run_id"]]
+    assert from_file == [entry]
+
+
+def test_version_1_edits_are_caught(tmp_path: Path) -> None:
+    doc = json.loads(V1_BOARD.read_text())
+    doc["entries"][0]["model"]["width"] = 48
+    with pytest.raises(LeaderboardError, match=r"entries\[0\]\.id: .*\(schema_version 1\)"):
+        lb.validate(doc)
+    doc = json.loads(V1_BOARD.read_text())
+    doc["entries"][1]["metrics"]["recall"] = 0.5  # results are not in the id: still valid
+    assert lb.validate(doc)["entries"][1]["metrics"]["recall"] == 0.5
+    for bad, pattern in [(0, "is not supported"), (3, "is not supported")]:
+        doc["schema_version"] = bad
+        with pytest.raises(LeaderboardError, match=pattern):
+            lb.validate(doc)
+
+
+def test_committed_leaderboard_validates() -> None:
+    """results/leaderboard.json validates as written (not only once upgraded)."""
+    path = Path(__file__).parent.parent / "results" / "leaderboard.json"
+    assert json.loads(path.read_text())["schema_version"] == lb.SCHEMA_VERSION
+    assert lb.validate(path)["entries"]
+
+
+def test_bits_names_follow_the_track(board: Path) -> None:
+    """An in-tool entry cannot report bits_memorized, nor an in-weight one bits_delivered."""
+    doc = json.loads(board.read_text())
+    tool = next(i for i, e in enumerate(doc["entries"]) if e["mode"] == "in-tool")
+    weight = next(i for i, e in enumerate(doc["entries"]) if e["mode"] == "in-weight")
+    bad = copy.deepcopy(doc)
+    metrics = bad["entries"][tool]["metrics"]
+    metrics["bits_memorized"] = metrics.pop("bits_delivered")
+    with pytest.raises(LeaderboardError, match=f"entries\\[{tool}\\]\\.metrics\\.bits_memorized"):
+        lb.validate(bad)
+    bad = copy.deepcopy(doc)
+    bad["entries"][weight]["metrics"]["bits_delivered"] = 1.0
+    with pytest.raises(LeaderboardError, match="name them 'bits_memorized'"):
+        lb.validate(bad)
+    bad = copy.deepcopy(doc)
+    bad["entries"][weight]["track"] = "in-tool-recall"
+    with pytest.raises(LeaderboardError, match="mode 'in-weight' is on track 'in-weight-capacity'"):
+        lb.validate(bad)
+
+
 # ---------------------------------------------------------------- show and CLI
 
 
-def test_show_ranks_by_better_direction(board: Path) -> None:
-    lines = lb.show(board).splitlines()
-    assert lines[0].split()[:3] == ["rank", "mode", "n_facts"]
-    recalls = [float(line.split()[5]) for line in lines[2:]]
-    assert recalls == sorted(recalls, reverse=True) == [0.95, 0.9, 0.7, 0.5]
-    assert [line.split()[0] for line in lines[2:]] == ["1", "2", "3", "4"]
+def _sections(text: str) -> dict[str, list[list[str]]]:
+    """Plain `show` output as {track title: rows of cells} (header and rule dropped)."""
+    out = {}
+    for block in text.strip().split("\n\n"):
+        title, _header, _rule, *rows = block.splitlines()
+        out[title.split(":")[0]] = [row.split() for row in rows]
+    return out
+
+
+def test_show_ranks_within_tracks(board: Path) -> None:
+    """Each track is ranked apart, by its own metric unless --sort says; in-tool rows never
+    rank among bits held in weights."""
+    tables = _sections(lb.show(board))
+    assert list(tables) == ["in-weight capacity", "in-tool recall"]
+    bits = [float(row[6]) for row in tables["in-weight capacity"]]  # rank by bits/param
+    assert bits == sorted(bits, reverse=True) and len(bits) == 3
+    assert [row[0] for row in tables["in-weight capacity"]] == ["1", "2", "3"]
+    assert [row[:2] for row in tables["in-tool recall"]] == [["1", "in-tool"]]
+
+    tables = _sections(lb.show(board, sort_by="recall"))
+    assert [float(row[5]) for row in tables["in-weight capacity"]] == [0.9, 0.7, 0.5]
+    assert tables["in-tool recall"][0][:2] == ["1", "in-tool"]  # 0.95, first of its own track
+    assert list(_sections(lb.show(board, sort_by="bits_per_param"))) == ["in-weight capacity"]
 
     # eval_s is lower-is-better: all tie at 0.25, so they share rank 1.
-    lines = lb.show(board, sort_by="eval_s").splitlines()
-    assert lines[0].split()[-1] == "eval_s"
-    assert {line.split()[0] for line in lines[2:]} == {"1"}
+    text = lb.show(board, sort_by="eval_s")
+    assert "eval_s" in text.splitlines()[1].split()
+    assert {row[0] for rows in _sections(text).values() for row in rows} == {"1"}
     with pytest.raises(LeaderboardError, match="no entry has this metric"):
         lb.show(board, sort_by="kl")
 
-    only = lb.show(board, mode="in-tool").splitlines()[2:]
-    assert only and {line.split()[1] for line in only} == {"in-tool"}
+    only = _sections(lb.show(board, mode="in-tool"))
+    assert list(only) == ["in-tool recall"]
+    assert list(_sections(lb.show(board, track="in-weight-capacity"))) == ["in-weight capacity"]
     with pytest.raises(LeaderboardError, match="no entry has this mode; choose one of"):
         lb.show(board, mode="in-wieght")
+    with pytest.raises(LeaderboardError, match="no entry has this track; choose one of"):
+        lb.show(board, track="side-memory")
 
 
-def test_show_markdown_is_a_table(board: Path) -> None:
-    lines = lb.show(board, markdown=True).splitlines()
-    cells = [line.strip("|").split("|") for line in lines]
-    assert len(lines) == 6 and all(len(c) == 11 for c in cells)
-    assert [c.strip() for c in cells[0]][:2] == ["rank", "mode"]
-    assert all(re.fullmatch(r"\s*:?-+:?\s*", c) for c in cells[1])
-    assert [c.strip() for c in cells[2]][:2] == ["1", "in-tool"]
+def test_show_markdown_is_a_table_per_track(board: Path) -> None:
+    blocks = lb.show(board, markdown=True).split("### ")[1:]
+    assert len(blocks) == 2
+    for block, n_rows in zip(blocks, [3, 1], strict=True):
+        title, blank, *lines = block.strip().splitlines()
+        cells = [line.strip("|").split("|") for line in lines]
+        assert f"({n_rows} entries, ranked by " in title
+        assert blank == "" and len(lines) == 2 + n_rows
+        assert len({len(c) for c in cells}) == 1
+        assert all(re.fullmatch(r"\s*:?-+:?\s*", c) for c in cells[1])
+    in_tool = [line.strip("|").split("|") for line in blocks[1].strip().splitlines()[2:]]
+    assert "delivered/param" in [c.strip() for c in in_tool[0]]
+    assert [c.strip() for c in in_tool[2]][:2] == ["1", "in-tool"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -541,7 +733,7 @@ def test_cli(tmp_path: Path, board: Path, capsys: pytest.CaptureFixture[str]) ->
     assert _run("show", str(board), "--markdown", "--sort", "recall") == 0
     assert capsys.readouterr().out.count("\n") >= 6
     assert _run("merge", str(board), str(board), "-o", str(tmp_path / "m.json")) == 0
-    assert "4 duplicates dropped" in capsys.readouterr().out
+    assert "4 duplicate ids dropped" in capsys.readouterr().out
     assert _run("export", str(board.parent / "sweep"), "-o", str(tmp_path / "e.json")) == 0
     assert "3 entries from 3 records" in capsys.readouterr().out
 
@@ -557,7 +749,22 @@ def test_cli(tmp_path: Path, board: Path, capsys: pytest.CaptureFixture[str]) ->
         assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "x.json").exists()
 
+    # the same id with different metrics: refused (exit 2) unless a policy is named
+    doc = json.loads(board.read_text())
+    was = doc["entries"][0]["metrics"]["recall"]
+    doc["entries"][0]["metrics"]["recall"] = 0.25
+    other = _write(tmp_path / "other.json", json.dumps(doc).encode())
+    assert _run("merge", str(board), str(other), "-o", str(tmp_path / "z.json")) == 2
+    err = capsys.readouterr().err
+    assert f"recall {was} vs 0.25" in err and err.count("\n") == 1
+    assert not (tmp_path / "z.json").exists()
+    argv = ["merge", str(board), str(other), "-o", str(tmp_path / "z.json")]
+    assert _run(*argv, "--on-conflict", "keep-first") == 0
+    out, err = capsys.readouterr()
+    assert err.startswith("conflict: id ") and f"recall {was} vs 0.25" in err
+    assert "1 conflicts kept past" in out
+
 
 def test_created_is_utc_iso() -> None:
-    stamp = lb._now()
+    stamp = build.now()
     assert datetime.datetime.fromisoformat(stamp).utcoffset() == datetime.timedelta(0)

@@ -53,3 +53,65 @@ def test_kl_and_tv_by_hand():
     assert tv == pytest.approx(0.25, rel=1e-5)
     kl0, tv0 = kl_tv(jnp.log(p)[None], jnp.log(p)[None], jnp.ones((1, 1)))
     assert kl0 == pytest.approx(0.0, abs=1e-7) and tv0 == pytest.approx(0.0, abs=1e-7)
+
+
+def test_streamed_stats_equal_one_block():
+    """Blocks of 3 rows (a ragged last block) give the same stats as one block of all."""
+    from recall_bench.experiments.run import RunConfig, make_task
+    from recall_bench.metrics import sequence_stats
+    from recall_bench.model import init_model
+    from recall_bench.worlds import make_fact_world
+
+    cfg = RunConfig(n_facts=40, layers=1, width=16, heads=2)
+    seqs = make_task(cfg, make_fact_world(cfg.spec)).train
+    graphdef, params = init_model(cfg.model_config(), 0)
+    args = (graphdef, params, seqs.tokens, seqs.loss_mask, seqs.value_mask)
+    whole, streamed = sequence_stats(*args, block=40), sequence_stats(*args, block=3)
+    for key, value in whole.items():
+        np.testing.assert_allclose(streamed[key], value, rtol=1e-6, err_msg=key)
+
+
+def test_evaluation_blocks_bound_the_logits():
+    """Morris's shape (V=2048, S=64): the default block keeps logits under the budget."""
+    from recall_bench import metrics
+    from recall_bench.model import ModelConfig, init_model
+
+    graphdef, params = init_model(
+        ModelConfig(vocab_size=2048, max_len=64, layers=1, width=32, heads=4), 0
+    )
+    tokens = np.zeros((4096, 64), np.int32)
+    rows = metrics.rows_per_block(graphdef, params, tokens)
+    assert rows * 63 * 2048 <= metrics.LOGITS_PER_BLOCK and rows >= 128
+
+
+def test_noise_floor_of_a_model_that_saw_nothing_is_about_all_it_holds():
+    """A model trained on one world "memorizes" bits of another world it never saw (per-fact
+    clipping keeps its lucky guesses); the floor measured on unseen entities takes them off."""
+    import dataclasses
+
+    from recall_bench.experiments.run import RunConfig, make_task, noise_floor_metrics
+    from recall_bench.formats import render
+    from recall_bench.metrics import bits_memorized, sequence_stats
+    from recall_bench.train import train_models
+    from recall_bench.worlds import make_fact_world
+
+    cfg = RunConfig(n_facts=512, layers=1, width=16, heads=2, steps=300, attribute_sizes=(64,))
+    world = make_fact_world(cfg.spec)
+    result = train_models(
+        cfg.model_config(), cfg.train_config(), [make_task(cfg, world)], [0], progress=False
+    )
+    graphdef, params = result.graphdef, result.model(0)
+    unseen_cfg = dataclasses.replace(cfg, seed=1)  # another world: nothing of it was trained
+    unseen = make_fact_world(unseen_cfg.spec)
+    seqs = render(unseen, "in-weight")
+    stats = sequence_stats(graphdef, params, seqs.tokens, seqs.loss_mask, seqs.value_mask)
+    bits = bits_memorized(stats["value_nll_bits"], unseen.fact_bits())
+    assert bits > 20  # the positive bias of clipping per fact
+    floor = noise_floor_metrics(unseen_cfg, unseen, graphdef, params, bits)
+    assert floor["noise_floor_bits_per_fact"] * 512 == pytest.approx(bits, rel=0.25)
+    assert floor["bits_memorized_corrected"] < 0.25 * bits
+    seqs = render(world, "in-weight")  # the trained world: most of what it holds is real
+    stats = sequence_stats(graphdef, params, seqs.tokens, seqs.loss_mask, seqs.value_mask)
+    held = bits_memorized(stats["value_nll_bits"], world.fact_bits())
+    trained = noise_floor_metrics(cfg, world, graphdef, params, held)
+    assert trained["bits_memorized_corrected"] > 0.9 * held > 10 * bits

@@ -10,7 +10,8 @@ import pytest
 from flax import nnx
 
 from recall_bench import cli, formats
-from recall_bench.experiments.run import RunConfig, run
+from recall_bench.experiments.config import RunConfig
+from recall_bench.experiments.run import run
 from recall_bench.model import apply, init_model
 from recall_bench.probe import (
     Ablatable,

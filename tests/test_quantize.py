@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from recall_bench import cli
-from recall_bench.experiments.run import RunConfig, finish, make_task, run
+from recall_bench.experiments.config import RunConfig, make_task
+from recall_bench.experiments.run import finish, run
 from recall_bench.model import init_model
 from recall_bench.quantize import quantize_dequantize, quantize_params, quantize_run
 from recall_bench.saved import evaluate_run, load_run

@@ -8,11 +8,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import recall_bench.cli.degrade as cli_degrade
+import recall_bench.cli.sweep as cli_sweep
 import recall_bench.experiments.default as default
 import recall_bench.experiments.degrade as degrade
 import recall_bench.experiments.run as run_module
 import recall_bench.experiments.store_scale as store_scale
-import recall_bench.experiments.sweep as sweep
 import recall_bench.progress as progress_module
 from recall_bench.cli import build_parser, main
 from recall_bench.experiments.run import RunConfig, make_task
@@ -190,7 +191,8 @@ def stub(*args, **kwargs):
     raise Ran
 
 
-WORDS = ["run", "degrade", "store-scale", "sweep", "--mode", "in-weight", "in-tool",
+WORDS = ["run", "degrade", "store-scale", "sweep", "--protocol", "joint", "--mode", "in-weight",
+         "in-tool",
          "side-memory", "--facts", "--modes", "--sizes", "--steps", "--width", "--heads",
          "--lr", "--seed", "--store", "sqlite", "--memory-size", "--memory-layer", "--out",
          "--resume", "--json", "--quiet", "--checkpoint-every", "--attributes", "--rule-alpha",
@@ -205,8 +207,8 @@ def test_random_arguments_exit_cleanly(argv):
     traceback."""
     with pytest.MonkeyPatch.context() as mp:
         for module, name in ((run_module, "run"), (default, "run_default"),
-                             (store_scale, "run_store_scale"), (degrade, "run_degrade"),
-                             (sweep, "run_sweep")):  # fmt: skip
+                             (store_scale, "run_store_scale"), (cli_degrade, "run_degrade"),
+                             (cli_degrade, "run_joint"), (cli_sweep, "run_sweep")):  # fmt: skip
             mp.setattr(module, name, stub)
         try:
             code = main(argv)

@@ -98,6 +98,7 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path, straight):
 
 def test_a_resumed_run_records_the_code_it_started_on_and_each_resume(tmp_path, monkeypatch):
     """A run resumed on newer code keeps its starting env and lists where it resumed."""
+    import recall_bench.resume as resume
     import recall_bench.train as train
     from recall_bench.experiments.run import RunConfig, make_task
     from recall_bench.worlds import make_fact_world
@@ -105,6 +106,7 @@ def test_a_resumed_run_records_the_code_it_started_on_and_each_resume(tmp_path, 
     def code(commit):
         env = {"git_commit": commit, "git_dirty": False, "device_kind": "cpu", "jax": "0"}
         monkeypatch.setattr(train, "environment", lambda: env)
+        monkeypatch.setattr(resume, "environment", lambda: env)
 
     cfg = RunConfig(mode="in-weight", n_facts=64, layers=1, width=16, heads=2, steps=20)
     task = make_task(cfg, make_fact_world(cfg.spec))

@@ -10,7 +10,9 @@ import json
 import numpy as np
 import pytest
 
-from recall_bench.experiments import capacity, sweep
+from recall_bench.cli import build_parser
+from recall_bench.cli.sweep import parse_shard
+from recall_bench.experiments import sweep
 from recall_bench.experiments.run import run
 
 TINY = """
@@ -82,7 +84,7 @@ def test_grid_expansion_overrides_groups_and_shards(tmp_path):
     with pytest.raises(ValueError, match="--set: unknown key 'stepz'"):
         sweep.load_sweep(write(tmp_path, text), ["stepz=7"])
     with pytest.raises(argparse.ArgumentTypeError, match="0 <= i < n"):
-        sweep.parse_shard("3/3")
+        parse_shard("3/3")
 
 
 def test_side_memory_sizes_get_their_own_folders(tmp_path):
@@ -153,10 +155,7 @@ def test_ensemble_metrics_equal_cells_trained_alone(finished_sweep):
 
 def test_capacity_and_merge_commands_print_documented_json(finished_sweep, tmp_path, capsys):
     _, out, _ = finished_sweep
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers()
-    sweep.add_sweep_parser(sub)
-    capacity.add_capacity_parser(sub)
+    parser = build_parser()
     table = tmp_path / "pfr.json"
     args = parser.parse_args(["capacity", str(out), "--json", "--params-for-recall", str(table)])
     assert args.func(args) == 0

@@ -10,7 +10,6 @@ on fresh sequences from an independent stream; the uniform guess scores ln vocab
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -24,10 +23,11 @@ from typing import Any
 import numpy as np
 
 from recall_bench import capacity, formats, plots
-from recall_bench.experiments.run import BaseRunConfig, train_group, train_info
-from recall_bench.metrics import sequence_stats, summarize_in_weight
+from recall_bench.experiments.config import BaseRunConfig
+from recall_bench.experiments.run import finished_group, train_group, train_info
+from recall_bench.metrics import noise_floor, sequence_stats, summarize_in_weight
 from recall_bench.model import ModelConfig, count_params
-from recall_bench.records import environment, new_record, read_json, write_json_atomic
+from recall_bench.records import new_record, read_record, write_json_atomic
 from recall_bench.train import Task, TrainResult
 from recall_bench.worlds import TokenSpec, make_token_world, spec_hash
 
@@ -78,11 +78,15 @@ def run_token_group(
     progress: bool = True,
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
+    checkpoint_every_s: float = 30.0,
 ) -> list[dict[str, Any]]:
     """Train random-token cells differing only in seed as one ensemble (train_group),
     record each one, then drop the ensemble's checkpoints (like run_group)."""
+    done = finished_group(cfgs, out_dirs, resume)
+    if done is not None:
+        return done
     tasks = [token_task(c) for c in cfgs]
-    result = train_group(cfgs, tasks, progress, checkpoint_dir, resume)
+    result = train_group(cfgs, tasks, progress, checkpoint_dir, resume, checkpoint_every_s)
     records = []
     for k, (cfg, task, out_dir) in enumerate(zip(cfgs, tasks, out_dirs, strict=True)):
         record = token_record(cfg, task, result, k)
@@ -115,7 +119,15 @@ def token_record(cfg: TokenRunConfig, task: Task, result: TrainResult, k: int) -
     held_stats = sequence_stats(
         result.graphdef, params, held.tokens, held.loss_mask, held.value_mask
     )
+    floor = noise_floor(
+        held_stats["value_nll_bits"],
+        np.full(cfg.held_out, spec.bits_per_sequence),
+        metrics["bits_memorized"],
+        spec.n_sequences,
+    )
+    floor["bits_per_param_corrected"] = floor["bits_memorized_corrected"] / n_params["total"]
     metrics.update(
+        **floor,
         train_loss=float(stats["loss_sum"].sum() / seqs.loss_mask[:, 1:].sum()),
         held_out_loss=float(held_stats["loss_sum"].sum() / held.loss_mask[:, 1:].sum()),
         uniform_loss=math.log(cfg.vocab),
@@ -148,7 +160,7 @@ def load_records(folders: list[str | Path]) -> list[dict]:
         if not Path(folder).is_dir():
             raise FileNotFoundError(f"{folder} is not a folder of run records")
         for path in sorted(Path(folder).rglob("record.json")):
-            record = read_json(path)
+            record = read_record(path)
             key = json.dumps(record["config"], sort_keys=True)
             if key not in newest or record["created"] > newest[key]["created"]:
                 newest[key] = record
@@ -159,35 +171,35 @@ def model_name(model: dict) -> str:
     return f"L{model['layers']}-d{model['width']}"
 
 
+DATA_CAPPED = 0.9  # a cell holding this share of its data's entropy shows the data's limit
+AROUND = (0.5, 4.0)  # fact counts whose entropy is 0.5-4x the capacity bracket it
+
+
 def model_capacity(records: list[dict]) -> dict:
     """One model's bits-memorized curve over fact counts (seeds side by side) and its
-    capacity: per seed the maximum over fact counts, then the mean over seeds."""
+    capacity: per seed the maximum over the cells that are not data-capped, then the mean
+    over seeds. A model with no such cell on some seed is data-capped: its maximum is only a
+    lower bound, kept out of fits."""
     counts = sorted({r["n_facts"] for r in records})
     seeds = sorted({r["seed"] for r in records})
     bits = np.full((len(seeds), len(counts)), np.nan)
+    entropy = np.full(len(counts), np.nan)
     cells = defaultdict(list)
     for r in records:
-        bits[seeds.index(r["seed"]), counts.index(r["n_facts"])] = r["metrics"]["bits_memorized"]
+        j = counts.index(r["n_facts"])
+        bits[seeds.index(r["seed"]), j] = r["metrics"]["bits_memorized"]
+        entropy[j] = r["world"]["entropy_bits"]
         cells[r["n_facts"]].append(r)
-    curve = []
-    for n in counts:
-        rs = sorted(cells[n], key=lambda r: r["seed"])
-        point = {
-            "n_facts": n,
-            "entropy_bits": rs[0]["world"]["entropy_bits"],
-            "bits": float(np.mean([r["metrics"]["bits_memorized"] for r in rs])),
-            "bits_by_seed": [r["metrics"]["bits_memorized"] for r in rs],
-            "recall": float(np.mean([r["metrics"]["recall"] for r in rs])),
-            "steps": [r["train"]["steps"] for r in rs],
-            "stop_reason": [r["train"]["stop_reason"] for r in rs],
-            "converged": all(r["train"]["converged"] for r in rs),
-        }
-        if "held_out_loss" in rs[0]["metrics"]:
-            point["held_out_loss"] = float(np.mean([r["metrics"]["held_out_loss"] for r in rs]))
-        curve.append(point)
-    cap = capacity.capacity_per_seed(bits)
-    best = max(curve, key=lambda p: p["bits"])
+    capped = bits >= DATA_CAPPED * entropy
+    curve = [curve_point(sorted(cells[n], key=lambda r: r["seed"])) for n in counts]
+    free = np.where(capped, np.nan, bits)
+    data_capped = bool(np.all(np.isnan(free), axis=1).any())
+    cap = capacity.capacity_per_seed(bits if data_capped else free)
+    best = np.nanargmax(bits if data_capped else free, axis=1)
     params = records[0]["params"]
+    around = [
+        n for n, e in zip(counts, entropy, strict=True) if AROUND[0] <= e / cap.mean() <= AROUND[1]
+    ]
     out = {
         "name": model_name(records[0]["model"]),
         "model": records[0]["model"],
@@ -196,10 +208,12 @@ def model_capacity(records: list[dict]) -> dict:
         "capacity_bits_by_seed": cap.tolist(),
         "bits_per_param": float(cap.mean() / params["total"]),
         "bits_per_param_non_embedding": float(cap.mean() / params["non_embedding"]),
-        "best_n_facts": best["n_facts"],
-        # held < 95% of the best count's entropy: the model, not the data, set the maximum
-        "saturated": best["bits"] < 0.95 * best["entropy_bits"],
-        "converged": best["converged"],
+        "best_n_facts": counts[int(np.bincount(best).argmax())],
+        "best_n_facts_by_seed": [counts[j] for j in best],
+        "data_capped": data_capped,
+        "saturated": not data_capped,  # the model, not the data, set the maximum
+        "counts_around_capacity": around,  # fact counts with 0.5-4x the capacity's bits
+        "converged": all(curve[j]["converged"] for j in set(best.tolist())),
         "curve": curve,
     }
     if len(curve) >= 3 and all("held_out_loss" in p for p in curve):
@@ -211,10 +225,34 @@ def model_capacity(records: list[dict]) -> dict:
     return out
 
 
+def curve_point(rs: list[dict]) -> dict:
+    """One fact count of a model's curve: its seeds' bits, recall and training."""
+    m = [r["metrics"] for r in rs]
+    entropy = rs[0]["world"]["entropy_bits"]
+    point = {
+        "n_facts": rs[0]["n_facts"],
+        "entropy_bits": entropy,
+        "bits": float(np.mean([x["bits_memorized"] for x in m])),
+        "bits_by_seed": [x["bits_memorized"] for x in m],
+        "data_capped_by_seed": [x["bits_memorized"] >= DATA_CAPPED * entropy for x in m],
+        "recall": float(np.mean([x["recall"] for x in m])),
+        "steps": [r["train"]["steps"] for r in rs],
+        "late_bits_gain": [r["train"].get("late_bits_gain") for r in rs],
+        "stop_reason": [r["train"]["stop_reason"] for r in rs],
+        "converged": all(r["train"]["converged"] for r in rs),
+    }
+    if all("noise_floor_bits_per_fact" in x for x in m):
+        point["bits_corrected"] = float(np.mean([x["bits_memorized_corrected"] for x in m]))
+    if "held_out_loss" in m[0]:
+        point["held_out_loss"] = float(np.mean([x["held_out_loss"] for x in m]))
+    return point
+
+
 def capacity_summary(records: list[dict]) -> list[dict]:
-    """Per world kind and dtype: each model's capacity and the bits/param fit over models
-    (total and non-embedding counts). In-tool records are left out: their bits are read
-    from the store, not held in the weights."""
+    """Per world kind and dtype: each model's capacity and the bits/param fit over the
+    models that are not data-capped (total and non-embedding counts), with the cells it
+    used. In-tool records are left out: their bits are read from the store, not held in the
+    weights."""
     by_model = defaultdict(list)
     for r in records:
         if r["mode"] != "in-tool":
@@ -225,16 +263,20 @@ def capacity_summary(records: list[dict]) -> list[dict]:
     summary = []
     for (kind, dtype), models in sorted(groups.items()):
         models.sort(key=lambda m: m["params"]["total"])
-        caps = [m["capacity_bits_by_seed"] for m in models]
+        fitted = [m for m in models if not m["data_capped"]]
+
         summary.append(
             {
                 "world": kind,
                 "dtype": dtype,
                 "models": models,
-                "fit": capacity.fit_bits_per_param([m["params"]["total"] for m in models], caps),
-                "fit_non_embedding": capacity.fit_bits_per_param(
-                    [m["params"]["non_embedding"] for m in models], caps
-                ),
+                "fit": fit_over(fitted, "total"),
+                "fit_non_embedding": fit_over(fitted, "non_embedding"),
+                "fit_cells": [
+                    {"model": m["name"], "n_facts_by_seed": m["best_n_facts_by_seed"]}
+                    for m in fitted
+                ],
+                "fit_excludes_data_capped": [m["name"] for m in models if m["data_capped"]],
                 "all_saturated_and_converged": all(
                     m["saturated"] and m["converged"] for m in models
                 ),
@@ -242,6 +284,15 @@ def capacity_summary(records: list[dict]) -> list[dict]:
             }
         )
     return summary
+
+
+def fit_over(models: list[dict], count: str) -> dict | None:
+    """The bits/param fit over `models` by their `count` ("total" or "non_embedding")
+    parameters; None without models."""
+    if not models:
+        return None
+    caps = [m["capacity_bits_by_seed"] for m in models]
+    return capacity.fit_bits_per_param([m["params"][count] for m in models], caps)
 
 
 def params_for_recall(
@@ -280,20 +331,29 @@ def format_capacity(groups: list[dict]) -> str:
     lines = []
     for g in groups:
         fit, fit_ne = g["fit"], g["fit_non_embedding"]
-        lines.append(
-            f"{g['world']} {g['dtype']}: {fit['bits_per_param']:.2f} bits/param "
-            f"[{fit['interval'][0]:.2f}, {fit['interval'][1]:.2f}], non-embedding "
-            f"{fit_ne['bits_per_param']:.2f} [{fit_ne['interval'][0]:.2f}, "
-            f"{fit_ne['interval'][1]:.2f}]; published {g['published_bits_per_param']}"
-        )
+        if fit is None:
+            lines.append(
+                f"{g['world']} {g['dtype']}: no fit (every model is data-capped: give it more "
+                f"facts); published {g['published_bits_per_param']}"
+            )
+        else:
+            lines.append(
+                f"{g['world']} {g['dtype']}: {fit['bits_per_param']:.2f} bits/param "
+                f"[{fit['interval'][0]:.2f}, {fit['interval'][1]:.2f}], non-embedding "
+                f"{fit_ne['bits_per_param']:.2f} [{fit_ne['interval'][0]:.2f}, "
+                f"{fit_ne['interval'][1]:.2f}] over {len(g['fit_cells'])} models; published "
+                f"{g['published_bits_per_param']}"
+            )
         lines.append(
             f"  {'model':<8} {'params':>8} {'non-emb':>8} {'capacity':>9} {'bits/param':>10} "
             f"{'best n':>7}  status"
         )
         for m in g["models"]:
-            status = ("saturated" if m["saturated"] else "data-limited (lower bound)") + (
+            status = ("saturated" if m["saturated"] else "data-capped (lower bound)") + (
                 "" if m["converged"] else ", unconverged"
             )
+            if len(m["counts_around_capacity"]) < 4:
+                status += f", {len(m['counts_around_capacity'])} counts at 0.5-4x capacity"
             lines.append(
                 f"  {m['name']:<8} {m['params']['total']:>8,} {m['params']['non_embedding']:>8,} "
                 f"{m['capacity_bits']:>9,.0f} {m['bits_per_param']:>10.2f} "
@@ -326,10 +386,10 @@ def format_params_for_recall(rows: list[dict]) -> str:
 
 
 def write_plots(cap: list[dict], rows: list[dict], folder: str | Path) -> list[str]:
-    """The capacity figures into folder (held-out loss only for random tokens); their
-    paths."""
+    """The capacity figures into folder (none without in-weight cells; held-out loss only
+    for random tokens); their paths."""
     folder = Path(folder)
-    paths = [plots.capacity_vs_params(cap, folder / "capacity_vs_params.png")]
+    paths = [plots.capacity_vs_params(cap, folder / "capacity_vs_params.png")] if cap else []
     for g in cap:
         name = f"bits_vs_facts_{g['world']}_{g['dtype']}.png"
         paths.append(plots.bits_vs_facts(g["models"], folder / name, f"{g['world']}, {g['dtype']}"))
@@ -345,61 +405,3 @@ def write_plots(cap: list[dict], rows: list[dict], folder: str | Path) -> list[s
 def command_line() -> str:
     """How this process was invoked, as a recall-bench command to regenerate its output."""
     return shlex.join(["recall-bench", *sys.argv[1:]])
-
-
-def add_capacity_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "capacity",
-        help="capacity fits and params-for-recall from finished sweep folders",
-        description="Reads every record.json under the folders (e.g. a sweep, or its shards), "
-        "computes each model's capacity (max bits memorized over fact counts), the bits/param "
-        "fit with a bootstrap interval over seeds per world kind and dtype, and the smallest "
-        f"model reaching {RECALL_TARGET:.0%} recall per fact count and mode.",
-    )
-    p.add_argument("folders", nargs="+", type=Path, metavar="SWEEP_DIR")
-    p.add_argument("--plots", type=Path, metavar="DIR", help="write the figures into DIR")
-    p.add_argument(
-        "--params-for-recall",
-        type=Path,
-        metavar="FILE",
-        help="write the params-for-recall table with its provenance to FILE",
-    )
-    p.add_argument("--json", action="store_true", help="print the summary JSON only")
-    p.set_defaults(func=cmd_capacity)
-
-
-def cmd_capacity(args: argparse.Namespace) -> int:
-    records = load_records(args.folders)
-    if not records:
-        raise ValueError(f"no record.json under {', '.join(map(str, args.folders))}")
-    cap, rows = capacity_summary(records), params_for_recall(records)
-    summary: dict[str, Any] = {
-        "sources": [str(f) for f in args.folders],
-        "records": len(records),
-        "capacity": cap,
-        "params_for_recall": rows,
-    }
-    if args.plots is not None:
-        summary["plots"] = write_plots(cap, rows, args.plots)
-    if args.params_for_recall is not None:
-        env = environment()
-        write_json_atomic(
-            args.params_for_recall,
-            {
-                "target_recall": RECALL_TARGET,
-                "dtype": "float32",
-                "rows": rows,
-                "provenance": {
-                    "command": command_line(),
-                    "sources": summary["sources"],
-                    "git_commit": env["git_commit"],
-                    "git_dirty": env["git_dirty"],
-                },
-            },
-        )
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        print(format_capacity(cap))
-        print(format_params_for_recall(rows))
-    return 0

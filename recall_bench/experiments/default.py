@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 
 from recall_bench import plots
-from recall_bench.experiments.run import RunConfig, run
+from recall_bench.experiments.config import RunConfig
+from recall_bench.experiments.run import run
 from recall_bench.records import write_json_atomic
 
 FACT_COUNTS = (256, 1024, 2048, 4096, 8192, 16384)
@@ -32,8 +33,10 @@ def summary_row(record: dict) -> dict:
         "params": record["params"]["total"],
         "recall": m["recall"],
         "recall_unseen": m.get("recall_unseen"),
-        "bits_memorized": m["bits_memorized"],
-        "bits_per_param": m["bits_per_param"],
+        "bits_memorized": m.get("bits_memorized"),  # held in the weights (not in-tool)
+        "bits_per_param": m.get("bits_per_param"),
+        "bits_delivered": m.get("bits_delivered"),  # in-tool: with the store's help
+        "bits_delivered_per_param": m.get("bits_delivered_per_param"),
         "steps": t["steps"],
         "stop_reason": t["stop_reason"],
         "train_s": t["wall_s"],
@@ -77,17 +80,24 @@ def run_default(out: Path, progress: bool = True, resume: bool = False) -> dict:
     return summary
 
 
+def _fixed(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
 def format_table(summary: dict) -> str:
+    """Bits held in the weights per parameter (bits/param) and, in-tool, bits delivered with
+    the store's help per parameter (delivered/param) are separate columns."""
     header = (
-        f"{'mode':<10} {'facts':>6} {'recall':>7} {'unseen':>7} {'bits/param':>10} {'steps':>6}"
-        "  stop"
+        f"{'mode':<10} {'facts':>6} {'recall':>7} {'unseen':>7} {'bits/param':>10} "
+        f"{'delivered/param':>15} {'steps':>6}  stop"
     )
     lines = [f"default benchmark: {summary['params']:,}-parameter model", header]
     for r in summary["rows"]:
-        unseen = "-" if r["recall_unseen"] is None else f"{r['recall_unseen']:.3f}"
         lines.append(
-            f"{r['mode']:<10} {r['n_facts']:>6} {r['recall']:>7.3f} {unseen:>7} "
-            f"{r['bits_per_param']:>10.3f} {r['steps']:>6}  {r['stop_reason']}"
+            f"{r['mode']:<10} {r['n_facts']:>6} {r['recall']:>7.3f} "
+            f"{_fixed(r['recall_unseen']):>7} {_fixed(r['bits_per_param']):>10} "
+            f"{_fixed(r.get('bits_delivered_per_param')):>15} {r['steps']:>6}  "
+            f"{r['stop_reason']}"
         )
     lines.append(f"plot: {summary['plot']}   total {summary['wall_s']:.0f} s")
     return "\n".join(lines)

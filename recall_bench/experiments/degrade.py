@@ -19,7 +19,6 @@ also the held-out text's bits per byte, its change from the base model's, and it
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -31,7 +30,9 @@ import numpy as np
 
 from recall_bench import formats, general, plots
 from recall_bench.checkpoint import load_params, save_params
-from recall_bench.experiments.run import RunConfig, evaluate, make_record, make_task
+from recall_bench.experiments.config import RunConfig, make_task
+from recall_bench.experiments.evaluate import evaluate
+from recall_bench.experiments.run import make_record
 from recall_bench.identity import refuse_other
 from recall_bench.model import ModelConfig, add_side_memory, count_params, init_model
 from recall_bench.records import clean_json, environment, read_json, write_json_atomic
@@ -248,6 +249,10 @@ def run_cell(
     base_accuracy = base_scores["general_accuracy"]
     kept = metrics["general_accuracy"] / base_accuracy if base_accuracy else math.nan
     metrics["general_accuracy_kept"] = kept  # undefined (null) for a base that knows nothing
+    if "general_mc_accuracy" in base_scores:  # bases saved before the graded score lack it
+        chance = 1.0 / (cfg.suite.distractors + 1)
+        mc = (metrics["general_mc_accuracy"], base_scores["general_mc_accuracy"], chance)
+        metrics["general_mc_kept"] = general.above_chance(*mc)
     if "text_bits_per_byte" in metrics:
         change = metrics["text_bits_per_byte"] - base_scores["text_bits_per_byte"]
         metrics["text_bits_per_byte_change"] = change
@@ -395,76 +400,3 @@ def format_table(summary: dict) -> str:
         )
     lines.append(f"plot: {summary['plot']}   total {summary['wall_s']:.0f} s")
     return "\n".join(lines)
-
-
-def add_degrade_parser(subparsers) -> None:
-    from recall_bench.cli import add_memory_arguments, int_list, positive_float, positive_int
-
-    d = DegradeConfig()
-    p = subparsers.add_parser(
-        "degrade",
-        help="general-ability degradation as facts are added in weights versus in a tool",
-        description="Train a base model on a general suite, inject N facts in-weight, in-tool, "
-        "with general replay, or into a product-key memory added to the frozen base model "
-        "(side-memory), and measure the change in general accuracy and the KL/TV divergence "
-        "from the base model.",
-    )
-    p.add_argument(
-        "--facts", type=int_list, default=d.fact_counts, help="fact counts, e.g. 256,4096"
-    )
-    p.add_argument(
-        "--modes",
-        type=lambda s: tuple(s.split(",")),
-        default=d.modes,
-        help=f"comma-separated subset of {','.join(MODES)}",
-    )
-    p.add_argument("--layers", type=positive_int, default=d.layers)
-    p.add_argument("--width", type=positive_int, default=d.width)
-    p.add_argument("--heads", type=positive_int, default=d.heads)
-    p.add_argument("--base-steps", type=positive_int, default=d.base_steps)
-    p.add_argument("--steps", type=positive_int, default=d.steps, help="injection step budget")
-    p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
-    p.add_argument("--base-lr", type=positive_float, default=d.base_lr)
-    p.add_argument("--lr", type=positive_float, default=d.lr, help="fact-injection lr")
-    p.add_argument("--target-recall", type=positive_float, default=d.target_recall)
-    p.add_argument("--replay-fraction", type=positive_float, default=d.replay_fraction)
-    add_memory_arguments(p, d, "adds to (< 0: counted from the last)")
-    p.add_argument(
-        "--text-file",
-        help="a UTF-8 text file added to the general suite, scored in bits per byte on its "
-        f"last {d.suite.text_held_out:.0%}".replace("%", "%%"),
-    )
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--out", type=Path, default=Path("recall_bench_out/degradation"))
-    p.add_argument("--json", action="store_true", help="print the summary JSON only")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
-    p.add_argument("--resume", action="store_true", help="keep the finished cells in --out")
-    p.set_defaults(func=cmd_degrade)
-
-
-def cmd_degrade(args: argparse.Namespace) -> int:
-    from recall_bench.cli import memory_options, output_folder, refuse_ignored
-
-    if "side-memory" not in args.modes:
-        refuse_ignored(memory_options(args), "they shape a side memory and --modes has none")
-    output_folder(args.out)
-    cfg = DegradeConfig(
-        fact_counts=args.facts,
-        modes=args.modes,
-        layers=args.layers,
-        width=args.width,
-        heads=args.heads,
-        base_steps=args.base_steps,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        base_lr=args.base_lr,
-        lr=args.lr,
-        target_recall=args.target_recall,
-        replay_fraction=args.replay_fraction,
-        seed=args.seed,
-        **memory_options(args),
-        suite=general.SuiteConfig(text_file=args.text_file),
-    )
-    summary = run_degrade(cfg, args.out, not (args.quiet or args.json), args.resume)
-    print(json.dumps(summary, indent=2) if args.json else format_table(summary))
-    return 0

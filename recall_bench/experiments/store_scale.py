@@ -11,7 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from recall_bench.experiments.run import RunConfig, evaluate, make_record, make_task
+from recall_bench.experiments.config import RunConfig, make_task
+from recall_bench.experiments.evaluate import evaluate
+from recall_bench.experiments.run import make_record
 from recall_bench.identity import refuse_other
 from recall_bench.records import read_json, write_json_atomic
 from recall_bench.tool import build_store

@@ -18,10 +18,8 @@ writes <out>/<cell>/record.json; cells differing only in seed train as one ensem
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import itertools
-import json
 import sys
 import time
 from pathlib import Path
@@ -34,10 +32,11 @@ except ModuleNotFoundError:  # Python 3.10
 
 from recall_bench.experiments import capacity
 from recall_bench.experiments.capacity import TOKENS, TokenRunConfig, run_token_group
+from recall_bench.experiments.config import RunConfig
 from recall_bench.experiments.default import summary_row
-from recall_bench.experiments.run import RunConfig, group_key, run_group
+from recall_bench.experiments.run import group_key, run_group
 from recall_bench.identity import finished_record
-from recall_bench.records import environment, read_json, write_json_atomic
+from recall_bench.records import environment, read_record, write_json_atomic
 from recall_bench.worlds import SpecError
 
 CONFIGS = {
@@ -232,17 +231,6 @@ def groups(cells: tuple[Config, ...] | list[Config]) -> list[list[Config]]:
     return list(by_key.values())
 
 
-def parse_shard(text: str) -> tuple[int, int]:
-    """'i/n' -> (i, n) with 0 <= i < n."""
-    try:
-        i, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--shard {text!r}: write i/n, e.g. 0/4") from None
-    if not 0 <= i < n:
-        raise argparse.ArgumentTypeError(f"--shard {text!r}: needs 0 <= i < n")
-    return i, n
-
-
 def shard_groups(cells: tuple[Config, ...], shard: tuple[int, int]) -> list[list[Config]]:
     """Ensemble j belongs to shard j mod n: the same file gives every shard the same share."""
     i, n = shard
@@ -283,7 +271,7 @@ def run_sweep(
                 print(f"    {cell_summary(r)}", file=sys.stderr)
     if (out / "checkpoints").is_dir() and not any((out / "checkpoints").iterdir()):
         (out / "checkpoints").rmdir()  # every group's checkpoints go once its records exist
-    records = [read_json(out / cell_name(c) / "record.json") for g in mine for c in g]
+    records = [read_record(out / cell_name(c) / "record.json") for g in mine for c in g]
     summary = sweep_summary(records, sweep.name, shard)
     summary.update(ran=sum(map(len, todo)), wall_s=time.perf_counter() - t0, out=str(out))
     summary["plots"] = capacity.write_plots(summary["capacity"], summary["params_for_recall"], out)
@@ -294,9 +282,15 @@ def run_sweep(
 
 def cell_summary(record: dict) -> str:
     m, t = record["metrics"], record["train"]
+    if "bits_memorized" in m:
+        bits = f"{m['bits_memorized']:,.0f} bits held ({m['bits_per_param']:.2f}/param)"
+    else:  # in-tool: bits delivered with the store's help
+        bits = (
+            f"{m['bits_delivered']:,.0f} bits delivered ({m['bits_delivered_per_param']:.2f}/param)"
+        )
     return (
-        f"seed {record['seed']}: recall {m['recall']:.3f}, {m['bits_memorized']:,.0f} bits "
-        f"({m['bits_per_param']:.2f}/param), {t['steps']} steps, {t['stop_reason']}"
+        f"seed {record['seed']}: recall {m['recall']:.3f}, {bits}, {t['steps']} steps, "
+        f"{t['stop_reason']}"
     )
 
 
@@ -362,9 +356,12 @@ def format_summary(summary: dict) -> str:
         f"{'cell':<44} {'params':>7} {'recall':>7} {'bits':>8} {'b/param':>7} {'steps':>6}  stop",
     ]
     for r in summary["cells"]:
+        held = r["bits_memorized"] is not None  # in-tool: delivered by the store, not held
+        bits = f"{r['bits_memorized']:,.0f}" if held else "-"
+        per_param = f"{r['bits_per_param']:.2f}" if held else "-"
         lines.append(
-            f"{r['cell']:<44} {r['params']:>7,} {r['recall']:>7.3f} {r['bits_memorized']:>8,.0f} "
-            f"{r['bits_per_param']:>7.2f} {r['steps']:>6}  {r['stop_reason']}"
+            f"{r['cell']:<44} {r['params']:>7,} {r['recall']:>7.3f} {bits:>8} "
+            f"{per_param:>7} {r['steps']:>6}  {r['stop_reason']}"
         )
     structured = [r for r in summary["cells"] if "recall_rule" in r]
     if structured:
@@ -390,48 +387,3 @@ def format_structured(rows: list[dict]) -> str:
             f"{r['cell']:<44} {cols[0]:>6} {cols[1]:>6} {bits:>8,.0f} {cols[2]:>13} {cols[3]:>8}"
         )
     return "\n".join(lines)
-
-
-def add_sweep_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "sweep",
-        help="run a grid of cells from a TOML file (or merge shards' records)",
-        description="recall-bench sweep CONFIG.toml [--out DIR] [--shard i/n] [--resume] | "
-        "recall-bench sweep merge DIR... -o SUMMARY.json. Cells differing only in seed train "
-        "as one ensemble; a cell whose record holds the same config is never rerun.",
-    )
-    p.add_argument("target", nargs="+", metavar="CONFIG.toml | merge DIR...")
-    p.add_argument("--out", type=Path, help="output folder (default: the file's `out`)")
-    p.add_argument(
-        "--shard", type=parse_shard, default=(0, 1), help="run ensembles j with j mod n = i"
-    )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a key in every grid, VALUE in TOML (steps=100, seed=[0,1])",
-    )
-    p.add_argument(
-        "--resume", action="store_true", help="keep finished cells, continue killed ones"
-    )
-    p.add_argument("--json", action="store_true", help="print the summary JSON only")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
-    p.add_argument("-o", "--output", type=Path, help="merge: the summary file to write")
-    p.set_defaults(func=cmd_sweep)
-
-
-def cmd_sweep(args: argparse.Namespace) -> int:
-    if args.target[0] == "merge":
-        if len(args.target) < 2 or args.output is None:
-            raise ValueError("sweep merge needs folders and -o SUMMARY.json")
-        summary = merge(args.target[1:], args.output)
-    else:
-        if len(args.target) != 1:
-            raise ValueError("give one sweep file (or: sweep merge DIR... -o SUMMARY.json)")
-        sweep = load_sweep(args.target[0], args.overrides)
-        out = args.out or sweep.out or Path("recall_bench_out/sweeps") / sweep.name
-        summary = run_sweep(sweep, out, args.shard, args.resume, not (args.quiet or args.json))
-    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
-    return 0

@@ -1,0 +1,155 @@
+"""`recall-bench degrade`: general ability under fact injection, by protocol: learn-tool
+(fine-tune a base model on facts) or joint (one model trained on general data and facts)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from recall_bench import general
+from recall_bench.cli.args import (
+    add_memory_arguments,
+    int_list,
+    memory_options,
+    output_folder,
+    positive_float,
+    positive_int,
+    refuse_ignored,
+)
+from recall_bench.experiments.degrade import MODES, DegradeConfig, format_table, run_degrade
+from recall_bench.experiments.joint import JointConfig
+from recall_bench.experiments.joint_report import format_table as format_joint
+from recall_bench.experiments.joint_report import run_joint
+from recall_bench.records import clean_json
+
+
+def add_degrade_parser(subparsers) -> None:
+    d = DegradeConfig()
+    held = f"{d.suite.text_held_out:.0%}".replace("%", "%%")  # argparse formats help with %
+    p = subparsers.add_parser(
+        "degrade",
+        help="general-ability degradation as facts are added in weights versus in a tool",
+        description="Train a base model on a general suite, inject N facts in-weight, in-tool, "
+        "with general replay, or into a product-key memory added to the frozen base model "
+        "(side-memory), and measure the change in general accuracy and the KL/TV divergence "
+        "from the base model.",
+    )
+    p.add_argument(
+        "--protocol",
+        choices=("learn-tool", "joint"),
+        default="learn-tool",
+        help="learn-tool: fine-tune a base model on facts (the options below); joint: train "
+        "one model from scratch on general data and facts together (shared capacity; unset "
+        "shared options take its own defaults)",
+    )
+    p.add_argument("--facts", type=int_list, help=f"fact counts (default {d.fact_counts})")
+    p.add_argument(
+        "--modes",
+        type=lambda s: tuple(s.split(",")),
+        help=f"comma-separated subset of {','.join(MODES)} (joint: in-weight,in-tool)",
+    )
+    p.add_argument("--layers", type=positive_int, help=f"default {d.layers}")
+    p.add_argument("--width", type=positive_int, help=f"default {d.width}")
+    p.add_argument("--heads", type=positive_int, help=f"default {d.heads}")
+    p.add_argument("--base-steps", type=positive_int, default=d.base_steps)
+    p.add_argument("--steps", type=positive_int, help=f"injection step budget (default {d.steps})")
+    p.add_argument("--batch-size", type=positive_int, help=f"default {d.batch_size}")
+    p.add_argument("--base-lr", type=positive_float, default=d.base_lr)
+    p.add_argument("--lr", type=positive_float, help=f"fact-injection lr (default {d.lr})")
+    p.add_argument("--target-recall", type=positive_float, default=d.target_recall)
+    p.add_argument("--replay-fraction", type=positive_float, default=d.replay_fraction)
+    add_memory_arguments(p, d, "adds to (< 0: counted from the last)")
+    p.add_argument(
+        "--text-file",
+        help="a UTF-8 text file added to the general suite, scored in bits per byte on its "
+        f"last {held} (`stdlib:REL`: a file of Python's standard library; "
+        f"joint default {general.STDLIB_TEXT})",
+    )
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="default recall_bench_out/degradation (joint: recall_bench_out/degradation_v2)",
+    )
+    p.add_argument("--json", action="store_true", help="print the summary JSON only")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--resume", action="store_true", help="keep the finished cells in --out")
+    add_joint_arguments(p)
+    p.set_defaults(func=cmd_degrade)
+
+
+def cmd_degrade(args: argparse.Namespace) -> int:
+    if args.protocol == "joint":
+        return cmd_joint(args)
+    d = DegradeConfig()
+    if "side-memory" not in (args.modes or d.modes):
+        refuse_ignored(memory_options(args), "they shape a side memory and --modes has none")
+    output_folder(args.out)
+    shared = ("facts", "modes", "layers", "width", "heads", "steps", "batch_size", "lr")
+    fields = ("fact_counts", *shared[1:])
+    given = {f: getattr(args, a) for f, a in zip(fields, shared, strict=True)}
+    cfg = DegradeConfig(
+        **{f: getattr(d, f) if v is None else v for f, v in given.items()},
+        base_steps=args.base_steps,
+        base_lr=args.base_lr,
+        target_recall=args.target_recall,
+        replay_fraction=args.replay_fraction,
+        seed=args.seed,
+        **memory_options(args),
+        suite=general.SuiteConfig(text_file=args.text_file),
+    )
+    out = args.out or Path("recall_bench_out/degradation")
+    summary = run_degrade(cfg, out, not (args.quiet or args.json), args.resume)
+    print(json.dumps(summary, indent=2) if args.json else format_table(summary))
+    return 0
+
+
+def add_joint_arguments(p: argparse.ArgumentParser) -> None:
+    """The options only the joint protocol has (the shared ones are degrade's)."""
+    d = JointConfig()
+    joint = p.add_argument_group("joint protocol")
+    joint.add_argument(
+        "--capacity-facts",
+        type=int_list,
+        help="fact counts of the facts-only cells that measure capacity (default: the largest)",
+    )
+    joint.add_argument("--general-fraction", type=positive_float, default=d.general_fraction)
+    joint.add_argument(
+        "--zipf", type=float, default=d.zipf, help="exponent of the facts' sampling (0: uniform)"
+    )
+    joint.add_argument("--rows", type=positive_int, default=d.rows, help="training rows per cell")
+    joint.add_argument(
+        "--seeds",
+        type=lambda s: tuple(int(x) for x in s.split(",")),
+        default=d.seeds,
+        help="seeds, trained together per fact count (e.g. 0,1,2)",
+    )
+
+
+def cmd_joint(args: argparse.Namespace) -> int:
+    """`recall-bench degrade --protocol joint`: unset shared options take the joint defaults."""
+    d = JointConfig()
+    shared = {
+        "fact_counts": args.facts,
+        "modes": args.modes,
+        "layers": args.layers,
+        "width": args.width,
+        "heads": args.heads,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+    }
+    cfg = JointConfig(
+        **{k: v for k, v in shared.items() if v is not None},
+        capacity_counts=args.capacity_facts,
+        general_fraction=args.general_fraction,
+        zipf=args.zipf,
+        rows=args.rows,
+        seeds=args.seeds,
+        suite=general.SuiteConfig(text_file=args.text_file or d.suite.text_file),
+    )
+    out = args.out or Path("recall_bench_out/degradation_v2")
+    summary = run_joint(cfg, out, not (args.quiet or args.json), args.resume)
+    print(json.dumps(clean_json(summary), indent=2) if args.json else format_joint(summary))
+    return 0

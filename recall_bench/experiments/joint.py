@@ -1,0 +1,298 @@
+"""Shared capacity (`recall-bench degrade --protocol joint`; DESIGN.md invariants 7-9): one
+model trained from scratch on a fixed mixture of general data and N facts, so that as N passes
+the model's fact capacity the facts and the general skills compete for the same weights.
+
+Cells, each trained on `rows` sequences for the same step budget, every seed of a fact count
+in one vmapped ensemble:
+  general-only  the reference: the general suite (and its text) alone;
+  in-weight     general_fraction of the rows general, the rest the N facts;
+  in-tool       the same with tool traces (store of all N facts, unseen entities held out);
+  facts-only    the N facts alone, in-weight: the model's fact capacity under this budget.
+Facts are sampled Zipf-like (the row of rank r, in a seeded order, repeated in proportion to
+(r + 1)^-zipf, each at least once), so frequent facts leave the early no-knowledge plateau
+soon and pull the rest (invariant 7). Neither recall nor fact bits stop a cell: each trains its
+whole budget, and its record says how much its whole loss (a fixed monitor of fact and general
+rows) still fell over the last 30% of the steps.
+
+Every cell reports the facts it holds (recall by greedy decoding, bits_memorized: in-tool these
+are answered through the store) beside its general ability relative to the general-only model of
+the same seed: exact accuracy kept, graded accuracy kept above chance, text bits per byte, and
+KL / TV of its next-token distributions from that reference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+
+from recall_bench import general
+from recall_bench.checkpoint import save_params
+from recall_bench.experiments.run import RunConfig, evaluate, make_record, make_task, train_info
+from recall_bench.formats import Sequences
+from recall_bench.model import ModelConfig, count_params
+from recall_bench.records import clean_json, new_record, read_json, write_json_atomic
+from recall_bench.tool import build_store
+from recall_bench.train import Task, TrainConfig, TrainResult, train_models
+from recall_bench.worlds import FactWorld, make_fact_world
+
+GENERAL, FACTS_ONLY = "general-only", "facts-only"
+MODES = ("in-weight", "in-tool")
+MONITOR_ROWS = 2048  # rows of the fixed whole-loss monitor (half facts, half general)
+LATE = 0.3  # share of the steps over which the whole loss's late drop is measured
+
+
+@dataclasses.dataclass(frozen=True)
+class JointConfig:
+    fact_counts: tuple[int, ...] = (32, 128, 512, 2048, 8192)
+    modes: tuple[str, ...] = MODES
+    capacity_counts: tuple[int, ...] | None = None  # facts-only cells (None: the largest N)
+    layers: int = 1
+    width: int = 24
+    heads: int = 4
+    steps: int = 3000  # the budget of every cell
+    batch_size: int = 64
+    lr: float = 1e-2
+    general_fraction: float = 0.5  # share of a mixed cell's rows that are general data
+    zipf: float = 1.0  # exponent of the facts' sampling weights (0: uniform)
+    rows: int = 1 << 17  # training rows of every cell
+    seeds: tuple[int, ...] = (0, 1, 2)  # each seeds a world, an initialization, a batch stream
+    suite: general.SuiteConfig = dataclasses.field(
+        default_factory=lambda: general.SuiteConfig(text_file=general.STDLIB_TEXT)
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("fact_counts", "modes", "seeds"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.capacity_counts is None:
+            object.__setattr__(self, "capacity_counts", (max(self.fact_counts, default=2),))
+        object.__setattr__(self, "capacity_counts", tuple(self.capacity_counts))
+        counts = self.fact_counts + self.capacity_counts
+        if not self.fact_counts or min(counts) < 2 or max(counts) > self.rows // 2:
+            raise ValueError(
+                f"fact counts must be in [2, rows / 2 = {self.rows // 2}], got {counts}: "
+                "lower them or raise --rows"
+            )
+        if not self.modes or set(self.modes) - set(MODES):
+            raise ValueError(f"joint modes must be a non-empty subset of {MODES}, got {self.modes}")
+        if not 0.0 < self.general_fraction < 1.0:
+            raise ValueError(f"general fraction must be in (0, 1), got {self.general_fraction}")
+        if self.zipf < 0.0:
+            raise ValueError(f"zipf exponent must be >= 0, got {self.zipf}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct and at least one, got {self.seeds}")
+        self.model_config()  # validates the shape
+
+    def run_config(self, kind: str, n_facts: int, seed: int) -> RunConfig:
+        """The fact side of a cell (facts-only trains in-weight)."""
+        return RunConfig(
+            mode="in-weight" if kind == FACTS_ONLY else kind,
+            n_facts=n_facts,
+            layers=self.layers,
+            width=self.width,
+            heads=self.heads,
+            steps=self.steps,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            seed=seed,
+        )
+
+    def model_config(self) -> ModelConfig:
+        """One shape for every cell: the in-tool model's, its positions covering the suite."""
+        facts = self.run_config("in-tool", 2, 0).model_config()
+        return dataclasses.replace(facts, max_len=max(facts.max_len, self.suite.width))
+
+    def train_config(self) -> TrainConfig:
+        """The whole budget, whatever the recall or the fact bits (never a recall stop)."""
+        return TrainConfig(
+            steps=self.steps,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            target_recall=math.inf,
+            plateau_min_bits=math.inf,
+        )
+
+    def kinds(self, n_facts: int) -> tuple[str, ...]:
+        """The cells trained at a fact count."""
+        return self.modes + ((FACTS_ONLY,) if n_facts in self.capacity_counts else ())
+
+
+def rows_of(seqs: Sequences, idx: np.ndarray) -> Sequences:
+    return Sequences(
+        seqs.tokens[idx], seqs.loss_mask[idx], seqs.value_mask[idx], seqs.prompt_length
+    )
+
+
+def zipf_rows(n: int, total: int, exponent: float, seed: int) -> np.ndarray:
+    """[total] indices of n rows: the row of rank r (ranks in a seeded random order) repeated
+    1 + floor((total - n) * w_r / sum w) times, w_r = (r + 1)^-exponent, the few left over going
+    to the first ranks."""
+    if total < n:
+        raise ValueError(f"{total} training rows cannot hold {n} facts: raise --rows")
+    weights = np.arange(1, n + 1, dtype=np.float64) ** -exponent
+    counts = 1 + np.floor((total - n) * weights / weights.sum()).astype(np.int64)
+    counts[: total - counts.sum()] += 1
+    order = np.random.default_rng([seed, 7]).permutation(n)
+    return np.repeat(order, counts)
+
+
+def cell_task(
+    cfg: JointConfig, kind: str, n_facts: int, seed: int, suite: general.Suite
+) -> tuple[Task, FactWorld | None]:
+    """A cell's training rows (padded to the model's length) and whole-loss monitor, with its
+    world (None for general-only). Monitored fact rows carry their entropy, general rows 0."""
+    width = cfg.model_config().max_len
+    n_general = {GENERAL: cfg.rows, FACTS_ONLY: 0}.get(kind, round(cfg.general_fraction * cfg.rows))
+    mixed = rows_of(suite.train, np.arange(n_general) % len(suite.train.tokens))
+    monitor = rows_of(suite.train, np.arange(MONITOR_ROWS) % len(suite.train.tokens))
+    if kind == GENERAL:
+        task = Task(general.pad_to(mixed, width), monitor, np.zeros(MONITOR_ROWS))
+        return task, None
+    world = make_fact_world(cfg.run_config(kind, n_facts, seed).spec)
+    facts = make_task(cfg.run_config(kind, n_facts, seed), world)
+    n = len(facts.train.tokens)
+    drawn = rows_of(facts.train, zipf_rows(n, cfg.rows - n_general, cfg.zipf, seed))
+    train = general.concat([drawn, mixed] if n_general else [drawn])
+    half = MONITOR_ROWS // 2 if n_general else MONITOR_ROWS
+    watched = rows_of(facts.monitor, np.arange(min(half, len(facts.monitor.tokens))))
+    parts = [watched, rows_of(monitor, np.arange(half))] if n_general else [watched]
+    bits = np.zeros(len(general.concat(parts).tokens))
+    bits[: len(watched.tokens)] = facts.monitor_bits[: len(watched.tokens)]
+    return Task(general.pad_to(train, width), general.concat(parts), bits), world
+
+
+def late_drop(history: list[dict], window: float = LATE) -> float | None:
+    """How much the monitored whole loss fell over the last `window` of the steps, relative to
+    its value now (0: flat; None before there is a check that far back)."""
+    now = history[-1]
+    earlier = [h for h in history if h["step"] <= now["step"] * (1 - window)]
+    if not earlier or now["monitor_loss"] <= 0:
+        return None
+    return (earlier[-1]["monitor_loss"] - now["monitor_loss"]) / now["monitor_loss"]
+
+
+def cell_metrics(
+    cfg: JointConfig,
+    cell: tuple[str, int, int],
+    world: FactWorld | None,
+    model: tuple,
+    suite: general.Suite,
+    reference: dict,
+) -> dict:
+    """Facts held (fact cells) and general ability, kept relative to the reference model of
+    the same seed (reference: {graphdef, params, scores})."""
+    kind, n_facts, seed = cell
+    graphdef, params = model
+    metrics: dict = {}
+    if world is not None:
+        run_cfg = cfg.run_config(kind, n_facts, seed)
+        store = build_store(world) if run_cfg.mode == "in-tool" else None
+        metrics, _ = evaluate(run_cfg, world, graphdef, params, store)
+        if store is not None:
+            store.close()
+    metrics.update(general.score(graphdef, params, suite))
+    metrics.update(
+        general.divergence(reference["graphdef"], reference["params"], graphdef, params, suite)
+    )
+    ref = reference["scores"] or metrics  # the reference cell is scored against itself
+    chance = 1.0 / (cfg.suite.distractors + 1)
+    metrics["general_accuracy_kept"] = (
+        metrics["general_accuracy"] / ref["general_accuracy"] if ref["general_accuracy"] else None
+    )
+    metrics["general_mc_kept"] = general.above_chance(
+        metrics["general_mc_accuracy"], ref["general_mc_accuracy"], chance
+    )
+    if "text_bits_per_byte" in metrics:
+        metrics["text_bits_per_byte_change"] = (
+            metrics["text_bits_per_byte"] - ref["text_bits_per_byte"]
+        )
+    return metrics
+
+
+def cell_record(
+    cfg: JointConfig,
+    cell: tuple[str, int, int],
+    world: FactWorld | None,
+    task: Task,
+    result: TrainResult,
+    k: int,
+    metrics: dict,
+) -> dict:
+    """The record of model k of an ensemble, through the same record path as every run."""
+    kind, n_facts, seed = cell
+    if world is not None:
+        record = make_record(cfg.run_config(kind, n_facts, seed), world, result, k, metrics, task)
+    else:
+        params = count_params(result.model(k), cfg.model_config())
+        record = new_record(n_facts=0, seed=seed, params=params, metrics=metrics, env=result.env)
+    train = train_info(cfg.train_config(), result, k, task)
+    drop = late_drop(result.history[k])
+    plateau = drop is not None and drop < 0.01
+    train.update(whole_loss_late_drop=drop, plateaued=plateau, converged=plateau)
+    record.update(
+        mode=kind,
+        protocol="joint",
+        model=dataclasses.asdict(cfg.model_config()),
+        train=train,
+        joint={"config": clean_json(dataclasses.asdict(cfg))},
+    )
+    return record
+
+
+def cell_path(out: Path, kind: str, n_facts: int, seed: int) -> Path:
+    return out / (f"{kind}-s{seed}" if kind == GENERAL else f"{kind}-{n_facts}-s{seed}")
+
+
+def train_cells(
+    cfg: JointConfig,
+    cells: list[tuple[str, int, int]],
+    suite: general.Suite,
+    reference: dict[int, dict] | None,
+    out: Path,
+    progress: bool,
+) -> list[dict]:
+    """Train cells as one ensemble, evaluate each against its seed's reference (None: they
+    are the references; their params are saved for later runs), write their records."""
+    built = [cell_task(cfg, kind, n, seed, suite) for kind, n, seed in cells]
+    tasks = [task for task, _ in built]
+    seeds = [seed for _, _, seed in cells]
+    result = train_models(cfg.model_config(), cfg.train_config(), tasks, seeds, progress)
+    records = []
+    for k, (cell, (task, world)) in enumerate(zip(cells, built, strict=True)):
+        params = result.model(k)
+        ref = {"graphdef": result.graphdef, "params": params, "scores": None}
+        if reference is not None:
+            ref = reference[cell[2]]
+        metrics = cell_metrics(cfg, cell, world, (result.graphdef, params), suite, ref)
+        record = cell_record(cfg, cell, world, task, result, k, metrics)
+        folder = cell_path(out, *cell)
+        if reference is None:
+            save_params(folder / "params", params)
+        write_json_atomic(folder / "record.json", record)
+        records.append(record)
+    return records
+
+
+def finished(cfg: JointConfig, out: Path, cells: list[tuple[str, int, int]], resume: bool):
+    """The records of cells already made under cfg (cell_key), or None when any is missing or
+    differs; without resume, any record there is an error (an earlier sweep's)."""
+    paths = [cell_path(out, *cell) / "record.json" for cell in cells]
+    if any(p.exists() for p in paths) and not resume:
+        raise ValueError(
+            f"{out} holds cells of an earlier sweep: pass --resume to keep finished ones, or "
+            "choose another --out"
+        )
+    if not all(p.exists() for p in paths):
+        return None
+    records = [read_json(p) for p in paths]
+    key = cell_key(cfg)
+    return records if all(cell_key(r["joint"]["config"]) == key for r in records) else None
+
+
+def cell_key(cfg: JointConfig | dict) -> dict:
+    """What decides a cell's training: the config less the sweep's list of cells, so that a
+    sweep resumed with fewer or more fact counts keeps the cells it shares."""
+    fields = clean_json(dataclasses.asdict(cfg) if isinstance(cfg, JointConfig) else cfg)
+    return {k: v for k, v in fields.items() if k not in ("fact_counts", "modes", "capacity_counts")}

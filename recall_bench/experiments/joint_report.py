@@ -1,0 +1,174 @@
+"""The joint protocol's sweep, summary (means and ranges over seeds, the measured fact capacity),
+table, regenerating command and command-line options."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from recall_bench import formats, general, plots
+from recall_bench.checkpoint import load_params
+from recall_bench.experiments.joint import (
+    FACTS_ONLY,
+    GENERAL,
+    JointConfig,
+    cell_path,
+    finished,
+    train_cells,
+)
+from recall_bench.model import init_model
+from recall_bench.records import clean_json, environment, write_json_atomic
+
+
+def run_joint(
+    cfg: JointConfig, out: str | Path, progress: bool = True, resume: bool = False
+) -> dict:
+    """The sweep: the general-only references, then every fact count's cells (with resume,
+    finished ones are kept); summary.json and the plot."""
+    out, t0 = Path(out), time.perf_counter()
+    suite = general.make_suite(cfg.suite, formats.Vocab.of(cfg.run_config("in-weight", 2, 0).spec))
+    refs = [(GENERAL, 0, s) for s in cfg.seeds]
+    records = finished(cfg, out, refs, resume)
+    if records is None:
+        log(progress, f"general-only reference, seeds {cfg.seeds}")
+        records = train_cells(cfg, refs, suite, None, out, progress)
+    graphdef, like = init_model(cfg.model_config(), 0)
+    reference = {
+        r["seed"]: {
+            "graphdef": graphdef,
+            "params": load_params(cell_path(out, GENERAL, 0, r["seed"]) / "params", like),
+            "scores": r["metrics"],
+        }
+        for r in records
+    }
+    for n in cfg.fact_counts:
+        cells = [(kind, n, s) for kind in cfg.kinds(n) for s in cfg.seeds]
+        done = finished(cfg, out, cells, resume)
+        if done is None:
+            log(progress, f"{n} facts: {', '.join(cfg.kinds(n))}, seeds {cfg.seeds}")
+            done = train_cells(cfg, cells, suite, reference, out, progress)
+        records += done
+        for row in summary_rows(done):
+            log(progress, "    " + table_line(row))
+    return summarize(cfg, records, out, time.perf_counter() - t0)
+
+
+def log(progress: bool, text: str) -> None:
+    if progress:
+        print(text, file=sys.stderr)
+
+
+SUMMARY_KEYS = (
+    "recall",
+    "recall_unseen",
+    "bits_memorized",
+    "bits_per_param",
+    "general_accuracy",
+    "general_accuracy_kept",
+    "general_mc_accuracy",
+    "general_mc_kept",
+    "general_loss",
+    "kl",
+    "tv",
+    "text_bits_per_byte",
+    "text_bits_per_byte_change",
+    "text_kl",
+    "text_tv",
+)
+
+
+def summary_rows(records: list[dict]) -> list[dict]:
+    """One row per (mode, N): the mean over seeds of each measure, and its [min, max]."""
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["mode"], r["n_facts"]), []).append(r)
+    rows = []
+    for (mode, n), group in sorted(groups.items(), key=lambda g: (g[0][1], g[0][0])):
+        row = {"mode": mode, "n_facts": n, "seeds": [r["seed"] for r in group]}
+        skills = tuple(f"{s}_{k}" for s in general.SKILLS for k in ("accuracy", "mc_accuracy"))
+        for key in SUMMARY_KEYS + skills:
+            values = [r["metrics"].get(key) for r in group]
+            values = [v for v in values if v is not None and math.isfinite(v)]
+            if values:
+                row[key], row[f"{key}_range"] = float(np.mean(values)), [min(values), max(values)]
+        drops = [r["train"]["whole_loss_late_drop"] for r in group]
+        row["whole_loss_late_drop"] = max((d for d in drops if d is not None), default=None)
+        row["steps"] = group[0]["train"]["steps"]
+        row["train_s"] = group[0]["train"]["wall_s"]
+        rows.append(row)
+    return rows
+
+
+def summarize(cfg: JointConfig, records: list[dict], out: Path, wall_s: float) -> dict:
+    """summary.json: the rows, the model's measured fact capacity (the most bits a facts-only
+    cell held, mean over seeds), each in-weight row's share of it and each row's graded
+    accuracy over the reference's (of the means); the plot."""
+    rows = summary_rows(records)
+    capacity = max((r["bits_memorized"] for r in rows if r["mode"] == FACTS_ONLY), default=None)
+    reference = next((r for r in rows if r["mode"] == GENERAL), None)
+    for r in rows:
+        if capacity and r["mode"] in ("in-weight", FACTS_ONLY):
+            r["capacity_share"] = r["bits_memorized"] / capacity
+        if reference is not None:  # HellaSwag's published ratio: acc / acc_base, chance kept
+            r["general_mc_ratio"] = r["general_mc_accuracy"] / reference["general_mc_accuracy"]
+    bits_per_fact = cfg.run_config("in-weight", 2, 0).spec.bits_per_fact
+    plot = plots.joint_tradeoff(rows, capacity, bits_per_fact, out / "general_kept.png")
+    summary = {
+        "experiment": "degradation-joint",
+        "command": command(cfg, out),
+        "config": clean_json(dataclasses.asdict(cfg)),
+        "model": dataclasses.asdict(cfg.model_config()),
+        "params": records[0]["params"],
+        "bits_per_fact": bits_per_fact,
+        "capacity_bits": capacity,
+        "capacity_facts": None if capacity is None else capacity / bits_per_fact,
+        "rows": rows,
+        "plot": str(plot),
+        "env": environment(),
+        "wall_s": wall_s,
+    }
+    write_json_atomic(out / "summary.json", clean_json(summary))
+    return summary
+
+
+def command(cfg: JointConfig, out: Path) -> str:
+    """The command line that regenerates a sweep."""
+    join = lambda xs: ",".join(map(str, xs))  # noqa: E731
+    return (
+        f"recall-bench degrade --protocol joint --facts {join(cfg.fact_counts)} "
+        f"--modes {join(cfg.modes)} --capacity-facts {join(cfg.capacity_counts)} "
+        f"--layers {cfg.layers} --width {cfg.width} --heads {cfg.heads} --steps {cfg.steps} "
+        f"--batch-size {cfg.batch_size} --lr {cfg.lr} --general-fraction {cfg.general_fraction} "
+        f"--zipf {cfg.zipf} --rows {cfg.rows} --seeds {join(cfg.seeds)} "
+        f"--text-file {cfg.suite.text_file} --out {out}"
+    )
+
+
+def table_line(r: dict) -> str:
+    def f(key: str, spec: str) -> str:
+        return format(r[key], spec) if r.get(key) is not None else "-"
+
+    return (
+        f"{r['mode']:<13} {r['n_facts']:>6} {f('recall', '.3f'):>7} "
+        f"{f('bits_memorized', ',.0f'):>8} {f('general_accuracy', '.3f'):>8} "
+        f"{f('general_accuracy_kept', '.3f'):>6} {f('general_mc_kept', '.3f'):>6} "
+        f"{f('text_bits_per_byte', '.3f'):>6} {f('kl', '.4f'):>7} {f('tv', '.4f'):>7}"
+    )
+
+
+def format_table(summary: dict) -> str:
+    cap = summary["capacity_bits"]
+    head = f"measured fact capacity {cap:,.0f} bits" if cap else "no facts-only cell"
+    lines = [
+        f"shared capacity: {summary['params']['total']:,}-parameter model, {head}",
+        f"{'mode':<13} {'facts':>6} {'recall':>7} {'bits':>8} {'general':>8} {'kept':>6} "
+        f"{'graded':>6} {'bpb':>6} {'kl':>7} {'tv':>7}",
+        *(table_line(r) for r in summary["rows"]),
+        f"plot: {summary['plot']}   total {summary['wall_s']:.0f} s",
+    ]
+    return "\n".join(lines)

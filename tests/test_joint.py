@@ -1,0 +1,107 @@
+"""The joint (shared-capacity) protocol: the mixture and its Zipf-like fact sampling, a tiny
+sweep end to end (fact bits and general measures in every record), and training that runs its
+whole budget even when the facts are all recalled early."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+
+import recall_bench.cli.degrade as cli_degrade
+from recall_bench import general
+from recall_bench.experiments import joint, joint_report
+from recall_bench.records import read_json
+
+TINY = joint.JointConfig(
+    fact_counts=(8,),
+    layers=1,
+    width=16,
+    steps=200,
+    batch_size=32,
+    lr=1e-2,
+    rows=1024,
+    seeds=(0, 1),
+    suite=general.SuiteConfig(
+        train_per_skill=64, test_per_skill=16, text_file="stdlib:this.py", text_train_windows=64
+    ),
+)
+
+
+def test_zipf_rows():
+    rows = joint.zipf_rows(100, 1000, 1.0, seed=3)
+    counts = np.bincount(rows, minlength=100)
+    assert len(rows) == 1000 and counts.min() >= 1
+    np.testing.assert_array_equal(rows, joint.zipf_rows(100, 1000, 1.0, seed=3))
+    order = np.random.default_rng([3, 7]).permutation(100)
+    assert (np.diff(counts[order]) <= 0).all()  # weights fall with rank
+    assert counts[order[0]] > 100  # rank 0 holds ~1/H_100 of the 900 extra rows
+    flat = np.bincount(joint.zipf_rows(100, 1000, 0.0, seed=3))
+    assert (flat == 10).all()  # exponent 0: uniform
+    with pytest.raises(ValueError, match="raise --rows"):
+        joint.zipf_rows(100, 99, 1.0, seed=0)
+
+
+def test_mixture_holds_the_general_fraction():
+    suite = general.make_suite(
+        TINY.suite, general.Vocab.of(TINY.run_config("in-weight", 2, 0).spec)
+    )
+    task, world = joint.cell_task(TINY, "in-weight", 8, 0, suite)
+    markers = [*general.MARKERS.values(), general.TEXT]
+    is_general = np.isin(task.train.tokens[:, 1], markers)
+    assert len(task.train.tokens) == TINY.rows and world.spec.n_facts == 8
+    assert is_general.mean() == pytest.approx(TINY.general_fraction)
+    assert task.train.tokens.shape[1] == TINY.model_config().max_len
+    assert task.monitor_bits.sum() == pytest.approx(8 * world.spec.bits_per_fact)  # facts only
+
+
+def test_tiny_joint_sweep(tmp_path):
+    summary = joint_report.run_joint(TINY, tmp_path, progress=False)
+    kinds = {(r["mode"], r["n_facts"]) for r in summary["rows"]}
+    assert kinds == {("general-only", 0), ("in-weight", 8), ("in-tool", 8), ("facts-only", 8)}
+    for kind, n, seed in [("in-weight", 8, 0), ("in-tool", 8, 1), ("facts-only", 8, 0)]:
+        record = read_json(joint.cell_path(tmp_path, kind, n, seed) / "record.json")
+        m, t = record["metrics"], record["train"]
+        assert record["protocol"] == "joint" and record["mode"] == kind
+        assert 0.0 <= m["recall"] <= 1.0 and m["bits_memorized"] >= 0.0
+        for key in ("general_accuracy_kept", "text_bits_per_byte", "kl", "tv"):
+            assert np.isfinite(m[key])
+        assert "general_mc_accuracy" in m and "general_mc_kept" in m
+        # whole-budget training: recall never stops a cell
+        assert t["stop_reason"] == "budget" and t["steps"] == TINY.steps
+    facts_only = read_json(joint.cell_path(tmp_path, "facts-only", 8, 0) / "record.json")
+    recalls = [h["recall"] for h in facts_only["train"]["history"]]
+    assert recalls[0] == 1.0 and len(recalls) == 2  # all recalled at the first check, trained on
+    (row,) = [r for r in summary["rows"] if r["mode"] == "facts-only"]
+    assert summary["capacity_bits"] == row["bits_memorized"] and row["capacity_share"] == 1.0
+    ref_row = summary["rows"][0]
+    assert ref_row["mode"] == "general-only" and ref_row["general_mc_ratio"] == 1.0
+    assert "add_accuracy" in ref_row and "add_mc_accuracy" in ref_row
+    ref = read_json(joint.cell_path(tmp_path, "general-only", 0, 0) / "record.json")
+    assert ref["metrics"]["general_accuracy_kept"] == 1.0 and ref["metrics"]["kl"] == 0.0
+    assert (tmp_path / "general_kept.png").exists()
+    assert "--protocol joint" in summary["command"] and "facts-only" in joint_report.format_table(
+        summary
+    )
+    with pytest.raises(ValueError, match="--resume"):
+        joint_report.run_joint(TINY, tmp_path, progress=False)
+    again = joint_report.run_joint(TINY, tmp_path, progress=False, resume=True)  # all kept
+    assert again["rows"] == summary["rows"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["--modes", "in-weight,side-memory"], "joint modes"),
+        (["--general-fraction", "1.5"], "general fraction"),
+        (["--facts", "8", "--rows", "8"], "raise --rows"),
+        (["--seeds", "0,0"], "seeds"),
+    ],
+)
+def test_joint_cli_rejects_bad_input(argv, match):
+    parser = argparse.ArgumentParser()
+    cli_degrade.add_degrade_parser(parser.add_subparsers())
+    args = parser.parse_args(["degrade", "--protocol", "joint", *argv])
+    with pytest.raises(ValueError, match=match):
+        args.func(args)
