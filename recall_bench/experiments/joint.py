@@ -1,4 +1,4 @@
-"""Shared capacity (`recall-bench degrade --protocol joint`; DESIGN.md invariants 7-9): one
+"""Shared capacity (`recall-bench degrade --protocol joint`; docs/design.md §7-§9): one
 model trained from scratch on a fixed mixture of general data and N facts, so that as N passes
 the model's fact capacity the facts and the general skills compete for the same weights.
 
