@@ -18,7 +18,7 @@ from recall_bench.checkpoint import load_params
 from recall_bench.experiments.config import RunConfig
 from recall_bench.experiments.evaluate import evaluate
 from recall_bench.model import GPT
-from recall_bench.records import read_json
+from recall_bench.records import IN_TOOL_NAMES, read_json
 from recall_bench.tool import build_store
 from recall_bench.worlds import FactWorld, make_fact_world
 
@@ -59,6 +59,10 @@ def evaluate_run(
     with tempfile.TemporaryDirectory() as tmp:
         store = build_store(world, cfg.store, Path(tmp) / "store.sqlite")
         try:
-            return evaluate(cfg, world, graphdef, params, store, entities)[0]
+            metrics = evaluate(cfg, world, graphdef, params, store, entities)[0]
         finally:
             store.close()
+    # one set of names across modes for the quantize and probe tables; in-tool these bits
+    # are delivered with the store's help (docs/design.md §3), as their records say
+    plain = {v: k for k, v in IN_TOOL_NAMES.items()}
+    return {plain.get(k, k): v for k, v in metrics.items()}
