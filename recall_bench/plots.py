@@ -249,3 +249,72 @@ def joint_tradeoff(
         ax.legend(fontsize=7)
     fig.tight_layout()
     return save(fig, path)
+
+
+# Allen-Zhu & Li 2024 (Part 3.3): knowledge bits/param of quantized GPT-2-architecture models
+PUBLISHED_QUANTIZED = {16: 2.0, 8: 2.0, 4: 0.7}
+
+
+def quantization(records: list[dict], path: str | Path) -> Path:
+    """Bits/param (left) and recall (right) against weight bits, one line per quantization
+    record (recall_bench/quantize.py), with Allen-Zhu & Li's published points."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+    for r in records:
+        label = f"{r['mode']}, {r['n_facts']:,} facts"
+        rows = sorted(r["widths"], key=lambda w: -w["weight_bits"])
+        x = [w["weight_bits"] for w in rows]
+        left.plot(x, [w["bits_per_param"] for w in rows], marker="o", label=label)
+        right.plot(x, [w["recall"] for w in rows], marker="o", label=label)
+        if r["mode"] == "in-tool":
+            unseen = [w["recall_unseen"] for w in rows]
+            right.plot(x, unseen, marker="s", linestyle="--", label=f"{label}: unseen")
+    pub = sorted(PUBLISHED_QUANTIZED.items())
+    left.plot(*zip(*pub, strict=True), "k*", markersize=11, label="Allen-Zhu & Li 2024")
+    left.set_ylabel("bits memorized / parameter")
+    right.set_ylabel("exact-match recall (greedy decoding)")
+    right.set_ylim(-0.02, 1.02)
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks([2, 3, 4, 8, 16, 32], ["int2", "int3", "int4", "int8", "bf16", "fp32"])
+        ax.set_xlabel("weight bits (post-training, per-channel round-to-nearest)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return save(fig, path)
+
+
+def probe(record: dict, path: str | Path) -> Path:
+    """A probe record (recall_bench/probe.py): recall after each zero and mean ablation as
+    a heat map (left), and recall against the share of block weights removed (right)."""
+    fig, (left, right) = plt.subplots(
+        1, 2, figsize=(12, 5), width_ratios=(1.4, 1.6), layout="constrained"
+    )
+    rows = record["ablation"]
+    names = list(
+        dict.fromkeys(
+            f"L{r['layer']} {r['component']}" + ("" if r["head"] is None else f" {r['head']}")
+            for r in rows
+        )
+    )
+    grid = [[r["recall"] for r in rows if r["method"] == m] for m in ("zero", "mean")]
+    image = left.imshow(list(zip(*grid, strict=True)), vmin=0, vmax=1, cmap="viridis")
+    for i, row in enumerate(zip(*grid, strict=True)):
+        for j, value in enumerate(row):
+            color = "white" if value < 0.5 else "black"
+            left.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color=color)
+    left.set_xticks([0, 1], ["zero", "mean"], fontsize=8)
+    left.set_yticks(range(len(names)), names, fontsize=8)
+    left.set_title(f"recall after ablation (none: {record['sample']['recall']:.2f})", fontsize=9)
+    fig.colorbar(image, ax=left, fraction=0.05)
+    for method in dict.fromkeys(r["method"] for r in record["removal"]):
+        pts = [(r["percent"], r["recall"]) for r in record["removal"] if r["method"] == method]
+        right.plot(*zip(*pts, strict=True), marker="o", label=method)
+    right.set_xscale("symlog", linthresh=1)
+    ticks = [r["percent"] for r in record["removal"] if r["method"] == "random"]
+    right.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    right.set_xlabel("block weights removed (%)")
+    right.set_ylabel("exact-match recall (greedy decoding)")
+    right.set_ylim(-0.02, 1.02)
+    right.grid(alpha=0.3)
+    right.legend(fontsize=8)
+    fig.suptitle(f"{record['mode']}, {record['n_facts']:,} facts", fontsize=10)
+    return save(fig, path)

@@ -7,6 +7,8 @@ import sys
 
 from recall_bench.cli.capacity import add_capacity_parser
 from recall_bench.cli.degrade import add_degrade_parser
+from recall_bench.cli.probe import add_probe_parser
+from recall_bench.cli.quantize import add_quantize_parser
 from recall_bench.cli.run import add_run_parser
 from recall_bench.cli.store_scale import add_store_scale_parser
 from recall_bench.cli.sweep import add_sweep_parser
@@ -29,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
         add_sweep_parser,
         add_capacity_parser,
         add_degrade_parser,
+        add_quantize_parser,
+        add_probe_parser,
     ):
         add(sub)
     return parser

@@ -135,6 +135,11 @@ def add_run_parser(subparsers) -> None:
         metavar="SECONDS",
         help="save a checkpoint at most this often (default 30; 0: at every progress check)",
     )
+    p.add_argument(
+        "--save-model",
+        action="store_true",
+        help="keep the final parameters in --out/model (for `recall-bench quantize` and `probe`)",
+    )
     p.set_defaults(func=cmd_run)
 
 
@@ -174,7 +179,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         options = [RUN_FIELDS, FACT_FIELDS, TOKEN_FIELDS]
         refuse_ignored(
             {k: v for fields in options for k, v in given_fields(args, fields).items()}
-            | memory_options(args),
+            | memory_options(args)
+            | ({"save_model": True} if args.save_model else {}),
             "the default benchmark fixes its own model and budget; give --mode and --facts "
             "for a single run",
         )
@@ -191,11 +197,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"{cfg.mode}{rule}-n{cfg.n_facts}-L{cfg.layers}-d{cfg.width}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
     if cfg.mode == TOKENS:
+        refuse_ignored({"save_model": True} if args.save_model else {}, "fact runs only")
         ckpt = out / "checkpoints"
         args_ = ([cfg], [out], progress, ckpt, args.resume, args.checkpoint_every)
         [record] = run_token_group(*args_)
     else:
-        record = run(cfg, out, progress, args.resume, args.checkpoint_every)
+        record = run(cfg, out, progress, args.resume, args.checkpoint_every, args.save_model)
     if args.json:
         print(json.dumps(record, indent=2))
     else:

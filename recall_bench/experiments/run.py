@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from recall_bench.checkpoint import save_params
 from recall_bench.cost import record_cost
 from recall_bench.decode import Decoded
 from recall_bench.experiments.config import BaseRunConfig, RunConfig, make_task
@@ -31,11 +32,15 @@ def run(
     progress: bool = True,
     resume: bool = False,
     checkpoint_every_s: float = 30.0,
+    save_model: bool = False,
 ) -> dict[str, Any]:
     """Train and evaluate one configuration; write record.json (and traces.npz) to out_dir,
-    checkpointing into out_dir/checkpoints meanwhile (removed once the record is written)."""
+    checkpointing into out_dir/checkpoints meanwhile (removed once the record is written);
+    with save_model, also the final parameters to out_dir/model (saved.load_run reads them)."""
     checkpoints = None if out_dir is None else Path(out_dir) / "checkpoints"
-    return run_group([cfg], [out_dir], progress, checkpoints, resume, checkpoint_every_s)[0]
+    return run_group(
+        [cfg], [out_dir], progress, checkpoints, resume, checkpoint_every_s, save_model
+    )[0]
 
 
 def holds_config(record: dict, cfg) -> bool:
@@ -94,17 +99,25 @@ def run_group(
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     checkpoint_every_s: float = 30.0,
+    save_model: bool = False,
 ) -> list[dict[str, Any]]:
     """Train same-shaped fact configurations as one ensemble (train_group), then evaluate
     and record each one as if it had been trained alone."""
     done = finished_group(cfgs, out_dirs, resume)
+    if done is not None and save_model:
+        for out_dir in out_dirs:
+            if not (Path(out_dir) / "model").is_dir():
+                raise ValueError(
+                    f"{out_dir} holds a run finished without --save-model: its parameters "
+                    "are gone; rerun it into another --out"
+                )
     if done is not None:
         return done
     worlds = [make_fact_world(c.spec) for c in cfgs]
     tasks = [make_task(c, w) for c, w in zip(cfgs, worlds, strict=True)]
     result = train_group(cfgs, tasks, progress, checkpoint_dir, resume, checkpoint_every_s)
     records = [
-        finish(cfg, world, task, result, k, out_dir)
+        finish(cfg, world, task, result, k, out_dir, save_model)
         for k, (cfg, world, task, out_dir) in enumerate(
             zip(cfgs, worlds, tasks, out_dirs, strict=True)
         )
@@ -115,9 +128,16 @@ def run_group(
 
 
 def finish(
-    cfg: RunConfig, world: FactWorld, task: Task, result: TrainResult, k: int, out_dir
+    cfg: RunConfig,
+    world: FactWorld,
+    task: Task,
+    result: TrainResult,
+    k: int,
+    out_dir,
+    save_model: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate model k of a training result and write its record and traces."""
+    """Evaluate model k of a training result and write its record and traces (and, with
+    save_model, its parameters to out_dir/model, before the record that vouches for them)."""
     params = result.model(k)
     with tempfile.TemporaryDirectory() as tmp:
         store, path = None, None
@@ -142,6 +162,8 @@ def finish(
             store.close()
     record = make_record(cfg, world, result, k, metrics, task, **extra)
     if out_dir is not None:
+        if save_model:
+            save_params(Path(out_dir) / "model", params)
         write_json_atomic(Path(out_dir) / "record.json", record)
         save_traces(Path(out_dir) / "traces.npz", decoded)
     return record

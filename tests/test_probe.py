@@ -1,0 +1,136 @@
+"""Localization probes (recall_bench/probe.py): ablation, gradient profile, removal."""
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from recall_bench import cli, formats
+from recall_bench.experiments.config import RunConfig
+from recall_bench.experiments.run import run
+from recall_bench.model import apply, init_model
+from recall_bench.probe import (
+    Ablatable,
+    ablatable,
+    fact_gradient_norms,
+    gate,
+    group,
+    is_matrix,
+    loss_gradient,
+    path_names,
+    removal_scores,
+    removed,
+    top_mask,
+    with_gates,
+)
+from recall_bench.worlds import make_fact_world
+
+CFG = RunConfig(mode="in-weight", n_facts=64, layers=2, width=16, heads=2, steps=25)
+
+
+def model_and_tokens():
+    graphdef, params = init_model(CFG.model_config(), 3)
+    seqs = formats.render(make_fact_world(CFG.spec), CFG.format)
+    return graphdef, params, seqs
+
+
+def test_ablating_nothing_changes_nothing_bitwise():
+    graphdef, params, seqs = model_and_tokens()
+    g2, state = ablatable(graphdef, params)
+    tokens = jnp.asarray(seqs.tokens[:, :-1])
+    base = np.asarray(apply(graphdef, params, tokens))
+    np.testing.assert_array_equal(np.asarray(apply(g2, state, tokens)), base)
+    np.testing.assert_array_equal(np.asarray(apply(g2, with_gates(state, {}), tokens)), base)
+
+
+def test_zeroing_a_head_equals_zeroing_its_rows_of_attn_out():
+    graphdef, params, seqs = model_and_tokens()
+    g2, state = ablatable(graphdef, params)
+    tokens = jnp.asarray(seqs.tokens[:, :-1])
+    ablated = with_gates(state, gate(CFG, "head", 1, 0, np.zeros(CFG.width)))
+    assert not np.allclose(apply(g2, ablated, tokens), apply(graphdef, params, tokens))
+    model = nnx.merge(graphdef, params)  # shares params' variables: edits them in place
+    kernel = model.blocks[1].attn_out.kernel
+    kernel[...] = kernel[...].at[: CFG.width // CFG.heads].set(0.0)
+    by_hand = nnx.split(model)[1]
+    np.testing.assert_allclose(
+        np.asarray(apply(g2, ablated, tokens)),
+        np.asarray(apply(graphdef, by_hand, tokens)),
+        atol=1e-6,
+    )
+
+
+def test_mean_ablated_projection_outputs_its_mean_for_any_input():
+    kernel = nnx.Param(jnp.asarray(np.random.default_rng(0).normal(size=(4, 3)), jnp.float32))
+    layer = Ablatable(kernel)
+    mean = np.array([0.5, -1.0, 2.0, 0.0], np.float32)
+    layer.keep[...], layer.fill[...] = jnp.zeros(4), jnp.asarray(mean)
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(5, 4)), jnp.float32)
+    want = np.broadcast_to(mean @ np.asarray(kernel[...]), (5, 3))
+    np.testing.assert_allclose(np.asarray(layer(x)), want, rtol=1e-6)
+
+
+def test_removing_0_and_100_percent():
+    graphdef, params, seqs = model_and_tokens()
+    scores = removal_scores(graphdef, params, seqs)
+    order = np.argsort(-scores["gradient_x_weight"], kind="stable")
+    assert not top_mask(order, 0).any() and top_mask(order, 100).all()
+    assert top_mask(order, 10).sum() == round(0.1 * order.size)
+    none, every = removed(params, top_mask(order, 0)), removed(params, top_mask(order, 100))
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    sizes = sum(w.size for p, w in flat if is_matrix(path_names(p)))
+    assert order.size == sizes == 4 * 16 * 16 * 2 + 2 * 16 * 64 * 2  # qkv+attn_out, mlp
+    leaves = zip(flat, jax.tree.leaves(none), jax.tree.leaves(every), strict=True)
+    for (path, w), w0, w100 in leaves:
+        np.testing.assert_array_equal(np.asarray(w0), np.asarray(w))
+        if is_matrix(path_names(path)):
+            assert not np.asarray(w100).any()
+        else:
+            np.testing.assert_array_equal(np.asarray(w100), np.asarray(w))
+
+
+def test_probe_cli_writes_a_record(tmp_path, capsys):
+    cfg = dataclasses.replace(CFG, layers=1)
+    run(cfg, tmp_path, progress=False, save_model=True)
+    assert cli.main(["probe", str(tmp_path), "--sample", "32"]) == 0
+    record = json.loads((tmp_path / "probe.json").read_text())
+    assert record["kind"] == "probe" and record["sample"]["facts"] == 32
+    assert len(record["ablation"]) == 2 * (CFG.heads + 2)
+    base = {k: record["sample"][k] for k in ("recall", "bits_memorized")}
+    for row in record["removal"]:
+        if row["percent"] == 0:
+            assert {k: row[k] for k in base} == base
+    assert {r["group"] for r in record["gradients"]} >= {"L0 attention", "L0 mlp", "embeddings"}
+    assert "L0 head 1" in capsys.readouterr().out
+    assert cli.main(["probe", str(tmp_path), "--sample", "32"]) == 2
+    plot = ["--resume", "--plot", str(tmp_path / "probe.png")]
+    assert cli.main(["probe", str(tmp_path), "--sample", "32", *plot]) == 0
+    assert (tmp_path / "probe.png").stat().st_size > 0
+
+
+def test_fact_gradient_norms_are_each_facts_own():
+    graphdef, params, seqs = model_and_tokens()
+    norms = fact_gradient_norms(
+        params, graphdef, seqs.tokens[:3], seqs.loss_mask[:3], seqs.value_mask[:3]
+    )
+    alone = formats.Sequences(
+        seqs.tokens[1:2], seqs.loss_mask[1:2], seqs.value_mask[1:2], seqs.prompt_length
+    )
+    sums = {}
+    for path, g in jax.tree_util.tree_flatten_with_path(loss_gradient(params, graphdef, alone))[0]:
+        key = group(path_names(path))
+        sums[key] = sums.get(key, 0.0) + float(np.sum(np.square(np.asarray(g, np.float64))))
+    assert set(norms) == {
+        "L0 attention",
+        "L0 mlp",
+        "L1 attention",
+        "L1 mlp",
+        "final norm",
+        "embeddings",
+    }
+    for key, value in norms.items():
+        assert float(value[1]) == pytest.approx(sums[key] ** 0.5, rel=1e-5)
