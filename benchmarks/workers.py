@@ -91,7 +91,7 @@ class JaxSetup:
         import jax.numpy as jnp
         import numpy as np
 
-        from recall_bench import train
+        from recall_bench import devices, train
         from recall_bench.model import count_params, init_model
 
         data = load_data(w)
@@ -112,8 +112,8 @@ class JaxSetup:
             "opt_state": jax.vmap(optimizer.init)(params),
             "rng": jnp.stack([jax.random.PRNGKey(s + 1_000_003) for s in seeds]),
         }
-        state_sharding, batch_sharding = train.placement(k, w.batch)
-        self.state = train.place(state, state_sharding)
+        state_sharding, batch_sharding = devices.placement(k, w.batch)
+        self.state = devices.place(state, state_sharding)
         masks = np.stack([data["loss_mask"]] * k)
         self.data = train.device_data(np.stack([data["tokens"]] * k), masks, state_sharding)
         self.active = jnp.ones(k, bool)

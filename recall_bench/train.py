@@ -22,6 +22,7 @@ import optax
 from flax import nnx
 
 from recall_bench.checkpoint import Checkpoints
+from recall_bench.devices import gathered, place, placement
 from recall_bench.formats import Sequences
 from recall_bench.model import ModelConfig, apply, init_model
 from recall_bench.progress import Progress
@@ -267,31 +268,6 @@ def stack(trees: list) -> nnx.State:
     return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
-def placement(k: int, batch_size: int) -> tuple[jax.sharding.Sharding | None, ...]:
-    """How an ensemble of k models uses the local devices: (sharding of the stacked state
-    and data, sharding of each batch's rows). The model axis is split when k divides evenly
-    (each device trains its own models); otherwise, for one large model say, the state is
-    replicated and each batch's rows are split (data parallel). One device: (None, None)."""
-    devices = np.array(jax.local_devices())
-    if len(devices) == 1:
-        return None, None
-    named = jax.sharding.NamedSharding
-    if k % len(devices) == 0:
-        mesh = jax.sharding.Mesh(devices, ("model",))
-        return named(mesh, jax.sharding.PartitionSpec("model")), None
-    if batch_size % len(devices) == 0:
-        mesh = jax.sharding.Mesh(devices, ("batch",))
-        return named(mesh, jax.sharding.PartitionSpec()), named(
-            mesh, jax.sharding.PartitionSpec("batch")
-        )
-    return None, None
-
-
-def place(tree, sharding: jax.sharding.Sharding | None):
-    """tree on the devices as `sharding` says (None: left where it is)."""
-    return tree if sharding is None else jax.device_put(tree, sharding)
-
-
 def train_models(
     model_cfg: ModelConfig,
     cfg: TrainConfig,
@@ -312,6 +288,11 @@ def train_models(
     """
     if len(tasks) != len(seeds):
         raise ValueError("one seed per task")
+    if checkpoint_dir is not None and jax.process_count() > 1:
+        raise ValueError(
+            "checkpoints are not written across processes (jax.distributed) yet: run without "
+            "an output folder's checkpoints, or as independent jobs with --shard i/n"
+        )
     shapes = {t.train.tokens.shape for t in tasks}
     if len(shapes) != 1:
         raise ValueError(f"ensemble tasks must share one data shape, got {sorted(shapes)}")
@@ -368,6 +349,7 @@ def train_loop(
         np.stack([t.train.tokens for t in tasks]), masks, state_sharding
     )
     active = np.array(meta["active"], bool)
+    on_device = functools.partial(place, sharding=state_sharding)  # the active flags
     t0 = time.perf_counter()
     chunk = compiled_chunk(
         graphdef,
@@ -379,7 +361,7 @@ def train_loop(
         tokens,
         loss_mask,
         n_rows,
-        jnp.asarray(active),
+        on_device(jnp.asarray(active)),
     )
     compile_s = time.perf_counter() - t0
 
@@ -393,15 +375,20 @@ def train_loop(
 
     while active.any():
         *new_state, losses = chunk(
-            *(state[k] for k in STATE_KEYS), tokens, loss_mask, n_rows, jnp.asarray(active)
+            *(state[k] for k in STATE_KEYS),
+            tokens,
+            loss_mask,
+            n_rows,
+            on_device(jnp.asarray(active)),
         )
         state = dict(zip(STATE_KEYS, new_state, strict=True))
         meta["step"] += cfg.steps_per_call
-        losses = np.asarray(losses)
+        losses = np.asarray(gathered(losses))
         check_finite(losses[active], meta["step"], checkpoints)
         fields = None
         if meta["step"] % cfg.eval_every == 0 or meta["step"] >= cfg.budget:
-            stop_decisions(graphdef, state["params"], tasks, cfg, meta, losses, active)
+            params = gathered(state["params"])
+            stop_decisions(graphdef, params, tasks, cfg, meta, losses, active)
             shown = int(np.flatnonzero(active)[0]) if active.any() else 0
             if progress:
                 fields = progress_fields(meta["history"][shown], cfg, tasks[shown])
@@ -422,7 +409,7 @@ def train_loop(
     jax.block_until_ready(state["params"])
     return TrainResult(
         graphdef,
-        state["params"],
+        gathered(state["params"]),
         meta["steps"],
         meta["stop_reason"],
         meta["history"],

@@ -1,5 +1,5 @@
 """Multi-device training on 4 simulated CPU devices: an ensemble of 4 is split over the
-model axis, a single model over each batch's rows (train.placement); both give the same
+model axis, a single model over each batch's rows (devices.placement); both give the same
 losses, recall, bits and parameters as on one device."""
 
 from __future__ import annotations

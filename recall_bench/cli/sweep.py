@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from recall_bench import devices
 from recall_bench.experiments.sweep import format_summary, load_sweep, merge, run_sweep
 
 
@@ -44,6 +45,13 @@ def add_sweep_parser(subparsers) -> None:
     p.add_argument(
         "--resume", action="store_true", help="keep finished cells, continue killed ones"
     )
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="one of several processes (jax.distributed, from JAX_COORDINATOR_ADDRESS, "
+        "JAX_NUM_PROCESSES, JAX_PROCESS_ID or the cluster): each ensemble is split over all "
+        "their devices; process 0 writes",
+    )
     p.add_argument("--json", action="store_true", help="print the summary JSON only")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("-o", "--output", type=Path, help="merge: the summary file to write")
@@ -58,6 +66,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     else:
         if len(args.target) != 1:
             raise ValueError("give one sweep file (or: sweep merge DIR... -o SUMMARY.json)")
+        if args.distributed:
+            devices.initialize()
         sweep = load_sweep(args.target[0], args.overrides)
         out = args.out or sweep.out or Path("recall_bench_out/sweeps") / sweep.name
         summary = run_sweep(sweep, out, args.shard, args.resume, not (args.quiet or args.json))

@@ -30,13 +30,18 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
+import jax
+
+from recall_bench.devices import agreed, barrier, ensemble_size, free_memory, is_lead, model_bytes
 from recall_bench.experiments import capacity
 from recall_bench.experiments.capacity import TOKENS, TokenRunConfig, run_token_group
 from recall_bench.experiments.config import RunConfig
 from recall_bench.experiments.default import summary_row
 from recall_bench.experiments.run import group_key, run_group
 from recall_bench.identity import finished_record
+from recall_bench.model import count_params, init_model
 from recall_bench.records import environment, read_record, write_json_atomic
+from recall_bench.train import padded_rows
 from recall_bench.worlds import SpecError
 
 CONFIGS = {
@@ -237,6 +242,16 @@ def shard_groups(cells: tuple[Config, ...], shard: tuple[int, int]) -> list[list
     return [g for j, g in enumerate(groups(cells)) if j % n == i]
 
 
+def fitting_ensemble(cfg: Config) -> int:
+    """How many seeds of this cell's shape train together: as many as the devices' free
+    memory holds (devices.ensemble_size), so a large group runs as several ensembles."""
+    mc = cfg.model_config()
+    n_params = count_params(init_model(mc, 0)[1], mc)["total"]
+    rows = padded_rows(cfg.n_facts)
+    per_model = model_bytes(n_params, cfg.batch_size, mc.max_len, mc.width, mc.layers, rows)
+    return agreed(ensemble_size(per_model, free_memory(), jax.device_count()))
+
+
 def finished(cfg: Config, out: Path, resume: bool) -> dict | None:
     """The cell's record if it already holds this config (and resume is set); None if the
     cell has not run; refused if it holds another config, or this one without resume."""
@@ -251,32 +266,38 @@ def run_sweep(
     progress: bool = True,
 ) -> dict:
     """Run this shard's missing cells (an ensemble per group), then write and return the
-    summary of all its cells."""
+    summary of all its cells. Under jax.distributed every process runs every group together
+    (the ensemble split over all their devices, no checkpoints) and process 0 writes."""
     out, t0 = Path(out), time.perf_counter()
+    alone = jax.process_count() == 1
     mine = shard_groups(sweep.cells, shard)
     todo = []
     for group in mine:
         missing = [cfg for cfg in group if finished(cfg, out, resume) is None]
-        if missing:
-            todo.append(missing)
+        k = fitting_ensemble(missing[0]) if missing else 1
+        todo.extend(missing[i : i + k] for i in range(0, len(missing), k))
     for j, group in enumerate(todo, 1):
         name = group_name(group[0])
         seeds = [c.seed for c in group]
         if progress:
             print(f"[{j}/{len(todo)}] {name}, seeds {seeds}", file=sys.stderr)
         runner = run_token_group if group[0].mode == TOKENS else run_group
-        ckpt = out / "checkpoints" / f"{name}-s{'-'.join(map(str, seeds))}"
-        for r in runner(group, [out / cell_name(c) for c in group], progress, ckpt, resume):
+        ckpt = out / "checkpoints" / f"{name}-s{'-'.join(map(str, seeds))}" if alone else None
+        dirs = [out / cell_name(c) if is_lead() else None for c in group]
+        for r in runner(group, dirs, progress, ckpt, resume):
             if progress:
                 print(f"    {cell_summary(r)}", file=sys.stderr)
+    barrier("sweep records written")
     if (out / "checkpoints").is_dir() and not any((out / "checkpoints").iterdir()):
         (out / "checkpoints").rmdir()  # every group's checkpoints go once its records exist
     records = [read_record(out / cell_name(c) / "record.json") for g in mine for c in g]
     summary = sweep_summary(records, sweep.name, shard)
     summary.update(ran=sum(map(len, todo)), wall_s=time.perf_counter() - t0, out=str(out))
-    summary["plots"] = capacity.write_plots(summary["capacity"], summary["params_for_recall"], out)
+    rows = summary["params_for_recall"]
+    summary["plots"] = capacity.write_plots(summary["capacity"], rows, out) if is_lead() else []
     name = "summary.json" if shard == (0, 1) else f"summary-shard-{shard[0]}-of-{shard[1]}.json"
-    write_json_atomic(out / name, summary)
+    if is_lead():
+        write_json_atomic(out / name, summary)
     return summary
 
 
