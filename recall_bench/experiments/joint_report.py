@@ -68,6 +68,8 @@ SUMMARY_KEYS = (
     "recall_unseen",
     "bits_memorized",
     "bits_per_param",
+    "bits_delivered",  # in-tool: answered through the store, not held in the weights
+    "bits_delivered_per_param",
     "general_accuracy",
     "general_accuracy_kept",
     "general_mc_accuracy",
@@ -155,7 +157,8 @@ def table_line(r: dict) -> str:
 
     return (
         f"{r['mode']:<13} {r['n_facts']:>6} {f('recall', '.3f'):>7} "
-        f"{f('bits_memorized', ',.0f'):>8} {f('general_accuracy', '.3f'):>8} "
+        f"{f('bits_memorized' if 'bits_memorized' in r else 'bits_delivered', ',.0f'):>8} "
+        f"{f('general_accuracy', '.3f'):>8} "
         f"{f('general_accuracy_kept', '.3f'):>6} {f('general_mc_kept', '.3f'):>6} "
         f"{f('text_bits_per_byte', '.3f'):>6} {f('kl', '.4f'):>7} {f('tv', '.4f'):>7}"
     )

@@ -25,7 +25,13 @@ figures (the static browsable page and its plots; page.js/.css/.html are its ass
 (the `leaderboard` subcommand).
 """
 
-from recall_bench.leaderboard.build import entry_from_record, export, find_records, merge
+from recall_bench.leaderboard.build import (
+    entry_from_file,
+    entry_from_record,
+    export,
+    find_records,
+    merge,
+)
 from recall_bench.leaderboard.cli import add_leaderboard_parser
 from recall_bench.leaderboard.jsonio import LeaderboardError
 from recall_bench.leaderboard.schema import (
@@ -42,6 +48,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "LeaderboardError",
     "add_leaderboard_parser",
+    "entry_from_file",
     "entry_from_record",
     "entry_id",
     "export",

@@ -182,9 +182,14 @@ def find_records(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]
     return unique
 
 
-def _entry_from_file(path: Path) -> dict[str, Any]:
+def entry_from_file(path: Path) -> dict[str, Any] | None:
+    """The entry of a record file; None for a reference run that holds no facts (the joint
+    protocol's general-only model): it has nothing to rank."""
     try:
-        return _entry_from_record(parse_json(read_text(path), strict=False), path)
+        record = parse_json(read_text(path), strict=False)
+        if isinstance(record, dict) and record.get("n_facts") == 0 and "world" not in record:
+            return None
+        return _entry_from_record(record, path)
     except LeaderboardError as e:
         raise LeaderboardError(f"{path}: {with_hint(e, RECORD_HINT)}") from None
 
@@ -288,7 +293,8 @@ def export(
             f"no record.json found under {', '.join(map(str, run_dirs))}; run an experiment "
             "first or point at its run folder"
         )
-    found = union([_entry_from_file(p) for p in paths], on_conflict)
+    entries = [e for e in map(entry_from_file, paths) if e is not None]
+    found = union(entries, on_conflict)
     return {"records": len(paths), **_write(found, out_path)}
 
 
