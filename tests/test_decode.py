@@ -13,7 +13,15 @@ from flax import nnx
 from recall_bench import formats
 from recall_bench.decode import MAX_CALLS, greedy_decode
 from recall_bench.formats import CALL, CALL_END, EOS, ERROR, NOT_FOUND, PAD, RESULT, RESULT_END
-from recall_bench.tool import INVALID_STATUS, NOT_FOUND_STATUS, OK, MemoryStore, build_store
+from recall_bench.tool import (
+    ERROR_STATUS,
+    INVALID_STATUS,
+    NOT_FOUND_STATUS,
+    OK,
+    LookupResult,
+    MemoryStore,
+    build_store,
+)
 from recall_bench.worlds import FactSpec, make_fact_world
 
 SPEC = FactSpec(n_entities=6, attribute_sizes=(4096, 1000))
@@ -62,6 +70,28 @@ TOOL_USER = {6: CALL, **{7 + i: copy(1 + i) for i in range(5)}, 12: CALL_END}
 TOOL_USER |= {17: copy(14), 18: copy(15), 19: EOS, 16: EOS}  # 16: after a 3-token result
 
 
+DTYPES = {"tokens": "int32", "call_tokens": "int32", "call_made": "bool", "call_valid": "bool"}
+DTYPES |= {"call_key": "int32", "call_attribute": "int32", "store_status": "int8"}
+DTYPES |= {"store_value": "int32", "answer": "int32", "answer_length": "int32"}
+
+
+class FailingStore:
+    """A store whose every lookup fails, taking a reported 0.25 s."""
+
+    kind, key_length, value_length = "failing", SPEC.key_length, 2
+
+    def __len__(self) -> int:
+        return 0
+
+    def lookup(self, keys: np.ndarray, attributes: np.ndarray) -> LookupResult:
+        n = len(keys)
+        status = np.full(n, ERROR_STATUS, np.int8)
+        return LookupResult(np.zeros((n, 2), np.uint8), status, ["disk gone"], 0.25)
+
+    def close(self) -> None:
+        pass
+
+
 def decode(steps_or_program, store, prompts=PROMPTS, **kw):
     prog = steps_or_program
     if isinstance(prog, dict):
@@ -89,6 +119,7 @@ def test_a_well_formed_call_is_served_and_copied(kind, tmp_path):
     )
     assert (out.answer[:, 2:] == PAD).all() and (out.answer_length == 2).all()
     assert out.lookup_s >= 0.0
+    assert {name: str(getattr(out, name).dtype) for name in DTYPES} == DTYPES
 
 
 def test_answers_come_from_the_store_and_batches_agree():
@@ -163,3 +194,38 @@ def test_without_a_store_every_call_is_answered_error():
     assert (out.store_status == INVALID_STATUS).all()
     assert (out.tokens[:, 13:17] == [RESULT, ERROR, RESULT_END, EOS]).all()
     assert (out.answer_length == 0).all() and out.lookup_s == 0.0
+
+
+def test_call_spans_at_the_edges_and_a_finished_row_stays_finished():
+    """Row 0 closes a call it never opened, row 1 opens a stray CALL before an empty call
+    (its span is empty, not what follows the stray), row 2 ends before the others call and
+    scripts a call after its EOS that must never be written."""
+    rows = [
+        program({6: CALL_END, 10: EOS}, 1),
+        program({6: CALL, 7: copy(1), 8: CALL, 9: CALL_END, 13: EOS}, 1),
+        program({6: copy(1), 7: EOS, 8: CALL, 9: CALL_END}, 1),
+    ]
+    out = decode(np.concatenate(rows), build_store(WORLD), PROMPTS[:3])
+    np.testing.assert_array_equal(out.call_made, [True, True, False])
+    assert not out.call_valid.any() and (out.call_tokens == PAD).all()
+    np.testing.assert_array_equal(out.store_status, [INVALID_STATUS, INVALID_STATUS, -1])
+    np.testing.assert_array_equal(
+        out.tokens[0, 6:11], [CALL_END, RESULT, NOT_FOUND, RESULT_END, EOS]
+    )
+    np.testing.assert_array_equal(
+        out.tokens[1, 9:14], [CALL_END, RESULT, NOT_FOUND, RESULT_END, EOS]
+    )
+    assert (out.tokens[2, 8:] == PAD).all() and out.answer[2, 0] == PROMPTS[2, 1]
+    np.testing.assert_array_equal(out.answer_length, [0, 0, 1])
+
+
+def test_store_failures_and_lookup_time_add_up_over_calls_and_batches():
+    """Two rows, one per batch, each calling twice a store that fails: four lookups."""
+    call = {6: CALL, **{7 + i: copy(1 + i) for i in range(5)}, 12: CALL_END}
+    again = {t + 10: step for t, step in call.items()}  # after RESULT ERROR RESULT_END
+    out = decode(program(call | again | {26: EOS}, 2, 28), FailingStore(), PROMPTS[:2], batch=1)
+    assert out.store_errors == ["disk gone"] * 4 and out.lookup_s == 1.0
+    assert out.call_valid.all() and (out.store_status == ERROR_STATUS).all()
+    for start in (13, 23):
+        assert (out.tokens[:, start : start + 3] == [RESULT, ERROR, RESULT_END]).all()
+    assert (out.answer_length == 0).all()

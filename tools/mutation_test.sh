@@ -9,7 +9,7 @@
 #
 #   bash tools/mutation_test.sh [MUTANT_GLOB ...]
 #   MUTATION_MINUTES=25 (time cap)  MUTATION_CHILDREN=2 (parallel mutants)
-#   MUTATION_FRESH=0 (resume: keep the results and test stats of the last run)
+#   MUTATION_FRESH=0 (resume: keep the last run's kills, rerun its survivors and unchecked)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export JAX_PLATFORMS=cpu PYTHONPATH=
@@ -30,10 +30,23 @@ targets=(
   "recall_bench.experiments.degrade.x_run_cell__*"
 )
 [ $# -gt 0 ] && targets=("$@")
-[ "${MUTATION_FRESH:-1}" = 1 ] && rm -rf mutants  # MUTATION_FRESH=0: keep earlier results
+run=("${targets[@]}")
+if [ "${MUTATION_FRESH:-1}" = 1 ]; then
+  rm -rf mutants
+elif [ -d mutants ]; then
+  # mutmut reruns every mutant its command line names (globs too): name only those in scope
+  # that are not yet killed (survived or not checked), so a resumed run goes on, not over
+  mapfile -t run < <(mutmut results --all true 2>/dev/null | python3 -c '
+import fnmatch, sys
+for line in sys.stdin:
+    name, _, status = line.strip().rpartition(": ")
+    if status in ("survived", "not checked") and any(fnmatch.fnmatch(name, t) for t in sys.argv[1:]):
+        print(name)' "${targets[@]}")
+  echo "resuming: ${#run[@]} mutants not yet killed"
+fi
 log="${TMPDIR:-/tmp}/recall_bench_mutation.log"
-timeout "$((${MUTATION_MINUTES:-25} * 60))" mutmut run --max-children "${MUTATION_CHILDREN:-2}" \
-  "${targets[@]}" >"$log" 2>&1
+[ ${#run[@]} -gt 0 ] && timeout "$((${MUTATION_MINUTES:-25} * 60))" \
+  mutmut run --max-children "${MUTATION_CHILDREN:-2}" "${run[@]}" >"$log" 2>&1
 echo "mutmut exit: $? (0: all ran; otherwise stopped at the time cap, the rest not checked); log: $log"
 mutmut results --all true >mutants/results.txt 2>/dev/null
 python3 - "${targets[@]}" <<'PY'
