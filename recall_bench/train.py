@@ -33,7 +33,7 @@ from recall_bench.resume import (
     restore_or_start,
     training_identity,
 )
-from recall_bench.stopping import check_progress, late_gain, plateaued, progress_fields  # noqa: F401 - late_gain: public here too
+from recall_bench.stopping import check_progress, plateaued, progress_fields
 
 SCHEDULES = ("cosine", "constant")
 STATE_KEYS = ("params", "opt_state", "rng")  # the loop state, in make_train_chunk's order

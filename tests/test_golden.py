@@ -15,7 +15,7 @@ import pytest
 from recall_bench import regression
 from recall_bench.records import read_json
 from recall_bench.regression import GOLDEN, check, moved
-from recall_bench.train import plateaued
+from recall_bench.stopping import plateaued
 
 ROOT = Path(__file__).resolve().parents[1]
 

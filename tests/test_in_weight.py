@@ -10,7 +10,8 @@ from recall_bench import formats
 from recall_bench.experiments.run import RunConfig, make_task, run
 from recall_bench.metrics import sequence_stats
 from recall_bench.model import count_params, init_model
-from recall_bench.train import TrainConfig, late_gain, plateaued, progress_fields, train_models
+from recall_bench.stopping import late_gain, plateaued, progress_fields
+from recall_bench.train import TrainConfig, train_models
 from recall_bench.worlds import make_fact_world
 
 SMALL = RunConfig(mode="in-weight", layers=1, width=32, heads=4, steps=1000, batch_size=256)

@@ -18,7 +18,8 @@ import recall_bench.progress as progress_module
 from recall_bench.cli import build_parser, main
 from recall_bench.experiments.run import RunConfig, make_task
 from recall_bench.records import clean_json
-from recall_bench.train import TrainConfig, progress_fields, train_models
+from recall_bench.stopping import progress_fields
+from recall_bench.train import TrainConfig, train_models
 from recall_bench.worlds import make_fact_world
 
 TINY = ["run", "--mode", "in-weight", "--facts", "64", "--layers", "1", "--width", "16"]

@@ -21,8 +21,9 @@ from recall_bench.experiments.evaluate import evaluate, held_out_metrics, noise_
 from recall_bench.identity import finished_record
 from recall_bench.model import count_params
 from recall_bench.records import new_record, write_json_atomic
+from recall_bench.stopping import late_gain, plateaued
 from recall_bench.tool import build_store
-from recall_bench.train import Task, TrainConfig, TrainResult, late_gain, plateaued, train_models
+from recall_bench.train import Task, TrainConfig, TrainResult, train_models
 from recall_bench.worlds import FactWorld, make_fact_world, spec_fields, spec_hash
 
 
