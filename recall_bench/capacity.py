@@ -57,6 +57,17 @@ def fit_bits_per_param(
     }
 
 
+def gain_per_efold(steps: np.ndarray, values: np.ndarray) -> float:
+    """Least-squares slope of values against ln(steps) over the last e-fold of steps (the
+    points from step_last / e on): how much one more e-fold of training would add, if the
+    curve held its pace; near 0 once saturated. NaN with fewer than 2 points."""
+    x, y = np.log(np.asarray(steps, np.float64)), np.asarray(values, np.float64)
+    late = x >= x[-1] - 1.0
+    if late.sum() < 2:
+        return float("nan")
+    return float(np.polyfit(x[late], y[late], 1)[0])
+
+
 def loss_peak(dataset_bits: np.ndarray, test_loss: np.ndarray, capacity_bits: float) -> dict:
     """Where held-out loss peaks against dataset size (the double-descent point: past it,
     more data lowers test loss again), and that dataset's entropy over the model's capacity.

@@ -88,6 +88,23 @@ def bits_vs_facts(models: list[dict], path: str | Path, title: str = "") -> Path
     return save(fig, path)
 
 
+def bits_vs_steps(models: list[dict], path: str | Path, title: str = "") -> Path:
+    """Bits/param of each model's best cell against log steps, one line per seed: a line
+    still rising at its end stopped short of saturation."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, m in enumerate(models):
+        for j, c in enumerate(m["steps_curves"]):
+            label = f"{m['name']} ({m['gain_per_efold']:+.2f}/e-fold)" if j == 0 else None
+            ax.plot(c["steps"], c["bits_per_param"], color=f"C{i}", alpha=0.8, label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("optimizer steps")
+    ax.set_ylabel("bits/param (best fact count)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return save(fig, path)
+
+
 def capacity_vs_params(groups: list[dict], path: str | Path) -> Path:
     """Capacity against parameters per world kind and dtype (every seed, and the fitted
     line), with the published 2 (facts) and 3.6 (random tokens) bits/param lines; hollow

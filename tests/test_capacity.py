@@ -55,8 +55,37 @@ def fake_record(mode, width, n, seed, params, bits, recall, dtype="float32"):
         "model": {"layers": 1, "width": width, "dtype": dtype},
         "params": {"total": params, "non_embedding": params // 2},
         "metrics": {"bits_memorized": bits, "recall": recall},
-        "train": {"steps": 100, "stop_reason": "plateau", "converged": True},
+        "config": {"monitor_facts": 64},
+        "train": {
+            "steps": 100,
+            "stop_reason": "plateau",
+            "converged": True,
+            # the monitored facts' bits at each check (a share min(n, 64) / n of all facts)
+            "history": [
+                {"step": s, "bits": bits * s / 100 * min(n, 64) / n} for s in (0, 25, 50, 100)
+            ],
+        },
     }
+
+
+def test_gain_per_efold_is_the_late_slope_against_log_steps():
+    steps = np.array([100, 200, 400, 800, 1600, 3200])
+    assert capacity.gain_per_efold(steps, 0.3 * np.log(steps) + 1) == pytest.approx(0.3)
+    late = np.where(steps < 1600, 0.5 * np.log(steps), 0.5 * np.log(1600))  # flat at the end
+    assert capacity.gain_per_efold(steps, late) == pytest.approx(0.0, abs=1e-12)
+    assert np.isnan(capacity.gain_per_efold(np.array([100]), np.array([1.0])))
+
+
+def test_steps_curve_scales_the_monitored_bits_to_all_facts():
+    """A cell of 256 facts watched through 64 of them: its curve ends at its final
+    bits/param, and the mean gain per e-fold is reported per model."""
+    (group,) = capacity_summary([fake_record("in-weight", 8, 256, 0, 1_000, 600.0, 0.2)])
+    (model,) = group["models"]
+    (curve,) = model["steps_curves"]
+    assert curve["steps"] == [25, 50, 100] and curve["n_facts"] == 256
+    assert curve["bits_per_param"] == pytest.approx([0.15, 0.3, 0.6])
+    assert model["gain_per_efold"] == pytest.approx(curve["gain_per_efold"])
+    assert curve["gain_per_efold"] == pytest.approx(np.polyfit(np.log([50, 100]), [0.3, 0.6], 1)[0])
 
 
 def test_capacity_summary_and_params_for_recall_from_records():

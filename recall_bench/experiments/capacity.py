@@ -215,7 +215,11 @@ def model_capacity(records: list[dict]) -> dict:
         "counts_around_capacity": around,  # fact counts with 0.5-4x the capacity's bits
         "converged": all(curve[j]["converged"] for j in set(best.tolist())),
         "curve": curve,
+        "steps_curves": [
+            steps_curve(cells[counts[j]], seed) for seed, j in zip(seeds, best, strict=True)
+        ],
     }
+    out["gain_per_efold"] = float(np.nanmean([c["gain_per_efold"] for c in out["steps_curves"]]))
     if len(curve) >= 3 and all("held_out_loss" in p for p in curve):
         out["loss_peak"] = capacity.loss_peak(
             [p["entropy_bits"] for p in curve],
@@ -223,6 +227,25 @@ def model_capacity(records: list[dict]) -> dict:
             out["capacity_bits"],
         )
     return out
+
+
+def steps_curve(rs: list[dict], seed: int) -> dict:
+    """Bits/param against steps of one seed's best cell, from its progress checks (the
+    monitored facts' bits scaled to all facts), and the gain per e-fold of steps at its end:
+    how far from saturation training stopped (docs/design.md §7)."""
+    (r,) = [r for r in rs if r["seed"] == seed]
+    watched = min(r["n_facts"], r["config"].get("monitor_facts", 2048))
+    history = [h for h in r["train"]["history"] if h["step"] > 0]
+    steps = np.array([h["step"] for h in history])
+    per_param = np.array([h["bits"] for h in history]) * r["n_facts"] / watched
+    per_param /= r["params"]["total"]
+    return {
+        "seed": seed,
+        "n_facts": r["n_facts"],
+        "steps": steps.tolist(),
+        "bits_per_param": per_param.tolist(),
+        "gain_per_efold": capacity.gain_per_efold(steps, per_param),
+    }
 
 
 def curve_point(rs: list[dict]) -> dict:
@@ -352,6 +375,7 @@ def format_capacity(groups: list[dict]) -> str:
             status = ("saturated" if m["saturated"] else "data-capped (lower bound)") + (
                 "" if m["converged"] else ", unconverged"
             )
+            status += f", {m['gain_per_efold']:+.2f} bits/param per e-fold of steps at the end"
             if len(m["counts_around_capacity"]) < 4:
                 status += f", {len(m['counts_around_capacity'])} counts at 0.5-4x capacity"
             lines.append(
@@ -393,6 +417,8 @@ def write_plots(cap: list[dict], rows: list[dict], folder: str | Path) -> list[s
     for g in cap:
         name = f"bits_vs_facts_{g['world']}_{g['dtype']}.png"
         paths.append(plots.bits_vs_facts(g["models"], folder / name, f"{g['world']}, {g['dtype']}"))
+        name = f"bits_vs_steps_{g['world']}_{g['dtype']}.png"
+        paths.append(plots.bits_vs_steps(g["models"], folder / name, f"{g['world']}, {g['dtype']}"))
         curves = [m for m in g["models"] if "loss_peak" in m]
         if curves:
             name = f"held_out_loss_{g['world']}_{g['dtype']}.png"
