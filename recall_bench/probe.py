@@ -30,6 +30,7 @@ from recall_bench.metrics import sequence_stats, stats_from_logits
 from recall_bench.model import apply
 from recall_bench.records import new_record, read_json, write_json_atomic
 from recall_bench.saved import evaluate_run, load_run, read_record
+from recall_bench.tables import Column, format_table
 
 RECORD_NAME = "probe.json"
 PERCENTS = (0.0, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0)
@@ -342,29 +343,31 @@ def metrics_exact(graphdef, params, seqs: formats.Sequences) -> np.ndarray:
     return np.asarray(stats["exact"], bool)
 
 
+def ablated(row: dict) -> str:
+    """An ablation row's component: L0 attention, L0 head 1, L1 mlp."""
+    return f"L{row['layer']} {row['component']}" + (
+        "" if row["head"] is None else f" {row['head']}"
+    )
+
+
 def format_tables(record: dict) -> str:
     """The ablation, gradient and removal tables of a probe record."""
     s = record["sample"]
-    unseen = record["mode"] == "in-tool"
-    lines = [
-        f"{record['mode']}, {record['n_facts']} facts; probed on {s['facts']} facts: recall "
-        f"{s['recall']:.4f}, bits {s['bits_memorized']:,.0f}",
-        "",
-        f"{'ablated':<14} {'method':<6} {'recall':>7} {'bits':>9}" + ("  unseen" if unseen else ""),
-    ]
-    for r in record["ablation"]:
-        what = f"L{r['layer']} {r['component']}" + ("" if r["head"] is None else f" {r['head']}")
-        line = f"{what:<14} {r['method']:<6} {r['recall']:>7.4f} {r['bits_memorized']:>9,.0f}"
-        lines.append(line + (f"  {r['recall_unseen']:.4f}" if unseen else ""))
-    lines += ["", f"{'gradient norm':<14} {'recalled':>9} {'not rec.':>9}"]
-    for r in record["gradients"]:
-        cells = [
-            f"{r[k]:>9.4f}" if r[k] is not None else f"{'-':>9}"
-            for k in ("recalled", "not_recalled")
+    tool = record["mode"] == "in-tool"
+    bits = "bits_delivered" if tool else "bits_memorized"  # in-tool: with the store's help
+    metrics = [Column("recall", "recall", ".4f"), Column("bits", bits, ",.0f")]
+    metrics += [Column("unseen", "recall_unseen", ".4f")] if tool else []
+    ablation = [Column("ablated", ablated), Column("method", "method"), *metrics]
+    norms = [Column("gradient norm", "group")]
+    norms += [Column("recalled", "recalled", ".4f"), Column("not rec.", "not_recalled", ".4f")]
+    removal = [Column("removed", lambda r: f"{r['percent']:g}%", right=True)]
+    removal += [Column("method", "method"), *metrics[:2]]
+    return "\n\n".join(
+        [
+            f"{record['mode']}, {record['n_facts']} facts; probed on {s['facts']} facts: recall "
+            f"{s['recall']:.4f}, bits {s[bits]:,.0f}",
+            format_table(record["ablation"], ablation),
+            format_table(record["gradients"], norms),
+            format_table(record["removal"], removal),
         ]
-        lines.append(f"{r['group']:<14} {' '.join(cells)}")
-    lines += ["", f"{'removed':<8} {'method':<18} {'recall':>7} {'bits':>9}"]
-    for r in record["removal"]:
-        pct, bits = f"{r['percent']:g}%", f"{r['bits_memorized']:,.0f}"
-        lines.append(f"{pct:>7} {r['method']:<18} {r['recall']:>7.4f} {bits:>9}")
-    return "\n".join(lines)
+    )

@@ -25,6 +25,7 @@ from recall_bench.identity import refuse_other
 from recall_bench.model import count_params
 from recall_bench.records import new_record, read_json, write_json_atomic
 from recall_bench.saved import evaluate_run, load_run, read_record
+from recall_bench.tables import Column, format_table
 
 RECORD_NAME = "quantization.json"
 SCHEME = (
@@ -167,22 +168,22 @@ def quantize_run(
     return record
 
 
-def format_table(record: dict) -> str:
+WIDTH_COLUMNS = (
+    Column("width", "width"),
+    Column("recall", "recall", ".4f"),
+    Column("bits", "bits_memorized", ",.0f"),
+    Column("bits/param", "bits_per_param", ".3f"),
+    Column("per w.bit", "bits_per_weight_bit", ".4f"),
+    Column("w.err", "relative_weight_error", ".4f"),
+)
+
+
+def format_record(record: dict) -> str:
     """The per-width table of a quantization record."""
     tool = record["mode"] == "in-tool"
-    head = (
-        f"{'width':<9} {'recall':>7} {'bits':>9} {'bits/param':>10} {'per w.bit':>9} {'w.err':>7}"
-    )
-    lines = [
+    columns = [*WIDTH_COLUMNS, *([Column("unseen", "recall_unseen", ".4f")] if tool else [])]
+    title = (
         f"{record['mode']}, {record['n_facts']} facts, {record['params']['total']:,} params "
-        f"(entropy {record['world']['entropy_bits']:,.0f} bits)",
-        head + (f" {'unseen':>7}" if tool else ""),
-    ]
-    for r in record["widths"]:
-        line = (
-            f"{r['width']:<9} {r['recall']:>7.4f} {r['bits_memorized']:>9,.0f} "
-            f"{r['bits_per_param']:>10.3f} {r['bits_per_weight_bit']:>9.4f} "
-            f"{r['relative_weight_error']:>7.4f}"
-        )
-        lines.append(line + (f" {r['recall_unseen']:>7.4f}" if tool else ""))
-    return "\n".join(lines)
+        f"(entropy {record['world']['entropy_bits']:,.0f} bits)"
+    )
+    return title + "\n" + format_table(record["widths"], columns)

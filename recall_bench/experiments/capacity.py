@@ -28,6 +28,7 @@ from recall_bench.experiments.run import finished_group, train_group, train_info
 from recall_bench.metrics import noise_floor, sequence_stats, summarize_in_weight
 from recall_bench.model import ModelConfig, count_params
 from recall_bench.records import new_record, read_record, write_json_atomic
+from recall_bench.tables import format_table
 from recall_bench.train import Task, TrainResult
 from recall_bench.worlds import TokenSpec, make_token_world, spec_hash
 
@@ -344,45 +345,53 @@ def format_capacity(groups: list[dict]) -> str:
                 f"{fit_ne['interval'][1]:.2f}] over {len(g['fit_cells'])} models; published "
                 f"{g['published_bits_per_param']}"
             )
-        lines.append(
-            f"  {'model':<8} {'params':>8} {'non-emb':>8} {'capacity':>9} {'bits/param':>10} "
-            f"{'best n':>7}  status"
-        )
+        lines.append(format_table(g["models"], MODEL_COLUMNS))
         for m in g["models"]:
-            status = ("saturated" if m["saturated"] else "data-capped (lower bound)") + (
-                "" if m["converged"] else ", unconverged"
-            )
-            if len(m["counts_around_capacity"]) < 4:
-                status += f", {len(m['counts_around_capacity'])} counts at 0.5-4x capacity"
-            lines.append(
-                f"  {m['name']:<8} {m['params']['total']:>8,} {m['params']['non_embedding']:>8,} "
-                f"{m['capacity_bits']:>9,.0f} {m['bits_per_param']:>10.2f} "
-                f"{m['best_n_facts']:>7}  {status}"
-            )
             if "loss_peak" in m:
                 peak = m["loss_peak"]
                 lines.append(
-                    f"  {'':<8} held-out loss peaks at {peak['dataset_bits']:,.0f} data bits "
+                    f"{m['name']}: held-out loss peaks at {peak['dataset_bits']:,.0f} data bits "
                     f"= {peak['over_capacity']:.2f} x capacity"
                     + ("" if peak["turned"] else " (at an end of the range: no turn seen)")
                 )
     return "\n".join(lines)
 
 
+def status(m: dict) -> str:
+    """A capacity model's status: saturated or a lower bound, converged, counts it rests on."""
+    text = ("saturated" if m["saturated"] else "data-capped (lower bound)") + (
+        "" if m["converged"] else ", unconverged"
+    )
+    if len(m["counts_around_capacity"]) < 4:
+        text += f", {len(m['counts_around_capacity'])} counts at 0.5-4x capacity"
+    return text
+
+
+MODEL_COLUMNS = (
+    ("model", "name"),
+    ("params", lambda m: m["params"]["total"], ","),
+    ("non-emb", lambda m: m["params"]["non_embedding"], ","),
+    ("capacity", "capacity_bits", ",.0f"),
+    ("bits/param", "bits_per_param", ".2f"),
+    ("best n", "best_n_facts"),
+    ("status", status),
+)
+RECALL_COLUMNS = (  # a count no model reached: params None, the best recall of those tried
+    ("mode", "mode"),
+    ("facts", "n_facts"),
+    ("params", "params", ","),
+    ("model", "model"),
+    ("recall", lambda r: r["best_recall"] if r["params"] is None else r["recall"], ".3f"),
+    (
+        "largest tried",
+        lambda r: r.get("largest_params_tried") if r["params"] is None else None,
+        ",",
+    ),
+)
+
+
 def format_params_for_recall(rows: list[dict]) -> str:
-    lines = [f"{'mode':<10} {'facts':>6} {'params':>8} {'model':<8} {'recall':>7}"]
-    for r in rows:
-        if r["params"] is None:
-            lines.append(
-                f"{r['mode']:<10} {r['n_facts']:>6} {'none':>8} {'-':<8} "
-                f"{r['best_recall']:>7.3f}  (best of models up to {r['largest_params_tried']:,})"
-            )
-        else:
-            lines.append(
-                f"{r['mode']:<10} {r['n_facts']:>6} {r['params']:>8,} {r['model']:<8} "
-                f"{r['recall']:>7.3f}"
-            )
-    return "\n".join(lines)
+    return format_table(rows, RECALL_COLUMNS)
 
 
 def write_plots(cap: list[dict], rows: list[dict], folder: str | Path) -> list[str]:
