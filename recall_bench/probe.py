@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from recall_bench import formats
+from recall_bench import formats, streams
 from recall_bench.identity import refuse_other
 from recall_bench.metrics import sequence_stats, stats_from_logits
 from recall_bench.model import apply
@@ -211,7 +211,7 @@ def gradient_profile(
         index = np.flatnonzero(rows)
         if not index.size:
             continue
-        rng = np.random.default_rng([seed, 13])
+        rng = streams.generator(seed, streams.PROBE_GRADIENTS)
         index = np.sort(rng.permutation(index)[:GRADIENT_FACTS])
         per_fact = fact_gradient_norms(
             params, graphdef, seqs.tokens[index], seqs.loss_mask[index], seqs.value_mask[index]
@@ -277,7 +277,7 @@ def removal_rows(cfg, world, graphdef, params, entities, seqs, baseline: dict) -
     scores = removal_scores(graphdef, params, seqs)
     orders = {k: np.argsort(-v, kind="stable") for k, v in scores.items()}
     n = orders["magnitude"].size
-    orders["random"] = np.random.default_rng([cfg.seed, 11]).permutation(n)
+    orders["random"] = streams.generator(cfg.seed, streams.PROBE_REMOVAL).permutation(n)
     rows = []
     for percent in PERCENTS:
         for method, order in orders.items():
@@ -295,7 +295,7 @@ def sample_entities(cfg, n_facts: int) -> np.ndarray:
     """A seeded, sorted sample of entities holding about n_facts facts (all if fewer)."""
     n = cfg.spec.n_entities
     m = min(n, max(1, n_facts // len(cfg.attribute_sizes)))
-    return np.sort(np.random.default_rng([cfg.seed, 9]).choice(n, m, replace=False))
+    return np.sort(streams.generator(cfg.seed, streams.PROBE_ENTITIES).choice(n, m, replace=False))
 
 
 def probe_run(

@@ -21,6 +21,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from recall_bench import streams
 from recall_bench.checkpoint import Checkpoints
 from recall_bench.devices import gathered, place, placement
 from recall_bench.formats import Sequences
@@ -303,7 +304,7 @@ def train_models(
     state = {
         "params": params,
         "opt_state": jax.vmap(optimizer.init)(params),
-        "rng": jnp.stack([jax.random.PRNGKey(s + 1_000_003) for s in seeds]),
+        "rng": jnp.stack([jax.random.PRNGKey(s + streams.BATCH_OFFSET) for s in seeds]),
     }
     meta = {
         "step": 0,

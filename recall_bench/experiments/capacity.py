@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from recall_bench import capacity, formats, plots
+from recall_bench import capacity, formats, plots, streams
 from recall_bench.experiments.config import BaseRunConfig
 from recall_bench.experiments.run import finished_group, train_group, train_info
 from recall_bench.metrics import noise_floor, sequence_stats, summarize_in_weight
@@ -33,7 +33,7 @@ from recall_bench.train import Task, TrainResult
 from recall_bench.worlds import TokenSpec, make_token_world, spec_hash
 
 TOKENS = "random-tokens"
-HELD_OUT_SEED = 1 << 20  # held-out sequences: TokenSpec seed offset, an independent stream
+HELD_OUT_SEED = streams.HELD_OUT_OFFSET  # held-out sequences: an independent world
 PUBLISHED = {"facts": 2.0, TOKENS: 3.6}  # bits/param: Allen-Zhu & Li; Morris et al.
 RECALL_TARGET = 0.95
 
@@ -66,7 +66,9 @@ def token_task(cfg: TokenRunConfig) -> Task:
     """All sequences train; up to monitor_facts of them decide when training stops."""
     train = formats.render_tokens(make_token_world(cfg.spec))
     limit = cfg.train_config().monitor_facts
-    rows = np.sort(np.random.default_rng([cfg.seed, 3]).permutation(cfg.n_facts)[:limit])
+    rows = np.sort(
+        streams.generator(cfg.seed, streams.MONITOR_ROWS).permutation(cfg.n_facts)[:limit]
+    )
     monitor = formats.Sequences(
         train.tokens[rows], train.loss_mask[rows], train.value_mask[rows], 1
     )

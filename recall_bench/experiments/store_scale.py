@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recall_bench import tables
+from recall_bench import streams, tables
 from recall_bench.cost import record_cost
 from recall_bench.experiments.config import RunConfig, make_task
 from recall_bench.experiments.evaluate import evaluate
@@ -59,7 +59,7 @@ def run_store_scale(
     for size in sizes:
         n_entities = size // cfg.spec.n_attributes
         large = make_fact_world(cfg.spec.with_entities(n_entities))  # same first entities
-        rng = np.random.default_rng([cfg.seed, 4, size])
+        rng = streams.generator(cfg.seed, streams.STORE_SAMPLE, size)
         pool = np.arange(cfg.trained_entities(), n_entities)
         entities = np.sort(rng.choice(pool, min(sample, len(pool)), replace=False))
         with tempfile.TemporaryDirectory() as tmp:
