@@ -24,12 +24,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from recall_bench import formats, streams
+from recall_bench import formats, saved, streams
 from recall_bench.identity import refuse_other
 from recall_bench.metrics import sequence_stats, stats_from_logits
 from recall_bench.model import apply
-from recall_bench.records import new_record, read_json, write_json_atomic
-from recall_bench.saved import evaluate_run, load_run, read_record
+from recall_bench.records import new_record, read_record, write_json_atomic
+from recall_bench.saved import evaluate_run, load_run
 from recall_bench.tables import Column, format_table
 
 RECORD_NAME = "probe.json"
@@ -37,7 +37,7 @@ PERCENTS = (0.0, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0)
 PROJECTIONS = ("attn_out", "mlp_out")  # the output projection of each ablated component
 MATRICES = ("qkv", "attn_out", "mlp_in", "mlp_out")  # the blocks' weight matrices
 GRADIENT_FACTS = 256  # facts per set whose gradient norms are averaged
-KEPT_METRICS = ("recall", "bits_memorized", "recall_unseen")
+KEPT_METRICS = ("recall", "bits_memorized", "bits_delivered", "recall_unseen")  # in-tool: delivered
 
 
 class Gate(nnx.Variable):
@@ -303,11 +303,11 @@ def probe_run(
 ) -> dict[str, Any]:
     """Ablations, gradient profile and removal curves of the run saved in run_dir, on a
     sample of its facts; one record written to out/probe.json (default: run_dir)."""
-    source = read_record(run_dir)
+    source = saved.read_record(run_dir)
     path = Path(out or run_dir) / RECORD_NAME
     config = {"run": source["config"], "sample_facts": sample, "percents": list(PERCENTS)}
     if path.exists():
-        old = read_json(path)
+        old = read_record(path)
         refuse_other(path, "a probe record", old.get("config", {}), config)
         if resume:
             return old
@@ -355,7 +355,8 @@ def format_tables(record: dict) -> str:
     s = record["sample"]
     tool = record["mode"] == "in-tool"
     bits = "bits_delivered" if tool else "bits_memorized"  # in-tool: with the store's help
-    metrics = [Column("recall", "recall", ".4f"), Column("bits", bits, ",.0f")]
+    header = "delivered" if tool else "bits"
+    metrics = [Column("recall", "recall", ".4f"), Column(header, bits, ",.0f")]
     metrics += [Column("unseen", "recall_unseen", ".4f")] if tool else []
     ablation = [Column("ablated", ablated), Column("method", "method"), *metrics]
     norms = [Column("gradient norm", "group")]
@@ -365,7 +366,7 @@ def format_tables(record: dict) -> str:
     return "\n\n".join(
         [
             f"{record['mode']}, {record['n_facts']} facts; probed on {s['facts']} facts: recall "
-            f"{s['recall']:.4f}, bits {s[bits]:,.0f}",
+            f"{s['recall']:.4f}, {'bits delivered' if tool else 'bits'} {s[bits]:,.0f}",
             format_table(record["ablation"], ablation),
             format_table(record["gradients"], norms),
             format_table(record["removal"], removal),

@@ -27,6 +27,7 @@ from recall_bench.experiments.config import BaseRunConfig
 from recall_bench.experiments.run import finished_group, train_group, train_info
 from recall_bench.metrics import noise_floor, sequence_stats, summarize_in_weight
 from recall_bench.model import ModelConfig, count_params
+from recall_bench.record_types import Record
 from recall_bench.records import new_record, read_record, write_json_atomic
 from recall_bench.tables import format_table
 from recall_bench.train import Task, TrainResult
@@ -101,7 +102,7 @@ def run_token_group(
     return records
 
 
-def token_record(cfg: TokenRunConfig, task: Task, result: TrainResult, k: int) -> dict:
+def token_record(cfg: TokenRunConfig, task: Task, result: TrainResult, k: int) -> Record:
     """Bits memorized on the training sequences and loss on held-out ones, as a run record."""
     params, spec, train_cfg = result.model(k), cfg.spec, cfg.train_config()
     n_params = count_params(params)
@@ -155,7 +156,7 @@ def token_record(cfg: TokenRunConfig, task: Task, result: TrainResult, k: int) -
     )
 
 
-def load_records(folders: list[str | Path]) -> list[dict]:
+def load_records(folders: list[str | Path]) -> list[Record]:
     """Every record.json under the folders; a config recorded twice (e.g. in two shards'
     folders) counts once, the newest record kept."""
     newest: dict[str, dict] = {}
@@ -178,7 +179,7 @@ DATA_CAPPED = 0.9  # a cell holding this share of its data's entropy shows the d
 AROUND = (0.5, 4.0)  # fact counts whose entropy is 0.5-4x the capacity bracket it
 
 
-def model_capacity(records: list[dict]) -> dict:
+def model_capacity(records: list[Record]) -> dict:
     """One model's bits-memorized curve over fact counts (seeds side by side) and its
     capacity: per seed the maximum over the cells that are not data-capped, then the mean
     over seeds. A model with no such cell on some seed is data-capped: its maximum is only a
@@ -251,7 +252,7 @@ def curve_point(rs: list[dict]) -> dict:
     return point
 
 
-def capacity_summary(records: list[dict]) -> list[dict]:
+def capacity_summary(records: list[Record]) -> list[dict]:
     """Per world kind and dtype: each model's capacity and the bits/param fit over the
     models that are not data-capped (total and non-embedding counts), with the cells it
     used. In-tool records are left out: their bits are read from the store, not held in the
@@ -299,7 +300,7 @@ def fit_over(models: list[dict], count: str) -> dict | None:
 
 
 def params_for_recall(
-    records: list[dict], target: float = RECALL_TARGET, dtype: str = "float32"
+    records: list[Record], target: float = RECALL_TARGET, dtype: str = "float32"
 ) -> list[dict]:
     """For each mode and fact count, the smallest model (total params) whose recall, mean
     over its seeds, reaches `target`; params None where no model of the sweep did."""

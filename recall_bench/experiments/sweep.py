@@ -40,6 +40,7 @@ from recall_bench.experiments.default import summary_row
 from recall_bench.experiments.run import group_key, run_group
 from recall_bench.identity import finished_record
 from recall_bench.model import count_params, init_model
+from recall_bench.record_types import Record
 from recall_bench.records import environment, read_record, write_json_atomic
 from recall_bench.tables import format_table
 from recall_bench.train import padded_rows
@@ -302,7 +303,7 @@ def run_sweep(
     return summary
 
 
-def cell_summary(record: dict) -> str:
+def cell_summary(record: Record) -> str:
     m, t = record["metrics"], record["train"]
     if "bits_memorized" in m:
         bits = f"{m['bits_memorized']:,.0f} bits held ({m['bits_per_param']:.2f}/param)"
@@ -316,11 +317,11 @@ def cell_summary(record: dict) -> str:
     )
 
 
-def config_of(record: dict) -> Config:
+def config_of(record: Record) -> Config:
     return CONFIGS[record["mode"]](**record["config"])
 
 
-def cell_row(record: dict) -> dict:
+def cell_row(record: Record) -> dict:
     """One summary row per cell: the default benchmark's row plus the model and seed."""
     model = record["model"]
     return {
@@ -337,7 +338,7 @@ def cell_row(record: dict) -> dict:
     }
 
 
-def sweep_summary(records: list[dict], name: str, shard: tuple[int, int] | None) -> dict:
+def sweep_summary(records: list[Record], name: str, shard: tuple[int, int] | None) -> dict:
     """Cells, capacity fits and params-for-recall of a set of records."""
     rows = sorted((cell_row(r) for r in records), key=lambda r: r["cell"])
     ensembles = {}  # cells of one ensemble share its wall time: count it once
