@@ -62,19 +62,23 @@ def format_table(
     columns: Sequence[Column | tuple],
     markdown: bool = False,
     limit: int | None = None,
+    header: bool = True,
 ) -> str:
     """`rows` as a table of `columns` (Columns, or tuples of Column's fields), with no
     trailing newline: plain text, or with markdown a GitHub table (pipes escaped); every
-    cell cut to `limit` characters if given."""
+    cell cut to `limit` characters if given; without `header`, plain text rows only (a
+    list of fields and values)."""
     columns = [c if isinstance(c, Column) else Column(*c) for c in columns]
     values = [[c.value(r) for c in columns] for r in rows]
     right = [
         c.right if c.right is not None else all(is_number(v[i]) or v[i] is None for v in values)
         for i, c in enumerate(columns)
     ]
-    header = [cell(c.header, limit=limit) for c in columns]
+    head = [cell(c.header, limit=limit) for c in columns]
     body = [[cell(v, c.fmt, limit) for v, c in zip(vs, columns, strict=True)] for vs in values]
-    return (_markdown if markdown else _plain)(header, body, right)
+    if markdown:
+        return _markdown(head, body, right)
+    return _plain(head if header else None, body, right)
 
 
 def _markdown(header: list[str], rows: list[list[str]], right: list[bool]) -> str:
@@ -86,8 +90,10 @@ def _markdown(header: list[str], rows: list[list[str]], right: list[bool]) -> st
     return "\n".join([line(header), rule, *(line(r) for r in rows)])
 
 
-def _plain(header: list[str], rows: list[list[str]], right: list[bool]) -> str:
-    widths = [max(width(r[i]) for r in [header, *rows]) for i in range(len(header))]
+def _plain(header: list[str] | None, rows: list[list[str]], right: list[bool]) -> str:
+    """Padded columns two spaces apart: the header (if any) and a dashed rule, then rows."""
+    top = [] if header is None else [header]
+    widths = [max([0, *(width(r[i]) for r in [*top, *rows])]) for i in range(len(right))]
 
     def pad(text: str, w: int, r: bool) -> str:
         fill = " " * (w - width(text))
@@ -96,5 +102,6 @@ def _plain(header: list[str], rows: list[list[str]], right: list[bool]) -> str:
     def line(cells: list[str]) -> str:
         return "  ".join(pad(c, w, r) for c, w, r in zip(cells, widths, right, strict=True))
 
-    lines = [line(header), "  ".join("-" * w for w in widths), *(line(r) for r in rows)]
+    rule = ["  ".join("-" * w for w in widths)]
+    lines = [*(line(r) for r in top), *(rule if top else []), *(line(r) for r in rows)]
     return "\n".join(text.rstrip() for text in lines)

@@ -53,6 +53,7 @@ def test_columns_may_be_functions_and_set_their_alignment() -> None:
     rows = [{"a": 1, "b": 2}, {"a": 10, "b": 20}]
     columns = [Column("sum", lambda r: r["a"] + r["b"]), Column("a", "a", right=False)]
     assert format_table(rows, columns).splitlines()[2:] == ["  3  1", " 30  10"]
+    assert format_table(rows, columns, header=False).splitlines() == [" 3  1", "30  10"]
 
 
 @given(st.lists(st.fixed_dictionaries({"a": ODD, "b": ODD, "c": ODD}), max_size=6))
