@@ -154,11 +154,8 @@ COLUMNS = (  # of the summary table: (header, row field or function of the row, 
     ("mode", "mode"),
     ("facts", "n_facts"),
     ("recall", "recall", ".3f"),
-    (
-        "bits",
-        lambda r: r["bits_memorized"] if "bits_memorized" in r else r.get("bits_delivered"),
-        ",.0f",
-    ),
+    ("bits", "bits_memorized", ",.0f"),  # held in the weights
+    ("delivered", "bits_delivered", ",.0f"),  # in-tool: with the store's help
     ("general", "general_accuracy", ".3f"),
     ("kept", "general_accuracy_kept", ".3f"),
     ("graded", "general_mc_kept", ".3f"),

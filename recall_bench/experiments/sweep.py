@@ -371,13 +371,14 @@ def merge(folders: list[str | Path], output: str | Path) -> dict:
     return summary
 
 
-# in-tool cells show no bits: theirs are delivered by the store, not held (bits_memorized None)
+# bits held in the weights, and in-tool bits delivered with the store's help, apart
 CELL_COLUMNS = (
     ("cell", "cell"),
     ("params", "params", ","),
     ("recall", "recall", ".3f"),
     ("bits", "bits_memorized", ",.0f"),
     ("b/param", "bits_per_param", ".2f"),
+    ("delivered", "bits_delivered", ",.0f"),
     ("steps", "steps"),
     ("stop", "stop_reason"),
 )
