@@ -1,6 +1,7 @@
 """The one table formatter: rows (dicts) and the columns to show of them, as plain text
 (padded columns under a dashed rule; never colour codes, so it reads the same in a pipe or
-a log) or a GitHub markdown table. Every table the package and its benchmarks print uses it.
+a log) or a GitHub markdown table. The tables of every command and benchmark use it (the
+golden check's lines in regression.py, pinned by its tests, are lines, not a table).
 """
 
 from __future__ import annotations
