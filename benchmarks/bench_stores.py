@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from recall_bench.records import write_json_atomic
+from recall_bench.tables import format_table
 from recall_bench.tool import OK, build_store, world_facts
 from recall_bench.worlds import FactSpec, make_fact_world
 
@@ -64,12 +65,9 @@ def main() -> None:
                 )
             store.close()
 
-    print(f"{'kind':<8} {'facts':>9} {'batch':>6} {'lookups/s':>12} {'build s':>8}")
-    for row in rows:
-        print(
-            f"{row['kind']:<8} {row['facts']:>9} {row['batch']:>6} "
-            f"{row['lookups_per_s']:>12,} {row['build_s']:>8.2f}"
-        )
+    columns = [("kind", "kind"), ("facts", "facts"), ("batch", "batch")]
+    columns += [("lookups/s", "lookups_per_s", ","), ("build s", "build_s", ".2f")]
+    print(format_table(rows, columns))
     write_json_atomic(args.out, rows)
     print(f"wrote {args.out}")
 

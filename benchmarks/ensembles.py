@@ -19,6 +19,7 @@ from workers import JaxSetup, Workload, matmul_window
 
 from recall_bench.devices import ensemble_size, free_memory, model_bytes
 from recall_bench.records import environment, write_json_atomic
+from recall_bench.tables import format_table
 
 HERE = Path(__file__).resolve().parent
 # the smallest shape of the published in-tool grid's range, 1 layer to keep K=256 short
@@ -60,11 +61,11 @@ def main() -> None:
     picked = ensemble_size(per_model, free, info["devices"])
     print(f"{SHAPE.name}: {info['params']:,} params, batch {SHAPE.batch}; matmul peak "
           f"{peak / 1e9:.1f} GFLOP/s (median of {len(peaks)})")  # fmt: skip
-    print(f"{'K':>4} {'model-steps/s':>14} {'vs K=1':>7} {'% of peak':>10} {'compile s':>10}")
     for r in rows:
         r.update(vs_k1=r["model_steps_per_s"] / one, peak_fraction=r["flops_per_s"] / peak)
-        print(f"{r['k']:>4} {r['model_steps_per_s']:>14,.0f} {r['vs_k1']:>7.2f} "
-              f"{100 * r['peak_fraction']:>9.1f}% {r['compile_s']:>10.1f}")  # fmt: skip
+    columns = [("K", "k"), ("model-steps/s", "model_steps_per_s", ",.0f")]
+    columns += [("vs K=1", "vs_k1", ".2f"), ("of peak", "peak_fraction", ".1%")]
+    print(format_table(rows, [*columns, ("compile s", "compile_s", ".1f")]))
     print(f"ensemble_size: {per_model / 1e6:.1f} MB per model, {free / 2**30:.1f} GiB free "
           f"-> K = {picked}")  # fmt: skip
     result = {

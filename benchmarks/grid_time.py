@@ -16,6 +16,7 @@ from pathlib import Path
 
 from recall_bench.experiments.config import RunConfig, make_task
 from recall_bench.records import environment, write_json_atomic
+from recall_bench.tables import format_table
 from recall_bench.train import train_models
 from recall_bench.worlds import make_fact_world
 
@@ -73,11 +74,12 @@ def main() -> None:
         for w in args.widths.split(",")
     ]
     rates = {(c["mode"], c["width"]): c["s_per_step"] for c in cells}
-    for c in cells:
-        print(
-            f"{c['mode']:<10} d={c['width']:<4} {1e3 * c['s_per_step']:8.1f} ms/step "
-            f"(compile {c['compile_s']:.0f} s)"
-        )
+    columns = [
+        ("mode", "mode"),
+        ("width", "width"),
+        ("ms/step", lambda c: 1e3 * c["s_per_step"], ".1f"),
+    ]
+    print(format_table(cells, [*columns, ("compile s", "compile_s", ".0f")]))
     per_cell_set = len(PUBLISHED["fact_counts"]) * PUBLISHED["seeds"]
     published = ours = 0.0
     for mode in PUBLISHED["modes"]:

@@ -91,7 +91,7 @@ class JaxSetup:
         import jax.numpy as jnp
         import numpy as np
 
-        from recall_bench import devices, train
+        from recall_bench import devices, streams, train
         from recall_bench.model import count_params, init_model
 
         data = load_data(w)
@@ -110,7 +110,7 @@ class JaxSetup:
         state = {
             "params": params,
             "opt_state": jax.vmap(optimizer.init)(params),
-            "rng": jnp.stack([jax.random.PRNGKey(s + 1_000_003) for s in seeds]),
+            "rng": jnp.stack([jax.random.PRNGKey(s + streams.BATCH_OFFSET) for s in seeds]),
         }
         state_sharding, batch_sharding = devices.placement(k, w.batch)
         self.state = devices.place(state, state_sharding)

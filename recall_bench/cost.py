@@ -23,6 +23,7 @@ from recall_bench import formats
 from recall_bench.decode import Decoded, greedy_decode
 from recall_bench.formats import CALL_END, PAD, RESULT, RESULT_END, Vocab
 from recall_bench.model import DTYPES, ModelConfig
+from recall_bench.record_types import Cost
 
 LATENCY_BATCH_ONE = 8  # answers timed one at a time
 LATENCY_LARGE = 1024  # answers timed in one batch
@@ -139,7 +140,7 @@ def record_cost(
     n_params: int,
     store,
     store_path: Path | None,
-) -> dict:
+) -> Cost:
     """The `cost` block of a run record: per answer, over every fact evaluated (tokens, FLOPs,
     memory) and timed on the first facts (latency); `store` is None without a tool."""
     entity, attribute = formats.fact_index(world.spec)

@@ -42,6 +42,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from recall_bench import streams
 from recall_bench.formats import BOS, EOS, PAD, Sequences, Vocab
 from recall_bench.metrics import kl_tv, sequence_stats
 from recall_bench.model import apply
@@ -181,7 +182,7 @@ def text_offsets(n_bytes: int, cfg: SuiteConfig) -> tuple[np.ndarray, np.ndarray
     """Start offsets of the training windows (random, seeded, inside the first part) and of the
     held-out windows (tiling the last part from its start, a short remainder dropped)."""
     split = text_split(n_bytes, cfg.text_held_out)
-    rng = np.random.default_rng([cfg.seed, 6])
+    rng = streams.generator(cfg.seed, streams.TEXT_WINDOWS)
     train = rng.integers(0, split - TEXT_WINDOW + 1, cfg.text_train_windows)
     held = np.arange(split, n_bytes - TEXT_WINDOW + 1, TEXT_WINDOW)
     return train, held
@@ -302,8 +303,15 @@ def make_suite(cfg: SuiteConfig, vocab: Vocab) -> Suite:
         )
     train, test, choices = [], {}, {}
     for i, skill in enumerate(cfg.skills):
-        held = prompts(skill, np.random.default_rng([cfg.seed, 4, i, 1]), cfg.test_per_skill, cfg)
-        data = prompts(skill, np.random.default_rng([cfg.seed, 4, i, 0]), cfg.train_per_skill, cfg)
+        held = prompts(
+            skill, streams.generator(cfg.seed, streams.SUITE_PROMPTS, i, 1), cfg.test_per_skill, cfg
+        )
+        data = prompts(
+            skill,
+            streams.generator(cfg.seed, streams.SUITE_PROMPTS, i, 0),
+            cfg.train_per_skill,
+            cfg,
+        )
         seen = {row.tobytes() for row in held}
         data = data[[row.tobytes() not in seen for row in data]] if len(data) else data
         test[skill] = render(skill, held, vocab, cfg.width)
@@ -315,7 +323,9 @@ def make_suite(cfg: SuiteConfig, vocab: Vocab) -> Suite:
         starts, held = text_offsets(len(data), cfg)
         train.append(render_text(data, starts, vocab, cfg.width))
         text = render_text(data, held, vocab, cfg.width)
-    order = np.random.default_rng([cfg.seed, 5]).permutation(sum(len(s.tokens) for s in train))
+    order = streams.generator(cfg.seed, streams.SUITE_ORDER).permutation(
+        sum(len(s.tokens) for s in train)
+    )
     merged = [np.concatenate([getattr(s, f) for s in train])[order] for f in _ARRAYS]
     return Suite(cfg, Sequences(*merged, prompt_length=0), test, text, choices)
 

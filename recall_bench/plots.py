@@ -280,7 +280,9 @@ def quantization(records: list[dict], path: str | Path) -> Path:
         label = f"{r['mode']}, {r['n_facts']:,} facts"
         rows = sorted(r["widths"], key=lambda w: -w["weight_bits"])
         x = [w["weight_bits"] for w in rows]
-        left.plot(x, [w["bits_per_param"] for w in rows], marker="o", label=label)
+        tool = r["mode"] == "in-tool"  # its bits are delivered with the store's help, not held
+        key, kind = ("bits_delivered_per_param", ", delivered") if tool else ("bits_per_param", "")
+        left.plot(x, [w[key] for w in rows], marker="o", label=label + kind)
         right.plot(x, [w["recall"] for w in rows], marker="o", label=label)
         if r["mode"] == "in-tool":
             unseen = [w["recall_unseen"] for w in rows]

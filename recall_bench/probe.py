@@ -24,19 +24,20 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from recall_bench import formats
+from recall_bench import formats, saved, streams
 from recall_bench.identity import refuse_other
 from recall_bench.metrics import sequence_stats, stats_from_logits
 from recall_bench.model import apply
-from recall_bench.records import new_record, read_json, write_json_atomic
-from recall_bench.saved import evaluate_run, load_run, read_record
+from recall_bench.records import new_record, read_record, write_json_atomic
+from recall_bench.saved import evaluate_run, load_run
+from recall_bench.tables import Column, format_table
 
 RECORD_NAME = "probe.json"
 PERCENTS = (0.0, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0)
 PROJECTIONS = ("attn_out", "mlp_out")  # the output projection of each ablated component
 MATRICES = ("qkv", "attn_out", "mlp_in", "mlp_out")  # the blocks' weight matrices
 GRADIENT_FACTS = 256  # facts per set whose gradient norms are averaged
-KEPT_METRICS = ("recall", "bits_memorized", "recall_unseen")
+KEPT_METRICS = ("recall", "bits_memorized", "bits_delivered", "recall_unseen")  # in-tool: delivered
 
 
 class Gate(nnx.Variable):
@@ -210,7 +211,7 @@ def gradient_profile(
         index = np.flatnonzero(rows)
         if not index.size:
             continue
-        rng = np.random.default_rng([seed, 13])
+        rng = streams.generator(seed, streams.PROBE_GRADIENTS)
         index = np.sort(rng.permutation(index)[:GRADIENT_FACTS])
         per_fact = fact_gradient_norms(
             params, graphdef, seqs.tokens[index], seqs.loss_mask[index], seqs.value_mask[index]
@@ -276,7 +277,7 @@ def removal_rows(cfg, world, graphdef, params, entities, seqs, baseline: dict) -
     scores = removal_scores(graphdef, params, seqs)
     orders = {k: np.argsort(-v, kind="stable") for k, v in scores.items()}
     n = orders["magnitude"].size
-    orders["random"] = np.random.default_rng([cfg.seed, 11]).permutation(n)
+    orders["random"] = streams.generator(cfg.seed, streams.PROBE_REMOVAL).permutation(n)
     rows = []
     for percent in PERCENTS:
         for method, order in orders.items():
@@ -294,7 +295,7 @@ def sample_entities(cfg, n_facts: int) -> np.ndarray:
     """A seeded, sorted sample of entities holding about n_facts facts (all if fewer)."""
     n = cfg.spec.n_entities
     m = min(n, max(1, n_facts // len(cfg.attribute_sizes)))
-    return np.sort(np.random.default_rng([cfg.seed, 9]).choice(n, m, replace=False))
+    return np.sort(streams.generator(cfg.seed, streams.PROBE_ENTITIES).choice(n, m, replace=False))
 
 
 def probe_run(
@@ -302,11 +303,11 @@ def probe_run(
 ) -> dict[str, Any]:
     """Ablations, gradient profile and removal curves of the run saved in run_dir, on a
     sample of its facts; one record written to out/probe.json (default: run_dir)."""
-    source = read_record(run_dir)
+    source = saved.read_record(run_dir)
     path = Path(out or run_dir) / RECORD_NAME
     config = {"run": source["config"], "sample_facts": sample, "percents": list(PERCENTS)}
     if path.exists():
-        old = read_json(path)
+        old = read_record(path)
         refuse_other(path, "a probe record", old.get("config", {}), config)
         if resume:
             return old
@@ -342,29 +343,32 @@ def metrics_exact(graphdef, params, seqs: formats.Sequences) -> np.ndarray:
     return np.asarray(stats["exact"], bool)
 
 
+def ablated(row: dict) -> str:
+    """An ablation row's component: L0 attention, L0 head 1, L1 mlp."""
+    return f"L{row['layer']} {row['component']}" + (
+        "" if row["head"] is None else f" {row['head']}"
+    )
+
+
 def format_tables(record: dict) -> str:
     """The ablation, gradient and removal tables of a probe record."""
     s = record["sample"]
-    unseen = record["mode"] == "in-tool"
-    lines = [
-        f"{record['mode']}, {record['n_facts']} facts; probed on {s['facts']} facts: recall "
-        f"{s['recall']:.4f}, bits {s['bits_memorized']:,.0f}",
-        "",
-        f"{'ablated':<14} {'method':<6} {'recall':>7} {'bits':>9}" + ("  unseen" if unseen else ""),
-    ]
-    for r in record["ablation"]:
-        what = f"L{r['layer']} {r['component']}" + ("" if r["head"] is None else f" {r['head']}")
-        line = f"{what:<14} {r['method']:<6} {r['recall']:>7.4f} {r['bits_memorized']:>9,.0f}"
-        lines.append(line + (f"  {r['recall_unseen']:.4f}" if unseen else ""))
-    lines += ["", f"{'gradient norm':<14} {'recalled':>9} {'not rec.':>9}"]
-    for r in record["gradients"]:
-        cells = [
-            f"{r[k]:>9.4f}" if r[k] is not None else f"{'-':>9}"
-            for k in ("recalled", "not_recalled")
+    tool = record["mode"] == "in-tool"
+    bits = "bits_delivered" if tool else "bits_memorized"  # in-tool: with the store's help
+    header = "delivered" if tool else "bits"
+    metrics = [Column("recall", "recall", ".4f"), Column(header, bits, ",.0f")]
+    metrics += [Column("unseen", "recall_unseen", ".4f")] if tool else []
+    ablation = [Column("ablated", ablated), Column("method", "method"), *metrics]
+    norms = [Column("gradient norm", "group")]
+    norms += [Column("recalled", "recalled", ".4f"), Column("not rec.", "not_recalled", ".4f")]
+    removal = [Column("removed", lambda r: f"{r['percent']:g}%", right=True)]
+    removal += [Column("method", "method"), *metrics[:2]]
+    return "\n\n".join(
+        [
+            f"{record['mode']}, {record['n_facts']} facts; probed on {s['facts']} facts: recall "
+            f"{s['recall']:.4f}, {'bits delivered' if tool else 'bits'} {s[bits]:,.0f}",
+            format_table(record["ablation"], ablation),
+            format_table(record["gradients"], norms),
+            format_table(record["removal"], removal),
         ]
-        lines.append(f"{r['group']:<14} {' '.join(cells)}")
-    lines += ["", f"{'removed':<8} {'method':<18} {'recall':>7} {'bits':>9}"]
-    for r in record["removal"]:
-        pct, bits = f"{r['percent']:g}%", f"{r['bits_memorized']:,.0f}"
-        lines.append(f"{pct:>7} {r['method']:<18} {r['recall']:>7.4f} {bits:>9}")
-    return "\n".join(lines)
+    )

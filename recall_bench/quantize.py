@@ -21,10 +21,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from recall_bench import saved
 from recall_bench.identity import refuse_other
 from recall_bench.model import count_params
-from recall_bench.records import new_record, read_json, write_json_atomic
-from recall_bench.saved import evaluate_run, load_run, read_record
+from recall_bench.records import (
+    IN_TOOL_ROW_NAMES,
+    delivered_names,
+    new_record,
+    read_record,
+    write_json_atomic,
+)
+from recall_bench.saved import evaluate_run, load_run
+from recall_bench.tables import Column, format_table
 
 RECORD_NAME = "quantization.json"
 SCHEME = (
@@ -99,18 +107,20 @@ def width_row(cfg, world, graphdef, params, bits: int | str, n_params: int) -> d
         q, stats = quantize_params(params, bits)
         width = 16 if bits == "bfloat16" else bits
     m = evaluate_run(cfg, world, graphdef, q)
+    tool = cfg.mode == "in-tool"  # its bits are delivered with the store's help
+    held = m["bits_delivered" if tool else "bits_memorized"]
     row = {
         "width": bits if isinstance(bits, str) else f"int{bits}",
         "weight_bits": width,
         "recall": m["recall"],
         "token_accuracy": m["token_accuracy"],
-        "bits_memorized": m["bits_memorized"],
-        "bits_per_param": m["bits_memorized"] / n_params,
-        "bits_per_weight_bit": m["bits_memorized"] / (n_params * width),
+        "bits_memorized": held,
+        "bits_per_param": held / n_params,
+        "bits_per_weight_bit": held / (n_params * width),
         **stats,
     }
     row.update({k: m[k] for k in TOOL_METRICS if k in m})
-    return row
+    return delivered_names(row, IN_TOOL_ROW_NAMES) if tool else row
 
 
 def quantize_run(
@@ -127,11 +137,11 @@ def quantize_run(
         if not 2 <= b <= 8:
             raise ValueError(f"--bits takes widths from 2 to 8, got {b}")
     run_dir = Path(run_dir)
-    source = read_record(run_dir)
+    source = saved.read_record(run_dir)
     path = Path(out or run_dir) / RECORD_NAME
     config = {"run": source["config"], "bits": list(widths), "scheme": SCHEME}
     if path.exists():
-        old = read_json(path)
+        old = read_record(path)
         refuse_other(path, "a quantization record", old.get("config", {}), config)
         if resume:
             return old
@@ -167,22 +177,20 @@ def quantize_run(
     return record
 
 
-def format_table(record: dict) -> str:
-    """The per-width table of a quantization record."""
+def format_record(record: dict) -> str:
+    """The per-width table of a quantization record (in-tool: bits delivered, and recall on
+    unseen entities)."""
     tool = record["mode"] == "in-tool"
-    head = (
-        f"{'width':<9} {'recall':>7} {'bits':>9} {'bits/param':>10} {'per w.bit':>9} {'w.err':>7}"
-    )
-    lines = [
+    name = IN_TOOL_ROW_NAMES.get if tool else lambda key: key
+    bits = ("delivered", "deliv./param") if tool else ("bits", "bits/param")
+    columns = [Column("width", "width"), Column("recall", "recall", ".4f")]
+    columns += [Column(bits[0], name("bits_memorized"), ",.0f")]
+    columns += [Column(bits[1], name("bits_per_param"), ".3f")]
+    columns += [Column("per w.bit", name("bits_per_weight_bit"), ".4f")]
+    columns += [Column("w.err", "relative_weight_error", ".4f")]
+    columns += [Column("unseen", "recall_unseen", ".4f")] if tool else []
+    title = (
         f"{record['mode']}, {record['n_facts']} facts, {record['params']['total']:,} params "
-        f"(entropy {record['world']['entropy_bits']:,.0f} bits)",
-        head + (f" {'unseen':>7}" if tool else ""),
-    ]
-    for r in record["widths"]:
-        line = (
-            f"{r['width']:<9} {r['recall']:>7.4f} {r['bits_memorized']:>9,.0f} "
-            f"{r['bits_per_param']:>10.3f} {r['bits_per_weight_bit']:>9.4f} "
-            f"{r['relative_weight_error']:>7.4f}"
-        )
-        lines.append(line + (f" {r['recall_unseen']:>7.4f}" if tool else ""))
-    return "\n".join(lines)
+        f"(entropy {record['world']['entropy_bits']:,.0f} bits)"
+    )
+    return title + "\n" + format_table(record["widths"], columns)

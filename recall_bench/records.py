@@ -1,6 +1,7 @@
 """Run records: one JSON file per run saying what was run, where, how long, and what came out.
 
-Record layout (schema "recall_bench.record/2"; docs/results-schema.md has the full account):
+Record layout (schema "recall_bench.record/2"; typed in record_types.py, described in full in
+docs/results-schema.md):
   schema, benchmark_version, run_id, created (UTC ISO time), mode, n_facts, bits_per_fact,
   seed, config (the full resolved run config), config_hash (its identity),
   world {kind, spec, hash, entropy_bits}, model {architecture fields},
@@ -27,6 +28,8 @@ import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
+
+from recall_bench.record_types import Env, Record
 
 RECORD_SCHEMA = "recall_bench.record/2"  # /1: in-tool's bits under in-weight's names
 BENCHMARK_VERSION = "0.1.0"
@@ -79,6 +82,14 @@ IN_TOOL_NAMES = {
     "bits_memorized_exceptions": "bits_delivered_exceptions",
 }
 
+# Quantization and probe records (kind "quantization", "probe") hold rows of metrics, with
+# one more bits quantity of their own; these blocks of theirs carry the in-tool names.
+IN_TOOL_ROW_NAMES = {**IN_TOOL_NAMES, "bits_per_weight_bit": "bits_delivered_per_weight_bit"}
+ROW_BLOCKS = {  # where, in each kind of record (paths of keys)
+    "quantization": (("widths",),),
+    "probe": (("sample",), ("ablation",), ("removal",), ("source", "metrics")),
+}
+
 # The leaderboard track of each mode: methods are ranked only against their own track.
 TRACKS = {
     "in-weight": "in-weight-capacity",
@@ -121,12 +132,12 @@ def _git(*args: str) -> str | None:
 
 
 @functools.cache
-def environment() -> dict[str, Any]:
+def environment() -> Env:
     """Versions, platform, devices and git state of this process, read once: a long run
     records the code state it started with, not whatever is checked out when it ends."""
     import jax
 
-    env: dict[str, Any] = {"python": platform.python_version()}
+    env: Any = {"python": platform.python_version()}
     for name, dist in _PACKAGES.items():
         try:
             env[name] = importlib.metadata.version(dist)
@@ -153,10 +164,10 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def new_record(**fields: Any) -> dict[str, Any]:
+def new_record(**fields: Any) -> Record:
     """A record with the provenance fields filled in and the given fields added; `env`
     (default: this process's) is the code state the run's training started from."""
-    record: dict[str, Any] = {
+    record: Any = {
         "schema": RECORD_SCHEMA,
         "benchmark_version": BENCHMARK_VERSION,
         "run_id": uuid.uuid4().hex[:12],
@@ -220,24 +231,42 @@ def track(mode: object) -> str:
     return TRACKS.get(mode, "other") if isinstance(mode, str) else "other"
 
 
-def delivered_names(metrics: dict[str, Any]) -> dict[str, Any]:
+def delivered_names(metrics: dict[str, Any], names: dict[str, str] = IN_TOOL_NAMES) -> dict:
     """An in-tool run's metrics with its bits under the in-tool names (IN_TOOL_NAMES)."""
-    return {IN_TOOL_NAMES.get(k, k): v for k, v in metrics.items()}
+    return {names.get(k, k): v for k, v in metrics.items()}
 
 
-def upgrade_record(record: Any) -> Any:
-    """A record of schema /1 as /2 (in-tool bits renamed); others, and anything malformed,
-    are returned as they are."""
-    if not isinstance(record, dict) or record.get("schema") != "recall_bench.record/1":
+def upgrade_record(record: Record) -> Record:
+    """A record as the current schema writes it: /1 as /2 (in-tool bits renamed), and an
+    in-tool quantization or probe record's rows with the in-tool names (they kept the held
+    names until the rows were renamed, within /2). Anything else, malformed included, is
+    returned as it is; upgrading twice changes nothing."""
+    if not isinstance(record, dict):
         return record
-    out = {**record, "schema": RECORD_SCHEMA}
-    if track(record.get("mode")) == "in-tool-recall":
-        for key in ("metrics", "better"):
-            if isinstance(record.get(key), dict):
-                out[key] = delivered_names(record[key])
+    out = dict(record)
+    tool = track(record.get("mode")) == "in-tool-recall"
+    if record.get("schema") == "recall_bench.record/1":
+        out["schema"] = RECORD_SCHEMA
+        for key in ("metrics", "better") if tool else ():
+            out = _renamed_at(out, (key,), IN_TOOL_NAMES)
+    kind = record.get("kind")
+    for path in ROW_BLOCKS.get(kind, ()) if tool and isinstance(kind, str) else ():
+        out = _renamed_at(out, path, IN_TOOL_ROW_NAMES)
     return out
 
 
-def read_record(path: str | Path) -> dict[str, Any]:
+def _renamed_at(value: Any, path: tuple[str, ...], names: dict[str, str]) -> Any:
+    """`value` with the dict (or each dict of the list) at `path` renamed by `names`;
+    anything not of that shape as it is."""
+    if path:
+        if not isinstance(value, dict) or path[0] not in value:
+            return value
+        return {**value, path[0]: _renamed_at(value[path[0]], path[1:], names)}
+    if isinstance(value, list):
+        return [_renamed_at(v, (), names) for v in value]
+    return delivered_names(value, names) if isinstance(value, dict) else value
+
+
+def read_record(path: str | Path) -> Record:
     """A run record read from `path`, upgraded to the current schema."""
     return upgrade_record(read_json(path))

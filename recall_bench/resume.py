@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 from recall_bench.checkpoint import Checkpoints
-from recall_bench.identity import refuse_other
+from recall_bench.identity import refuse_other, resolved
 from recall_bench.model import ModelConfig
 from recall_bench.records import clean_json, environment
 
@@ -102,7 +102,7 @@ def restore_or_start(
         )
     saved = checkpoints.meta(latest)
     if "identity" in saved:
-        refuse_other(folder, "a checkpoint", saved["identity"], meta["identity"])
+        refuse_other(folder, "a checkpoint", with_defaults(saved["identity"]), meta["identity"])
     try:
         state, saved = checkpoints.restore(state, latest)
     except (ValueError, TypeError, KeyError) as err:
@@ -115,6 +115,17 @@ def restore_or_start(
     saved.setdefault("env", environment())  # older checkpoints: the resuming code's
     saved["identity"] = meta["identity"]
     return state, saved
+
+
+def with_defaults(identity: dict) -> dict:
+    """A saved identity whose training config takes today's defaults for the fields it
+    predates (the AdamW constants, ...): a checkpoint made before them is still this run's."""
+    from recall_bench.train import TrainConfig  # train.py imports this module
+
+    train = identity.get("train")
+    if not isinstance(train, dict):
+        return identity
+    return {**identity, "train": clean_json(resolved(train, TrainConfig))}
 
 
 def resume_note(step: int) -> dict:

@@ -14,21 +14,22 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
+from recall_bench import records
 from recall_bench.checkpoint import load_params
 from recall_bench.experiments.config import RunConfig
 from recall_bench.experiments.evaluate import evaluate
 from recall_bench.model import GPT
-from recall_bench.records import IN_TOOL_NAMES, read_json
 from recall_bench.tool import build_store
 from recall_bench.worlds import FactWorld, make_fact_world
 
 
 def read_record(folder: str | Path) -> dict:
-    """The record of the run in `folder`; a ValueError if there is none."""
+    """The record of the run in `folder` (upgraded to the current schema); a ValueError if
+    there is none."""
     path = Path(folder) / "record.json"
     if not path.is_file():
         raise ValueError(f"{folder} holds no record.json: give the --out folder of a finished run")
-    return read_json(path)
+    return records.read_record(path)
 
 
 def load_run(folder: str | Path) -> tuple[RunConfig, FactWorld, Any, Any]:
@@ -53,16 +54,13 @@ def evaluate_run(
     cfg: RunConfig, world: FactWorld, graphdef, params, entities: np.ndarray | None = None
 ) -> dict[str, float]:
     """The run's own evaluation (experiments/run.py `evaluate`) of `params` on the facts of
-    `entities` (default: all); in-tool with a freshly built store of the run's kind."""
+    `entities` (default: all); in-tool with a freshly built store of the run's kind, its bits
+    under the in-tool names (records.IN_TOOL_NAMES), as in its record."""
     if cfg.mode != "in-tool":
         return evaluate(cfg, world, graphdef, params, entities=entities)[0]
     with tempfile.TemporaryDirectory() as tmp:
         store = build_store(world, cfg.store, Path(tmp) / "store.sqlite")
         try:
-            metrics = evaluate(cfg, world, graphdef, params, store, entities)[0]
+            return evaluate(cfg, world, graphdef, params, store, entities)[0]
         finally:
             store.close()
-    # one set of names across modes for the quantize and probe tables; in-tool these bits
-    # are delivered with the store's help (docs/design.md §3), as their records say
-    plain = {v: k for k, v in IN_TOOL_NAMES.items()}
-    return {plain.get(k, k): v for k, v in metrics.items()}

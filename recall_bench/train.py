@@ -21,6 +21,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from recall_bench import streams
 from recall_bench.checkpoint import Checkpoints
 from recall_bench.devices import gathered, place, placement
 from recall_bench.formats import Sequences
@@ -49,8 +50,12 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 1e-2
     warmup_steps: int = 50
-    schedule: str = "cosine"  # after warmup: cosine decay to 5% of lr, or constant
-    weight_decay: float = 0.0
+    schedule: str = "cosine"  # after warmup: cosine decay to end_lr_fraction of lr, or constant
+    end_lr_fraction: float = 0.05  # the cosine schedule's final learning rate / lr
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay
+    adam_b1: float = 0.9  # AdamW: decay of the first-moment (gradient) average
+    adam_b2: float = 0.98  # AdamW: decay of the second-moment average
+    adam_eps: float = 1e-8  # AdamW: added to the root of the second moment
     memory_lr_scale: float = 1.0  # learning rate of product-key value tables, relative to lr
     memory_only: bool = False  # train only product-key memories; every other weight stays fixed
     grad_clip: float = 1.0
@@ -83,6 +88,13 @@ class TrainConfig:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.warmup_steps < 0 or self.weight_decay < 0:
             raise ValueError("warmup_steps and weight_decay must be >= 0")
+        if not (0.0 <= self.adam_b1 < 1.0 and 0.0 <= self.adam_b2 < 1.0 and self.adam_eps > 0):
+            raise ValueError(
+                f"AdamW needs 0 <= adam_b1, adam_b2 < 1 and adam_eps > 0, got {self.adam_b1}, "
+                f"{self.adam_b2}, {self.adam_eps}"
+            )
+        if not 0.0 <= self.end_lr_fraction <= 1.0:
+            raise ValueError(f"end_lr_fraction must be in [0, 1], got {self.end_lr_fraction}")
 
     @property
     def budget(self) -> int:
@@ -133,9 +145,15 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
             )
         else:
             schedule = optax.warmup_cosine_decay_schedule(
-                0.0, lr, warmup, cfg.budget, end_value=lr * 0.05
+                0.0, lr, warmup, cfg.budget, end_value=lr * cfg.end_lr_fraction
             )
-        return optax.adamw(schedule, b1=0.9, b2=0.98, weight_decay=cfg.weight_decay)
+        return optax.adamw(
+            schedule,
+            b1=cfg.adam_b1,
+            b2=cfg.adam_b2,
+            eps=cfg.adam_eps,
+            weight_decay=cfg.weight_decay,
+        )
 
     def labels(params):
         def label(path, _) -> str:
@@ -303,7 +321,7 @@ def train_models(
     state = {
         "params": params,
         "opt_state": jax.vmap(optimizer.init)(params),
-        "rng": jnp.stack([jax.random.PRNGKey(s + 1_000_003) for s in seeds]),
+        "rng": jnp.stack([jax.random.PRNGKey(s + streams.BATCH_OFFSET) for s in seeds]),
     }
     meta = {
         "step": 0,

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from recall_bench import streams
+
 _KEY_CHUNK = 1 << 16  # keys are drawn from the rng in fixed-size chunks (prefix consistency)
 _MAX_SPACE = 1 << 62
 
@@ -222,12 +224,14 @@ def rule_values(spec: FactSpec, keys: np.ndarray) -> np.ndarray:
 def make_fact_world(spec: FactSpec) -> FactWorld:
     """Build the world of a spec: unique random keys and uniform independent values; in a
     structured world each value is replaced by the rule's with probability 1 - rule_alpha."""
-    key_ids = _unique_prefix(np.random.default_rng([spec.seed, 0]), spec.n_entities, spec.key_space)
+    key_ids = _unique_prefix(
+        streams.generator(spec.seed, streams.WORLD_KEYS), spec.n_entities, spec.key_space
+    )
     powers = spec.key_alphabet ** np.arange(spec.key_length - 1, -1, -1, dtype=np.int64)
     keys = ((key_ids[:, None] // powers) % spec.key_alphabet).astype(np.int32)
     values = np.stack(
         [
-            np.random.default_rng([spec.seed, 1, a]).integers(0, size, spec.n_entities)
+            streams.generator(spec.seed, streams.WORLD_VALUES, a).integers(0, size, spec.n_entities)
             for a, size in enumerate(spec.attribute_sizes)
         ],
         axis=1,
@@ -235,7 +239,8 @@ def make_fact_world(spec: FactSpec) -> FactWorld:
     if spec.rule_alpha is not None:
         exception = np.stack(
             [
-                np.random.default_rng([spec.seed, 4, a]).random(spec.n_entities) < spec.rule_alpha
+                streams.generator(spec.seed, streams.RULE_EXCEPTIONS, a).random(spec.n_entities)
+                < spec.rule_alpha
                 for a in range(spec.n_attributes)
             ],
             axis=1,
@@ -246,7 +251,7 @@ def make_fact_world(spec: FactSpec) -> FactWorld:
 
 def make_token_world(spec: TokenSpec) -> np.ndarray:
     """[n_sequences, length] uniform random tokens."""
-    rng = np.random.default_rng([spec.seed, 2])
+    rng = streams.generator(spec.seed, streams.TOKEN_WORLD)
     return rng.integers(0, spec.vocab, (spec.n_sequences, spec.length)).astype(np.int32)
 
 

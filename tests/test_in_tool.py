@@ -200,7 +200,7 @@ def test_in_tool_bits_are_named_delivered_everywhere_they_are_read():
     row = summary_row(record)
     assert row["bits_per_param"] is None and row["bits_delivered"] == m["bits_delivered"]
     table = format_table({"params": 1, "rows": [row], "plot": "p.png", "wall_s": 1.0})
-    line = table.splitlines()[2].split()  # mode facts recall unseen bits/param delivered/param
+    line = table.splitlines()[3].split()  # mode facts recall unseen bits/param delivered/param
     assert (
         line[0] == "in-tool"
         and line[4] == "-"

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from recall_bench import cli, formats
+from recall_bench import cli, formats, records
 from recall_bench.experiments.config import RunConfig
 from recall_bench.experiments.run import run
 from recall_bench.model import apply, init_model
@@ -17,6 +18,7 @@ from recall_bench.probe import (
     Ablatable,
     ablatable,
     fact_gradient_norms,
+    format_tables,
     gate,
     group,
     is_matrix,
@@ -27,6 +29,7 @@ from recall_bench.probe import (
     top_mask,
     with_gates,
 )
+from recall_bench.records import read_json
 from recall_bench.worlds import make_fact_world
 
 CFG = RunConfig(mode="in-weight", n_facts=64, layers=2, width=16, heads=2, steps=25)
@@ -134,3 +137,17 @@ def test_fact_gradient_norms_are_each_facts_own():
     }
     for key, value in norms.items():
         assert float(value[1]) == pytest.approx(sums[key] ** 0.5, rel=1e-5)
+
+
+def test_in_tool_probe_record_is_read_under_the_in_tool_names():
+    """The committed in-tool probe record predates the names: reading renames every block."""
+    path = Path(__file__).resolve().parent.parent / "results/localization/in-tool-4096/probe.json"
+    old, new = read_json(path), records.read_record(path)
+    assert new["sample"]["bits_delivered"] == old["sample"]["bits_memorized"]
+    assert new["source"]["metrics"]["bits_delivered"] == old["source"]["metrics"]["bits_memorized"]
+    for block in ("ablation", "removal"):
+        assert [r["bits_delivered"] for r in new[block]] == [
+            r["bits_memorized"] for r in old[block]
+        ]
+    assert "bits_memorized" not in json.dumps(new) and records.upgrade_record(new) == new
+    assert "bits delivered 24,504" in format_tables(new)

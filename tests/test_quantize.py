@@ -2,21 +2,24 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from recall_bench import cli
+from recall_bench import cli, records
 from recall_bench.experiments.config import RunConfig, make_task
 from recall_bench.experiments.run import finish, run
 from recall_bench.model import init_model
-from recall_bench.quantize import quantize_dequantize, quantize_params, quantize_run
+from recall_bench.quantize import format_record, quantize_dequantize, quantize_params, quantize_run
+from recall_bench.records import read_json, upgrade_record
 from recall_bench.saved import evaluate_run, load_run
 from recall_bench.train import train_models
 from recall_bench.worlds import make_fact_world
 
+RESULTS = Path(__file__).resolve().parent.parent / "results"
 TINY = RunConfig(mode="in-weight", n_facts=200, layers=1, width=32, heads=4, steps=300)
 SAME = ("recall", "token_accuracy", "bits_memorized", "value_nll_bits")
 
@@ -129,6 +132,23 @@ def test_run_without_a_saved_model_is_a_clear_error(saved, tmp_path, capsys):
 def test_in_tool_run_quantized_with_its_store(tmp_path):
     cfg = RunConfig(mode="in-tool", n_facts=40, layers=1, steps=25, validation_entities=8)
     run(cfg, tmp_path, progress=False, save_model=True)
-    rows = quantize_run(tmp_path, (8,))["widths"]
+    record = quantize_run(tmp_path, (8,))
+    rows = record["widths"]
     assert [r["width"] for r in rows] == ["trained", "bfloat16", "int8"]
     assert all(r["recall_unseen"] is not None and "call_valid" in r for r in rows)
+    delivered = read_json(tmp_path / "record.json")["metrics"]["bits_delivered"]
+    assert rows[0]["bits_delivered"] == delivered  # bits given with the store's help
+    assert not set(records.IN_TOOL_ROW_NAMES) & {k for r in rows for k in r}
+    assert upgrade_record(record) == record and "delivered" in format_record(record)
+
+
+def test_in_tool_rows_of_an_old_record_are_read_under_the_in_tool_names():
+    """The committed in-tool quantization record predates the names: reading renames."""
+    path = RESULTS / "quantization" / "in-tool-4096" / "quantization.json"
+    old, new = read_json(path), records.read_record(path)
+    for before, after in zip(old["widths"], new["widths"], strict=True):
+        assert after == {records.IN_TOOL_ROW_NAMES.get(k, k): v for k, v in before.items()}
+        assert after["bits_delivered_per_weight_bit"] == before["bits_per_weight_bit"]
+    assert records.upgrade_record(new) == new
+    held = read_json(RESULTS / "quantization" / "in-weight-1024" / "quantization.json")
+    assert records.upgrade_record(held)["widths"] == held["widths"]  # in-weight: as it was

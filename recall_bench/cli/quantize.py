@@ -44,5 +44,5 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(records if len(records) > 1 else records[0], indent=2))
     else:
-        print("\n\n".join(quantize.format_table(r) for r in records))
+        print("\n\n".join(quantize.format_record(r) for r in records))
     return 0

@@ -19,6 +19,7 @@ from recall_bench.cli.args import (
     refuse_ignored,
 )
 from recall_bench.records import IN_TOOL_NAMES
+from recall_bench.tables import format_table
 
 # run options that shape one run: the config field each one sets
 RUN_FIELDS = {
@@ -282,5 +283,5 @@ def format_record(record: dict) -> str:
         )
     if exceptions in m:
         rows.append(("bits on exceptions", f"{m[exceptions]:,.0f}"))
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+    fields = [{"field": k, "value": v} for k, v in rows]
+    return format_table(fields, [("", "field"), ("", "value")], header=False)

@@ -22,17 +22,19 @@ from typing import Any
 
 import numpy as np
 
-from recall_bench import capacity, formats, plots
+from recall_bench import capacity, formats, plots, streams
 from recall_bench.experiments.config import BaseRunConfig
 from recall_bench.experiments.run import finished_group, train_group, train_info
 from recall_bench.metrics import noise_floor, sequence_stats, summarize_in_weight
 from recall_bench.model import ModelConfig, count_params
+from recall_bench.record_types import Record
 from recall_bench.records import new_record, read_record, write_json_atomic
+from recall_bench.tables import format_table
 from recall_bench.train import Task, TrainResult
 from recall_bench.worlds import TokenSpec, make_token_world, spec_hash
 
 TOKENS = "random-tokens"
-HELD_OUT_SEED = 1 << 20  # held-out sequences: TokenSpec seed offset, an independent stream
+HELD_OUT_SEED = streams.HELD_OUT_OFFSET  # held-out sequences: an independent world
 PUBLISHED = {"facts": 2.0, TOKENS: 3.6}  # bits/param: Allen-Zhu & Li; Morris et al.
 RECALL_TARGET = 0.95
 
@@ -65,7 +67,9 @@ def token_task(cfg: TokenRunConfig) -> Task:
     """All sequences train; up to monitor_facts of them decide when training stops."""
     train = formats.render_tokens(make_token_world(cfg.spec))
     limit = cfg.train_config().monitor_facts
-    rows = np.sort(np.random.default_rng([cfg.seed, 3]).permutation(cfg.n_facts)[:limit])
+    rows = np.sort(
+        streams.generator(cfg.seed, streams.MONITOR_ROWS).permutation(cfg.n_facts)[:limit]
+    )
     monitor = formats.Sequences(
         train.tokens[rows], train.loss_mask[rows], train.value_mask[rows], 1
     )
@@ -98,7 +102,7 @@ def run_token_group(
     return records
 
 
-def token_record(cfg: TokenRunConfig, task: Task, result: TrainResult, k: int) -> dict:
+def token_record(cfg: TokenRunConfig, task: Task, result: TrainResult, k: int) -> Record:
     """Bits memorized on the training sequences and loss on held-out ones, as a run record."""
     params, spec, train_cfg = result.model(k), cfg.spec, cfg.train_config()
     n_params = count_params(params)
@@ -152,7 +156,7 @@ def token_record(cfg: TokenRunConfig, task: Task, result: TrainResult, k: int) -
     )
 
 
-def load_records(folders: list[str | Path]) -> list[dict]:
+def load_records(folders: list[str | Path]) -> list[Record]:
     """Every record.json under the folders; a config recorded twice (e.g. in two shards'
     folders) counts once, the newest record kept."""
     newest: dict[str, dict] = {}
@@ -175,7 +179,7 @@ DATA_CAPPED = 0.9  # a cell holding this share of its data's entropy shows the d
 AROUND = (0.5, 4.0)  # fact counts whose entropy is 0.5-4x the capacity bracket it
 
 
-def model_capacity(records: list[dict]) -> dict:
+def model_capacity(records: list[Record]) -> dict:
     """One model's bits-memorized curve over fact counts (seeds side by side) and its
     capacity: per seed the maximum over the cells that are not data-capped, then the mean
     over seeds. A model with no such cell on some seed is data-capped: its maximum is only a
@@ -271,7 +275,7 @@ def curve_point(rs: list[dict]) -> dict:
     return point
 
 
-def capacity_summary(records: list[dict]) -> list[dict]:
+def capacity_summary(records: list[Record]) -> list[dict]:
     """Per world kind and dtype: each model's capacity and the bits/param fit over the
     models that are not data-capped (total and non-embedding counts), with the cells it
     used. In-tool records are left out: their bits are read from the store, not held in the
@@ -319,7 +323,7 @@ def fit_over(models: list[dict], count: str) -> dict | None:
 
 
 def params_for_recall(
-    records: list[dict], target: float = RECALL_TARGET, dtype: str = "float32"
+    records: list[Record], target: float = RECALL_TARGET, dtype: str = "float32"
 ) -> list[dict]:
     """For each mode and fact count, the smallest model (total params) whose recall, mean
     over its seeds, reaches `target`; params None where no model of the sweep did."""
@@ -367,46 +371,54 @@ def format_capacity(groups: list[dict]) -> str:
                 f"{fit_ne['interval'][1]:.2f}] over {len(g['fit_cells'])} models; published "
                 f"{g['published_bits_per_param']}"
             )
-        lines.append(
-            f"  {'model':<8} {'params':>8} {'non-emb':>8} {'capacity':>9} {'bits/param':>10} "
-            f"{'best n':>7}  status"
-        )
+        lines.append(format_table(g["models"], MODEL_COLUMNS))
         for m in g["models"]:
-            status = ("saturated" if m["saturated"] else "data-capped (lower bound)") + (
-                "" if m["converged"] else ", unconverged"
-            )
-            status += f", {m['gain_per_efold']:+.2f} bits/param per e-fold of steps at the end"
-            if len(m["counts_around_capacity"]) < 4:
-                status += f", {len(m['counts_around_capacity'])} counts at 0.5-4x capacity"
-            lines.append(
-                f"  {m['name']:<8} {m['params']['total']:>8,} {m['params']['non_embedding']:>8,} "
-                f"{m['capacity_bits']:>9,.0f} {m['bits_per_param']:>10.2f} "
-                f"{m['best_n_facts']:>7}  {status}"
-            )
             if "loss_peak" in m:
                 peak = m["loss_peak"]
                 lines.append(
-                    f"  {'':<8} held-out loss peaks at {peak['dataset_bits']:,.0f} data bits "
+                    f"{m['name']}: held-out loss peaks at {peak['dataset_bits']:,.0f} data bits "
                     f"= {peak['over_capacity']:.2f} x capacity"
                     + ("" if peak["turned"] else " (at an end of the range: no turn seen)")
                 )
     return "\n".join(lines)
 
 
+def status(m: dict) -> str:
+    """A capacity model's status: saturated or a lower bound, converged, counts it rests on."""
+    text = ("saturated" if m["saturated"] else "data-capped (lower bound)") + (
+        "" if m["converged"] else ", unconverged"
+    )
+    if len(m["counts_around_capacity"]) < 4:
+        text += f", {len(m['counts_around_capacity'])} counts at 0.5-4x capacity"
+    return text
+
+
+MODEL_COLUMNS = (
+    ("model", "name"),
+    ("params", lambda m: m["params"]["total"], ","),
+    ("non-emb", lambda m: m["params"]["non_embedding"], ","),
+    ("capacity", "capacity_bits", ",.0f"),
+    ("bits/param", "bits_per_param", ".2f"),
+    ("best n", "best_n_facts"),
+    ("gain/e-fold", "gain_per_efold", "+.2f"),  # bits/param per e-fold of steps at the end
+    ("status", status),
+)
+RECALL_COLUMNS = (  # a count no model reached: params None, the best recall of those tried
+    ("mode", "mode"),
+    ("facts", "n_facts"),
+    ("params", "params", ","),
+    ("model", "model"),
+    ("recall", lambda r: r["best_recall"] if r["params"] is None else r["recall"], ".3f"),
+    (
+        "largest tried",
+        lambda r: r.get("largest_params_tried") if r["params"] is None else None,
+        ",",
+    ),
+)
+
+
 def format_params_for_recall(rows: list[dict]) -> str:
-    lines = [f"{'mode':<10} {'facts':>6} {'params':>8} {'model':<8} {'recall':>7}"]
-    for r in rows:
-        if r["params"] is None:
-            lines.append(
-                f"{r['mode']:<10} {r['n_facts']:>6} {'none':>8} {'-':<8} "
-                f"{r['best_recall']:>7.3f}  (best of models up to {r['largest_params_tried']:,})"
-            )
-        else:
-            lines.append(
-                f"{r['mode']:<10} {r['n_facts']:>6} {r['params']:>8,} {r['model']:<8} "
-                f"{r['recall']:>7.3f}"
-            )
-    return "\n".join(lines)
+    return format_table(rows, RECALL_COLUMNS)
 
 
 def write_plots(cap: list[dict], rows: list[dict], folder: str | Path) -> list[str]:

@@ -14,7 +14,7 @@ import dataclasses
 
 import numpy as np
 
-from recall_bench import formats
+from recall_bench import formats, streams
 from recall_bench.model import ModelConfig
 from recall_bench.train import Task, TrainConfig
 from recall_bench.worlds import FactSpec, FactWorld, make_fact_world
@@ -22,7 +22,7 @@ from recall_bench.worlds import FactSpec, FactWorld, make_fact_world
 MODES = ("in-weight", "in-tool", "side-memory")
 
 
-PROTOCOL_SEED = 1 << 24  # the protocol pool's world seed: the run's seed plus this
+PROTOCOL_SEED = streams.PROTOCOL_OFFSET  # the protocol pool's world seed: the run's seed plus this
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,7 +188,7 @@ def make_task(cfg: RunConfig, world: FactWorld) -> Task:
         monitor = formats.render(extra, cfg.mode, watched)
         return Task(train, monitor, extra.fact_bits()[: len(monitor.tokens)])
     limit = cfg.train_config().monitor_facts
-    rows = np.random.default_rng([cfg.seed, 3]).permutation(len(train.tokens))[:limit]
+    rows = streams.generator(cfg.seed, streams.MONITOR_ROWS).permutation(len(train.tokens))[:limit]
     rows.sort()
     monitor = formats.Sequences(
         train.tokens[rows], train.loss_mask[rows], train.value_mask[rows], train.prompt_length

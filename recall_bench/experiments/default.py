@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from recall_bench import plots
+from recall_bench import plots, tables
 from recall_bench.experiments.config import RunConfig
 from recall_bench.experiments.run import run
 from recall_bench.records import write_json_atomic
@@ -80,24 +80,17 @@ def run_default(out: Path, progress: bool = True, resume: bool = False) -> dict:
     return summary
 
 
-def _fixed(value: float | None, digits: int = 3) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
 def format_table(summary: dict) -> str:
     """Bits held in the weights per parameter (bits/param) and, in-tool, bits delivered with
     the store's help per parameter (delivered/param) are separate columns."""
-    header = (
-        f"{'mode':<10} {'facts':>6} {'recall':>7} {'unseen':>7} {'bits/param':>10} "
-        f"{'delivered/param':>15} {'steps':>6}  stop"
+    columns = [("mode", "mode"), ("facts", "n_facts"), ("recall", "recall", ".3f")]
+    columns += [("unseen", "recall_unseen", ".3f"), ("bits/param", "bits_per_param", ".3f")]
+    columns += [("delivered/param", "bits_delivered_per_param", ".3f")]
+    columns += [("steps", "steps"), ("stop", "stop_reason")]
+    return "\n".join(
+        [
+            f"default benchmark: {summary['params']:,}-parameter model",
+            tables.format_table(summary["rows"], columns),
+            f"plot: {summary['plot']}   total {summary['wall_s']:.0f} s",
+        ]
     )
-    lines = [f"default benchmark: {summary['params']:,}-parameter model", header]
-    for r in summary["rows"]:
-        lines.append(
-            f"{r['mode']:<10} {r['n_facts']:>6} {r['recall']:>7.3f} "
-            f"{_fixed(r['recall_unseen']):>7} {_fixed(r['bits_per_param']):>10} "
-            f"{_fixed(r.get('bits_delivered_per_param')):>15} {r['steps']:>6}  "
-            f"{r['stop_reason']}"
-        )
-    lines.append(f"plot: {summary['plot']}   total {summary['wall_s']:.0f} s")
-    return "\n".join(lines)

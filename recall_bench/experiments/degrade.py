@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recall_bench import formats, general, plots
+from recall_bench import formats, general, plots, tables
 from recall_bench.checkpoint import load_params, save_params
 from recall_bench.cost import record_cost
 from recall_bench.experiments.config import RunConfig, make_task
@@ -388,18 +388,14 @@ def format_table(summary: dict) -> str:
     base = summary["base"]["scores"]
     has_text = "text_bits_per_byte" in base
     text = f", text {base['text_bits_per_byte']:.3f} bits/byte" if has_text else ""
+    columns = [("mode", "mode"), ("facts", "n_facts"), ("recall", "recall", ".3f")]
+    columns += [("general", "general_accuracy", ".3f"), ("kept", "general_accuracy_kept", ".3f")]
+    columns += [("kl", "kl", ".4f"), ("tv", "tv", ".4f"), ("steps", "steps")]
+    columns += [("text bpb", "text_bits_per_byte", ".3f")] if has_text else []
     lines = [
         f"degradation: {summary['params']['total']:,}-parameter base model, general accuracy "
         f"{base['general_accuracy']:.3f}, loss {base['general_loss']:.4f}{text}",
-        f"{'mode':<17} {'facts':>6} {'recall':>7} {'general':>8} {'kept':>6} {'kl':>8} "
-        f"{'tv':>7} {'steps':>6}" + (f" {'text bpb':>9}" if has_text else ""),
+        tables.format_table(summary["rows"], columns),
+        f"plot: {summary['plot']}   total {summary['wall_s']:.0f} s",
     ]
-    for r in summary["rows"]:
-        kept = math.nan if r["general_accuracy_kept"] is None else r["general_accuracy_kept"]
-        lines.append(
-            f"{r['mode']:<17} {r['n_facts']:>6} {r['recall']:>7.3f} {r['general_accuracy']:>8.3f}"
-            f" {kept:>6.3f} {r['kl']:>8.4f} {r['tv']:>7.4f} {r['steps']:>6}"
-            + (f" {r['text_bits_per_byte']:>9.3f}" if has_text else "")
-        )
-    lines.append(f"plot: {summary['plot']}   total {summary['wall_s']:.0f} s")
     return "\n".join(lines)

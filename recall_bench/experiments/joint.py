@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recall_bench import general
+from recall_bench import general, streams
 from recall_bench.checkpoint import save_params
 from recall_bench.experiments.run import RunConfig, evaluate, make_record, make_task, train_info
 from recall_bench.formats import Sequences
@@ -134,7 +134,7 @@ def zipf_rows(n: int, total: int, exponent: float, seed: int) -> np.ndarray:
     weights = np.arange(1, n + 1, dtype=np.float64) ** -exponent
     counts = 1 + np.floor((total - n) * weights / weights.sum()).astype(np.int64)
     counts[: total - counts.sum()] += 1
-    order = np.random.default_rng([seed, 7]).permutation(n)
+    order = streams.generator(seed, streams.ZIPF_ORDER).permutation(n)
     return np.repeat(order, counts)
 
 

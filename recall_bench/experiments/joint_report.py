@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recall_bench import formats, general, plots
+from recall_bench import formats, general, plots, tables
 from recall_bench.checkpoint import load_params
 from recall_bench.experiments.joint import (
     FACTS_ONLY,
@@ -53,8 +53,7 @@ def run_joint(
             log(progress, f"{n} facts: {', '.join(cfg.kinds(n))}, seeds {cfg.seeds}")
             done = train_cells(cfg, cells, suite, reference, out, progress)
         records += done
-        for row in summary_rows(done):
-            log(progress, "    " + table_line(row))
+        log(progress, tables.format_table(summary_rows(done), COLUMNS))
     return summarize(cfg, records, out, time.perf_counter() - t0)
 
 
@@ -151,17 +150,19 @@ def command(cfg: JointConfig, out: Path) -> str:
     )
 
 
-def table_line(r: dict) -> str:
-    def f(key: str, spec: str) -> str:
-        return format(r[key], spec) if r.get(key) is not None else "-"
-
-    return (
-        f"{r['mode']:<13} {r['n_facts']:>6} {f('recall', '.3f'):>7} "
-        f"{f('bits_memorized' if 'bits_memorized' in r else 'bits_delivered', ',.0f'):>8} "
-        f"{f('general_accuracy', '.3f'):>8} "
-        f"{f('general_accuracy_kept', '.3f'):>6} {f('general_mc_kept', '.3f'):>6} "
-        f"{f('text_bits_per_byte', '.3f'):>6} {f('kl', '.4f'):>7} {f('tv', '.4f'):>7}"
-    )
+COLUMNS = (  # of the summary table: (header, row field or function of the row, format)
+    ("mode", "mode"),
+    ("facts", "n_facts"),
+    ("recall", "recall", ".3f"),
+    ("bits", "bits_memorized", ",.0f"),  # held in the weights
+    ("delivered", "bits_delivered", ",.0f"),  # in-tool: with the store's help
+    ("general", "general_accuracy", ".3f"),
+    ("kept", "general_accuracy_kept", ".3f"),
+    ("graded", "general_mc_kept", ".3f"),
+    ("bpb", "text_bits_per_byte", ".3f"),
+    ("kl", "kl", ".4f"),
+    ("tv", "tv", ".4f"),
+)
 
 
 def format_table(summary: dict) -> str:
@@ -169,9 +170,7 @@ def format_table(summary: dict) -> str:
     head = f"measured fact capacity {cap:,.0f} bits" if cap else "no facts-only cell"
     lines = [
         f"shared capacity: {summary['params']['total']:,}-parameter model, {head}",
-        f"{'mode':<13} {'facts':>6} {'recall':>7} {'bits':>8} {'general':>8} {'kept':>6} "
-        f"{'graded':>6} {'bpb':>6} {'kl':>7} {'tv':>7}",
-        *(table_line(r) for r in summary["rows"]),
+        tables.format_table(summary["rows"], COLUMNS),
         f"plot: {summary['plot']}   total {summary['wall_s']:.0f} s",
     ]
     return "\n".join(lines)

@@ -20,6 +20,7 @@ from recall_bench.experiments.config import BaseRunConfig, RunConfig, make_task
 from recall_bench.experiments.evaluate import evaluate, held_out_metrics, noise_floor_metrics
 from recall_bench.identity import finished_record
 from recall_bench.model import count_params
+from recall_bench.record_types import Metrics, Record, Train
 from recall_bench.records import new_record, write_json_atomic
 from recall_bench.stopping import late_gain, plateaued
 from recall_bench.tool import build_store
@@ -44,7 +45,7 @@ def run(
     )[0]
 
 
-def holds_config(record: dict, cfg) -> bool:
+def holds_config(record: Record, cfg) -> bool:
     """Whether a record was made by `cfg`; fields a record predates take their defaults."""
     try:
         return type(cfg)(**record.get("config", {})) == cfg
@@ -170,7 +171,7 @@ def finish(
     return record
 
 
-def train_info(train_cfg: TrainConfig, result: TrainResult, k: int, task: Task) -> dict:
+def train_info(train_cfg: TrainConfig, result: TrainResult, k: int, task: Task) -> Train:
     """The `train` block of a record: budget, steps, exposures, why and whether it stopped."""
     steps, history, reason = result.steps[k], result.history[k], result.stop_reason[k]
     n_trained = len(task.train.tokens)
@@ -201,11 +202,11 @@ def make_record(
     world,
     result: TrainResult,
     k: int,
-    metrics,
+    metrics: Metrics,
     task,
     evaluation: dict | None = None,
     **extra: Any,
-) -> dict:
+) -> Record:
     """The record of model k of a training result, complete: `evaluation` (what was
     evaluated, when it is not the run's own world) joins the config, `extra` adds fields such
     as the store and the cost per answer."""

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from recall_bench import streams, tables
 from recall_bench.cost import record_cost
 from recall_bench.experiments.config import RunConfig, make_task
 from recall_bench.experiments.evaluate import evaluate
@@ -58,7 +59,7 @@ def run_store_scale(
     for size in sizes:
         n_entities = size // cfg.spec.n_attributes
         large = make_fact_world(cfg.spec.with_entities(n_entities))  # same first entities
-        rng = np.random.default_rng([cfg.seed, 4, size])
+        rng = streams.generator(cfg.seed, streams.STORE_SAMPLE, size)
         pool = np.arange(cfg.trained_entities(), n_entities)
         entities = np.sort(rng.choice(pool, min(sample, len(pool)), replace=False))
         with tempfile.TemporaryDirectory() as tmp:
@@ -129,11 +130,7 @@ def finished_summary(out: Path, identity: dict, resume: bool) -> dict | None:
 
 
 def format_table(summary: dict) -> str:
-    header = ("store facts", "recall", "calls ok", "copy", "build s", "lookup s")
-    lines = [" ".join(f"{h:>12}" if i == 0 else f"{h:>9}" for i, h in enumerate(header))]
-    for r in summary["rows"]:
-        lines.append(
-            f"{r['store_facts']:>12,} {r['recall']:>9.4f} {r['call_valid']:>9.4f} "
-            f"{r['copy_accuracy']:>9.4f} {r['build_s']:>9.2f} {r['lookup_s']:>9.4f}"
-        )
-    return "\n".join(lines)
+    columns = [("store facts", "store_facts", ","), ("recall", "recall", ".4f")]
+    columns += [("calls ok", "call_valid", ".4f"), ("copy", "copy_accuracy", ".4f")]
+    columns += [("build s", "build_s", ".2f"), ("lookup s", "lookup_s", ".4f")]
+    return tables.format_table(summary["rows"], columns)

@@ -40,7 +40,9 @@ from recall_bench.experiments.default import summary_row
 from recall_bench.experiments.run import group_key, run_group
 from recall_bench.identity import finished_record
 from recall_bench.model import count_params, init_model
+from recall_bench.record_types import Record
 from recall_bench.records import environment, read_record, write_json_atomic
+from recall_bench.tables import format_table
 from recall_bench.train import padded_rows
 from recall_bench.worlds import SpecError
 
@@ -301,7 +303,7 @@ def run_sweep(
     return summary
 
 
-def cell_summary(record: dict) -> str:
+def cell_summary(record: Record) -> str:
     m, t = record["metrics"], record["train"]
     if "bits_memorized" in m:
         bits = f"{m['bits_memorized']:,.0f} bits held ({m['bits_per_param']:.2f}/param)"
@@ -315,11 +317,11 @@ def cell_summary(record: dict) -> str:
     )
 
 
-def config_of(record: dict) -> Config:
+def config_of(record: Record) -> Config:
     return CONFIGS[record["mode"]](**record["config"])
 
 
-def cell_row(record: dict) -> dict:
+def cell_row(record: Record) -> dict:
     """One summary row per cell: the default benchmark's row plus the model and seed."""
     model = record["model"]
     return {
@@ -336,7 +338,7 @@ def cell_row(record: dict) -> dict:
     }
 
 
-def sweep_summary(records: list[dict], name: str, shard: tuple[int, int] | None) -> dict:
+def sweep_summary(records: list[Record], name: str, shard: tuple[int, int] | None) -> dict:
     """Cells, capacity fits and params-for-recall of a set of records."""
     rows = sorted((cell_row(r) for r in records), key=lambda r: r["cell"])
     ensembles = {}  # cells of one ensemble share its wall time: count it once
@@ -369,21 +371,26 @@ def merge(folders: list[str | Path], output: str | Path) -> dict:
     return summary
 
 
+# bits held in the weights, and in-tool bits delivered with the store's help, apart
+CELL_COLUMNS = (
+    ("cell", "cell"),
+    ("params", "params", ","),
+    ("recall", "recall", ".3f"),
+    ("bits", "bits_memorized", ",.0f"),
+    ("b/param", "bits_per_param", ".2f"),
+    ("delivered", "bits_delivered", ",.0f"),
+    ("steps", "steps"),
+    ("stop", "stop_reason"),
+)
+
+
 def format_summary(summary: dict) -> str:
     """Terminal table: every cell, then capacity and params-for-recall."""
     lines = [
         f"sweep {summary['name']}: {summary['n_cells']} cells, {summary['train_s']:.0f} s of "
         "training",
-        f"{'cell':<44} {'params':>7} {'recall':>7} {'bits':>8} {'b/param':>7} {'steps':>6}  stop",
+        format_table(summary["cells"], CELL_COLUMNS),
     ]
-    for r in summary["cells"]:
-        held = r["bits_memorized"] is not None  # in-tool: delivered by the store, not held
-        bits = f"{r['bits_memorized']:,.0f}" if held else "-"
-        per_param = f"{r['bits_per_param']:.2f}" if held else "-"
-        lines.append(
-            f"{r['cell']:<44} {r['params']:>7,} {r['recall']:>7.3f} {bits:>8} "
-            f"{per_param:>7} {r['steps']:>6}  {r['stop_reason']}"
-        )
     structured = [r for r in summary["cells"] if "recall_rule" in r]
     if structured:
         lines += ["", format_structured(structured)]
@@ -396,15 +403,10 @@ def format_summary(summary: dict) -> str:
 
 def format_structured(rows: list[dict]) -> str:
     """Structured-world cells: recall of rule facts and of exceptions, held-out accuracy."""
-    lines = [
-        "structured worlds: recall on rule-following facts and on exceptions; held-out entities",
-        f"{'cell':<44} {'rule':>6} {'except':>6} {'exc.bits':>8} {'held-out rule':>13} "
-        f"{'held-out':>8}",
-    ]
-    for r in rows:
-        rule, exc, bits, held_rule, held = (r.get(k) for k in STRUCTURED_METRICS)
-        cols = ["-" if v is None else f"{v:.3f}" for v in (rule, exc, held_rule, held)]
-        lines.append(
-            f"{r['cell']:<44} {cols[0]:>6} {cols[1]:>6} {bits:>8,.0f} {cols[2]:>13} {cols[3]:>8}"
-        )
-    return "\n".join(lines)
+    headers = ("rule", "except", "exc.bits", "held-out rule", "held-out")
+    specs = (".3f", ".3f", ",.0f", ".3f", ".3f")
+    columns = [("cell", "cell"), *zip(headers, STRUCTURED_METRICS, specs, strict=True)]
+    return (
+        "structured worlds: recall on rule-following facts and on exceptions; held-out entities\n"
+        + format_table(rows, columns)
+    )

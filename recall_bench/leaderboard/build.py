@@ -37,6 +37,7 @@ from recall_bench.leaderboard.schema import (
     validate,
     validators,
 )
+from recall_bench.record_types import Record
 
 RECORD_HINT = "fix the run record or rerun it"
 ON_CONFLICT = ("refuse", "keep-newest", "keep-first")  # same id, different metrics
@@ -72,7 +73,7 @@ def _pick(value: Any, keys: Iterable[str]) -> Any:
     return {k: value[k] for k in keys if k in value}
 
 
-def _plain_record(record: Any) -> dict[str, Any]:
+def _plain_record(record: Any) -> Record:
     """The record as plain JSON values, checked to be a run record of a known schema and
     upgraded to the current one."""
     try:
@@ -94,7 +95,7 @@ def _plain_record(record: Any) -> dict[str, Any]:
     return record
 
 
-def _metrics_and_better(record: dict[str, Any]) -> tuple[Any, Any]:
+def _metrics_and_better(record: Record) -> tuple[Any, Any]:
     """The record's non-null metrics and the direction of each one that has a known one."""
     metrics = record.get("metrics")
     better_in = record.get("better") if isinstance(record.get("better"), dict) else {}
@@ -154,7 +155,7 @@ def _entry_from_record(record: Any, path: Path | None = None) -> dict[str, Any]:
     return entry
 
 
-def entry_from_record(record: dict[str, Any]) -> dict[str, Any]:
+def entry_from_record(record: Record) -> dict[str, Any]:
     """A leaderboard entry from one run record (null metrics dropped); validated."""
     try:
         return _entry_from_record(record)

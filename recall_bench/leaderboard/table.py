@@ -10,6 +10,9 @@ from typing import Any
 from recall_bench import records
 from recall_bench.leaderboard.jsonio import LeaderboardError
 from recall_bench.leaderboard.schema import validate
+from recall_bench.tables import Column, cell, format_table
+
+LIMIT = 40  # characters shown of any one cell
 
 # (header, right-aligned) of the columns before and after a track's metric columns
 _FIRST = (("rank", True), ("mode", False), ("n_facts", True), ("params", True), ("dtype", False))
@@ -55,37 +58,8 @@ TRACKS = {
 }
 
 
-def format_table(
-    header: list[str], rows: list[list[str]], right: list[bool], markdown: bool = False
-) -> str:
-    """Columns padded to width (right-aligned where `right`), or a GitHub markdown table."""
-    return (_markdown if markdown else _plain)(header, rows, right)
-
-
-def _markdown(header: list[str], rows: list[list[str]], right: list[bool]) -> str:
-    def line(cells: list[str]) -> str:
-        escaped = [c.replace("\\", "\\\\").replace("|", "\\|") for c in cells]
-        return "| " + " | ".join(escaped) + " |"
-
-    sep = "| " + " | ".join("---:" if r else ":---" for r in right) + " |"
-    return "\n".join([line(header), sep, *(line(r) for r in rows)]) + "\n"
-
-
-def _plain(header: list[str], rows: list[list[str]], right: list[bool]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(
-            c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right, strict=True)
-        ).rstrip()
-
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(header), rule, *(line(r) for r in rows)]) + "\n"
-
-
-def _cell(text: Any, limit: int = 40) -> str:
-    text = "".join(c if c.isprintable() else "?" for c in str(text))
-    return text if len(text) <= limit else text[: limit - 1] + "~"
+def _cell(text: Any) -> str:
+    return cell(str(text), limit=LIMIT)
 
 
 def _compact(n: int) -> str:
@@ -104,6 +78,7 @@ def _num(value: Any, digits: int = 4) -> str:
 
 
 def _row(entry: dict[str, Any], rank: str, metrics: list[str]) -> list[str]:
+    """One entry's cells, as text, in the order of its section's header."""
     model, env, train = entry["model"], entry["env"], entry["train"]
     row = [
         rank,
@@ -152,7 +127,9 @@ def _section(track: Track, entries: list[dict[str, Any]], sort_by: str, markdown
     ranked = _ranked(entries, sort_by)
     title = f"{track.title} ({len(entries)} entries, ranked by {sort_by})"
     heading = f"### {title}\n\n" if markdown else f"{title}\n"
-    return heading + format_table(header, [_row(e, r, metrics) for r, e in ranked], right, markdown)
+    rows = [dict(zip(header, _row(e, r, metrics), strict=True)) for r, e in ranked]
+    columns = [Column(h, h, right=r) for h, r in zip(header, right, strict=True)]
+    return heading + format_table(rows, columns, markdown, LIMIT) + "\n"
 
 
 def _only(entries: list[dict[str, Any]], field: str, value: str | None) -> list[dict[str, Any]]:
