@@ -1,6 +1,7 @@
 """The recall-bench command: the JSON record on stdout, and one clear line for bad input."""
 
 import argparse
+import importlib
 import json
 
 import numpy as np
@@ -113,3 +114,20 @@ def test_random_tokens_run_from_the_cli(tmp_path, capsys):
     assert m["uniform_loss"] == pytest.approx(np.log(32))
     assert 0 <= m["bits_memorized_corrected"] <= m["bits_memorized"]
     assert record["config"]["vocab"] == 32 and record["model"]["layers"] == 1
+
+
+def test_output_into_a_closed_pipe_ends_quietly(monkeypatch):
+    """`recall-bench ... | head` exits 0 without a traceback once the reader stops."""
+    cli_main = importlib.import_module("recall_bench.cli.main")
+
+    def stopped_reader(args):
+        raise BrokenPipeError
+
+    class Parser:
+        def parse_args(self, argv):
+            return argparse.Namespace(func=stopped_reader)
+
+    monkeypatch.setattr(cli_main, "build_parser", Parser)
+    redirected = []
+    monkeypatch.setattr(cli_main.os, "dup2", lambda *a: redirected.append(a))  # keep stdout
+    assert cli_main.main([]) == 0 and len(redirected) == 1
