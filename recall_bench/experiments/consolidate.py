@@ -43,16 +43,16 @@ NEW_SEED, OLD_SEED = 2 << 24, 3 << 24  # world seeds of the new and old facts: t
 
 @dataclasses.dataclass(frozen=True)
 class ConsolidateConfig:
-    fact_counts: tuple[int, ...] = (64, 512, 4096)  # new facts per world
+    fact_counts: tuple[int, ...] = (64, 512, 2048, 4096)  # new facts per world
     methods: tuple[str, ...] = METHODS
     old_facts: int = 256  # facts the base holds in its weights
-    tool_entities: int = 1000  # protocol-pool entities the base learns the tool on
+    tool_entities: int = 2000  # protocol-pool entities the base learns the tool on
     layers: int = 1
     width: int = 32
     heads: int = 4
-    base_steps: int = 1500  # base training budget (cosine schedule)
+    base_steps: int = 2000  # base training budget (cosine schedule)
     base_lr: float = 1e-2
-    steps: int = 600  # offline budget of every cell (constant learning rate)
+    steps: int = 1200  # offline budget of every cell (constant learning rate)
     eval_steps: tuple[int, ...] | None = None  # None: 0, 50, 100, 200, ... doubling, and steps
     batch_size: int = 64
     lr: float = 3e-3
@@ -337,7 +337,8 @@ def cell_record(cfg: ConsolidateConfig, cell: Cell, trajectory: list[dict], base
             "rows": cfg.rows,
             "exposures_per_fact": cfg.steps * cfg.batch_size * cfg.new_share / spec.n_facts,
             "stop_reason": "budget",
-            "wall_s": base["offline_wall_s"],
+            "wall_s": base["offline_wall_s"],  # of the whole ensemble
+            "ensemble_size": base["ensemble_size"],
         },
         consolidation={"method": cell.method, "data": cell.taught, "store": "none"},
         metrics={k: v for k, v in final.items() if k != "step"},
@@ -385,7 +386,12 @@ def run_consolidation(cfg: ConsolidateConfig, progress: bool = True) -> list[dic
             cfg,
             cell,
             trajectory,
-            {"params": params, "offline_wall_s": wall_s, "info": infos[cell.seed.seed]},
+            {
+                "params": params,
+                "offline_wall_s": wall_s,
+                "ensemble_size": len(cells),
+                "info": infos[cell.seed.seed],
+            },
         )
         for cell, trajectory in zip(cells, trajectories, strict=True)
     ]

@@ -128,8 +128,9 @@ def format_table(summary: dict) -> str:
     )
     lines = [f"consolidation: {summary['params']['total']:,}-parameter model", head]
     last = max(r["step"] for r in summary["rows"])
+    first = summary["rows"][0]["method"]  # whose step 0 shows the base
     for r in summary["rows"]:
-        if r["step"] not in (0, last) or (r["step"] == 0 and r["method"] != "own-answers"):
+        if r["step"] not in (0, last) or (r["step"] == 0 and r["method"] != first):
             continue
         label = "base" if r["step"] == 0 else r["method"]
         gen = f"{r['general_accuracy_kept']:>9.3f}" if "general_accuracy_kept" in r else f"{'-':>9}"
