@@ -337,11 +337,13 @@ def cell_record(cfg: ConsolidateConfig, cell: Cell, trajectory: list[dict], base
             "rows": cfg.rows,
             "exposures_per_fact": cfg.steps * cfg.batch_size * cfg.new_share / spec.n_facts,
             "stop_reason": "budget",
+            "converged": False,  # the whole budget, whatever the measures do: no plateau claimed
             "wall_s": base["offline_wall_s"],  # of the whole ensemble
             "ensemble_size": base["ensemble_size"],
         },
         consolidation={"method": cell.method, "data": cell.taught, "store": "none"},
-        metrics={k: v for k, v in final.items() if k != "step"},
+        # the last evaluation; a share of nothing (nan: the base had none) only in the trajectory
+        metrics={k: v for k, v in final.items() if k != "step" and not math.isnan(v)},
         trajectory=trajectory,
         base=base["info"],
     )
