@@ -140,7 +140,8 @@ def test_mixture_gives_each_part_its_share():
     "argv, message",
     [
         (["--shares", "0.5,0.5"], "--shares wants 4 numbers"),
-        (["--shares", "0.5,0.5,0.5,0.5"], "must be >= 0 (new > 0) and sum to 1"),
+        (["--shares", "0.5,0.5,0.5,0.5"], "must be >= 0, sum to 1"),
+        (["--shares", "1,0,0,0"], "give the new facts a share in (0, 1)"),
         (["--methods", "dream"], "methods must be a non-empty subset"),
         (["--steps", "100", "--eval-steps", "0,50"], "must be >= 0 and end at --steps 100"),
     ],

@@ -84,10 +84,10 @@ class ConsolidateConfig:
                 f"evaluation steps {self.eval_steps} must be >= 0 and end at --steps {self.steps}"
             )
         shares = (self.new_share, self.old_share, self.tool_share, self.general_share)
-        if min(shares) < 0 or self.new_share <= 0 or not math.isclose(sum(shares), 1.0):
+        if min(shares) < 0 or not 0 < self.new_share < 1 or not math.isclose(sum(shares), 1.0):
             raise ValueError(
-                f"mixture shares new/old/tool/general = {shares} must be >= 0 (new > 0) and "
-                "sum to 1"
+                f"mixture shares new/old/tool/general = {shares} must be >= 0, sum to 1 and "
+                "give the new facts a share in (0, 1): the base trains on the others"
             )
         if self.old_facts < 1 or self.tool_entities < 1:
             raise ValueError("old facts and tool entities must be >= 1")
@@ -252,7 +252,9 @@ class Cell:
     taught: dict
 
 
-def make_cell(cfg, method: str, n_facts: int, s: Seeded, base: tuple, suite) -> Cell:
+def make_cell(
+    cfg: ConsolidateConfig, method: str, n_facts: int, s: Seeded, base: tuple, suite
+) -> Cell:
     """A cell's offline mixture: the new facts (the base's own answers through the store, or
     the truth) beside the rehearsal parts."""
     world = new_world(s, n_facts)
