@@ -116,6 +116,9 @@ def test_trajectory_starts_at_the_base(trained, tmp_path):
         assert key in history[0] or (key == "text_bits_per_byte" and suite.text is None)
     m = record["metrics"]
     assert m["dtheta_rel"] == history[-1]["dtheta_rel"] and "old_bits_kept" in m
+    (replayed,) = finetune_cells(TINY, "in-weight+replay", 1e-2, 16, bases, suite, tmp_path)
+    assert replayed["config_hash"] != record["config_hash"]  # two cells, two identities
+    assert replayed["config"]["evaluation"]["method"] == "in-weight+replay"
 
 
 def test_cli_builds_the_config_from_its_options(monkeypatch):

@@ -145,7 +145,17 @@ def cell_record(cfg, cell, world, task, result, k, metrics, base, extra) -> dict
         **extra,
     }
     run = cfg.cell_config(n, seed, lr)
-    return make_record(run, world, result, k, metrics, task, protocol="tool-base", tool_base=block)
+    # what the run's config alone does not say: it starts from the base, and how it trains
+    cell = {
+        "protocol": "tool-base",
+        "method": method,
+        "replay_fraction": cfg.replay_fraction if block["replay"] else 0.0,
+        "target_recall": cfg.target_recall,
+        "base": base_key(cfg),
+    }
+    return make_record(
+        run, world, result, k, metrics, task, cell, protocol="tool-base", tool_base=block
+    )
 
 
 def store_cells(cfg, n: int, bases: dict, suite: general.Suite, out: Path) -> list[dict]:
