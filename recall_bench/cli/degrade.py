@@ -17,6 +17,7 @@ from recall_bench.cli.args import (
     positive_int,
     refuse_ignored,
 )
+from recall_bench.cli.tool_base import add_tool_base_arguments, cmd_tool_base
 from recall_bench.experiments.degrade import MODES, DegradeConfig, format_table, run_degrade
 from recall_bench.experiments.joint import JointConfig
 from recall_bench.experiments.joint_report import format_table as format_joint
@@ -37,11 +38,12 @@ def add_degrade_parser(subparsers) -> None:
     )
     p.add_argument(
         "--protocol",
-        choices=("learn-tool", "joint"),
+        choices=("learn-tool", "joint", "tool-base"),
         default="learn-tool",
         help="learn-tool: fine-tune a base model on facts (the options below); joint: train "
         "one model from scratch on general data and facts together (shared capacity; unset "
-        "shared options take its own defaults)",
+        "shared options take its own defaults); tool-base: a base trained with tool traces "
+        "and old facts receives new facts by a store write or in-weight fine-tuning",
     )
     p.add_argument("--facts", type=int_list, help=f"fact counts (default {d.fact_counts})")
     p.add_argument(
@@ -52,13 +54,13 @@ def add_degrade_parser(subparsers) -> None:
     p.add_argument("--layers", type=positive_int, help=f"default {d.layers}")
     p.add_argument("--width", type=positive_int, help=f"default {d.width}")
     p.add_argument("--heads", type=positive_int, help=f"default {d.heads}")
-    p.add_argument("--base-steps", type=positive_int, default=d.base_steps)
+    p.add_argument("--base-steps", type=positive_int, help=f"default {d.base_steps}")
     p.add_argument("--steps", type=positive_int, help=f"injection step budget (default {d.steps})")
     p.add_argument("--batch-size", type=positive_int, help=f"default {d.batch_size}")
-    p.add_argument("--base-lr", type=positive_float, default=d.base_lr)
+    p.add_argument("--base-lr", type=positive_float, help=f"default {d.base_lr}")
     p.add_argument("--lr", type=positive_float, help=f"fact-injection lr (default {d.lr})")
-    p.add_argument("--target-recall", type=positive_float, default=d.target_recall)
-    p.add_argument("--replay-fraction", type=positive_float, default=d.replay_fraction)
+    p.add_argument("--target-recall", type=positive_float, help=f"default {d.target_recall}")
+    p.add_argument("--replay-fraction", type=positive_float, help=f"default {d.replay_fraction}")
     add_memory_arguments(p, d, "adds to (< 0: counted from the last)")
     p.add_argument(
         "--text-file",
@@ -76,12 +78,15 @@ def add_degrade_parser(subparsers) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--resume", action="store_true", help="keep the finished cells in --out")
     add_joint_arguments(p)
+    add_tool_base_arguments(p)
     p.set_defaults(func=cmd_degrade)
 
 
 def cmd_degrade(args: argparse.Namespace) -> int:
     if args.protocol == "joint":
         return cmd_joint(args)
+    if args.protocol == "tool-base":
+        return cmd_tool_base(args)
     d = DegradeConfig()
     if "side-memory" not in (args.modes or d.modes):
         refuse_ignored(memory_options(args), "they shape a side memory and --modes has none")
@@ -91,10 +96,10 @@ def cmd_degrade(args: argparse.Namespace) -> int:
     given = {f: getattr(args, a) for f, a in zip(fields, shared, strict=True)}
     cfg = DegradeConfig(
         **{f: getattr(d, f) if v is None else v for f, v in given.items()},
-        base_steps=args.base_steps,
-        base_lr=args.base_lr,
-        target_recall=args.target_recall,
-        replay_fraction=args.replay_fraction,
+        base_steps=args.base_steps or d.base_steps,
+        base_lr=args.base_lr or d.base_lr,
+        target_recall=args.target_recall or d.target_recall,
+        replay_fraction=args.replay_fraction or d.replay_fraction,
         seed=args.seed,
         **memory_options(args),
         suite=general.SuiteConfig(text_file=args.text_file),

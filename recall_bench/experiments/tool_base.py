@@ -1,0 +1,353 @@
+"""A base that already uses tools (`recall-bench degrade --protocol tool-base`; docs/design.md
+§8-§10): what new facts cost a model that already knows general skills, some facts (old
+knowledge) and the tool protocol, when they reach it through its store or through its weights.
+
+The base, one per seed (the seeds in one vmapped ensemble), trains from scratch on a fixed mix:
+general data (the skill suite and its text), tool traces over a protocol pool of entities
+disjoint from every evaluated world (RunConfig.protocol_pool), and its old facts in-weight
+(old_knowledge.py). Every cell starts from it:
+  store-write           the N new facts are written into the store: zero gradient steps,
+                        recall measured by decoding with the store in the loop;
+  in-weight (lr)        fine-tuning on the N new facts at a constant learning rate;
+  in-weight+replay (lr) the same, replay_fraction of the rows general data and old facts.
+Fine-tuning is evaluated every eval_every steps, step 0 (the base) included, and stops at the
+first evaluation whose recall on the new facts passes the target, or at its budget. Each
+evaluation records the trajectory: recall and bits of the new facts, the general measures on a
+fixed probe of held-out prompts, the old facts' recall and bits, and ||dtheta|| / ||theta||.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from recall_bench import general
+from recall_bench.experiments import old_knowledge
+from recall_bench.experiments.config import RunConfig, make_task
+from recall_bench.experiments.joint import rows_of
+from recall_bench.formats import Sequences
+from recall_bench.metrics import bits_memorized, stats_from_logits
+from recall_bench.model import ModelConfig, apply
+from recall_bench.records import environment
+from recall_bench.train import (
+    Task,
+    TrainConfig,
+    TrainResult,
+    compiled_chunk,
+    device_data,
+    loss_columns,
+    make_optimizer,
+)
+from recall_bench.worlds import FactWorld
+
+STORE = "store-write"
+PROBE_BLOCK = 512  # probe rows scored at once per model
+
+
+def default_base() -> RunConfig:
+    """The base: 1 layer, d=24 (the joint protocol's small model), a 2,000-entity tool pool,
+    128 old facts, 3,000 steps at lr 1e-2 (warmup, cosine)."""
+    return RunConfig(
+        mode="in-tool",
+        n_facts=128,
+        layers=1,
+        width=24,
+        heads=4,
+        steps=3000,
+        batch_size=64,
+        lr=1e-2,
+        tool_train_entities=2000,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ToolBaseConfig:
+    # the base model: its shape, its training (steps, batch, lr, schedule), its tool pool
+    # (tool_train_entities, in-tool) and its old knowledge (n_facts facts, learned in-weight)
+    base: RunConfig = dataclasses.field(default_factory=default_base)
+    suite: general.SuiteConfig = dataclasses.field(
+        default_factory=lambda: general.SuiteConfig(text_file=general.STDLIB_TEXT)
+    )
+    general_fraction: float = 0.5  # share of the base's rows that are general data
+    old_fraction: float = 0.25  # share that are old facts (the rest: tool traces)
+    base_rows: int = 1 << 17  # training rows of the base
+    fact_counts: tuple[int, ...] = (32, 256, 2048)  # new facts
+    seeds: tuple[int, ...] = (0, 1, 2)  # each seeds a base, its old facts and the new facts
+    lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3)  # constant fine-tuning learning rates
+    replay: tuple[bool, ...] = (False, True)  # in-weight without and with replay
+    steps: int = 300  # fine-tuning budget
+    eval_every: int = 25  # steps between evaluations (a multiple of 25)
+    target_recall: float = 0.99  # first-pass stop: recall on the new facts
+    replay_fraction: float = 0.5  # share of a replay mix's rows: general data and old facts
+    probe_prompts: int = 32  # held-out prompts per skill scored at every evaluation
+    probe_text: int = 256  # held-out text windows scored at every evaluation
+
+    def __post_init__(self) -> None:
+        for name in ("fact_counts", "seeds", "lrs", "replay"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.base.mode != "in-tool" or self.base.tool_train_entities < 1:
+            raise ValueError(
+                "the tool-base base must be an in-tool run with tool_train_entities >= 1 "
+                f"(got mode {self.base.mode!r}, {self.base.tool_train_entities} entities)"
+            )
+        if self.suite.width > self.model_config().max_len:
+            raise ValueError(
+                f"the suite's sequences ({self.suite.width} tokens) are longer than the facts' "
+                f"({self.model_config().max_len}): shorten the suite's skills"
+            )
+        if not (self.general_fraction > 0 and self.old_fraction > 0) or (
+            self.general_fraction + self.old_fraction >= 1
+        ):
+            raise ValueError(
+                f"general ({self.general_fraction}) and old-fact ({self.old_fraction}) fractions "
+                "must be > 0 and leave room for tool traces (sum < 1)"
+            )
+        if not 0.0 < self.replay_fraction < 1.0:
+            raise ValueError(f"replay fraction must be in (0, 1), got {self.replay_fraction}")
+        if not 0.0 < self.target_recall <= 1.0:
+            raise ValueError(f"target recall must be in (0, 1], got {self.target_recall}")
+        if not self.fact_counts or min(self.fact_counts) < 1:
+            raise ValueError(f"fact counts must be >= 1, got {self.fact_counts}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct and at least one, got {self.seeds}")
+        if not self.lrs or min(self.lrs) <= 0:
+            raise ValueError(f"learning rates must be > 0, got {self.lrs}")
+        if self.eval_every % 25 or self.eval_every < 25:
+            raise ValueError(f"eval_every must be a multiple of 25, got {self.eval_every}")
+        self.cell_config(self.fact_counts[0], self.seeds[0], self.lrs[0])  # validates them
+
+    def model_config(self) -> ModelConfig:
+        """One shape for the base and every cell: the in-tool model's."""
+        return self.base.model_config()
+
+    def base_train_config(self) -> TrainConfig:
+        """The base trains its whole budget (no recall or plateau stop)."""
+        return dataclasses.replace(
+            self.base.train_config(), target_recall=math.inf, plateau_min_bits=math.inf
+        )
+
+    def cell_config(self, n_facts: int, seed: int, lr: float | None) -> RunConfig:
+        """A cell's run: in-weight fine-tuning at a constant lr, or (lr None) the store-write
+        cell, in-tool through the base's protocol pool (every new fact unseen)."""
+        fine = dict(steps=self.steps, schedule="constant", warmup_steps=0)
+        fine.update(eval_every=self.eval_every, n_facts=n_facts, seed=seed)
+        if lr is None:
+            return dataclasses.replace(self.base, **fine)
+        return dataclasses.replace(
+            self.base, mode="in-weight", tool_train_entities=0, lr=lr, **fine
+        )
+
+    def methods(self) -> list[tuple[str, float | None]]:
+        """(method, lr) of every cell at a fact count: store-write, then in-weight by lr."""
+        fine = [
+            ("in-weight+replay" if r else "in-weight", lr) for lr in self.lrs for r in self.replay
+        ]
+        return [(STORE, None), *fine]
+
+
+def base_task(cfg: ToolBaseConfig, seed: int, suite: general.Suite) -> Task:
+    """The base's rows (general, tool traces over the pool, old facts; base_rows in all, padded
+    to the model's length) and its monitor (old facts, then the pool's validation traces)."""
+    run = dataclasses.replace(cfg.base, seed=seed)
+    old = old_knowledge.old_world(run, seed)
+    pool = make_task(run, old)  # the pool's traces: the world only gives the spec
+    olds = old_knowledge.old_rows(old)
+    n_general = round(cfg.general_fraction * cfg.base_rows)
+    n_old = round(cfg.old_fraction * cfg.base_rows)
+    n_tool = cfg.base_rows - n_general - n_old
+    parts = [
+        rows_of(suite.train, np.arange(n_general) % len(suite.train.tokens)),
+        rows_of(pool.train, np.arange(n_tool) % len(pool.train.tokens)),
+        rows_of(olds, np.arange(n_old) % len(olds.tokens)),
+    ]
+    width = cfg.model_config().max_len
+    monitor = general.concat([olds, pool.monitor])
+    bits = np.concatenate([old.fact_bits(), pool.monitor_bits])
+    return Task(general.pad_to(general.concat(parts), width), general.pad_to(monitor, width), bits)
+
+
+def replay_rows(cfg: ToolBaseConfig, suite: general.Suite, old: FactWorld, n: int) -> Sequences:
+    """n rows of general data and old facts, in the base's proportion."""
+    n_old = round(n * cfg.old_fraction / (cfg.old_fraction + cfg.general_fraction))
+    olds = old_knowledge.old_rows(old)
+    return general.concat(
+        [
+            rows_of(suite.train, np.arange(n - n_old) % len(suite.train.tokens)),
+            rows_of(olds, np.arange(n_old) % len(olds.tokens)),
+        ]
+    )
+
+
+def finetune_task(
+    cfg: ToolBaseConfig, new: Sequences, bits: np.ndarray, replay: Sequences | None
+) -> Task:
+    """In-weight fine-tuning rows: the new facts (with replay, repeated to fill
+    1 - replay_fraction of the rows, the replay rows the rest); monitored: the new facts."""
+    width = cfg.model_config().max_len
+    train = new
+    if replay is not None:
+        n = len(replay.tokens)
+        facts = round(n * (1 - cfg.replay_fraction) / cfg.replay_fraction)
+        train = general.concat([rows_of(new, np.arange(facts) % len(new.tokens)), replay])
+    return Task(general.pad_to(train, width), general.pad_to(new, width), bits)
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    """The rows scored at every evaluation of one model, padded to one width: `parts` names
+    each part's slice (new facts, old facts, each skill's held-out prompts and graded choices,
+    held-out text)."""
+
+    seqs: Sequences
+    parts: dict[str, slice]
+
+
+def make_probe(cfg: ToolBaseConfig, suite: general.Suite, old: Sequences, new: Sequences | None):
+    """The probe of a cell: the new facts (none for the base alone), the old facts, the first
+    probe_prompts held-out prompts of each skill (and their graded choices), the first
+    probe_text held-out text windows."""
+    k = cfg.suite.distractors + 1
+    named = [("new", new), ("old", old)]
+    for skill in suite.test:
+        named.append((f"test:{skill}", rows_of(suite.test[skill], np.arange(cfg.probe_prompts))))
+        choices = suite.choices[skill]
+        named.append((f"choice:{skill}", rows_of(choices, np.arange(cfg.probe_prompts * k))))
+    if suite.text is not None:
+        windows = np.arange(min(cfg.probe_text, len(suite.text.tokens)))
+        named.append(("text", rows_of(suite.text, windows)))
+    named = [(name, seqs) for name, seqs in named if seqs is not None]
+    parts, start = {}, 0
+    for name, seqs in named:
+        parts[name] = slice(start, start + len(seqs.tokens))
+        start += len(seqs.tokens)
+    width = cfg.model_config().max_len
+    return Probe(general.pad_to(general.concat([s for _, s in named]), width), parts)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _ensemble_stats(graphdef, params, tokens, loss_mask, value_mask):
+    """Teacher-forced stats of K stacked models, each on its own [M, L] rows."""
+
+    def one(p, t, lm, vm):
+        return stats_from_logits(apply(graphdef, p, t[:, :-1]), t, lm, vm)
+
+    return jax.vmap(one)(params, tokens, loss_mask, value_mask)
+
+
+def ensemble_stats(graphdef, params, probes: list[Probe]) -> list[dict[str, np.ndarray]]:
+    """Per model k, the stats of probes[k] under model k (stacked params), in blocks of
+    PROBE_BLOCK rows (the last one padded: one compiled shape whatever the probe's size)."""
+    arrays = [
+        np.stack([getattr(p.seqs, f) for p in probes])
+        for f in ("tokens", "loss_mask", "value_mask")
+    ]
+    n, parts = arrays[0].shape[1], []
+    for start in range(0, n, PROBE_BLOCK):
+        block = [a[:, start : start + PROBE_BLOCK] for a in arrays]
+        pad = ((0, 0), (0, PROBE_BLOCK - block[0].shape[1]), (0, 0))
+        out = _ensemble_stats(graphdef, params, *(np.pad(a, pad) for a in block))
+        parts.append({k: np.asarray(v)[:, : n - start] for k, v in out.items()})
+    return [
+        {k: np.concatenate([p[k][m] for p in parts]) for k in parts[0]} for m in range(len(probes))
+    ]
+
+
+@jax.jit
+def relative_change(params, base) -> jax.Array:
+    """[K] ||theta_k - base_k|| / ||base_k|| of stacked models (all parameters as one vector)."""
+
+    def total(tree) -> jax.Array:
+        return sum(jnp.sum(jnp.square(x).reshape(len(x), -1), 1) for x in jax.tree.leaves(tree))
+
+    return jnp.sqrt(total(jax.tree.map(jnp.subtract, params, base)) / total(base))
+
+
+def probe_measures(
+    stats: dict[str, np.ndarray], probe: Probe, suite: general.Suite, worlds: dict
+) -> dict[str, float]:
+    """The trajectory's measures of one model from its probe stats: recall and bits of the new
+    facts, old_recall and old_bits, general_accuracy (exact), general_mc_accuracy (graded),
+    text_bits_per_byte. worlds: {"old": FactWorld, "new_bits": [N] entropy or None}."""
+    part = {name: {k: v[s] for k, v in stats.items()} for name, s in probe.parts.items()}
+    out: dict[str, float] = {}
+    if "new" in part:
+        out["recall"] = float(np.mean(part["new"]["exact"]))
+        out["bits"] = bits_memorized(part["new"]["value_nll_bits"], worlds["new_bits"])
+    out.update(old_knowledge.old_scores(part["old"], worlds["old"]))
+    skills = list(suite.test)
+    out["general_accuracy"] = float(np.mean([np.mean(part[f"test:{s}"]["exact"]) for s in skills]))
+    k = suite.config.distractors + 1
+    graded = [
+        general.choice_accuracy(part[f"choice:{s}"]["loss_sum"].reshape(-1, k)).mean()
+        for s in skills
+    ]
+    out["general_mc_accuracy"] = float(np.mean(graded))
+    if "text" in part:
+        text = rows_of(probe.seqs, np.arange(probe.parts["text"].start, probe.parts["text"].stop))
+        out["text_bits_per_byte"] = general.text_score(part["text"], text)["text_bits_per_byte"]
+    return out
+
+
+def train_first_pass(
+    graphdef,
+    train_cfg: TrainConfig,
+    tasks: list[Task],
+    seeds: list[int],
+    init,
+    measure: Callable[[object, int], list[dict]],
+    target: float,
+) -> TrainResult:
+    """Fine-tune stacked models `init` (one per task) with train_cfg, calling measure(params,
+    step) at step 0 and every eval_every steps; each model stops at the first evaluation whose
+    "recall" reaches `target` (stop_reason "recall", its params those of that evaluation) or
+    at the budget. The history holds every evaluation a model ran to."""
+    k = len(tasks)
+    optimizer = make_optimizer(train_cfg)
+    rng = jnp.stack([jax.random.PRNGKey(s + 1_000_003) for s in seeds])
+    init = jax.tree.map(jnp.copy, init)  # the compiled steps donate (consume) their inputs
+    state = [init, jax.vmap(optimizer.init)(init), rng]
+    masks = np.stack([t.train.loss_mask for t in tasks])
+    data = device_data(np.stack([t.train.tokens for t in tasks]), masks, None)
+    active = np.ones(k, bool)
+    t0 = time.perf_counter()
+    args = (*state, *data, jnp.asarray(active))
+    chunk = compiled_chunk(graphdef, optimizer, train_cfg, loss_columns(masks), None, *args)
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    history, steps, reasons = [[] for _ in range(k)], [0] * k, ["budget"] * k
+    step, losses = 0, [None] * k
+    while True:
+        if step % train_cfg.eval_every == 0 or step >= train_cfg.budget:
+            for m, entry in enumerate(measure(state[0], step)):
+                if active[m]:
+                    history[m].append({"step": step, "loss": losses[m], **entry})
+                    steps[m] = step
+                    if passes(entry, target):
+                        reasons[m], active[m] = "recall", False
+        if not active.any() or step >= train_cfg.budget:
+            break
+        *state, out = chunk(*state, *data, jnp.asarray(active))
+        losses = [float(x) for x in np.asarray(out).mean(axis=1)]
+        step += train_cfg.steps_per_call
+    jax.block_until_ready(state[0])
+    wall = time.perf_counter() - t0
+    return TrainResult(
+        graphdef, state[0], steps, reasons, history, wall, compile_s, environment(), []
+    )
+
+
+def passes(entry: dict, target: float) -> bool:
+    """Whether an evaluation passes the recall target (the first one that does stops a cell)."""
+    return entry["recall"] >= target
+
+
+def first_pass(history: list[dict], target: float) -> dict | None:
+    """The first evaluation of a trajectory that passes the target (None: never)."""
+    return next((h for h in history if passes(h, target)), None)
