@@ -28,6 +28,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from recall_bench.methods import METHODS
+
 RECORD_SCHEMA = "recall_bench.record/2"  # /1: in-tool's bits under in-weight's names
 BENCHMARK_VERSION = "0.1.0"
 
@@ -79,15 +81,16 @@ IN_TOOL_NAMES = {
     "bits_memorized_exceptions": "bits_delivered_exceptions",
 }
 
-# The leaderboard track of each mode: methods are ranked only against their own track.
+# The leaderboard track of each mode: methods are ranked only against their own track. A
+# memory method declares its track (recall_bench/methods); the others are listed here.
 TRACKS = {
-    "in-weight": "in-weight-capacity",
+    **{name: method.track for name, method in METHODS.items()},
     "in-weight+replay": "in-weight-capacity",
     "random-tokens": "in-weight-capacity",
-    "in-tool": "in-tool-recall",
     "in-tool+replay": "in-tool-recall",
-    "side-memory": "side-memory",
 }
+# Tracks whose bits the prompt delivers (a store's answer, a retrieved fact): named apart.
+DELIVERED_TRACKS = frozenset(m.track for m in METHODS.values() if not m.bits_held)
 
 DETERMINISM = (
     "Bitwise identical metrics for the same config and seed on the same machine, device kind "
@@ -231,7 +234,7 @@ def upgrade_record(record: Any) -> Any:
     if not isinstance(record, dict) or record.get("schema") != "recall_bench.record/1":
         return record
     out = {**record, "schema": RECORD_SCHEMA}
-    if track(record.get("mode")) == "in-tool-recall":
+    if track(record.get("mode")) == "in-tool-recall":  # the only such track under /1
         for key in ("metrics", "better"):
             if isinstance(record.get(key), dict):
                 out[key] = delivered_names(record[key])

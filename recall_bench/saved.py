@@ -52,9 +52,10 @@ def load_run(folder: str | Path) -> tuple[RunConfig, FactWorld, Any, Any]:
 def evaluate_run(
     cfg: RunConfig, world: FactWorld, graphdef, params, entities: np.ndarray | None = None
 ) -> dict[str, float]:
-    """The run's own evaluation (experiments/run.py `evaluate`) of `params` on the facts of
-    `entities` (default: all); in-tool with a freshly built store of the run's kind."""
-    if cfg.mode != "in-tool":
+    """The run's own evaluation (experiments/evaluate.py) of `params` on the facts of
+    `entities` (default: all); with a freshly built store of the run's kind when its method
+    uses one."""
+    if not cfg.method.uses_store:
         return evaluate(cfg, world, graphdef, params, entities=entities)[0]
     with tempfile.TemporaryDirectory() as tmp:
         store = build_store(world, cfg.store, Path(tmp) / "store.sqlite")
@@ -62,7 +63,7 @@ def evaluate_run(
             metrics = evaluate(cfg, world, graphdef, params, store, entities)[0]
         finally:
             store.close()
-    # one set of names across modes for the quantize and probe tables; in-tool these bits
-    # are delivered with the store's help (docs/design.md §3), as their records say
+    # one set of names across modes for the quantize and probe tables; with a store these
+    # bits are delivered with its help (docs/design.md §3), as their records say
     plain = {v: k for k, v in IN_TOOL_NAMES.items()}
     return {plain.get(k, k): v for k, v in metrics.items()}
