@@ -4,12 +4,17 @@ Each module defines one `METHOD` (methods/base.py says what a method is); adding
 its module, one line here and its tests (docs/adding-a-method.md walks through one).
 """
 
-from recall_bench.methods import in_tool, in_weight, side_memory
+from recall_bench.methods import in_tool, in_weight, retrieval_context, side_memory
 from recall_bench.methods.base import Answers, Method
 
 METHODS: dict[str, Method] = {
     m.name: m
-    for m in (in_weight.METHOD, in_tool.METHOD, side_memory.METHOD)
+    for m in (
+        in_weight.METHOD,
+        in_tool.METHOD,
+        side_memory.METHOD,
+        retrieval_context.METHOD,
+    )
 }
 MODES = tuple(METHODS)
 
