@@ -3,7 +3,9 @@ as one module and one registry line. It registers, renders its rows with the rig
 masks, reads the store (not the world) when it writes the prompt, trains and evaluates
 through the unchanged engine, and its record becomes a leaderboard entry of its own track."""
 
+import ast
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,3 +100,13 @@ def test_a_held_in_weights_name_is_refused_on_its_track(trained, tmp_path):
     entry["metrics"]["bits_memorized"] = entry["metrics"].pop("bits_delivered")
     with pytest.raises(leaderboard.LeaderboardError, match="delivered"):
         leaderboard.validate(board)
+
+
+def test_the_engine_and_the_evaluation_name_no_method():
+    """Adding a method never edits the engine: it and the evaluation know methods only
+    through the registry and the Method fields, never by name."""
+    folder = Path(__file__).resolve().parent.parent / "recall_bench" / "experiments"
+    for name in ("engine.py", "evaluate.py", "recording.py"):
+        tree = ast.parse((folder / name).read_text())
+        strings = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant)}
+        assert not strings & set(methods.MODES), name

@@ -121,6 +121,12 @@ class RunConfig(BaseRunConfig):
         return methods.get(self.mode)
 
     @property
+    def format(self) -> str:
+        """The built-in row format (formats.render) of this run: a side memory trains on the
+        in-weight format. A method's own rows come from cfg.method.render."""
+        return "in-weight" if self.method.side_memory else self.mode
+
+    @property
     def spec(self) -> FactSpec:
         return FactSpec(
             n_entities=self.n_facts // len(self.attribute_sizes),

@@ -207,7 +207,7 @@ def group_name(cfg: Config) -> str:
     alpha = getattr(cfg, "rule_alpha", None)
     rule = "" if alpha is None else f"-a{alpha:g}"
     rows = getattr(cfg, "memory_size", None)
-    if cfg.mode == "side-memory" and rows != RunConfig.memory_size:
+    if isinstance(cfg, RunConfig) and cfg.method.side_memory and rows != RunConfig.memory_size:
         rule += f"-m{rows}"
     return f"{prefix}{rule}-n{cfg.n_facts}-L{cfg.layers}-d{cfg.width}-{cfg.dtype}"
 
