@@ -148,6 +148,8 @@ def run_group(
     is returned as it is."""
     done = finished_group(cfgs, out_dirs, resume)
     if done is not None:
+        if save_model:
+            check_saved([Cell(c, d) for c, d in zip(cfgs, out_dirs, strict=True)], resume)
         return done
     data = [prepare(c) for c in cfgs]
     tasks = [task for _, task in data]
