@@ -93,32 +93,7 @@ def add_run_parser(subparsers) -> None:
         type=positive_int,
         help=f"facts checked at each progress check (default {d.monitor_facts})",
     )
-    p.add_argument(
-        "--attributes",
-        type=int_list,
-        help="value-space size of each attribute, comma-separated (default 4096: 12 bits)",
-    )
-    p.add_argument(
-        "--rule-alpha",
-        type=float,
-        metavar="ALPHA",
-        help="structured world: each value follows a rule on the key except with probability "
-        "ALPHA in [0, 1] (default: fully random values)",
-    )
-    p.add_argument(
-        "--store",
-        choices=["memory", "sqlite"],
-        help=f"in-tool, retrieval-context: the store (default {d.store})",
-    )
-    p.add_argument(
-        "--tool-train-entities",
-        type=positive_int,
-        metavar="K",
-        help="in-tool, retrieval-context: learn the protocol on K entities of a pool disjoint "
-        "from the world "
-        "(its own seed), and evaluate every fact of the world as unseen (default: train on "
-        "the world's first entities)",
-    )
+    add_fact_arguments(p, d)
     add_memory_arguments(p, d, "replaces")
     p.add_argument("--vocab", type=positive_int, help=f"{TOKENS}: symbols (default {t.vocab})")
     p.add_argument(
@@ -145,6 +120,39 @@ def add_run_parser(subparsers) -> None:
         help="keep the final parameters in --out/model (for `recall-bench quantize` and `probe`)",
     )
     p.set_defaults(func=cmd_run)
+
+
+def add_fact_arguments(p, d) -> None:
+    """The options that shape a fact world and its store (defaults from the RunConfig d)."""
+    from recall_bench.methods import METHODS
+
+    stored = ", ".join(name for name, m in METHODS.items() if m.uses_store)
+    held_out = ", ".join(name for name, m in METHODS.items() if m.holds_out)
+    p.add_argument(
+        "--attributes",
+        type=int_list,
+        help="value-space size of each attribute, comma-separated (default 4096: 12 bits)",
+    )
+    p.add_argument(
+        "--rule-alpha",
+        type=float,
+        metavar="ALPHA",
+        help="structured world: each value follows a rule on the key except with probability "
+        "ALPHA in [0, 1] (default: fully random values)",
+    )
+    p.add_argument(
+        "--store",
+        choices=["memory", "sqlite"],
+        help=f"{stored}: the store (default {d.store})",
+    )
+    p.add_argument(
+        "--tool-train-entities",
+        type=positive_int,
+        metavar="K",
+        help=f"{held_out}: learn the protocol on K entities of a pool disjoint from the world "
+        "(its own seed), and evaluate every fact of the world as unseen (default: train on "
+        "the world's first entities)",
+    )
 
 
 def given_fields(args: argparse.Namespace, fields: dict) -> dict:
