@@ -15,7 +15,7 @@ import numpy as np
 
 from recall_bench import capacity, plots
 from recall_bench.experiments.tokens import TOKENS
-from recall_bench.records import read_record
+from recall_bench.records import DELIVERED_TRACKS, read_record, track
 
 PUBLISHED = {"facts": 2.0, TOKENS: 3.6}  # bits/param: Allen-Zhu & Li; Morris et al.
 RECALL_TARGET = 0.95
@@ -124,7 +124,7 @@ def capacity_summary(records: list[dict]) -> list[dict]:
     are delivered by the store or the context) are left out."""
     by_model = defaultdict(list)
     for r in records:
-        if "bits_memorized" in r["metrics"]:
+        if track(r["mode"]) not in DELIVERED_TRACKS:
             by_model[(r["world"]["kind"], r["model"]["dtype"], json.dumps(r["model"]))].append(r)
     groups = defaultdict(list)
     for (kind, dtype, _), rs in by_model.items():
