@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from recall_bench import formats, general
+from recall_bench import formats, general, streams
 from recall_bench.decode import Decoded, greedy_decode
 from recall_bench.experiments.joint import rows_of
 from recall_bench.formats import Sequences
@@ -79,7 +79,7 @@ def mixture(parts: list[tuple[Sequences, float]], rows: int, width: int, seed: i
     for i, ((seqs, _), count) in enumerate(zip(parts, counts, strict=True)):
         n = len(seqs.tokens)
         if count > 0:
-            order = np.random.default_rng([seed, 8, i]).permutation(n)
+            order = streams.generator(seed, streams.CONSOLIDATION_ORDER, i).permutation(n)
             drawn.append(rows_of(seqs, order[np.arange(count) % n]))
     return general.pad_to(general.concat(drawn), width)
 

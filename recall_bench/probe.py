@@ -124,7 +124,7 @@ def ablations(cfg) -> list[tuple[str, int, int | None]]:
     for layer in range(cfg.layers):
         out.append(("attention", layer, None))
         out += [("head", layer, h) for h in range(cfg.heads)]
-        if cfg.mode != "side-memory" or layer != cfg.memory_layer:
+        if not cfg.method.side_memory or layer != cfg.memory_layer:
             out.append(("mlp", layer, None))
     return out
 
@@ -314,7 +314,7 @@ def probe_run(
         raise ValueError(f"{path} already holds this probe: pass --resume to return it")
     cfg, world, graphdef, params = load_run(run_dir)
     entities = sample_entities(cfg, sample)
-    seqs = formats.render(world, cfg.format, entities)
+    seqs = cfg.method.render(world, entities)
     baseline = kept(evaluate_run(cfg, world, graphdef, params, entities))
     exact = metrics_exact(graphdef, params, seqs)
     record = new_record(

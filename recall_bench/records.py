@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from recall_bench.record_types import Env, Record
+from recall_bench.methods import METHODS
 
 RECORD_SCHEMA = "recall_bench.record/2"  # /1: in-tool's bits under in-weight's names
 BENCHMARK_VERSION = "0.1.0"
@@ -90,15 +91,16 @@ ROW_BLOCKS = {  # where, in each kind of record (paths of keys)
     "probe": (("sample",), ("ablation",), ("removal",), ("source", "metrics")),
 }
 
-# The leaderboard track of each mode: methods are ranked only against their own track.
+# The leaderboard track of each mode: methods are ranked only against their own track. A
+# memory method declares its track (recall_bench/methods); the others are listed here.
 TRACKS = {
-    "in-weight": "in-weight-capacity",
+    **{name: method.track for name, method in METHODS.items()},
     "in-weight+replay": "in-weight-capacity",
     "random-tokens": "in-weight-capacity",
-    "in-tool": "in-tool-recall",
     "in-tool+replay": "in-tool-recall",
-    "side-memory": "side-memory",
 }
+# Tracks whose bits the prompt delivers (a store's answer, a retrieved fact): named apart.
+DELIVERED_TRACKS = frozenset(m.track for m in METHODS.values() if not m.bits_held)
 
 DETERMINISM = (
     "Bitwise identical metrics for the same config and seed on the same machine, device kind "

@@ -54,9 +54,9 @@ def evaluate_run(
     cfg: RunConfig, world: FactWorld, graphdef, params, entities: np.ndarray | None = None
 ) -> dict[str, float]:
     """The run's own evaluation (experiments/run.py `evaluate`) of `params` on the facts of
-    `entities` (default: all); in-tool with a freshly built store of the run's kind, its bits
+    `entities` (default: all); with a freshly built store of the run's kind, its bits
     under the in-tool names (records.IN_TOOL_NAMES), as in its record."""
-    if cfg.mode != "in-tool":
+    if not cfg.method.uses_store:
         return evaluate(cfg, world, graphdef, params, entities=entities)[0]
     with tempfile.TemporaryDirectory() as tmp:
         store = build_store(world, cfg.store, Path(tmp) / "store.sqlite")

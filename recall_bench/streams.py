@@ -21,6 +21,7 @@ STORE_SAMPLE = 4  # store-scale: then the store size; the entities evaluated at 
 SUITE_ORDER = 5  # general suite: the order of the merged training rows
 TEXT_WINDOWS = 6  # general suite: where the text file's training windows start
 ZIPF_ORDER = 7  # joint protocol: which fact gets which Zipf rank
+CONSOLIDATION_ORDER = 8  # consolidation: then the mixture part; the order of its rows
 PROBE_ENTITIES = 9  # probe: the sampled entities
 PROBE_REMOVAL = 11  # probe: the order of the random weight removal
 PROBE_GRADIENTS = 13  # probe: the facts whose gradient norms are averaged

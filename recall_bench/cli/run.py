@@ -49,8 +49,9 @@ TOKENS = "random-tokens"
 
 
 def add_run_parser(subparsers) -> None:
-    from recall_bench.experiments.capacity import TokenRunConfig
-    from recall_bench.experiments.config import MODES, RunConfig
+    from recall_bench.experiments.config import RunConfig
+    from recall_bench.experiments.tokens import TokenRunConfig
+    from recall_bench.methods import MODES
 
     d, t = RunConfig(), TokenRunConfig()
     p = subparsers.add_parser(
@@ -93,29 +94,7 @@ def add_run_parser(subparsers) -> None:
         type=positive_int,
         help=f"facts checked at each progress check (default {d.monitor_facts})",
     )
-    p.add_argument(
-        "--attributes",
-        type=int_list,
-        help="value-space size of each attribute, comma-separated (default 4096: 12 bits)",
-    )
-    p.add_argument(
-        "--rule-alpha",
-        type=float,
-        metavar="ALPHA",
-        help="structured world: each value follows a rule on the key except with probability "
-        "ALPHA in [0, 1] (default: fully random values)",
-    )
-    p.add_argument(
-        "--store", choices=["memory", "sqlite"], help=f"in-tool: the store (default {d.store})"
-    )
-    p.add_argument(
-        "--tool-train-entities",
-        type=positive_int,
-        metavar="K",
-        help="in-tool: learn the tool protocol on K entities of a pool disjoint from the world "
-        "(its own seed), and evaluate every fact of the world as unseen (default: train on "
-        "the world's first entities)",
-    )
+    add_fact_arguments(p, d)
     add_memory_arguments(p, d, "replaces")
     p.add_argument("--vocab", type=positive_int, help=f"{TOKENS}: symbols (default {t.vocab})")
     p.add_argument(
@@ -144,6 +123,39 @@ def add_run_parser(subparsers) -> None:
     p.set_defaults(func=cmd_run)
 
 
+def add_fact_arguments(p, d) -> None:
+    """The options that shape a fact world and its store (defaults from the RunConfig d)."""
+    from recall_bench.methods import METHODS
+
+    stored = ", ".join(name for name, m in METHODS.items() if m.uses_store)
+    held_out = ", ".join(name for name, m in METHODS.items() if m.holds_out)
+    p.add_argument(
+        "--attributes",
+        type=int_list,
+        help="value-space size of each attribute, comma-separated (default 4096: 12 bits)",
+    )
+    p.add_argument(
+        "--rule-alpha",
+        type=float,
+        metavar="ALPHA",
+        help="structured world: each value follows a rule on the key except with probability "
+        "ALPHA in [0, 1] (default: fully random values)",
+    )
+    p.add_argument(
+        "--store",
+        choices=["memory", "sqlite"],
+        help=f"{stored}: the store (default {d.store})",
+    )
+    p.add_argument(
+        "--tool-train-entities",
+        type=positive_int,
+        metavar="K",
+        help=f"{held_out}: learn the protocol on K entities of a pool disjoint from the world "
+        "(its own seed), and evaluate every fact of the world as unseen (default: train on "
+        "the world's first entities)",
+    )
+
+
 def given_fields(args: argparse.Namespace, fields: dict) -> dict:
     """The options of `fields` given on the command line, as config fields."""
     return {f: getattr(args, k) for k, f in fields.items() if getattr(args, k) is not None}
@@ -152,18 +164,21 @@ def given_fields(args: argparse.Namespace, fields: dict) -> dict:
 def run_config(args: argparse.Namespace):
     """The config of a single run's options; unset ones take the dataclass defaults, and
     options its mode would ignore are refused."""
-    from recall_bench.experiments.capacity import TokenRunConfig
+    from recall_bench import methods
     from recall_bench.experiments.config import RunConfig
+    from recall_bench.experiments.tokens import TokenRunConfig
 
     given, facts = given_fields(args, RUN_FIELDS), given_fields(args, FACT_FIELDS)
     tokens, memory = given_fields(args, TOKEN_FIELDS), memory_options(args)
-    if args.mode != "side-memory":
-        refuse_ignored(memory, f"they shape a side memory and --mode is {args.mode}")
     if args.mode == TOKENS:
+        refuse_ignored(memory, f"they shape a side memory and --mode is {args.mode}")
         refuse_ignored(facts, f"they shape fact worlds and --mode is {TOKENS}")
         return TokenRunConfig(**given, **tokens)
+    method = methods.get(args.mode)
+    if not method.side_memory:
+        refuse_ignored(memory, f"they shape a side memory and --mode is {args.mode}")
     refuse_ignored(tokens, f"they shape random-token data and --mode is {args.mode}")
-    if args.mode != "in-tool":
+    if not method.uses_store:
         store = {k: v for k, v in facts.items() if k == "store"}
         refuse_ignored(store, f"--mode {args.mode} uses no store")
     return RunConfig(mode=args.mode, **given, **facts, **memory)
@@ -171,7 +186,6 @@ def run_config(args: argparse.Namespace):
 
 def cmd_run(args: argparse.Namespace) -> int:
     from recall_bench.experiments import default
-    from recall_bench.experiments.capacity import run_token_group
     from recall_bench.experiments.run import run
 
     progress = not (args.quiet or args.json)
@@ -199,11 +213,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     if cfg.mode == TOKENS:
         refuse_ignored({"save_model": True} if args.save_model else {}, "fact runs only")
-        ckpt = out / "checkpoints"
-        args_ = ([cfg], [out], progress, ckpt, args.resume, args.checkpoint_every)
-        [record] = run_token_group(*args_)
-    else:
-        record = run(cfg, out, progress, args.resume, args.checkpoint_every, args.save_model)
+    record = run(cfg, out, progress, args.resume, args.checkpoint_every, args.save_model)
     if args.json:
         print(json.dumps(record, indent=2))
     else:

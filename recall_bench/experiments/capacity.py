@@ -1,159 +1,27 @@
-"""Capacity measurements from run records: the random-token probe (Morris et al.), each
-model's bits-memorized curve and capacity, the bits/param fit per world kind and dtype, and
-the params-for-recall table (Houliston et al.).
-
-Random-token cells are sweep cells of mode "random-tokens": n_facts uniform random
-sequences of `length` tokens over `vocab`, every token after the first a target, so each
-sequence carries (length - 1) log2 vocab bits (invariant 3). Their held-out loss is taken
-on fresh sequences from an independent stream; the uniform guess scores ln vocab.
+"""Capacity measurements from run records: each model's bits-memorized curve and capacity
+(fact worlds and the random-token probe of Morris et al., experiments/tokens.py), the
+bits/param fit per world kind and dtype, and the params-for-recall table (Houliston et al.).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 import shlex
-import shutil
 import sys
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from recall_bench import capacity, formats, plots, streams
-from recall_bench.experiments.config import BaseRunConfig
-from recall_bench.experiments.run import finished_group, train_group, train_info
-from recall_bench.metrics import noise_floor, sequence_stats, summarize_in_weight
-from recall_bench.model import ModelConfig, count_params
+from recall_bench import capacity, plots
+from recall_bench.experiments.tokens import TOKENS
+from recall_bench.records import DELIVERED_TRACKS, read_record, track
 from recall_bench.record_types import Record
-from recall_bench.records import new_record, read_record, write_json_atomic
 from recall_bench.tables import format_table
-from recall_bench.train import Task, TrainResult
-from recall_bench.worlds import TokenSpec, make_token_world, spec_hash
 
-TOKENS = "random-tokens"
-HELD_OUT_SEED = streams.HELD_OUT_OFFSET  # held-out sequences: an independent world
+
 PUBLISHED = {"facts": 2.0, TOKENS: 3.6}  # bits/param: Allen-Zhu & Li; Morris et al.
 RECALL_TARGET = 0.95
-
-
-@dataclasses.dataclass(frozen=True)
-class TokenRunConfig(BaseRunConfig):
-    """A random-token cell; n_facts counts sequences (one sequence = one datum)."""
-
-    mode: str = TOKENS
-    layers: int = 1
-    length: int = 16
-    vocab: int = 64
-    held_out: int = 512  # fresh sequences scored for the held-out loss
-
-    def __post_init__(self) -> None:
-        if self.mode != TOKENS:
-            raise ValueError(f"TokenRunConfig mode must be {TOKENS!r}, got {self.mode!r}")
-        self.spec  # noqa: B018 - validates n_facts, length and vocab
-        self.model_config()
-
-    @property
-    def spec(self) -> TokenSpec:
-        return TokenSpec(self.n_facts, self.length, self.vocab, self.seed)
-
-    def model_config(self) -> ModelConfig:
-        return self.model_shape(self.vocab, self.length)
-
-
-def token_task(cfg: TokenRunConfig) -> Task:
-    """All sequences train; up to monitor_facts of them decide when training stops."""
-    train = formats.render_tokens(make_token_world(cfg.spec))
-    limit = cfg.train_config().monitor_facts
-    rows = np.sort(
-        streams.generator(cfg.seed, streams.MONITOR_ROWS).permutation(cfg.n_facts)[:limit]
-    )
-    monitor = formats.Sequences(
-        train.tokens[rows], train.loss_mask[rows], train.value_mask[rows], 1
-    )
-    return Task(train, monitor, np.full(len(rows), cfg.spec.bits_per_sequence))
-
-
-def run_token_group(
-    cfgs: list[TokenRunConfig],
-    out_dirs: list[str | Path | None],
-    progress: bool = True,
-    checkpoint_dir: str | Path | None = None,
-    resume: bool = False,
-    checkpoint_every_s: float = 30.0,
-) -> list[dict[str, Any]]:
-    """Train random-token cells differing only in seed as one ensemble (train_group),
-    record each one, then drop the ensemble's checkpoints (like run_group)."""
-    done = finished_group(cfgs, out_dirs, resume)
-    if done is not None:
-        return done
-    tasks = [token_task(c) for c in cfgs]
-    result = train_group(cfgs, tasks, progress, checkpoint_dir, resume, checkpoint_every_s)
-    records = []
-    for k, (cfg, task, out_dir) in enumerate(zip(cfgs, tasks, out_dirs, strict=True)):
-        record = token_record(cfg, task, result, k)
-        if out_dir is not None:
-            write_json_atomic(Path(out_dir) / "record.json", record)
-        records.append(record)
-    if checkpoint_dir is not None:
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    return records
-
-
-def token_record(cfg: TokenRunConfig, task: Task, result: TrainResult, k: int) -> Record:
-    """Bits memorized on the training sequences and loss on held-out ones, as a run record."""
-    params, spec, train_cfg = result.model(k), cfg.spec, cfg.train_config()
-    n_params = count_params(params)
-    seqs = task.train
-    stats = sequence_stats(result.graphdef, params, seqs.tokens, seqs.loss_mask, seqs.value_mask)
-    metrics = summarize_in_weight(
-        stats,
-        seqs.value_mask,
-        np.full(spec.n_sequences, spec.bits_per_sequence),
-        n_params["total"],
-        n_params["non_embedding"],
-    )
-    held = formats.render_tokens(
-        make_token_world(
-            dataclasses.replace(spec, n_sequences=cfg.held_out, seed=cfg.seed + HELD_OUT_SEED)
-        )
-    )
-    held_stats = sequence_stats(
-        result.graphdef, params, held.tokens, held.loss_mask, held.value_mask
-    )
-    floor = noise_floor(
-        held_stats["value_nll_bits"],
-        np.full(cfg.held_out, spec.bits_per_sequence),
-        metrics["bits_memorized"],
-        spec.n_sequences,
-    )
-    floor["bits_per_param_corrected"] = floor["bits_memorized_corrected"] / n_params["total"]
-    metrics.update(
-        **floor,
-        train_loss=float(stats["loss_sum"].sum() / seqs.loss_mask[:, 1:].sum()),
-        held_out_loss=float(held_stats["loss_sum"].sum() / held.loss_mask[:, 1:].sum()),
-        uniform_loss=math.log(cfg.vocab),
-    )
-    return new_record(
-        mode=TOKENS,
-        n_facts=spec.n_sequences,
-        bits_per_fact=spec.bits_per_sequence,
-        seed=cfg.seed,
-        config=dataclasses.asdict(cfg),
-        world={
-            "kind": TOKENS,
-            "spec": dataclasses.asdict(spec),
-            "hash": spec_hash(spec),
-            "entropy_bits": spec.entropy_bits,
-        },
-        model=dataclasses.asdict(cfg.model_config()),
-        params=n_params,
-        train=train_info(train_cfg, result, k, task),
-        metrics=metrics,
-        env=result.env,
-    )
 
 
 def load_records(folders: list[str | Path]) -> list[Record]:
@@ -278,11 +146,11 @@ def curve_point(rs: list[dict]) -> dict:
 def capacity_summary(records: list[Record]) -> list[dict]:
     """Per world kind and dtype: each model's capacity and the bits/param fit over the
     models that are not data-capped (total and non-embedding counts), with the cells it
-    used. In-tool records are left out: their bits are read from the store, not held in the
-    weights."""
+    used. Records without bits held in the weights (in-tool, retrieval-context: their bits
+    are delivered by the store or the context) are left out."""
     by_model = defaultdict(list)
     for r in records:
-        if r["mode"] != "in-tool":
+        if track(r["mode"]) not in DELIVERED_TRACKS:
             by_model[(r["world"]["kind"], r["model"]["dtype"], json.dumps(r["model"]))].append(r)
     groups = defaultdict(list)
     for (kind, dtype, _), rs in by_model.items():

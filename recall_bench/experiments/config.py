@@ -1,11 +1,12 @@
 """What a run is: its config (mode, data size, model shape, training, world, store, side
 memory) and the training task it builds from a fact world.
 
-In-weight: the model trains on all N facts. Side-memory: the same, with a product-key memory
-in place of one block's MLP. In-tool: the store holds all N facts; the model trains on
-traces of the first entities and never sees the last `unseen` ones (docs/design.md §6), or,
-with tool_train_entities, on entities of a protocol pool of its own (§10); its stopping rule
-watches extra validation entities, so no evaluated fact decides when training ends.
+The mode names a memory method (recall_bench/methods), which renders the facts. A method
+that holds entities out (in-tool, retrieval-context) trains on the first entities and never
+sees the last `unseen` ones (docs/design.md §6), or, with tool_train_entities, trains on
+entities of a protocol pool of its own (§10); its stopping rule watches extra validation
+entities, so no evaluated fact decides when training ends. Any other method trains on all N
+facts.
 """
 
 from __future__ import annotations
@@ -14,13 +15,11 @@ import dataclasses
 
 import numpy as np
 
-from recall_bench import formats, streams
+from recall_bench import formats, methods, streams
+from recall_bench.methods import MODES, Method
 from recall_bench.model import ModelConfig
 from recall_bench.train import Task, TrainConfig
 from recall_bench.worlds import FactSpec, FactWorld, make_fact_world
-
-MODES = ("in-weight", "in-tool", "side-memory")
-
 
 PROTOCOL_SEED = streams.PROTOCOL_OFFSET  # the protocol pool's world seed: the run's seed plus this
 
@@ -98,8 +97,7 @@ class RunConfig(BaseRunConfig):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "attribute_sizes", tuple(self.attribute_sizes))
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        methods.get(self.mode)  # a ValueError naming the known modes
         if self.n_facts < 1 or self.n_facts % len(self.attribute_sizes):
             raise ValueError(
                 f"n_facts = {self.n_facts} must be a positive multiple of the number of "
@@ -109,17 +107,24 @@ class RunConfig(BaseRunConfig):
             raise ValueError(f"store must be 'memory' or 'sqlite', got {self.store!r}")
         if not 0.0 < self.unseen_fraction < 1.0:
             raise ValueError(f"unseen_fraction must be in (0, 1), got {self.unseen_fraction}")
-        if self.tool_train_entities < 0 or (self.tool_train_entities and self.mode != "in-tool"):
+        if self.tool_train_entities < 0 or (self.tool_train_entities and not self.method.holds_out):
+            held_out = [m for m in MODES if methods.get(m).holds_out]
             raise ValueError(
                 f"tool_train_entities = {self.tool_train_entities}: give a count >= 1 with mode "
-                "in-tool only (0: train on the world's own first entities)"
+                f"{' or '.join(held_out)} only (0: train on the world's own first entities)"
             )
         self.model_config()  # checks the world (a SpecError) and model fields now
 
     @property
+    def method(self) -> Method:
+        """The memory method of this run's mode (recall_bench/methods)."""
+        return methods.get(self.mode)
+
+    @property
     def format(self) -> str:
-        """How facts are rendered: a side memory trains on the in-weight format."""
-        return "in-weight" if self.mode == "side-memory" else self.mode
+        """The built-in row format (formats.render) of this run: a side memory trains on the
+        in-weight format. A method's own rows come from cfg.method.render."""
+        return "in-weight" if self.method.side_memory else self.mode
 
     @property
     def spec(self) -> FactSpec:
@@ -137,7 +142,7 @@ class RunConfig(BaseRunConfig):
     def model_config(self) -> ModelConfig:
         spec = self.spec
         memory = {}
-        if self.mode == "side-memory":
+        if self.method.side_memory:
             memory = dict(
                 memory_layer=self.memory_layer,
                 memory_size=self.memory_size,
@@ -148,11 +153,11 @@ class RunConfig(BaseRunConfig):
         return self.model_shape(formats.Vocab.of(spec).size, formats.max_length(spec), **memory)
 
     def train_config(self) -> TrainConfig:
-        scale = self.memory_lr_scale if self.mode == "side-memory" else 1.0
+        scale = self.memory_lr_scale if self.method.side_memory else 1.0
         return dataclasses.replace(super().train_config(), memory_lr_scale=scale)
 
     def unseen_entities(self) -> int:
-        if self.mode != "in-tool":
+        if not self.method.holds_out:
             return 0
         n = self.spec.n_entities
         if self.tool_train_entities:
@@ -160,7 +165,7 @@ class RunConfig(BaseRunConfig):
         return min(self.max_unseen, max(1, round(self.unseen_fraction * n)), n - 1)
 
     def protocol_pool(self) -> FactWorld:
-        """The protocol entities an in-tool model trains on when tool_train_entities is set,
+        """The protocol entities a held-out method trains on when tool_train_entities is set,
         then its validation entities: the same spec, a seed of its own (keys may coincide
         with an evaluated world's only by chance, with other values)."""
         n = self.tool_train_entities + self.validation_entities
@@ -174,18 +179,18 @@ class RunConfig(BaseRunConfig):
 
 def make_task(cfg: RunConfig, world: FactWorld) -> Task:
     """Training sequences and the monitored facts of a run."""
-    spec = world.spec
+    spec, render = world.spec, cfg.method.render
     if cfg.tool_train_entities:
         pool, k = cfg.protocol_pool(), cfg.tool_train_entities
-        train = formats.render(pool, cfg.mode, np.arange(k))
-        monitor = formats.render(pool, cfg.mode, np.arange(k, pool.spec.n_entities))
+        train = render(pool, np.arange(k))
+        monitor = render(pool, np.arange(k, pool.spec.n_entities))
         return Task(train, monitor, pool.fact_bits()[k * spec.n_attributes :])
     trained = np.arange(cfg.trained_entities())
-    train = formats.render(world, cfg.format, trained)
-    if cfg.mode == "in-tool":
+    train = render(world, trained)
+    if cfg.method.holds_out:
         extra = make_fact_world(spec.with_entities(spec.n_entities + cfg.validation_entities))
         watched = np.arange(spec.n_entities, extra.spec.n_entities)
-        monitor = formats.render(extra, cfg.mode, watched)
+        monitor = render(extra, watched)
         return Task(train, monitor, extra.fact_bits()[: len(monitor.tokens)])
     limit = cfg.train_config().monitor_facts
     rows = streams.generator(cfg.seed, streams.MONITOR_ROWS).permutation(len(train.tokens))[:limit]

@@ -1,25 +1,20 @@
 """One in-tool model, trained once, evaluated against ever larger stores (10^4 to 10^6
 facts) on samples of entities it never saw. Tool use should make recall independent of how
-much the store holds: the model copies a key, it does not hold the facts."""
+much the store holds: the model copies a key, it does not hold the facts. Each size is an
+evaluation of the one trained cell, recorded by the cell engine (engine.finish)."""
 
 from __future__ import annotations
 
 import dataclasses
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 from recall_bench import streams, tables
-from recall_bench.cost import record_cost
 from recall_bench.experiments.config import RunConfig, make_task
-from recall_bench.experiments.evaluate import evaluate
-from recall_bench.experiments.run import make_record
+from recall_bench.experiments.engine import Evaluation, finish
 from recall_bench.identity import refuse_other
-from recall_bench.model import count_params
 from recall_bench.records import read_json, write_json_atomic
-from recall_bench.tool import build_store
 from recall_bench.train import train_models
 from recall_bench.worlds import make_fact_world
 
@@ -54,47 +49,14 @@ def run_store_scale(
     world = make_fact_world(cfg.spec)
     task = make_task(cfg, world)
     result = train_models(cfg.model_config(), cfg.train_config(), [task], [cfg.seed], progress)
-    params = result.model(0)
     rows = []
     for size in sizes:
-        n_entities = size // cfg.spec.n_attributes
-        large = make_fact_world(cfg.spec.with_entities(n_entities))  # same first entities
-        rng = streams.generator(cfg.seed, streams.STORE_SAMPLE, size)
-        pool = np.arange(cfg.trained_entities(), n_entities)
-        entities = np.sort(rng.choice(pool, min(sample, len(pool)), replace=False))
-        with tempfile.TemporaryDirectory() as tmp:
-            t0 = time.perf_counter()
-            store = build_store(large, store_kind, Path(tmp) / "store.sqlite")
-            build_s = time.perf_counter() - t0
-            metrics, decoded = evaluate(cfg, large, result.graphdef, params, store, entities)
-            path = Path(tmp) / "store.sqlite" if store_kind == "sqlite" else None
-            n_params = count_params(params, cfg.model_config())["total"]
-            cost = record_cost(
-                cfg.model_config(), large, result.graphdef, params, decoded, n_params, store, path
-            )
-            store_info = {
-                "kind": store_kind,
-                "facts": len(store),
-                "build_s": build_s,
-                "lookup_s": metrics["lookup_s"],
-                "lookups": len(entities) * cfg.spec.n_attributes,
-            }
-            store.close()
-        evaluation = {"store_facts": size, "entities": "unseen sample", "count": len(entities)}
-        record = make_record(
-            cfg, world, result, 0, metrics, task, evaluation, store=store_info, cost=cost
-        )
-        write_json_atomic(out / f"store-{size}" / "record.json", record)
-        rows.append(
-            {
-                "store_facts": size,
-                **{
-                    k: metrics[k]
-                    for k in ("recall", "recall_unseen", "call_valid", "copy_accuracy")
-                },
-                **store_info,
-            }
-        )
+        evaluation = sample_unseen(cfg, size, sample, store_kind)
+        out_dir = out / f"store-{size}"
+        record = finish(cfg, world, task, result, 0, out_dir, evaluation=evaluation)
+        metrics = record["metrics"]
+        keys = ("recall", "recall_unseen", "call_valid", "copy_accuracy")
+        rows.append({"store_facts": size, **{k: metrics[k] for k in keys}, **record["store"]})
         if progress:
             print(f"store of {size:,} facts: recall on unseen {metrics['recall_unseen']:.4f}")
     summary = {
@@ -110,6 +72,17 @@ def run_store_scale(
     }
     write_json_atomic(out / "summary.json", summary)
     return summary
+
+
+def sample_unseen(cfg: RunConfig, size: int, sample: int, store_kind: str) -> Evaluation:
+    """`sample` unseen entities of a world of `size` facts (its first entities are cfg's),
+    looked up in a store of all of them."""
+    n_entities = size // cfg.spec.n_attributes
+    rng = streams.generator(cfg.seed, streams.STORE_SAMPLE, size)
+    pool = np.arange(cfg.trained_entities(), n_entities)
+    entities = np.sort(rng.choice(pool, min(sample, len(pool)), replace=False))
+    info = {"store_facts": size, "entities": "unseen sample", "count": len(entities)}
+    return Evaluation(n_entities, entities, store_kind, info)
 
 
 def finished_summary(out: Path, identity: dict, resume: bool) -> dict | None:

@@ -5,15 +5,15 @@
     [defaults]                        # optional: config fields for every cell
     steps = 2000
     [[grid]]                          # one or more; the sweep is the union of their cells
-    mode = ["in-weight", "in-tool"]   # in-weight | in-tool | side-memory | random-tokens
+    mode = ["in-weight", "in-tool"]   # a registered method (recall_bench/methods) or random-tokens
     width = [8, 16, 32]               # a list is an axis: the grid is their product
     n_facts = [256, 1024]             # random-tokens: the number of sequences
     seed = [0, 1, 2]
     layers = 1                        # a scalar is a fixed field of this grid
 
 Keys are the fields of RunConfig (fact modes) or TokenRunConfig (random-tokens). Each cell
-writes <out>/<cell>/record.json; cells differing only in seed train as one ensemble
-(run_group); a cell whose record holds the same config is never run again.
+writes <out>/<cell>/record.json; the cell engine (engine.py) trains cells differing only in
+seed as one ensemble and never runs again a cell whose record holds the same config.
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ import jax
 
 from recall_bench.devices import agreed, barrier, ensemble_size, free_memory, is_lead, model_bytes
 from recall_bench.experiments import capacity
-from recall_bench.experiments.capacity import TOKENS, TokenRunConfig, run_token_group
 from recall_bench.experiments.config import RunConfig
 from recall_bench.experiments.default import summary_row
-from recall_bench.experiments.run import group_key, run_group
-from recall_bench.identity import finished_record
+from recall_bench.experiments.engine import Cell, group_key, pending, run_group
+from recall_bench.experiments.tokens import TOKENS, TokenRunConfig
+from recall_bench.methods import MODES
 from recall_bench.model import count_params, init_model
 from recall_bench.record_types import Record
 from recall_bench.records import environment, read_record, write_json_atomic
@@ -46,12 +46,8 @@ from recall_bench.tables import format_table
 from recall_bench.train import padded_rows
 from recall_bench.worlds import SpecError
 
-CONFIGS = {
-    "in-weight": RunConfig,
-    "in-tool": RunConfig,
-    "side-memory": RunConfig,
-    TOKENS: TokenRunConfig,
-}
+CONFIGS = {**dict.fromkeys(MODES, RunConfig), TOKENS: TokenRunConfig}
+run_token_group = run_group  # the engine runs random-token groups too (the old name stays)
 TOP_KEYS = ("name", "out", "defaults", "grid")
 TYPES = {  # field annotation -> (check, words for the error message)
     "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
@@ -213,7 +209,7 @@ def group_name(cfg: Config) -> str:
     alpha = getattr(cfg, "rule_alpha", None)
     rule = "" if alpha is None else f"-a{alpha:g}"
     rows = getattr(cfg, "memory_size", None)
-    if cfg.mode == "side-memory" and rows != RunConfig.memory_size:
+    if isinstance(cfg, RunConfig) and cfg.method.side_memory and rows != RunConfig.memory_size:
         rule += f"-m{rows}"
     return f"{prefix}{rule}-n{cfg.n_facts}-L{cfg.layers}-d{cfg.width}-{cfg.dtype}"
 
@@ -254,12 +250,6 @@ def fitting_ensemble(cfg: Config) -> int:
     return agreed(ensemble_size(per_model, free_memory(), jax.device_count()))
 
 
-def finished(cfg: Config, out: Path, resume: bool) -> dict | None:
-    """The cell's record if it already holds this config (and resume is set); None if the
-    cell has not run; refused if it holds another config, or this one without resume."""
-    return finished_record(out / cell_name(cfg) / "record.json", cfg, resume)
-
-
 def run_sweep(
     sweep: Sweep,
     out: str | Path,
@@ -273,20 +263,16 @@ def run_sweep(
     out, t0 = Path(out), time.perf_counter()
     alone = jax.process_count() == 1
     mine = shard_groups(sweep.cells, shard)
-    todo = []
-    for group in mine:
-        missing = [cfg for cfg in group if finished(cfg, out, resume) is None]
-        k = fitting_ensemble(missing[0]) if missing else 1
-        todo.extend(missing[i : i + k] for i in range(0, len(missing), k))
+    cells = [[Cell(cfg, out / cell_name(cfg)) for cfg in group] for group in mine]
+    todo = [[c.cfg for c in g] for g in pending(cells, resume, fitting_ensemble)]
     for j, group in enumerate(todo, 1):
         name = group_name(group[0])
         seeds = [c.seed for c in group]
         if progress:
             print(f"[{j}/{len(todo)}] {name}, seeds {seeds}", file=sys.stderr)
-        runner = run_token_group if group[0].mode == TOKENS else run_group
         ckpt = out / "checkpoints" / f"{name}-s{'-'.join(map(str, seeds))}" if alone else None
         dirs = [out / cell_name(c) if is_lead() else None for c in group]
-        for r in runner(group, dirs, progress, ckpt, resume):
+        for r in run_group(group, dirs, progress, ckpt, resume):
             if progress:
                 print(f"    {cell_summary(r)}", file=sys.stderr)
     barrier("sweep records written")

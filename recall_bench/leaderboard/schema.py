@@ -151,7 +151,7 @@ def _check_track(entry: dict[str, Any], prefix: str) -> None:
             f"{field_path(['track'], prefix)}: {entry['track']!r}, but mode {entry['mode']!r} is "
             f"on track {track!r}; the entry was edited after export"
         )
-    in_tool = track == "in-tool-recall"
+    in_tool = track in records.DELIVERED_TRACKS
     for held, delivered in records.IN_TOOL_NAMES.items():
         wrong, right = (held, delivered) if in_tool else (delivered, held)
         if wrong in entry["metrics"]:

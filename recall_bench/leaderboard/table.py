@@ -54,6 +54,15 @@ TRACKS = {
             ("bits/active param", "bits_per_active_param"),
         ),
     ),
+    "retrieval-context": Track(
+        "retrieval into the context: facts written into the prompt",
+        "recall",
+        (
+            ("recall", "recall"),
+            ("recall_unseen", "recall_unseen"),
+            ("delivered/param", "bits_delivered_per_param"),
+        ),
+    ),
     "other": Track("other modes", "recall", (("recall", "recall"),)),
 }
 

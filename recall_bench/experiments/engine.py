@@ -1,0 +1,275 @@
+"""The cell engine: every run of every experiment goes through here.
+
+A cell is one model to train and evaluate: a run config (a fact run of any memory method,
+or a random-token run) and the folder its record goes to. The engine
+  1. refuses or returns finished cells (identity.py: a finished record is never retrained);
+  2. groups cells that differ only in seed into vmapped ensembles, split to what the
+     devices hold;
+  3. trains each ensemble (train.train_models: checkpoints, resume, sharding);
+  4. evaluates each model by its method (experiments/evaluate.py; a store built when the
+     method uses one), builds its record complete, once (recording.py), and writes it
+     atomically with its traces; then drops the ensemble's checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recall_bench.checkpoint import save_params
+from recall_bench.cost import record_cost
+from recall_bench.experiments.config import BaseRunConfig, RunConfig, make_task
+from recall_bench.experiments.evaluate import evaluate, held_out_metrics, noise_floor_metrics
+from recall_bench.experiments.recording import make_record, save_traces
+from recall_bench.experiments.tokens import TokenRunConfig, token_record, token_task
+from recall_bench.identity import finished_record
+from recall_bench.model import count_params
+from recall_bench.records import write_json_atomic
+from recall_bench.tool import build_store
+from recall_bench.train import Task, TrainResult, train_models
+from recall_bench.worlds import FactWorld, make_fact_world
+
+Config = RunConfig | TokenRunConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One model to train and evaluate, and where its record goes (None: not written)."""
+
+    cfg: Config
+    out_dir: Path | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """What a fact cell is evaluated on when it is not its own world: the facts of
+    `entities` of the world's first n_entities (same first entities, more of them), through
+    a store of `store` kind. `info` joins the record's config as its `evaluation`."""
+
+    n_entities: int
+    entities: np.ndarray
+    store: str
+    info: dict
+
+
+def group_key(cfg: BaseRunConfig) -> BaseRunConfig:
+    """Configs with the same key train together as one ensemble (they differ only in seed)."""
+    return dataclasses.replace(cfg, seed=0)
+
+
+def group_cells(cells: list[Cell]) -> list[list[Cell]]:
+    """Cells differing only in seed, as ensembles in order of first appearance."""
+    by_key: dict[BaseRunConfig, list[Cell]] = {}
+    for cell in cells:
+        by_key.setdefault(group_key(cell.cfg), []).append(cell)
+    return list(by_key.values())
+
+
+def finished(cell: Cell, resume: bool) -> dict | None:
+    """The cell's record if its folder holds this config's finished record (and resume);
+    None if it has not run; refused if it holds another config, or this one without resume."""
+    if cell.out_dir is None:
+        return None
+    return finished_record(Path(cell.out_dir) / "record.json", cell.cfg, resume)
+
+
+def pending(
+    groups: list[list[Cell]], resume: bool, fits: Callable[[Config], int] | None = None
+) -> list[list[Cell]]:
+    """The ensembles still to run: each group's unfinished cells, split into ensembles of at
+    most fits(cfg) models (default: all of them at once)."""
+    todo = []
+    for group in groups:
+        missing = [c for c in group if finished(c, resume) is None]
+        k = fits(missing[0].cfg) if missing and fits is not None else max(1, len(missing))
+        todo.extend(missing[i : i + k] for i in range(0, len(missing), k))
+    return todo
+
+
+def train_group(
+    cfgs: list[BaseRunConfig],
+    tasks: list[Task],
+    progress: bool = True,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    checkpoint_every_s: float = 30.0,
+) -> TrainResult:
+    """Train same-shaped configurations (fact or random-token runs differing only in seed)
+    as one vmapped ensemble."""
+    if len({group_key(c) for c in cfgs}) != 1:
+        raise ValueError("a group needs configs that differ only in seed")
+    return train_models(
+        cfgs[0].model_config(),
+        cfgs[0].train_config(),
+        tasks,
+        [c.seed for c in cfgs],
+        progress=progress,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        checkpoint_every_s=checkpoint_every_s,
+    )
+
+
+def finished_group(
+    cfgs: list[BaseRunConfig], out_dirs: list[str | Path | None], resume: bool
+) -> list[dict] | None:
+    """The records of a group whose every run has finished under the same config (with
+    resume); None if any has not. A record of another config is refused (identity)."""
+    done = [finished(Cell(c, d), resume) for c, d in zip(cfgs, out_dirs, strict=True)]
+    return done if all(r is not None for r in done) else None
+
+
+def prepare(cfg: Config) -> tuple[FactWorld | None, Task]:
+    """A cell's world (None for random tokens) and training task."""
+    if isinstance(cfg, TokenRunConfig):
+        return None, token_task(cfg)
+    world = make_fact_world(cfg.spec)
+    return world, make_task(cfg, world)
+
+
+def run_group(
+    cfgs: list[Config],
+    out_dirs: list[str | Path | None],
+    progress: bool = True,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    checkpoint_every_s: float = 30.0,
+    save_model: bool = False,
+) -> list[dict[str, Any]]:
+    """Train same-shaped cells (differing only in seed) as one ensemble, then evaluate and
+    record each one as if it had been trained alone; a group whose every record is finished
+    is returned as it is."""
+    done = finished_group(cfgs, out_dirs, resume)
+    if done is not None:
+        if save_model:
+            check_saved([Cell(c, d) for c, d in zip(cfgs, out_dirs, strict=True)], resume)
+        return done
+    data = [prepare(c) for c in cfgs]
+    tasks = [task for _, task in data]
+    result = train_group(cfgs, tasks, progress, checkpoint_dir, resume, checkpoint_every_s)
+    records = [
+        finish(cfg, world, task, result, k, out_dir, save_model)
+        for k, (cfg, (world, task), out_dir) in enumerate(zip(cfgs, data, out_dirs, strict=True))
+    ]
+    if checkpoint_dir is not None:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    return records
+
+
+def run_cells(
+    cells: list[Cell],
+    progress: bool = True,
+    checkpoints: Callable[[list[Cell]], Path | None] = lambda group: None,
+    resume: bool = False,
+    checkpoint_every_s: float = 30.0,
+    save_model: bool = False,
+) -> list[dict[str, Any]]:
+    """Every cell's record, in the order of `cells`: finished ones returned (with resume),
+    the others trained as ensembles (an ensemble checkpoints into checkpoints(group))."""
+    if save_model:
+        check_saved(cells, resume)
+    ran: dict[int, dict] = {}
+    for group in pending(group_cells(cells), resume):
+        cfgs, dirs = [c.cfg for c in group], [c.out_dir for c in group]
+        args = (progress, checkpoints(group), resume, checkpoint_every_s, save_model)
+        ran.update(zip(map(id, group), run_group(cfgs, dirs, *args), strict=True))
+    return [ran[id(c)] if id(c) in ran else finished(c, resume) for c in cells]
+
+
+def check_saved(cells: list[Cell], resume: bool) -> None:
+    """A ValueError if a finished cell was run without save_model: its parameters are gone."""
+    for cell in cells:
+        if finished(cell, resume) is not None and not (Path(cell.out_dir) / "model").is_dir():
+            raise ValueError(
+                f"{cell.out_dir} holds a run finished without --save-model: its parameters "
+                "are gone; rerun it into another --out"
+            )
+
+
+def finish(
+    cfg: Config,
+    world: FactWorld | None,
+    task: Task,
+    result: TrainResult,
+    k: int,
+    out_dir: str | Path | None,
+    save_model: bool = False,
+    evaluation: Evaluation | None = None,
+) -> dict[str, Any]:
+    """Evaluate model k of a training result, build its record and write it with its traces
+    (and, with save_model, its parameters to out_dir/model, before the record that vouches
+    for them)."""
+    if isinstance(cfg, TokenRunConfig):
+        record, decoded = token_record(cfg, task, result, k), None
+    else:
+        record, decoded = fact_record(cfg, world, task, result, k, out_dir, evaluation)
+    if out_dir is not None:
+        if save_model:
+            save_params(Path(out_dir) / "model", result.model(k))
+        write_json_atomic(Path(out_dir) / "record.json", record)
+        if decoded is not None:
+            save_traces(Path(out_dir) / "traces.npz", decoded)
+    return record
+
+
+def fact_record(
+    cfg: RunConfig,
+    world: FactWorld,
+    task: Task,
+    result: TrainResult,
+    k: int,
+    out_dir: str | Path | None,
+    evaluation: Evaluation | None = None,
+) -> tuple[dict, Any]:
+    """Model k's record and decoding traces: evaluated on its own world (a store of it in
+    out_dir when the method uses one) or on `evaluation`, with the cost per answer."""
+    graphdef, params, method = result.graphdef, result.model(k), cfg.method
+    seen = (
+        world
+        if evaluation is None
+        else make_fact_world(world.spec.with_entities(evaluation.n_entities))
+    )
+    entities = None if evaluation is None else evaluation.entities
+    kind = cfg.store if evaluation is None else evaluation.store
+    with tempfile.TemporaryDirectory() as tmp:
+        store, path, extra = None, None, {}
+        if method.uses_store:
+            keep = out_dir is not None and evaluation is None  # a run keeps its store
+            folder = Path(out_dir if keep else tmp)
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / "store.sqlite" if kind == "sqlite" else None
+            t0 = time.perf_counter()
+            store = build_store(seen, kind, path)
+            extra["store"] = {"kind": kind, "facts": len(store)}
+            if evaluation is not None:
+                extra["store"]["build_s"] = time.perf_counter() - t0
+        metrics, decoded = evaluate(cfg, seen, graphdef, params, store, entities)
+        if method.bits_held and evaluation is None:
+            metrics.update(weights_metrics(cfg, world, graphdef, params, metrics))
+        if evaluation is not None and store is not None:
+            lookups = len(entities) * world.spec.n_attributes
+            extra["store"].update(lookup_s=metrics.get("lookup_s"), lookups=lookups)
+        n_params = count_params(params, cfg.model_config())["total"]
+        # per answered fact: tokens, FLOPs, latency, memory (cost.py)
+        extra["cost"] = record_cost(
+            cfg.model_config(), seen, graphdef, params, decoded, n_params, store, path
+        )
+        if store is not None:
+            store.close()
+    info = None if evaluation is None else evaluation.info
+    return make_record(cfg, world, result, k, metrics, task, info, **extra), decoded
+
+
+def weights_metrics(cfg: RunConfig, world: FactWorld, graphdef, params, metrics: dict) -> dict:
+    """For a method holding bits in its weights: on a structured world, the answers on
+    held-out entities; on a rule-free one, the noise floor of bits on unseen facts."""
+    if world.spec.rule_alpha is not None:
+        return held_out_metrics(cfg, world, graphdef, params)
+    return noise_floor_metrics(cfg, world, graphdef, params, metrics["bits_memorized"])

@@ -1,0 +1,96 @@
+"""Run records of trained cells, built complete in one call: the `train` block (budget,
+steps, exposures, why it stopped), a fact cell's record, and its per-fact decoding traces."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recall_bench.decode import Decoded
+from recall_bench.experiments.config import RunConfig
+from recall_bench.model import count_params
+from recall_bench.records import new_record
+from recall_bench.stopping import late_gain, plateaued
+from recall_bench.train import Task, TrainConfig, TrainResult
+from recall_bench.worlds import FactWorld, spec_fields, spec_hash
+
+
+def holds_config(record: dict, cfg) -> bool:
+    """Whether a record was made by `cfg`; fields a record predates take their defaults."""
+    try:
+        return type(cfg)(**record.get("config", {})) == cfg
+    except (TypeError, ValueError):
+        return False
+
+
+def train_info(train_cfg: TrainConfig, result: TrainResult, k: int, task: Task) -> dict:
+    """The `train` block of a record: budget, steps, exposures, why and whether it stopped."""
+    steps, history, reason = result.steps[k], result.history[k], result.stop_reason[k]
+    n_trained = len(task.train.tokens)
+    return {
+        "steps": steps,
+        "budget": train_cfg.budget,
+        "batch_size": train_cfg.batch_size,
+        "lr": train_cfg.lr,
+        "trained_facts": n_trained,
+        "exposures_per_fact": steps * train_cfg.batch_size / n_trained,
+        "stop_reason": reason,
+        "converged": reason in ("recall", "plateau"),
+        "plateaued": plateaued(history, train_cfg, float(task.monitor_bits.sum())),
+        # share of the monitored bits gained over the last late_window of the steps run
+        "late_bits_gain": late_gain(history, train_cfg.plateau_window),
+        "late_window": train_cfg.plateau_window,
+        "final_loss": history[-1]["loss"],
+        "wall_s": result.wall_s,
+        "compile_s": result.compile_s,
+        "ensemble_size": len(result.steps),
+        "resumes": result.resumes,
+        "history": history,
+    }
+
+
+def make_record(
+    cfg: RunConfig,
+    world: FactWorld,
+    result: TrainResult,
+    k: int,
+    metrics: dict,
+    task: Task,
+    evaluation: dict | None = None,
+    **extra: Any,
+) -> dict:
+    """The record of model k of a training result, complete: `evaluation` (what was
+    evaluated, when it is not the run's own world) joins the config, `extra` adds fields such
+    as the store and the cost per answer."""
+    spec = world.spec
+    return new_record(
+        mode=cfg.mode,
+        n_facts=spec.n_facts,
+        bits_per_fact=spec.bits_per_fact,
+        seed=cfg.seed,
+        config={**dataclasses.asdict(cfg), **({"evaluation": evaluation} if evaluation else {})},
+        world={
+            # capacity fits group records by world kind: structured worlds stay apart
+            "kind": "facts" if spec.rule_alpha is None else f"facts-rule{spec.rule_alpha:g}",
+            "spec": spec_fields(spec),
+            "hash": spec_hash(spec),
+            "entropy_bits": spec.entropy_bits,
+        },
+        model=dataclasses.asdict(cfg.model_config()),
+        params=count_params(result.model(k), cfg.model_config()),
+        train=train_info(cfg.train_config(), result, k, task),
+        metrics=metrics,
+        env=result.env,
+        **extra,
+    )
+
+
+def save_traces(path: Path, decoded: Decoded) -> None:
+    """Per-fact traces of the evaluation (call, parse, key, store answer, final answer)."""
+    arrays = {k: v for k, v in dataclasses.asdict(decoded).items() if isinstance(v, np.ndarray)}
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(path)
