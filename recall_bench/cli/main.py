@@ -7,6 +7,7 @@ import sys
 
 from recall_bench.cli.capacity import add_capacity_parser
 from recall_bench.cli.degrade import add_degrade_parser
+from recall_bench.cli.edit import add_edit_parser
 from recall_bench.cli.probe import add_probe_parser
 from recall_bench.cli.quantize import add_quantize_parser
 from recall_bench.cli.run import add_run_parser
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_degrade_parser,
         add_quantize_parser,
         add_probe_parser,
+        add_edit_parser,
     ):
         add(sub)
     return parser
