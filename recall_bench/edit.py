@@ -108,7 +108,7 @@ def edit_metrics(
     """The triad from per-fact booleans [n_facts]: right (answers the edited world's value,
     key-first), right_second (the same, attribute-first), base_right (the base model answered
     the original value, key-first), edited. Specificity counts only unedited facts the base
-    model knew; a group with none is None."""
+    model knew (efficacy_known: the edited facts it knew); a group with none is None."""
 
     def share(mask: np.ndarray) -> float | None:
         return float(right[mask].mean()) if mask.any() else None
@@ -116,6 +116,8 @@ def edit_metrics(
     kept = base_right & ~edited
     out: dict[str, float | int | None] = {
         "efficacy": float(right[edited].mean()),
+        # of the edited facts the base model knew: a store edit's is 1.0 by construction
+        "efficacy_known": share(edited & base_right),
         "generalization": float(right_second[edited].mean()),
         "specificity": share(kept),
         "specificity_facts": int(kept.sum()),

@@ -72,10 +72,10 @@ def test_edit_metrics_on_a_hand_made_case():
     edited = np.array([1, 1, 0, 0, 0, 0], bool)
     right = np.array([1, 0, 1, 0, 1, 1], bool)
     second = np.array([1, 1, 0, 0, 0, 0], bool)
-    base = np.array([1, 1, 1, 1, 0, 1], bool)  # fact 4 was never known: not counted
+    base = np.array([1, 0, 1, 1, 0, 1], bool)  # facts 1 and 4 were never known
     groups = {"same_entity": np.array([0, 0, 1, 1, 0, 0], bool), "other": ~edited}
     m = edit.edit_metrics(right, second, base, edited, groups)
-    assert m["efficacy"] == 0.5 and m["generalization"] == 1.0
+    assert m["efficacy"] == 0.5 and m["generalization"] == 1.0 and m["efficacy_known"] == 1.0
     assert m["specificity"] == pytest.approx(2 / 3) and m["specificity_facts"] == 3
     assert m["specificity_same_entity"] == 0.5
     empty = edit.edit_metrics(right, second, base, edited, {"none": np.zeros(6, bool)})

@@ -12,6 +12,7 @@ from recall_bench.records import read_json
 
 SHOWN = ("efficacy", "generalization", "specificity")
 GROUP_METRICS = (
+    "efficacy_known",
     "specificity_same_entity",
     "specificity_neighbour",
     "specificity_other",
@@ -61,10 +62,10 @@ def fmt(value: float | None, spec: str = ".3f") -> str:
 def format_table(rows: list[dict]) -> str:
     """A markdown table of the summary rows."""
     head = (
-        "| method | k | efficacy | generalization | specificity | same entity | neighbour "
-        "| other | s/edit | FLOPs/edit | bytes/edit |"
+        "| method | k | efficacy | generalization | specificity | efficacy (known) "
+        "| same entity | neighbour | other | s/edit | FLOPs/edit | bytes/edit |"
     )
-    lines = [head, "|" + "---|" * 11]
+    lines = [head, "|" + "---|" * 12]
     for r in rows:
         cells = [r["method"], str(r["k"])]
         cells += [fmt(r[n]) for n in (*SHOWN, *GROUP_METRICS)]
