@@ -157,3 +157,14 @@ def test_bad_edit_flags_exit_2(flag):
     with pytest.raises(SystemExit) as exit_info:
         main(["edit", *flag])
     assert exit_info.value.code == 2
+
+
+def test_finetune_data_is_the_new_values_and_half_replay():
+    world = make_fact_world(SPEC)
+    edits = edit.choose_edits(world, 3, seed=2)
+    plain, mixed = edit.finetune_task(world, edits, False), edit.finetune_task(world, edits, True)
+    new = formats.Vocab.of(SPEC).value_offset + edits.value
+    assert np.array_equal(plain.train.tokens[:, 6], new) and len(plain.train.tokens) == 3
+    assert np.array_equal(mixed.monitor.tokens, plain.train.tokens)
+    edited_rows = (mixed.train.tokens[:, None, :] == plain.train.tokens[None]).all(-1).any(1)
+    assert edited_rows.sum() == 42 and (~edited_rows).sum() == 2 * (24 - 3)
