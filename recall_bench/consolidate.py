@@ -120,7 +120,9 @@ def offline_phase(
     state = {
         "params": params,
         "opt_state": jax.vmap(optimizer.init)(params),
-        "rng": jnp.stack([jax.random.PRNGKey(s + 2_000_003) for s in seeds]),
+        "rng": jnp.stack(
+            [jax.random.PRNGKey(s + streams.CONSOLIDATION_BATCH_OFFSET) for s in seeds]
+        ),
     }
     masks = np.stack([d.loss_mask for d in data])
     arrays = device_data(np.stack([d.tokens for d in data]), masks, None)

@@ -5,6 +5,8 @@ the key alphabet and the value alphabet. Its size depends on the spec's alphabet
 attribute count, never on the number of facts (docs/design.md §1).
 
 In-weight:  BOS key ATTR | value EOS                       loss on `value EOS`
+            (order "attribute-first": BOS ATTR key | value EOS, a second phrasing of
+            the same fact, for the edit protocol's generalization test)
 In-tool:    BOS key ATTR | CALL key ATTR CALL_END RESULT value RESULT_END value EOS
             loss on `CALL key ATTR CALL_END` and on the final `value EOS`; never on the
             tool's returned tokens `RESULT value RESULT_END` (invariant 4).
@@ -20,6 +22,7 @@ from recall_bench.worlds import FactSpec, FactWorld
 
 PAD, BOS, EOS, CALL, CALL_END, RESULT, RESULT_END, NOT_FOUND, ERROR = range(9)
 N_SPECIAL = 16  # 9..15 are reserved for the general-ability suite's task markers
+ORDERS = ("key-first", "attribute-first")  # a prompt: BOS key ATTR, or BOS ATTR key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,13 +74,19 @@ def fact_index(spec: FactSpec, entities: np.ndarray | None = None) -> tuple[np.n
     return entity, attribute
 
 
-def prompt_tokens(world: FactWorld, entity: np.ndarray, attribute: np.ndarray) -> np.ndarray:
-    """[N, 1 + key_length + 1]: BOS, key symbols, attribute token."""
+def prompt_tokens(
+    world: FactWorld, entity: np.ndarray, attribute: np.ndarray, order: str = "key-first"
+) -> np.ndarray:
+    """[N, 1 + key_length + 1]: BOS, key symbols, attribute token (order "attribute-first":
+    BOS, attribute token, key symbols)."""
+    if order not in ORDERS:
+        raise ValueError(f"unknown prompt order {order!r}: use one of {ORDERS}")
     vocab = Vocab.of(world.spec)
     bos = np.full((len(entity), 1), BOS)
     key = world.keys[entity] + vocab.key_offset
     attr = (attribute + vocab.attr_offset)[:, None]
-    return np.concatenate([bos, key, attr], axis=1).astype(np.int32)
+    parts = [bos, key, attr] if order == "key-first" else [bos, attr, key]
+    return np.concatenate(parts, axis=1).astype(np.int32)
 
 
 def answer_tokens(world: FactWorld, entity: np.ndarray, attribute: np.ndarray) -> np.ndarray:
@@ -104,10 +113,18 @@ def result_tokens(values: np.ndarray) -> np.ndarray:
     ).astype(np.int32)
 
 
-def render_in_weight(world: FactWorld, entities: np.ndarray | None = None) -> Sequences:
+def render_in_weight(
+    world: FactWorld, entities: np.ndarray | None = None, order: str = "key-first"
+) -> Sequences:
     """prompt | value EOS, loss on the answer only."""
-    entity, attribute = fact_index(world.spec, entities)
-    prompt = prompt_tokens(world, entity, attribute)
+    return weight_sequences(world, *fact_index(world.spec, entities), order)
+
+
+def weight_sequences(
+    world: FactWorld, entity: np.ndarray, attribute: np.ndarray, order: str = "key-first"
+) -> Sequences:
+    """render_in_weight of the facts (entity[i], attribute[i])."""
+    prompt = prompt_tokens(world, entity, attribute, order)
     value = answer_tokens(world, entity, attribute)
     eos = np.full((len(entity), 1), EOS, dtype=np.int32)
     tokens = np.concatenate([prompt, value, eos], axis=1)
@@ -119,10 +136,13 @@ def render_in_weight(world: FactWorld, entities: np.ndarray | None = None) -> Se
     return Sequences(tokens, loss, value_mask, p)
 
 
-def render_in_tool(world: FactWorld, entities: np.ndarray | None = None) -> Sequences:
-    """prompt | call result answer EOS, loss on the call and the answer, never the result."""
+def render_in_tool(
+    world: FactWorld, entities: np.ndarray | None = None, order: str = "key-first"
+) -> Sequences:
+    """prompt | call result answer EOS, loss on the call and the answer, never the result.
+    The call names key then attribute whatever the prompt's order."""
     entity, attribute = fact_index(world.spec, entities)
-    prompt = prompt_tokens(world, entity, attribute)
+    prompt = prompt_tokens(world, entity, attribute, order)
     call = call_tokens(world, entity, attribute)
     value = answer_tokens(world, entity, attribute)
     result = result_tokens(value)
@@ -137,11 +157,13 @@ def render_in_tool(world: FactWorld, entities: np.ndarray | None = None) -> Sequ
     return Sequences(tokens, loss, value_mask, p)
 
 
-def render(world: FactWorld, mode: str, entities: np.ndarray | None = None) -> Sequences:
+def render(
+    world: FactWorld, mode: str, entities: np.ndarray | None = None, order: str = "key-first"
+) -> Sequences:
     if mode == "in-weight":
-        return render_in_weight(world, entities)
+        return render_in_weight(world, entities, order)
     if mode == "in-tool":
-        return render_in_tool(world, entities)
+        return render_in_tool(world, entities, order)
     raise ValueError(f"unknown mode {mode!r}: use 'in-weight' or 'in-tool'")
 
 

@@ -56,6 +56,8 @@ class Train(_Train, total=False):
     resumes: list[dict[str, Any]]  # per resume: its step and the code it ran on
     history: list[dict[str, Any]]  # per progress check: step, loss, recall, bits
     whole_loss_late_drop: float | None  # joint protocol: the whole loss's late drop
+    rows: int  # consolidation: rows of the offline mixture
+    schedule: str  # consolidation: the learning-rate schedule
 
 
 class Metrics(TypedDict, total=False):
@@ -98,6 +100,23 @@ class Metrics(TypedDict, total=False):
     general_loss: float
     kl: float
     tv: float
+    general_mc_accuracy: float
+    general_mc_kept: float
+    recall_without_store: float
+    bits_without_store: float
+    bits_moved: float
+    recall_through_store: float
+    call_valid_through_store: float
+    old_recall: float
+    old_bits: float
+    old_recall_kept: float
+    tool_recall_fresh: float
+    tool_call_valid_fresh: float
+    tool_recall_fresh_kept: float
+    loss: float
+    old_bits_kept: float
+    dtheta_rel: float
+    context_missing: float
     # informational, not ranked (no direction in records.BETTER)
     rule_accuracy: float  # structured worlds: how often the rule alone gives the value
     held_out_facts: int  # structured worlds: facts of the held-out entities
@@ -183,5 +202,9 @@ class Record(_Record, total=False):
     degrade: dict[str, Any]  # degrade cells: the degrade config and the base model
     protocol: str  # joint cells: "joint"
     joint: dict[str, Any]  # joint cells: the joint config
+    tool_base: dict[str, Any]  # tool-base cells: the cell (method, lr, replay) and its base
+    base: dict[str, Any]  # consolidation cells: the base model's training
+    consolidation: dict[str, Any]  # consolidation cells: the data (answered, right shares)
+    trajectory: list[dict[str, Any]]  # consolidation cells: every measure at each evaluation
     kind: str  # quantization, probe
     source: dict[str, Any]  # quantization, probe: the run they start from

@@ -29,8 +29,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from recall_bench.record_types import Env, Record
 from recall_bench.methods import METHODS
+from recall_bench.record_types import Env, Record
 
 RECORD_SCHEMA = "recall_bench.record/2"  # /1: in-tool's bits under in-weight's names
 BENCHMARK_VERSION = "0.1.0"
@@ -72,6 +72,24 @@ BETTER = {
     "general_loss": "lower",
     "kl": "lower",
     "tv": "lower",
+    # old knowledge, graded skills, consolidation (its measures with and without the store)
+    "general_mc_accuracy": "higher",
+    "general_mc_kept": "higher",
+    "recall_without_store": "higher",
+    "bits_without_store": "higher",
+    "bits_moved": "higher",
+    "recall_through_store": "higher",
+    "call_valid_through_store": "higher",
+    "old_recall": "higher",
+    "old_bits": "higher",
+    "old_recall_kept": "higher",
+    "tool_recall_fresh": "higher",
+    "tool_call_valid_fresh": "higher",
+    "tool_recall_fresh_kept": "higher",
+    "loss": "lower",
+    "old_bits_kept": "higher",
+    "dtheta_rel": "lower",
+    "context_missing": "lower",  # retrieval-context: prompts whose key the store lacked  # relative weight change ||dtheta|| / ||theta||
 }
 
 # In-tool, the prompt holds the store's answer, so the bits formula counts bits delivered with

@@ -22,6 +22,7 @@ SUITE_ORDER = 5  # general suite: the order of the merged training rows
 TEXT_WINDOWS = 6  # general suite: where the text file's training windows start
 ZIPF_ORDER = 7  # joint protocol: which fact gets which Zipf rank
 CONSOLIDATION_ORDER = 8  # consolidation: then the mixture part; the order of its rows
+EDIT_TARGETS = 20  # edits: which facts change, and their new values
 PROBE_ENTITIES = 9  # probe: the sampled entities
 PROBE_REMOVAL = 11  # probe: the order of the random weight removal
 PROBE_GRADIENTS = 13  # probe: the facts whose gradient norms are averaged
@@ -29,6 +30,12 @@ PROBE_GRADIENTS = 13  # probe: the facts whose gradient norms are averaged
 BATCH_OFFSET = 1_000_003  # training batches: jax.random.PRNGKey(seed + BATCH_OFFSET)
 HELD_OUT_OFFSET = 1 << 20  # random-token held-out sequences: a world of seed + this
 PROTOCOL_OFFSET = 1 << 24  # the in-tool protocol pool: a world of seed + this
+OLD_FACTS_OFFSET = 1 << 25  # tool-base: the base's old facts, a world of seed + this
+NEW_FACTS_OFFSET = (
+    2 << 24
+)  # consolidation: the new facts (equal to OLD_FACTS_OFFSET; another experiment)
+CONSOLIDATION_OLD_OFFSET = 3 << 24  # consolidation: the base's old facts
+CONSOLIDATION_BATCH_OFFSET = 2_000_003  # consolidation: jax.random.PRNGKey(seed + this)
 
 
 def generator(seed: int, tag: int, *more: int) -> np.random.Generator:

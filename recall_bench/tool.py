@@ -179,6 +179,17 @@ class MemoryStore:
         status = np.where(found, OK, NOT_FOUND_STATUS).astype(np.int8)
         return LookupResult(values.astype(np.uint8), status, [], time.perf_counter() - start)
 
+    def update(self, keys: np.ndarray, attributes: np.ndarray, values: np.ndarray) -> None:
+        """Give stored facts new values (each must be stored already)."""
+        keys, attributes, values = _check_update(keys, attributes, values, self.value_length)
+        valid = attributes < (1 << self._bits)
+        codes = _pack(keys, np.where(valid, attributes, 0), self._bits)
+        pos = np.minimum(np.searchsorted(self._codes, codes), max(len(self) - 1, 0))
+        missing = int(np.sum(~valid | (self._codes[pos] != codes))) if len(self) else len(keys)
+        if missing:
+            raise ValueError(_unknown_facts(missing, len(keys)))
+        self._values[pos] = values
+
     def nbytes(self) -> int:
         """Bytes of the store's arrays (the packed keys and the values)."""
         return int(self._codes.nbytes + self._values.nbytes)
@@ -289,6 +300,24 @@ class SQLiteStore:
             self._conn.set_progress_handler(None, 0)
         return self._result(len(keys), found, failed, time.perf_counter() - start)
 
+    def update(self, keys: np.ndarray, attributes: np.ndarray, values: np.ndarray) -> None:
+        """Give stored facts new values (each must be stored already), in one transaction
+        of parameterized UPDATEs on a writable connection of its own."""
+        keys, attributes, values = _check_update(keys, attributes, values, self.value_length)
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            sql = "UPDATE facts SET value = ? WHERE key = ? AND attribute = ?"
+            conn.executemany(
+                sql, zip(_blobs(values), _blobs(keys), attributes.tolist(), strict=True)
+            )
+            missing = len(keys) - conn.total_changes
+            conn.execute("COMMIT" if not missing else "ROLLBACK")
+        finally:
+            conn.close()
+        if missing:
+            raise ValueError(_unknown_facts(missing, len(keys)))
+
     def _result(
         self, batch: int, found: dict[int, bytes], failed: dict[int, str], seconds: float
     ) -> LookupResult:
@@ -320,6 +349,20 @@ class SQLiteStore:
 
     def close(self) -> None:
         self._conn.close()
+
+
+def _check_update(keys, attributes, values, value_length: int) -> tuple[np.ndarray, ...]:
+    """Validated facts of an update whose values have the store's length."""
+    keys, attributes, values = _check_facts(keys, attributes, values)
+    if values.shape[1] != value_length:
+        raise ValueError(
+            f"new values have {values.shape[1]} symbols; the store holds {value_length}"
+        )
+    return keys, attributes, values
+
+
+def _unknown_facts(missing: int, n: int) -> str:
+    return f"{missing} of the {n} facts to update are not in the store: nothing was changed"
 
 
 def _power_of_two_pieces(n: int) -> Iterator[tuple[int, int]]:

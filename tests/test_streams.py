@@ -27,12 +27,18 @@ def test_tags_keep_the_values_every_record_was_drawn_with() -> None:
         "SUITE_ORDER": 5,
         "TEXT_WINDOWS": 6,
         "ZIPF_ORDER": 7,
+        "CONSOLIDATION_ORDER": 8,
+        "EDIT_TARGETS": 20,
         "PROBE_ENTITIES": 9,
         "PROBE_REMOVAL": 11,
         "PROBE_GRADIENTS": 13,
         "BATCH_OFFSET": 1_000_003,
         "HELD_OUT_OFFSET": 1 << 20,
         "PROTOCOL_OFFSET": 1 << 24,
+        "OLD_FACTS_OFFSET": 1 << 25,
+        "NEW_FACTS_OFFSET": 2 << 24,
+        "CONSOLIDATION_OLD_OFFSET": 3 << 24,
+        "CONSOLIDATION_BATCH_OFFSET": 2_000_003,
     }
     spec = FactSpec(n_entities=5, attribute_sizes=(64, 64), seed=7)
     values = np.random.default_rng([7, 1, 1]).integers(0, 64, 5)  # as drawn before the names

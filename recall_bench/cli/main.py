@@ -9,6 +9,7 @@ import sys
 from recall_bench.cli.capacity import add_capacity_parser
 from recall_bench.cli.consolidate import add_consolidate_parser
 from recall_bench.cli.degrade import add_degrade_parser
+from recall_bench.cli.edit import add_edit_parser
 from recall_bench.cli.probe import add_probe_parser
 from recall_bench.cli.quantize import add_quantize_parser
 from recall_bench.cli.run import add_run_parser
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_quantize_parser,
         add_probe_parser,
         add_consolidate_parser,
+        add_edit_parser,
     ):
         add(sub)
     return parser

@@ -15,10 +15,9 @@ import numpy as np
 
 from recall_bench import capacity, plots
 from recall_bench.experiments.tokens import TOKENS
-from recall_bench.records import DELIVERED_TRACKS, read_record, track
 from recall_bench.record_types import Record
+from recall_bench.records import DELIVERED_TRACKS, read_record, track
 from recall_bench.tables import format_table
-
 
 PUBLISHED = {"facts": 2.0, TOKENS: 3.6}  # bits/param: Allen-Zhu & Li; Morris et al.
 RECALL_TARGET = 0.95

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from recall_bench import formats, general
+from recall_bench import formats, general, streams
 from recall_bench.consolidate import (
     Checked,
     bits_moved,
@@ -38,7 +38,10 @@ from recall_bench.train import Task, TrainConfig, take, train_models
 from recall_bench.worlds import FactWorld, make_fact_world, spec_fields, spec_hash
 
 METHODS = ("own-answers", "true-facts")
-NEW_SEED, OLD_SEED = 2 << 24, 3 << 24  # world seeds of the new and old facts: the seed plus these
+NEW_SEED, OLD_SEED = (
+    streams.NEW_FACTS_OFFSET,
+    streams.CONSOLIDATION_OLD_OFFSET,
+)  # world seeds: seed + these
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,13 +13,13 @@ import dataclasses
 
 import numpy as np
 
-from recall_bench import formats
+from recall_bench import formats, streams
 from recall_bench.experiments.config import RunConfig
 from recall_bench.formats import Sequences
 from recall_bench.metrics import bits_memorized
 from recall_bench.worlds import FactWorld, make_fact_world
 
-OLD_SEED = 1 << 25  # the old facts' world seed: the run's seed plus this
+OLD_SEED = streams.OLD_FACTS_OFFSET  # the old facts' world seed: the run's seed plus this
 
 
 def old_world(cfg: RunConfig, seed: int) -> FactWorld:

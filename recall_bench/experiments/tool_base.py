@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from recall_bench import general
+from recall_bench import general, streams
 from recall_bench.experiments import old_knowledge
 from recall_bench.experiments.config import RunConfig, make_task
 from recall_bench.experiments.joint import rows_of
@@ -310,7 +310,7 @@ def train_first_pass(
     at the budget. The history holds every evaluation a model ran to."""
     k = len(tasks)
     optimizer = make_optimizer(train_cfg)
-    rng = jnp.stack([jax.random.PRNGKey(s + 1_000_003) for s in seeds])
+    rng = jnp.stack([jax.random.PRNGKey(s + streams.BATCH_OFFSET) for s in seeds])
     init = jax.tree.map(jnp.copy, init)  # the compiled steps donate (consume) their inputs
     state = [init, jax.vmap(optimizer.init)(init), rng]
     masks = np.stack([t.train.loss_mask for t in tasks])

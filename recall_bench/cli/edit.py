@@ -1,0 +1,129 @@
+"""`recall-bench edit`: change k facts of a trained model by every method and measure
+efficacy, generalization, specificity and cost (recall_bench/experiments/edits.py)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+from recall_bench.cli.args import int_list, output_folder, positive_float, positive_int
+
+BASE_FLAGS = ("facts", "layers", "width", "heads", "steps", "batch_size", "lr")
+
+
+def add_edit_parser(subparsers) -> None:
+    from recall_bench.experiments.edits import METHODS, EditsConfig
+
+    d = EditsConfig()
+    p = subparsers.add_parser(
+        "edit",
+        help="change k facts of a model: store vs fine-tuning, ROME, MEMIT",
+        description="Change the values of k random facts of trained models by writing the "
+        "store (in-tool) or the weights (fine-tuning with and without replay, ROME, MEMIT), "
+        "and record efficacy, generalization (a second phrasing), specificity and cost per "
+        "edit. Without --from, trains base models that know the facts in both phrasings "
+        "(in-weight) or answer them through a store (in-tool), one per seed.",
+    )
+    p.add_argument(
+        "--from",
+        dest="runs",
+        nargs="+",
+        type=Path,
+        metavar="RUN_DIR",
+        help="edit runs saved with `recall-bench run ... --save-model` (one per mode)",
+    )
+    p.add_argument("--k", type=int_list, help=f"edit counts (default {_csv(d.ks)})")
+    p.add_argument("--methods", help=f"comma-separated, of {', '.join(METHODS)} (default all)")
+    p.add_argument("--seeds", type=seed_list, help=f"default {_csv(d.seeds)}")
+    p.add_argument("--facts", type=positive_int, help=f"default {d.base.n_facts}")
+    for flag in ("layers", "width", "heads", "steps", "batch-size"):
+        p.add_argument(f"--{flag}", type=positive_int, help="base model (see `run`)")
+    p.add_argument("--lr", type=positive_float, help="base model's peak learning rate")
+    p.add_argument("--tool-steps", type=positive_int, help=f"default {d.tool_steps}")
+    p.add_argument(
+        "--tool-train-entities",
+        type=positive_int,
+        help=f"in-tool base: protocol-pool entities (default {d.tool_train_entities})",
+    )
+    p.add_argument("--rome-layer", type=int, help=f"default {d.weights.rome_layer}")
+    p.add_argument(
+        "--memit-layers", type=seed_list, help="blocks MEMIT edits (default: every block)"
+    )
+    p.add_argument("--finetune-steps", type=positive_int, help=f"default {d.finetune_steps}")
+    p.add_argument("--finetune-lr", type=positive_float, help=f"default {d.finetune_lr:g}")
+    p.add_argument("--out", type=Path, default=Path("recall_bench_out/edits"))
+    p.add_argument("--json", action="store_true", help="print the summary rows as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_edit)
+
+
+def seed_list(text: str) -> tuple[int, ...]:
+    """Comma-separated seeds (integers >= 0)."""
+    try:
+        values = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a list of integers (e.g. 0,1,2)"
+        ) from None
+    if min(values) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: seeds must be >= 0")
+    return values
+
+
+def _csv(values) -> str:
+    return ",".join(str(v) for v in values)
+
+
+def edits_config(args: argparse.Namespace, bases: dict):
+    """The EditsConfig of the command line; with saved runs, their base config and seed."""
+    from recall_bench.experiments.edits import METHODS, EditsConfig, method_mode
+
+    given = {f: getattr(args, f) for f in BASE_FLAGS if getattr(args, f) is not None}
+    fields = {"n_facts" if k == "facts" else k: v for k, v in given.items()}
+    d = EditsConfig()
+    methods = tuple(args.methods.split(",")) if args.methods else d.methods
+    if bases:
+        if fields or args.seeds:
+            raise ValueError("--from takes the base models' shape and seed from the saved runs")
+        if not args.methods:
+            methods = tuple(m for m in METHODS if method_mode(m) in bases)
+        missing = [m for m in methods if m in METHODS and method_mode(m) not in bases]
+        if missing:
+            raise ValueError(f"{missing} need a saved {method_mode(missing[0])} run in --from")
+        base = next(iter(bases.values()))[0].cfg
+        seeds = (base.seed,)
+    else:
+        base = dataclasses.replace(d.base, **fields)
+        seeds = args.seeds or d.seeds
+    names = ("tool_steps", "tool_train_entities", "finetune_steps", "finetune_lr")
+    extra = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    layers = {"rome_layer": args.rome_layer, "memit_layers": args.memit_layers}
+    extra["weights"] = dataclasses.replace(
+        d.weights, **{k: v for k, v in layers.items() if v is not None}
+    )
+    ks = args.k or tuple(k for k in d.ks if k < base.n_facts)
+    return EditsConfig(base=base, ks=ks, methods=methods, seeds=tuple(seeds), **extra)
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    from recall_bench.experiments import edits, edits_report
+    from recall_bench.records import write_json_atomic
+
+    out = output_folder(args.out)
+    if (out / "edits.json").exists():
+        raise ValueError(f"{out} already holds edits.json: choose another --out or delete it")
+    bases: dict = {}
+    for run_dir in args.runs or ():
+        base = edits.saved_base(run_dir)
+        if base.cfg.mode in bases:
+            raise ValueError(f"--from has two {base.cfg.mode} runs: give at most one per mode")
+        bases[base.cfg.mode] = [base]
+    cfg = edits_config(args, bases)
+    records = edits.run_edits(cfg, out, not (args.quiet or args.json), bases)
+    rows = edits_report.summarize(records)
+    write_json_atomic(out / "edits.json", {"config": dataclasses.asdict(cfg), "rows": rows})
+    edits_report.plot(rows, out / "edits_vs_k.png")
+    print(json.dumps(rows, indent=2) if args.json else edits_report.format_table(rows))
+    return 0

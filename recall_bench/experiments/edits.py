@@ -1,0 +1,422 @@
+"""The edit protocol (docs/edits.md): base models that know a world's facts in two phrasings
+(in-weight) or answer them through a store (in-tool); k facts changed by every method; one
+record per (method, k, seed) with efficacy, generalization, specificity and cost per edit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from recall_bench import edit, formats, streams
+from recall_bench.edit_weights import (
+    WeightEditConfig,
+    check_editable,
+    edit_layers,
+    key_moments,
+    memit_edit,
+    replace_kernels,
+    rome_edits,
+)
+from recall_bench.experiments.config import RunConfig
+from recall_bench.general import concat
+from recall_bench.model import count_params
+from recall_bench.records import new_record, write_json_atomic
+from recall_bench.tool import build_store
+from recall_bench.train import Task, TrainConfig, train_models
+from recall_bench.worlds import FactWorld, make_fact_world, spec_fields, spec_hash
+
+STORE_METHODS = ("store-memory", "store-sqlite")
+WEIGHT_METHODS = ("finetune", "finetune-replay", "rome", "memit")
+METHODS = STORE_METHODS + WEIGHT_METHODS
+
+
+def method_mode(method: str) -> str:
+    """The kind of base model a method edits."""
+    return "in-tool" if method in STORE_METHODS else "in-weight"
+
+
+GENERAL_NOTE = "not measured: the base models learned facts only (no general suite to keep)"
+
+
+def default_base() -> RunConfig:
+    """2 layers, d=32 (about 30k parameters); 512 entities x 4 attributes of 64 values."""
+    return RunConfig(
+        n_facts=2048,
+        attribute_sizes=(64, 64, 64, 64),
+        value_length=1,
+        value_alphabet=64,
+        steps=3000,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class EditsConfig:
+    """The protocol: the base run (its mode is set per method), edit counts, methods, seeds,
+    and how each method edits."""
+
+    base: RunConfig = dataclasses.field(default_factory=default_base)
+    ks: tuple[int, ...] = (1, 4, 16, 64, 256, 1024)
+    methods: tuple[str, ...] = METHODS
+    seeds: tuple[int, ...] = (0, 1, 2)
+    tool_steps: int = 1500  # in-tool base: step budget (it stops at 100% recall)
+    # in-tool base: learns the tool on this many entities of a protocol pool, so every fact
+    # of the world is unseen and copying is learned from enough keys (docs/design.md §10)
+    tool_train_entities: int = 2000
+    finetune_steps: int = 1000  # fine-tuning budget; it stops at the first pass
+    finetune_lr: float = 1e-3  # constant, no warmup (the published protocol's shape)
+    finetune_batch: int = 64
+    finetune_eval_every: int = 10  # steps between the checks that can stop it
+    weights: WeightEditConfig = dataclasses.field(default_factory=WeightEditConfig)
+    rome_chunk: int = 16  # facts per compiled ROME call (sequential inside)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ks", tuple(self.ks))
+        object.__setattr__(self, "methods", tuple(self.methods))
+        unknown = sorted(set(self.methods) - set(METHODS))
+        if unknown or not self.methods:
+            raise ValueError(f"unknown edit methods {unknown}: choose from {', '.join(METHODS)}")
+        facts = self.base.n_facts
+        bad = [k for k in self.ks if not 1 <= k < facts]
+        if bad or not self.ks:
+            raise ValueError(
+                f"k = {bad or '(none)'}: every k must be in [1, {facts}) so that some facts "
+                "stay unedited; raise --facts or lower --k"
+            )
+        if not self.seeds or self.finetune_steps < 1 or self.tool_steps < 1:
+            raise ValueError("give at least one seed, and steps >= 1")
+
+    def train_config(self) -> TrainConfig:
+        """Fine-tuning: constant lr, checks every finetune_eval_every steps, target 100%."""
+        return TrainConfig(
+            steps=self.finetune_steps,
+            batch_size=self.finetune_batch,
+            lr=self.finetune_lr,
+            warmup_steps=0,
+            schedule="constant",
+            steps_per_call=self.finetune_eval_every,
+            eval_every=self.finetune_eval_every,
+        )
+
+
+@dataclasses.dataclass
+class Base:
+    """A base model of one seed: config, world, parameters, what it knew (right [n_facts],
+    key-first) and its record block."""
+
+    cfg: RunConfig
+    world: FactWorld
+    graphdef: Any
+    params: Any
+    right: np.ndarray
+    info: dict
+
+
+def both_orders(world: FactWorld, mode: str, entities: np.ndarray) -> formats.Sequences:
+    """The facts of `entities` in both phrasings."""
+    return concat([formats.render(world, mode, entities, order) for order in formats.ORDERS])
+
+
+def base_task(cfg: RunConfig, world: FactWorld) -> Task:
+    """experiments.config.make_task's data, every sequence also attribute-first: in-weight
+    trains on all facts; in-tool on its trained entities (or a protocol pool's), watching
+    validation entities."""
+    spec = world.spec
+    if cfg.tool_train_entities:
+        pool, k = cfg.protocol_pool(), cfg.tool_train_entities
+        train = both_orders(pool, cfg.mode, np.arange(k))
+        monitor = both_orders(pool, cfg.mode, np.arange(k, pool.spec.n_entities))
+        return Task(train, monitor, np.tile(pool.fact_bits()[k * spec.n_attributes :], 2))
+    trained = np.arange(cfg.trained_entities())
+    train = both_orders(world, cfg.mode, trained)
+    if cfg.mode == "in-tool":
+        extra = make_fact_world(spec.with_entities(spec.n_entities + cfg.validation_entities))
+        monitor = both_orders(extra, cfg.mode, np.arange(spec.n_entities, extra.spec.n_entities))
+        return Task(train, monitor, np.tile(extra.fact_bits()[: len(monitor.tokens) // 2], 2))
+    rows = streams.generator(cfg.seed, streams.MONITOR_ROWS).permutation(len(train.tokens))
+    rows = np.sort(rows[: cfg.monitor_facts])
+    monitor = formats.Sequences(
+        train.tokens[rows], train.loss_mask[rows], train.value_mask[rows], train.prompt_length
+    )
+    return Task(train, monitor, np.tile(world.fact_bits(), 2)[rows])
+
+
+def answers(base_or_model, world: FactWorld, order: str, store=None) -> np.ndarray:
+    """[n_facts] right answers of (cfg, graphdef, params) against `world`'s values."""
+    cfg, graphdef, params = base_or_model
+    if cfg.mode == "in-tool":
+        return edit.tool_answers(graphdef, params, world, order, store)
+    return edit.weight_answers(graphdef, params, world, order)
+
+
+def train_bases(cfg: EditsConfig, mode: str, progress: bool) -> list[Base]:
+    """One base model per seed, trained together as one ensemble on both phrasings."""
+    fields = {"mode": mode}
+    if mode == "in-tool":
+        fields.update(steps=cfg.tool_steps, tool_train_entities=cfg.tool_train_entities)
+    cfgs = [dataclasses.replace(cfg.base, seed=s, **fields) for s in cfg.seeds]
+    worlds = [make_fact_world(c.spec) for c in cfgs]
+    tasks = [base_task(c, w) for c, w in zip(cfgs, worlds, strict=True)]
+    result = train_models(
+        cfgs[0].model_config(), cfgs[0].train_config(), tasks, list(cfg.seeds), progress
+    )
+    bases = []
+    for i, (c, w) in enumerate(zip(cfgs, worlds, strict=True)):
+        params = result.model(i)
+        store = build_store(w) if mode == "in-tool" else None
+        right = {o: answers((c, result.graphdef, params), w, o, store) for o in formats.ORDERS}
+        info = {
+            "source": "trained",
+            "mode": mode,
+            "orders": list(formats.ORDERS),
+            "steps": result.steps[i],
+            "stop_reason": result.stop_reason[i],
+            "exposures_per_fact": result.steps[i] * c.batch_size / len(tasks[i].train.tokens),
+            "wall_s": result.wall_s,
+            "compile_s": result.compile_s,
+            "recall": {o: float(r.mean()) for o, r in right.items()},
+        }
+        bases.append(Base(c, w, result.graphdef, params, right["key-first"], info))
+    return bases
+
+
+def saved_base(run_dir: str | Path) -> Base:
+    """A base model from a run saved with `recall-bench run ... --save-model` (trained on
+    the key-first phrasing only: its generalization is to a phrasing it never saw)."""
+    from recall_bench.saved import load_run
+
+    cfg, world, graphdef, params = load_run(run_dir)
+    if cfg.mode == "side-memory":
+        raise ValueError(f"{run_dir} is a side-memory run: edit an in-weight or in-tool run")
+    store = build_store(world) if cfg.mode == "in-tool" else None
+    right = {o: answers((cfg, graphdef, params), world, o, store) for o in formats.ORDERS}
+    info = {
+        "source": str(run_dir),
+        "mode": cfg.mode,
+        "orders": ["key-first"],
+        "recall": {o: float(r.mean()) for o, r in right.items()},
+    }
+    return Base(cfg, world, graphdef, params, right["key-first"], info)
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What one method did to one base model: parameters after, right answers (both
+    phrasings) against the edited world, and its cost and method-specific fields."""
+
+    params: Any
+    right: np.ndarray
+    right_second: np.ndarray
+    cost: dict
+    info: dict
+
+
+def store_outcome(base: Base, edits: edit.EditSet, kind: str) -> Outcome:
+    """Write the new values into a store of `kind` built from the base world, then decode
+    every fact through it."""
+    before = jax.tree.map(np.array, base.params)
+    new_world = edit.edited_world(base.world, edits)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = build_store(base.world, kind, Path(tmp) / "store.sqlite")
+        try:
+            t0 = time.perf_counter()
+            written = edit.edit_store(store, base.world, edits)
+            wall = time.perf_counter() - t0
+            model = (base.cfg, base.graphdef, base.params)
+            right = {o: answers(model, new_world, o, store) for o in formats.ORDERS}
+        finally:
+            store.close()
+    changed = edit.changed_entries(before, base.params)
+    cost = {"wall_s": wall, "flops": 0, "bytes_written": written, "params_changed": changed}
+    return Outcome(base.params, right["key-first"], right["attribute-first"], cost, {})
+
+
+def weight_outcome(base: Base, edits: edit.EditSet, params, cost: dict, info: dict) -> Outcome:
+    """Evaluate edited weights on the edited world, in both phrasings."""
+    new_world = edit.edited_world(base.world, edits)
+    model = (base.cfg, base.graphdef, params)
+    right = {o: answers(model, new_world, o) for o in formats.ORDERS}
+    changed = edit.changed_entries(base.params, params)
+    cost = {**cost, "bytes_written": 4 * changed, "params_changed": changed}
+    return Outcome(params, right["key-first"], right["attribute-first"], cost, info)
+
+
+def finetune_outcomes(
+    cfg: EditsConfig, bases: list[Base], edit_sets: list[edit.EditSet], replay: bool
+) -> list[Outcome]:
+    """Fine-tune every seed's base on its edits (one ensemble), each stopped at its first
+    check where every edited fact answers its new value."""
+    tasks = [edit.finetune_task(b.world, e, replay) for b, e in zip(bases, edit_sets, strict=True)]
+    model_cfg, train_cfg = bases[0].cfg.model_config(), cfg.train_config()
+    result = edit.finetune_edits(
+        model_cfg, train_cfg, tasks, [b.cfg.seed for b in bases], [b.params for b in bases]
+    )
+    length = tasks[0].train.tokens.shape[1] - 1
+    out = []
+    for i, (base, edits) in enumerate(zip(bases, edit_sets, strict=True)):
+        steps = result.steps[i]
+        flops = 3 * steps * train_cfg.batch_size * edit.sequence_flops(model_cfg, length)
+        info = {
+            "steps": steps,
+            "stop_reason": result.stop_reason[i],
+            "passed": result.stop_reason[i] == "recall",
+            "history": result.history[i],
+        }
+        cost = {"wall_s": result.wall_s / len(bases), "flops": flops, "ensemble": len(bases)}
+        out.append(weight_outcome(base, edits, result.model(i), cost, info))
+    return out
+
+
+def padded(seqs: formats.Sequences, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens [size, L], valid [size]): rows past the real ones repeat row 0 and are invalid."""
+    n = len(seqs.tokens)
+    rows = np.concatenate([np.arange(n), np.zeros(size - n, np.int64)])
+    return seqs.tokens[rows], (np.arange(size) < n).astype(np.float32)
+
+
+def located_outcome(cfg: EditsConfig, base: Base, edits: edit.EditSet, method: str) -> Outcome:
+    """ROME (sequential rank-one edits, in chunks) or MEMIT (one batched least-squares edit),
+    timed after a warm-up call that compiles it; the key moments come from every prompt of
+    the base world (key-first)."""
+    wcfg = cfg.weights
+    check_editable(base.graphdef, base.params, wcfg)
+    seqs = edit.edit_sequences(base.world, edits)
+    p, v = seqs.prompt_length, base.world.spec.value_length
+    prompts = formats.prompt_tokens(base.world, *formats.fact_index(base.world.spec))
+    rome_layer, layers = edit_layers(base.graphdef, base.params, wcfg)
+    if method == "rome":
+        layers = (rome_layer,)
+    key_moments(base.graphdef, base.params, prompts, layers)  # compile
+    t0 = time.perf_counter()
+    moments = jax.block_until_ready(key_moments(base.graphdef, base.params, prompts, layers))
+    moments_s = time.perf_counter() - t0
+    if method == "rome":
+        size = cfg.rome_chunk
+        tokens, valid = padded(seqs, -(-edits.k // size) * size)
+        run = rome_call(base, wcfg, p, v, rome_layer, moments[0], size)
+    else:
+        size = max(16, 1 << (edits.k - 1).bit_length())
+        tokens, valid = padded(seqs, size)
+        run = memit_call(base, wcfg, p, v, layers, moments)
+    jax.block_until_ready(jax.tree.leaves(run(tokens[:size], valid[:size] * 0)))  # compile
+    t0 = time.perf_counter()
+    params = run(tokens, valid)
+    jax.block_until_ready(jax.tree.leaves(params))
+    wall = time.perf_counter() - t0 + moments_s
+    flops = located_flops(base, edits.k, wcfg, layers, len(prompts), seqs.tokens.shape[1])
+    cost = {"wall_s": wall, "flops": flops, "moments_s": moments_s}
+    return weight_outcome(base, edits, params, cost, {"layers": list(layers)})
+
+
+def rome_call(base: Base, wcfg: WeightEditConfig, p: int, v: int, layer: int, moment, size: int):
+    """tokens, valid -> params after ROME on every row, `size` rows per compiled call."""
+
+    def run(tokens, valid):
+        params = base.params
+        for i in range(0, len(tokens), size):
+            w = rome_edits(
+                base.graphdef, params, tokens[i : i + size], valid[i : i + size], p, v, wcfg,
+                layer, moment,
+            )  # fmt: skip
+            params = replace_kernels(params, {layer: w})
+        return params
+
+    return run
+
+
+def memit_call(base: Base, wcfg: WeightEditConfig, p: int, v: int, layers, moments):
+    """tokens, valid -> params after one MEMIT edit of every valid row."""
+
+    def run(tokens, valid):
+        kernels = memit_edit(base.graphdef, base.params, tokens, valid, p, v, wcfg, layers, moments)
+        return replace_kernels(base.params, kernels)
+
+    return run
+
+
+def located_flops(base: Base, k: int, wcfg, layers, n_prompts: int, length: int) -> int:
+    """Matmul FLOPs of ROME / MEMIT: key moments over n_prompts prompts (once), value_steps
+    gradient steps per fact (3 forward passes each), keys and the solves per layer."""
+    mcfg = base.cfg.model_config()
+    hidden, width = mcfg.mlp_ratio * mcfg.width, mcfg.width
+    prompt = edit.sequence_flops(mcfg, length - 2)
+    moments = n_prompts * (prompt + 2 * hidden * hidden * len(layers))
+    values = k * wcfg.value_steps * 3 * edit.sequence_flops(mcfg, length - 2)
+    solves = len(layers) * (2 * hidden**3 + k * (prompt + 2 * hidden * hidden + 2 * hidden * width))
+    return int(moments + values + solves)
+
+
+def cell_outcomes(
+    cfg: EditsConfig, method: str, bases: list[Base], edit_sets: list[edit.EditSet]
+) -> list[Outcome]:
+    """One method applied to every seed's base model."""
+    if method in STORE_METHODS:
+        kind = method.removeprefix("store-")
+        return [store_outcome(b, e, kind) for b, e in zip(bases, edit_sets, strict=True)]
+    if method.startswith("finetune"):
+        return finetune_outcomes(cfg, bases, edit_sets, method == "finetune-replay")
+    return [located_outcome(cfg, b, e, method) for b, e in zip(bases, edit_sets, strict=True)]
+
+
+def make_edit_record(
+    cfg: EditsConfig, base: Base, method: str, edits: edit.EditSet, outcome: Outcome
+) -> dict:
+    """The record of one (method, k, seed) cell, complete."""
+    spec = base.world.spec
+    edited = edit.edited_mask(base.world, edits)
+    groups = edit.specificity_groups(base.world, edits)
+    metrics = edit.edit_metrics(outcome.right, outcome.right_second, base.right, edited, groups)
+    k = edits.k
+    per_edit = {f"{name}_per_edit": outcome.cost[name] / k for name in ("wall_s", "flops")}
+    per_edit["bytes_per_edit"] = outcome.cost["bytes_written"] / k
+    config = dataclasses.asdict(cfg)
+    config["base"] = dataclasses.asdict(base.cfg)
+    return new_record(
+        mode="edit",
+        method=method,
+        k=k,
+        n_facts=spec.n_facts,
+        bits_per_fact=spec.bits_per_fact,
+        seed=base.cfg.seed,
+        config=config,
+        world={"spec": spec_fields(spec), "hash": spec_hash(spec)},
+        model=dataclasses.asdict(base.cfg.model_config()),
+        params=count_params(base.params, base.cfg.model_config()),
+        base=base.info,
+        metrics={**metrics, "weights_unchanged": outcome.cost["params_changed"] == 0},
+        general_ability=GENERAL_NOTE,
+        cost={**outcome.cost, **per_edit},
+        method_info=outcome.info,
+    )
+
+
+def run_edits(
+    cfg: EditsConfig,
+    out_dir: str | Path | None,
+    progress: bool = True,
+    bases: dict[str, list[Base]] | None = None,
+) -> list[dict]:
+    """Every method at every k on every seed: one record each, written to out_dir/records/
+    (if given). `bases` (by mode) skips training them."""
+    bases = dict(bases or {})
+    records = []
+    for method in cfg.methods:
+        mode = method_mode(method)
+        if mode not in bases:
+            bases[mode] = train_bases(cfg, mode, progress)
+        for k in cfg.ks:
+            edit_sets = [edit.choose_edits(b.world, k, b.cfg.seed) for b in bases[mode]]
+            outcomes = cell_outcomes(cfg, method, bases[mode], edit_sets)
+            for base, edits, outcome in zip(bases[mode], edit_sets, outcomes, strict=True):
+                record = make_edit_record(cfg, base, method, edits, outcome)
+                records.append(record)
+                if out_dir is not None:
+                    name = f"{method}_k{k}_seed{base.cfg.seed}.json"
+                    write_json_atomic(Path(out_dir) / "records" / name, record)
+    return records

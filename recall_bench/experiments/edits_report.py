@@ -1,0 +1,101 @@
+"""Summaries of edit records: one row per (method, k) over seeds, a text table, and the plot
+of efficacy, generalization and specificity against k for every method."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from recall_bench import plots
+from recall_bench.records import read_json
+
+SHOWN = ("efficacy", "generalization", "specificity")
+GROUP_METRICS = (
+    "efficacy_known",
+    "specificity_same_entity",
+    "specificity_neighbour",
+    "specificity_other",
+)
+COSTS = ("wall_s_per_edit", "flops_per_edit", "bytes_per_edit")
+
+
+def read_records(folder: str | Path) -> list[dict]:
+    """Every edit record under folder/records, in name order."""
+    paths = sorted((Path(folder) / "records").glob("*.json"))
+    if not paths:
+        raise ValueError(f"{folder}/records holds no edit records: run `recall-bench edit` first")
+    return [read_json(p) for p in paths]
+
+
+def mean_of(values: list) -> float | None:
+    """Mean of the values that are not None (None if there are none)."""
+    kept = [v for v in values if v is not None]
+    return float(np.mean(kept)) if kept else None
+
+
+def summarize(records: list[dict]) -> list[dict]:
+    """One row per (method, k): means over seeds of the triad, the groups, the costs, and
+    min/max of the triad (the spread over seeds); methods in first-seen order."""
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    rows = []
+    for method in methods:
+        for k in sorted({r["k"] for r in records if r["method"] == method}):
+            cell = [r for r in records if r["method"] == method and r["k"] == k]
+            row = {"method": method, "k": k, "seeds": len(cell)}
+            for name in (*SHOWN, *GROUP_METRICS, "weights_unchanged"):
+                values = [r["metrics"][name] for r in cell]
+                row[name] = mean_of(values)
+                kept = [v for v in values if v is not None]
+                if name in SHOWN and kept:
+                    row[f"{name}_min"], row[f"{name}_max"] = min(kept), max(kept)
+            for name in COSTS:
+                row[name] = mean_of([r["cost"][name] for r in cell])
+            rows.append(row)
+    return rows
+
+
+def fmt(value: float | None, spec: str = ".3f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_table(rows: list[dict]) -> str:
+    """A markdown table of the summary rows."""
+    head = (
+        "| method | k | efficacy | generalization | specificity | efficacy (known) "
+        "| same entity | neighbour | other | s/edit | FLOPs/edit | bytes/edit |"
+    )
+    lines = [head, "|" + "---|" * 12]
+    for r in rows:
+        cells = [r["method"], str(r["k"])]
+        cells += [fmt(r[n]) for n in (*SHOWN, *GROUP_METRICS)]
+        cells += [fmt(r["wall_s_per_edit"], ".2g"), fmt(r["flops_per_edit"], ".2g")]
+        cells.append(fmt(r["bytes_per_edit"], ".0f"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: str | Path) -> Path:
+    """Efficacy, generalization and specificity against k, one line per method (mean over
+    seeds, bars from the lowest to the highest seed)."""
+    fig, axes = plots.plt.subplots(1, len(SHOWN), figsize=(5 * len(SHOWN), 3.8), squeeze=False)
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    for ax, name in zip(axes[0], SHOWN, strict=True):
+        for i, method in enumerate(methods):
+            pts = [r for r in rows if r["method"] == method and r[name] is not None]
+            if not pts:
+                continue
+            ks = np.array([r["k"] for r in pts], float) * (1 + 0.03 * (i - len(methods) / 2))
+            mean = np.array([r[name] for r in pts])
+            spread = [
+                mean - [r[f"{name}_min"] for r in pts],
+                [r[f"{name}_max"] for r in pts] - mean,
+            ]
+            ax.errorbar(ks, mean, yerr=spread, marker="o", capsize=2, label=method)
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("facts edited (k)")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    return plots.save(fig, path)
