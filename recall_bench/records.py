@@ -88,8 +88,8 @@ BETTER = {
     "tool_recall_fresh_kept": "higher",
     "loss": "lower",
     "old_bits_kept": "higher",
-    "dtheta_rel": "lower",
-    "context_missing": "lower",  # retrieval-context: prompts whose key the store lacked  # relative weight change ||dtheta|| / ||theta||
+    "dtheta_rel": "lower",  # relative weight change ||dtheta|| / ||theta||
+    "context_missing": "lower",  # retrieval-context: prompts whose key the store lacked
 }
 
 # In-tool, the prompt holds the store's answer, so the bits formula counts bits delivered with
