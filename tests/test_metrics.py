@@ -96,7 +96,8 @@ def test_noise_floor_of_a_model_that_saw_nothing_is_about_all_it_holds():
     clipping keeps its lucky guesses); the floor measured on unseen entities takes them off."""
     import dataclasses
 
-    from recall_bench.experiments.run import RunConfig, make_task, noise_floor_metrics
+    from recall_bench.experiments.config import RunConfig, make_task
+    from recall_bench.experiments.evaluate import noise_floor_metrics
     from recall_bench.formats import render
     from recall_bench.metrics import bits_memorized, sequence_stats
     from recall_bench.train import train_models

@@ -90,7 +90,8 @@ def model_capacity(records: list[Record]) -> dict:
             steps_curve(cells[counts[j]], seed) for seed, j in zip(seeds, best, strict=True)
         ],
     }
-    out["gain_per_efold"] = float(np.nanmean([c["gain_per_efold"] for c in out["steps_curves"]]))
+    gains = [c["gain_per_efold"] for c in out["steps_curves"]]
+    out["gain_per_efold"] = float("nan") if np.isnan(gains).all() else float(np.nanmean(gains))
     if len(curve) >= 3 and all("held_out_loss" in p for p in curve):
         out["loss_peak"] = capacity.loss_peak(
             [p["entropy_bits"] for p in curve],
