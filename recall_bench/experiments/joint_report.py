@@ -120,6 +120,7 @@ def summarize(cfg: JointConfig, records: list[dict], out: Path, wall_s: float) -
     for r in rows:
         if capacity and r["mode"] in ("in-weight", FACTS_ONLY):
             r["capacity_share"] = r["bits_memorized"] / capacity
+            r["capacity_share_range"] = [b / capacity for b in r["bits_memorized_range"]]
         if reference is not None:  # HellaSwag's published ratio: acc / acc_base, chance kept
             r["general_mc_ratio"] = r["general_mc_accuracy"] / reference["general_mc_accuracy"]
     bits_per_fact = cfg.run_config("in-weight", 2, 0).spec.bits_per_fact
