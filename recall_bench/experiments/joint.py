@@ -6,18 +6,21 @@ Cells, each trained on `rows` sequences for the same step budget, every seed of 
 in one vmapped ensemble:
   general-only  the reference: the general suite (and its text) alone;
   in-weight     general_fraction of the rows general, the rest the N facts;
-  in-tool       the same with tool traces (store of all N facts, unseen entities held out);
+  in-tool       the same with tool traces over a protocol pool of entities disjoint from every
+                evaluated world (invariant 10): trained once per seed, with the references,
+                and evaluated at every N through a store of the N facts (all unseen);
   facts-only    the N facts alone, in-weight: the model's fact capacity under this budget.
-Facts are sampled Zipf-like (the row of rank r, in a seeded order, repeated in proportion to
-(r + 1)^-zipf, each at least once), so frequent facts leave the early no-knowledge plateau
-soon and pull the rest (invariant 7). Neither recall nor fact bits stop a cell: each trains its
-whole budget, and its record says how much its whole loss (a fixed monitor of fact and general
-rows) still fell over the last 30% of the steps.
+In-weight facts are sampled Zipf-like (the row of rank r, in a seeded order, repeated in
+proportion to (r + 1)^-zipf, each at least once), so frequent facts leave the early
+no-knowledge plateau soon (invariant 7); facts-only and in-tool rows uniformly. Neither recall
+nor fact bits stop a cell: each trains its whole budget, and its record says how much its whole
+loss (a fixed monitor of fact and general rows) still fell over the last 30% of the steps.
 
 Every cell reports the facts it holds (recall by greedy decoding, bits_memorized: in-tool these
 are answered through the store) beside its general ability relative to the general-only model of
 the same seed: exact accuracy kept, graded accuracy kept above chance, text bits per byte, and
-KL / TV of its next-token distributions from that reference.
+KL / TV of its next-token distributions from that reference (at the answer positions, and on
+the reference's own greedy continuations of general prompts).
 """
 
 from __future__ import annotations
@@ -47,12 +50,12 @@ MONITOR_ROWS = 2048  # rows of the fixed whole-loss monitor (half facts, half ge
 LATE = 0.3  # share of the steps over which the whole loss's late drop is measured
 
 
-FACTS = RunConfig(layers=1, width=16, heads=4, steps=6000, batch_size=64, lr=1e-2, eval_every=500)
+FACTS = RunConfig(layers=1, width=16, heads=4, steps=4000, batch_size=64, lr=1e-2, eval_every=500)
 
 
 @dataclasses.dataclass(frozen=True)
 class JointConfig:
-    fact_counts: tuple[int, ...] = (16, 64, 256, 1024, 4096)
+    fact_counts: tuple[int, ...] = (32, 256, 2048, 8192)
     modes: tuple[str, ...] = MODES
     capacity_counts: tuple[int, ...] | None = None  # facts-only cells (None: the largest N)
     # every cell's model shape, training (its whole budget: steps) and fact world's shape;
@@ -62,7 +65,7 @@ class JointConfig:
     # every evaluated world (invariant 10), once per seed; each N is served through its store
     tool_train_entities: int = 2000
     general_fraction: float = 0.5  # share of a mixed cell's rows that are general data
-    zipf: float = 1.0  # exponent of the in-weight facts' sampling weights (0: uniform)
+    zipf: float = 1.0  # exponent of the in-weight cells' fact sampling weights (0: uniform)
     rows: int = 1 << 17  # training rows of every cell
     seeds: tuple[int, ...] = (0, 1, 2)  # each seeds a world, an initialization, a batch stream
     suite: general.SuiteConfig = dataclasses.field(
@@ -139,8 +142,9 @@ def zipf_rows(n: int, total: int, exponent: float, seed: int) -> np.ndarray:
 
 def cell_task(cfg: JointConfig, kind: str, n_facts: int, seed: int, suite: general.Suite) -> Task:
     """A cell's training rows (padded to the model's length) and whole-loss monitor. Monitored
-    fact rows carry their entropy, general rows 0. In-weight facts are drawn Zipf-like; in-tool
-    trains on traces of the protocol pool (the same for every N), drawn uniformly."""
+    fact rows carry their entropy, general rows 0. In-weight facts are drawn Zipf-like (cfg.zipf);
+    facts-only cells, which measure capacity, uniformly (they hold more so); in-tool trains on
+    traces of the protocol pool (the same for every N), drawn uniformly."""
     width = cfg.model_config().max_len
     n_general = {GENERAL: cfg.rows, FACTS_ONLY: 0}.get(kind, round(cfg.general_fraction * cfg.rows))
     mixed = rows_of(suite.train, np.arange(n_general) % len(suite.train.tokens))
@@ -151,7 +155,7 @@ def cell_task(cfg: JointConfig, kind: str, n_facts: int, seed: int, suite: gener
     run_cfg = cfg.run_config(kind, n_facts or len(cfg.facts.attribute_sizes), seed)
     facts = make_task(run_cfg, make_fact_world(run_cfg.spec))
     n = len(facts.train.tokens)
-    zipf = 0.0 if kind == "in-tool" else cfg.zipf
+    zipf = cfg.zipf if kind == "in-weight" else 0.0
     drawn = rows_of(facts.train, zipf_rows(n, cfg.rows - n_general, zipf, seed))
     train = general.concat([drawn, mixed] if n_general else [drawn])
     half = MONITOR_ROWS // 2 if n_general else MONITOR_ROWS
