@@ -286,6 +286,8 @@ def summary_row(record: dict) -> dict:
         "general_loss": m["general_loss"],
         "kl": m["kl"],
         "tv": m["tv"],
+        "greedy_kl": m.get("greedy_kl"),  # on the base's greedy continuations (newer records)
+        "greedy_tv": m.get("greedy_tv"),
         "steps": t["steps"],
         "stop_reason": t["stop_reason"],
         "train_s": t["wall_s"],
@@ -395,6 +397,10 @@ def log(progress: bool, text: str) -> None:
         print(text, file=sys.stderr)
 
 
+def fixed(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def format_table(summary: dict) -> str:
     base = summary["base"]["scores"]
     has_text = "text_bits_per_byte" in base
@@ -403,14 +409,14 @@ def format_table(summary: dict) -> str:
         f"degradation: {summary['params']['total']:,}-parameter base model, general accuracy "
         f"{base['general_accuracy']:.3f}, loss {base['general_loss']:.4f}{text}",
         f"{'mode':<17} {'facts':>6} {'recall':>7} {'general':>8} {'kept':>6} {'kl':>8} "
-        f"{'tv':>7} {'steps':>6}" + (f" {'text bpb':>9}" if has_text else ""),
+        f"{'tv':>7} {'gen tv':>7} {'steps':>6}" + (f" {'text bpb':>9}" if has_text else ""),
     ]
     for r in summary["rows"]:
         kept = math.nan if r["general_accuracy_kept"] is None else r["general_accuracy_kept"]
         lines.append(
             f"{r['mode']:<17} {r['n_facts']:>6} {r['recall']:>7.3f} {r['general_accuracy']:>8.3f}"
-            f" {kept:>6.3f} {r['kl']:>8.4f} {r['tv']:>7.4f} {r['steps']:>6}"
-            + (f" {r['text_bits_per_byte']:>9.3f}" if has_text else "")
+            f" {kept:>6.3f} {r['kl']:>8.4f} {r['tv']:>7.4f} {fixed(r.get('greedy_tv')):>7}"
+            f" {r['steps']:>6}" + (f" {r['text_bits_per_byte']:>9.3f}" if has_text else "")
         )
     lines.append(f"plot: {summary['plot']}   total {summary['wall_s']:.0f} s")
     return "\n".join(lines)
