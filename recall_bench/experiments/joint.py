@@ -50,12 +50,12 @@ MONITOR_ROWS = 2048  # rows of the fixed whole-loss monitor (half facts, half ge
 LATE = 0.3  # share of the steps over which the whole loss's late drop is measured
 
 
-FACTS = RunConfig(layers=1, width=16, heads=4, steps=4000, batch_size=64, lr=1e-2, eval_every=500)
+FACTS = RunConfig(layers=1, width=16, heads=4, steps=2500, batch_size=64, lr=1e-2, eval_every=500)
 
 
 @dataclasses.dataclass(frozen=True)
 class JointConfig:
-    fact_counts: tuple[int, ...] = (32, 256, 2048, 8192)
+    fact_counts: tuple[int, ...] = (32, 2048, 8192)
     modes: tuple[str, ...] = MODES
     capacity_counts: tuple[int, ...] | None = None  # facts-only cells (None: the largest N)
     # every cell's model shape, training (its whole budget: steps) and fact world's shape;
