@@ -142,7 +142,10 @@ def add_joint_arguments(p: argparse.ArgumentParser) -> None:
     )
     joint.add_argument("--general-fraction", type=positive_float, default=d.general_fraction)
     joint.add_argument(
-        "--zipf", type=float, default=d.zipf, help="exponent of the facts' sampling (0: uniform)"
+        "--zipf",
+        type=float,
+        default=d.zipf,
+        help="exponent of the in-weight cells' fact sampling (0: uniform)",
     )
     joint.add_argument("--rows", type=positive_int, default=d.rows, help="training rows per cell")
     joint.add_argument(
