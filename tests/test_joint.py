@@ -5,7 +5,6 @@ whole budget even when the facts are all recalled early."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -115,18 +114,16 @@ def test_default_benchmark_shows_recall_and_general_ability(tmp_path):
     both modes (the joint protocol), in its summary, table and plot."""
     from recall_bench.experiments import default
 
-    base = RunConfig(layers=1, width=8, heads=2, steps=50, batch_size=32, eval_every=50)
-    small = dataclasses.replace(TINY.facts, steps=50, eval_every=50)
-    tiny = dataclasses.replace(TINY, facts=small, seeds=(0,))
+    base = RunConfig(layers=1, width=16, steps=50, batch_size=32, eval_every=50)
     todo = default.cells(base, (16,))[:1]
-    summary = default.run_default(tmp_path, False, todo=todo, joint=tiny)
+    summary = default.run_default(tmp_path, False, todo=todo, joint=TINY)  # compiled as above
     assert [(r["mode"], r["n_facts"]) for r in summary["rows"]] == [("in-weight", 16)]
     general = summary["general"]
     kinds = {(r["mode"], r["n_facts"]) for r in general["rows"]}
     assert kinds == {("general-only", 0), ("in-weight", 8), ("in-tool", 8), ("facts-only", 8)}
     for r in general["rows"]:
         assert "general_mc_kept" in r and 0.0 <= r["greedy_tv"] <= 1.0
-    assert general["capacity_bits"] > 0.0 and general["steps"] == 50
+    assert general["capacity_bits"] > 0.0 and general["steps"] == TINY.facts.steps
     table = default.format_table(summary)
     assert (
         "general ability kept, shared capacity" in table and "in-tool" in table.split("general")[-1]
