@@ -29,6 +29,33 @@ def recall_vs_facts(rows: list[dict], path: str | Path, title: str = "") -> Path
     return save(fig, path)
 
 
+def default_benchmark(rows: list[dict], general: dict, path: str | Path, title: str = "") -> Path:
+    """The default benchmark's two axes: recall against N (left); general ability kept against
+    N under the shared-capacity protocol, graded and exact, a dotted line at the measured fact
+    capacity (right)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
+    recall_lines(left, rows, title)
+    for mode, color in (("in-weight", "C0"), ("in-tool", "C1")):
+        pts = sorted((r["n_facts"], r) for r in general["rows"] if r["mode"] == mode)
+        x = [n for n, _ in pts]
+        for key, style, what in (
+            ("general_mc_kept", "-o", "graded"),
+            ("general_accuracy_kept", "--s", "exact"),
+        ):
+            right.plot(x, [r[key] for _, r in pts], style, color=color, label=f"{mode}, {what}")
+    if general["capacity_bits"]:
+        cap = general["capacity_bits"] / general["bits_per_fact"]
+        right.axvline(cap, color="k", ls=":", label="fact capacity")
+    right.axhline(1.0, color="grey", lw=0.8)
+    right.set_xscale("log", base=2)
+    right.set_xlabel("facts in the mix (N)")
+    right.set_ylabel("general ability kept (vs general-only)")
+    right.set_title(f"shared capacity, {general['params']:,} params, {general['steps']} steps")
+    right.grid(alpha=0.3)
+    right.legend(fontsize=8)
+    return save(fig, path)
+
+
 def recall_panels(panels: dict[str, list[dict]], path: str | Path) -> Path:
     """recall_vs_facts side by side, one panel per title (e.g. matched total / active params)."""
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)

@@ -25,12 +25,8 @@ from recall_bench.worlds import make_fact_world
 
 TINY = degrade.DegradeConfig(
     fact_counts=(64,),
-    layers=1,
-    width=16,
-    heads=2,
+    facts=dataclasses.replace(degrade.FACTS, layers=1, width=16, heads=2, steps=25, batch_size=32),
     base_steps=25,
-    steps=25,
-    batch_size=32,
     replay_min=100,
     suite=general.SuiteConfig(train_per_skill=64, test_per_skill=16),
 )
@@ -153,7 +149,8 @@ def test_side_memory_cell_summary_row(monkeypatch, base_model):
     """A side-memory cell keeps every base weight bitwise, trains its memory, and still moves
     the output distribution (the memory is read at every position)."""
     suite, base = base_model
-    cfg = dataclasses.replace(TINY, modes=("side-memory",), memory_size=64)
+    small = dataclasses.replace(TINY.facts, memory_size=64)
+    cfg = dataclasses.replace(TINY, modes=("side-memory",), facts=small)
     record, graphdef, params = run_spied(monkeypatch, cfg, "side-memory", 64, base, suite)
     row = degrade.summary_row(record)
     m = record["metrics"]
@@ -234,7 +231,7 @@ def test_cell_record_is_built_from_what_training_returned(monkeypatch, mode):
     mutation testing): it trains from the base (plus an empty memory in side-memory) on the
     cell's task, and every metric of its record is that changed model's, the share of
     general accuracy kept is against the base's, and the base is left as it was."""
-    cfg = dataclasses.replace(TINY, memory_size=64)
+    cfg = dataclasses.replace(TINY, facts=dataclasses.replace(TINY.facts, memory_size=64))
     suite = tiny_suite(cfg)
     graphdef, params = init_model(cfg.model_config(), 0)
     scores = {**general.score(graphdef, params, suite), "general_accuracy": 0.5}
@@ -307,3 +304,26 @@ def test_cell_record_is_built_from_what_training_returned(monkeypatch, mode):
     after = leaves(params)
     for path, value in before.items():
         np.testing.assert_array_equal(after[path], value, err_msg=path)
+
+
+@pytest.mark.parametrize("folder", ["degradation_text", "degradation_side_memory"])
+def test_records_made_before_the_configs_were_nested_keep_their_identity(folder):
+    """A committed record's flat degradation config reads as the nested one (sweep_config),
+    and that config's cells get the very run config the record holds (so its config_hash)."""
+    from recall_bench.records import clean_json, read_json
+
+    root = Path(__file__).parent.parent / "results" / folder
+    for path in sorted(root.glob("*/record.json")):
+        old = read_json(path)
+        flat, then = old["degrade"]["config"], degrade.sweep_config(old)
+        assert "width" not in then and then["facts"]["width"] == flat["width"]
+        assert then["facts"]["seed"] == flat["seed"] and then["facts"]["lr"] == flat["lr"]
+        facts = {k: v for k, v in flat.items() if k in then["facts"]}
+        cfg = degrade.DegradeConfig(
+            fact_counts=flat["fact_counts"],
+            modes=flat["modes"],
+            facts=dataclasses.replace(degrade.FACTS, **facts),
+        )
+        assert clean_json(dataclasses.asdict(cfg))["facts"] == then["facts"]
+        now = clean_json(dataclasses.asdict(cfg.run_config(old["mode"], old["n_facts"])))
+        assert {k: now[k] for k in old["config"]} == old["config"], path

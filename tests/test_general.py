@@ -269,7 +269,8 @@ def test_divergence_and_score_of_two_models(tmp_path):
     out = general.divergence(graphdef, a, graphdef, b, suite)
     parts = {**suite.test, "text": suite.text}
     names = {f"{s}_{k}" for s in parts for k in ("kl", "tv")}
-    assert set(out) == names | {"kl", "tv"}
+    assert set(out) == names | {"kl", "tv", "greedy_kl", "greedy_tv", "greedy_tokens"}
+    assert out["greedy_kl"] > 1e-3 and out["greedy_tv"] > 1e-3
     for skill, seqs in parts.items():
         tokens = seqs.tokens[:, :-1]
         kl, tv = kl_tv(
@@ -281,7 +282,7 @@ def test_divergence_and_score_of_two_models(tmp_path):
     assert out["tv"] == pytest.approx(np.mean([out[f"{s}_tv"] for s in SMALL.skills]))
     assert out["kl"] != pytest.approx(np.mean([out[f"{s}_kl"] for s in parts]))  # no text
     same = general.divergence(graphdef, a, graphdef, a, suite)
-    assert all(v == 0.0 for v in same.values())
+    assert all(v == 0.0 for k, v in same.items() if k != "greedy_tokens")
     scores = general.score(graphdef, a, suite)
     for skill, seqs in suite.test.items():
         logits = apply(graphdef, a, seqs.tokens[:, :-1])
@@ -295,3 +296,37 @@ def test_divergence_and_score_of_two_models(tmp_path):
         np.mean([scores[f"{s}_loss"] for s in SMALL.skills])
     )
     assert scores["text_bits_per_byte"] > 0.0 and "text_loss" in scores
+
+
+def test_greedy_continuation_divergence_by_hand():
+    """The base puts 1/2 on one token (its greedy choice) and 1/30 on each of the other 15;
+    the new model is uniform over the 16: on each of the base's continuation tokens
+    KL = 1/2 ln 8 + 1/2 ln(16/30) and TV = 1/2 - 1/16 = 7/16. Prompts of 5 tokens continued
+    to width 12 give 7 tokens each (one of 7 tokens gets 5); a base whose greedy choice is EOS
+    stops after it."""
+
+    def base(tokens, greedy=12):
+        p = np.full((*tokens.shape, 16), 0.5 / 15)
+        p[..., greedy] = 0.5
+        return np.log(p)
+
+    def uniform(tokens):
+        return np.zeros((*tokens.shape, 16))
+
+    prompts = np.full((5, 12), PAD, np.int32)
+    prompts[:, :5] = 10
+    lengths = np.array([5, 5, 5, 5, 7])  # a longer prompt: continued from its own end
+    prompts[4, 5:7] = 11
+    tokens, mask = general.greedy_continuations(base, prompts, lengths)
+    assert (tokens[:4, 5:] == 12).all() and (tokens[4, 5:7] == 11).all()
+    assert (mask.sum(axis=1) == [7, 7, 7, 7, 5]).all() and mask[:, :4].sum() == 0
+    out = general.continuation_divergence(base, uniform, prompts, lengths)
+    assert out["greedy_tokens"] == 4 * 7 + 5
+    assert out["greedy_kl"] == pytest.approx(0.5 * math.log(8) + 0.5 * math.log(16 / 30), rel=1e-5)
+    assert out["greedy_tv"] == pytest.approx(7 / 16, rel=1e-5)
+    same = general.continuation_divergence(base, base, prompts, lengths)
+    assert same["greedy_kl"] == pytest.approx(0.0, abs=1e-7) and same["greedy_tv"] == 0.0
+    stop = lambda tokens: base(tokens, greedy=EOS)  # noqa: E731
+    tokens, mask = general.greedy_continuations(stop, prompts, lengths)
+    assert (tokens[:4, 5] == EOS).all() and (tokens[:4, 6:] == PAD).all()
+    assert (mask.sum(axis=1) == 1).all() and (mask[:4, 4] == 1).all() and mask[4, 6] == 1

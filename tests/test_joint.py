@@ -5,6 +5,7 @@ whole budget even when the facts are all recalled early."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,15 +13,13 @@ import pytest
 import recall_bench.cli.degrade as cli_degrade
 from recall_bench import general, streams
 from recall_bench.experiments import joint, joint_report
+from recall_bench.experiments.config import RunConfig
 from recall_bench.records import read_json
 
 TINY = joint.JointConfig(
     fact_counts=(8,),
-    layers=1,
-    width=16,
-    steps=200,
-    batch_size=32,
-    lr=1e-2,
+    facts=RunConfig(layers=1, width=16, steps=200, batch_size=32, lr=1e-2, eval_every=100),
+    tool_train_entities=64,
     rows=1024,
     seeds=(0, 1),
     suite=general.SuiteConfig(
@@ -47,7 +46,8 @@ def test_mixture_holds_the_general_fraction():
     suite = general.make_suite(
         TINY.suite, general.Vocab.of(TINY.run_config("in-weight", 2, 0).spec)
     )
-    task, world = joint.cell_task(TINY, "in-weight", 8, 0, suite)
+    task = joint.cell_task(TINY, "in-weight", 8, 0, suite)
+    world = joint.make_fact_world(TINY.run_config("in-weight", 8, 0).spec)
     markers = [*general.MARKERS.values(), general.TEXT]
     is_general = np.isin(task.train.tokens[:, 1], markers)
     assert len(task.train.tokens) == TINY.rows and world.spec.n_facts == 8
@@ -70,7 +70,8 @@ def test_tiny_joint_sweep(tmp_path):
             assert np.isfinite(m[key])
         assert "general_mc_accuracy" in m and "general_mc_kept" in m
         # whole-budget training: recall never stops a cell
-        assert t["stop_reason"] == "budget" and t["steps"] == TINY.steps
+        assert t["stop_reason"] == "budget" and t["steps"] == TINY.facts.steps
+        assert 0.0 <= m["greedy_tv"] <= 1.0 and m["greedy_tokens"] > 0
     facts_only = read_json(joint.cell_path(tmp_path, "facts-only", 8, 0) / "record.json")
     recalls = [h["recall"] for h in facts_only["train"]["history"]]
     assert recalls[0] == 1.0 and len(recalls) == 2  # all recalled at the first check, trained on
@@ -106,3 +107,25 @@ def test_joint_cli_rejects_bad_input(argv, match):
     args = parser.parse_args(["degrade", "--protocol", "joint", *argv])
     with pytest.raises(ValueError, match=match):
         args.func(args)
+
+
+def test_default_benchmark_shows_recall_and_general_ability(tmp_path):
+    """The default run, at tiny sizes: recall cells, then general ability kept against N for
+    both modes (the joint protocol), in its summary, table and plot."""
+    from recall_bench.experiments import default
+
+    base = RunConfig(layers=1, width=16, steps=50, batch_size=32, eval_every=50)
+    todo = default.cells(base, (16,))[:1]
+    summary = default.run_default(tmp_path, False, todo=todo, joint=TINY)  # compiled as above
+    assert [(r["mode"], r["n_facts"]) for r in summary["rows"]] == [("in-weight", 16)]
+    general = summary["general"]
+    kinds = {(r["mode"], r["n_facts"]) for r in general["rows"]}
+    assert kinds == {("general-only", 0), ("in-weight", 8), ("in-tool", 8), ("facts-only", 8)}
+    for r in general["rows"]:
+        assert "general_mc_kept" in r and 0.0 <= r["greedy_tv"] <= 1.0
+    assert general["capacity_bits"] > 0.0 and general["steps"] == TINY.facts.steps
+    table = default.format_table(summary)
+    assert (
+        "general ability kept, shared capacity" in table and "in-tool" in table.split("general")[-1]
+    )
+    assert Path(summary["plot"]).exists() and (tmp_path / "general" / "summary.json").exists()

@@ -150,13 +150,19 @@ def test_store_scale_checks_sizes_before_training(tmp_path, capsys, monkeypatch)
 
 def test_degrade_refuses_a_cell_of_another_config_before_training(tmp_path, monkeypatch):
     monkeypatch.setattr(degrade, "train_models", lambda *a, **k: pytest.fail("trained"))
-    cfg = degrade.DegradeConfig(fact_counts=(64,), modes=("in-weight",), layers=1, width=16)
+    facts = dataclasses.replace(degrade.FACTS, layers=1, width=16)
+    cfg = degrade.DegradeConfig(fact_counts=(64,), modes=("in-weight",), facts=facts)
     cell = tmp_path / "in-weight-64" / "record.json"
     cell.parent.mkdir()
-    then = dataclasses.replace(cfg, lr=0.5)
-    cell.write_text(json.dumps({"degrade": {"config": clean_json(dataclasses.asdict(then))}}))
-    with pytest.raises(ValueError, match=r"another configuration \(lr: 0\.5 -> 0\.001\)"):
-        degrade.run_degrade(cfg, tmp_path, progress=False, resume=True)
+    then = clean_json(dataclasses.asdict(cfg))
+    then["facts"]["lr"] = 0.5
+    flat = {k: v for k, v in then.items() if k != "facts"} | then["facts"]  # an older record's
+    for config in (then, flat):
+        cell.write_text(json.dumps({"degrade": {"config": config}}))
+        with pytest.raises(
+            ValueError, match=r"another configuration \(facts\.lr: 0\.5 -> 0\.001\)"
+        ):
+            degrade.run_degrade(cfg, tmp_path, progress=False, resume=True)
 
 
 def test_progress_off_a_terminal_is_plain_lines(capsys, monkeypatch):

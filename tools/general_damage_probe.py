@@ -10,6 +10,7 @@ Usage: python tools/general_damage_probe.py BASE_DIR [--facts 256] [--steps 300]
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import numpy as np
 
@@ -26,7 +27,8 @@ def main() -> None:
     parser.add_argument("--facts", type=int, default=256)
     parser.add_argument("--steps", type=int, default=300)
     args = parser.parse_args()
-    cfg = degrade.DegradeConfig(fact_counts=(args.facts,), steps=args.steps)
+    facts = dataclasses.replace(degrade.FACTS, steps=args.steps)
+    cfg = degrade.DegradeConfig(fact_counts=(args.facts,), facts=facts)
     vocab = formats.Vocab.of(cfg.run_config("in-weight", args.facts).spec)
     suite = general.make_suite(cfg.suite, vocab)
     base = degrade.load_base(args.base, cfg)
@@ -34,7 +36,7 @@ def main() -> None:
         world = make_fact_world(cfg.run_config(mode, args.facts).spec)
         task = degrade.injection_task(cfg, mode, world, suite)
         result = train_models(
-            cfg.model_config(), cfg.injection_config(), [task], [cfg.seed], False,
+            cfg.model_config(), cfg.injection_config(mode), [task], [cfg.seed], False,
             init_params=[base["params"]],
         )  # fmt: skip
         print(f"{mode}: {result.steps[0]} steps ({result.stop_reason[0]})")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from recall_bench.records import clean_json
 
 
 def add_degrade_parser(subparsers) -> None:
-    d = DegradeConfig()
+    d, j = DegradeConfig(), JointConfig()
     held = f"{d.suite.text_held_out:.0%}".replace("%", "%%")  # argparse formats help with %
     p = subparsers.add_parser(
         "degrade",
@@ -51,24 +52,44 @@ def add_degrade_parser(subparsers) -> None:
         type=lambda s: tuple(s.split(",")),
         help=f"comma-separated subset of {','.join(MODES)} (joint: in-weight,in-tool)",
     )
-    p.add_argument("--layers", type=positive_int, help=f"default {d.layers}")
-    p.add_argument("--width", type=positive_int, help=f"default {d.width}")
-    p.add_argument("--heads", type=positive_int, help=f"default {d.heads}")
+    p.add_argument(
+        "--layers", type=positive_int, help=f"default {d.facts.layers} (joint {j.facts.layers})"
+    )
+    p.add_argument(
+        "--width", type=positive_int, help=f"default {d.facts.width} (joint {j.facts.width})"
+    )
+    p.add_argument(
+        "--heads", type=positive_int, help=f"default {d.facts.heads} (joint {j.facts.heads})"
+    )
     p.add_argument("--base-steps", type=positive_int, help=f"default {d.base_steps}")
-    p.add_argument("--steps", type=positive_int, help=f"injection step budget (default {d.steps})")
-    p.add_argument("--batch-size", type=positive_int, help=f"default {d.batch_size}")
+    p.add_argument(
+        "--steps",
+        type=positive_int,
+        help=f"injection step budget (default {d.facts.steps}; joint {j.facts.steps})",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        help=f"default {d.facts.batch_size} (joint {j.facts.batch_size})",
+    )
     p.add_argument("--base-lr", type=positive_float, help=f"default {d.base_lr}")
-    p.add_argument("--lr", type=positive_float, help=f"fact-injection lr (default {d.lr})")
+    p.add_argument(
+        "--lr",
+        type=positive_float,
+        help=f"fact-injection lr (default {d.facts.lr}; joint {j.facts.lr})",
+    )
     p.add_argument("--target-recall", type=positive_float, help=f"default {d.target_recall}")
     p.add_argument("--replay-fraction", type=positive_float, help=f"default {d.replay_fraction}")
-    add_memory_arguments(p, d, "adds to (< 0: counted from the last)")
+    add_memory_arguments(p, d.facts, "adds to (< 0: counted from the last)")
     p.add_argument(
         "--text-file",
         help="a UTF-8 text file added to the general suite, scored in bits per byte on its "
         f"last {held} (`stdlib:REL`: a file of Python's standard library; "
         f"joint default {general.STDLIB_TEXT})",
     )
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument(
+        "--seed", type=int, default=d.facts.seed, help="learn-tool's seed (joint: --seeds)"
+    )
     p.add_argument(
         "--out",
         type=Path,
@@ -91,23 +112,28 @@ def cmd_degrade(args: argparse.Namespace) -> int:
     if "side-memory" not in (args.modes or d.modes):
         refuse_ignored(memory_options(args), "they shape a side memory and --modes has none")
     output_folder(args.out)
-    shared = ("facts", "modes", "layers", "width", "heads", "steps", "batch_size", "lr")
-    fields = ("fact_counts", *shared[1:])
-    given = {f: getattr(args, a) for f, a in zip(fields, shared, strict=True)}
+    facts = {**given_run_fields(args), **memory_options(args)}
     cfg = DegradeConfig(
-        **{f: getattr(d, f) if v is None else v for f, v in given.items()},
+        fact_counts=args.facts or d.fact_counts,
+        modes=args.modes or d.modes,
+        facts=dataclasses.replace(d.facts, seed=args.seed, **facts),
         base_steps=args.base_steps or d.base_steps,
         base_lr=args.base_lr or d.base_lr,
         target_recall=args.target_recall or d.target_recall,
         replay_fraction=args.replay_fraction or d.replay_fraction,
-        seed=args.seed,
-        **memory_options(args),
         suite=general.SuiteConfig(text_file=args.text_file),
     )
     out = args.out or Path("recall_bench_out/degradation")
     summary = run_degrade(cfg, out, not (args.quiet or args.json), args.resume)
     print(json.dumps(summary, indent=2) if args.json else format_table(summary))
     return 0
+
+
+def given_run_fields(args: argparse.Namespace) -> dict:
+    """The fact-run options both protocols share that were given (unset: the protocol's own
+    defaults)."""
+    shared = ("layers", "width", "heads", "steps", "batch_size", "lr")
+    return {k: getattr(args, k) for k in shared if getattr(args, k) is not None}
 
 
 def add_joint_arguments(p: argparse.ArgumentParser) -> None:
@@ -121,9 +147,18 @@ def add_joint_arguments(p: argparse.ArgumentParser) -> None:
     )
     joint.add_argument("--general-fraction", type=positive_float, default=d.general_fraction)
     joint.add_argument(
-        "--zipf", type=float, default=d.zipf, help="exponent of the facts' sampling (0: uniform)"
+        "--zipf",
+        type=float,
+        default=d.zipf,
+        help="exponent of the in-weight cells' fact sampling (0: uniform)",
     )
     joint.add_argument("--rows", type=positive_int, default=d.rows, help="training rows per cell")
+    joint.add_argument(
+        "--tool-train-entities",
+        type=positive_int,
+        default=d.tool_train_entities,
+        help="in-tool: entities of the protocol pool the tool is learned on, once per seed",
+    )
     joint.add_argument(
         "--seeds",
         type=lambda s: tuple(int(x) for x in s.split(",")),
@@ -135,19 +170,12 @@ def add_joint_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_joint(args: argparse.Namespace) -> int:
     """`recall-bench degrade --protocol joint`: unset shared options take the joint defaults."""
     d = JointConfig()
-    shared = {
-        "fact_counts": args.facts,
-        "modes": args.modes,
-        "layers": args.layers,
-        "width": args.width,
-        "heads": args.heads,
-        "steps": args.steps,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-    }
     cfg = JointConfig(
-        **{k: v for k, v in shared.items() if v is not None},
+        fact_counts=args.facts or d.fact_counts,
+        modes=args.modes or d.modes,
         capacity_counts=args.capacity_facts,
+        facts=dataclasses.replace(d.facts, **given_run_fields(args)),
+        tool_train_entities=args.tool_train_entities,
         general_fraction=args.general_fraction,
         zipf=args.zipf,
         rows=args.rows,

@@ -33,41 +33,40 @@ from recall_bench.checkpoint import load_params, save_params
 from recall_bench.cost import record_cost
 from recall_bench.experiments.config import RunConfig, make_task
 from recall_bench.experiments.evaluate import evaluate
-from recall_bench.experiments.run import make_record
+from recall_bench.experiments.run import train_info
 from recall_bench.identity import refuse_other
 from recall_bench.model import ModelConfig, add_side_memory, count_params, init_model
-from recall_bench.records import clean_json, environment, read_json, write_json_atomic
+from recall_bench.records import clean_json, environment, new_record, read_json, write_json_atomic
 from recall_bench.tool import build_store
 from recall_bench.train import Task, TrainConfig, train_models
-from recall_bench.worlds import FactWorld, make_fact_world
+from recall_bench.worlds import FactWorld, make_fact_world, spec_fields, spec_hash
 
 MODES = ("in-weight", "in-tool", "in-weight+replay", "in-tool+replay", "side-memory")
 FACT_COUNTS = (256, 1024, 4096, 16384)
+
+
+# the fact side of every cell: model shape, injection budget and lr, seed, side memory
+FACTS = RunConfig(layers=2, width=48, heads=4, steps=500, batch_size=256, lr=1e-3, memory_layer=-1)
+# a cell without a side memory records RunConfig's own memory fields (as it always has)
+NO_MEMORY = {
+    f.name: f.default for f in dataclasses.fields(RunConfig) if f.name.startswith("memory_")
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class DegradeConfig:
     fact_counts: tuple[int, ...] = FACT_COUNTS
     modes: tuple[str, ...] = MODES
-    layers: int = 2
-    width: int = 48
-    heads: int = 4
+    # every cell's fact run: the model's shape, the injection's steps (the same for every
+    # mode), batch size (the base's too) and lr, the seed of the base model, facts and batch
+    # streams, and the side memory (memory_layer < 0: counted from the last block)
+    facts: RunConfig = FACTS
     base_steps: int = 1200  # training of the base model on the suite
-    steps: int = 500  # fact-injection step budget, the same for every mode
-    batch_size: int = 256
     base_lr: float = 1e-2
-    lr: float = 1e-3  # fact injection (fine-tuning)
     target_recall: float = 0.95  # injection stops once the monitored facts reach this
     replay_fraction: float = 0.25  # share of general sequences in a replay mix
     replay_min: int = 4096  # a replay mix holds at least this many general sequences
-    seed: int = 0  # seeds the base model, the facts and the batch streams
     suite: general.SuiteConfig = dataclasses.field(default_factory=general.SuiteConfig)
-    memory_layer: int = -1  # side-memory: the block whose MLP it adds to (< 0: from the last)
-    memory_size: int = 16384  # side-memory: value rows, a perfect square
-    memory_topk: int = 8  # side-memory: rows read per head and token
-    memory_heads: int = 4  # side-memory
-    memory_key_dim: int = 32  # side-memory: query size per head
-    memory_lr_scale: float = 10.0  # side-memory: value-table learning rate / lr
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fact_counts", tuple(self.fact_counts))
@@ -85,22 +84,18 @@ class DegradeConfig:
         if "side-memory" in self.modes:
             self.cell_model_config("side-memory")  # and the memory's
 
+    @property
+    def seed(self) -> int:
+        return self.facts.seed
+
     def run_config(self, mode: str, n_facts: int) -> RunConfig:
-        """The fact side of a cell (its mode without replay)."""
-        memory = {}
+        """The fact side of a cell (its mode without replay); only a side-memory cell's names
+        a side memory."""
+        memory = NO_MEMORY
         if mode == "side-memory":
-            memory = dict(self.memory_fields(), memory_lr_scale=self.memory_lr_scale)
-        return RunConfig(
-            mode=mode.removesuffix("+replay"),
-            n_facts=n_facts,
-            layers=self.layers,
-            width=self.width,
-            heads=self.heads,
-            steps=self.steps,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            seed=self.seed,
-            **memory,
+            memory = {**self.memory_fields(), "memory_lr_scale": self.facts.memory_lr_scale}
+        return dataclasses.replace(
+            self.facts, mode=mode.removesuffix("+replay"), n_facts=n_facts, **memory
         )
 
     def model_config(self) -> ModelConfig:
@@ -116,28 +111,18 @@ class DegradeConfig:
 
     def memory_fields(self) -> dict:
         """The side memory's ModelConfig fields, a negative memory_layer counted from the end."""
-        layer = self.memory_layer + self.layers if self.memory_layer < 0 else self.memory_layer
-        return {
-            "memory_layer": layer,
-            "memory_size": self.memory_size,
-            "memory_topk": self.memory_topk,
-            "memory_heads": self.memory_heads,
-            "memory_key_dim": self.memory_key_dim,
-        }
+        f = self.facts
+        layer = f.memory_layer + f.layers if f.memory_layer < 0 else f.memory_layer
+        shape = ("memory_size", "memory_topk", "memory_heads", "memory_key_dim")
+        return {"memory_layer": layer, **{k: getattr(f, k) for k in shape}}
 
     def injection_config(self, mode: str) -> TrainConfig:
         side = mode == "side-memory"
-        return TrainConfig(
-            steps=self.steps,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            memory_lr_scale=self.memory_lr_scale if side else 1.0,
-            memory_only=side,
-            target_recall=self.target_recall,
-        )
+        train = self.run_config(mode, 2).train_config()  # the side memory's lr scale with it
+        return dataclasses.replace(train, memory_only=side, target_recall=self.target_recall)
 
     def base_config(self) -> TrainConfig:
-        return TrainConfig(steps=self.base_steps, batch_size=self.batch_size, lr=self.base_lr)
+        return TrainConfig(steps=self.base_steps, batch_size=self.facts.batch_size, lr=self.base_lr)
 
     def base_key(self) -> dict:
         """The settings of this config that shape the base model (checked when a saved one is
@@ -152,7 +137,7 @@ class DegradeConfig:
                 "suite": self.suite.key(),
                 "train": {
                     "steps": self.base_steps,
-                    "batch_size": self.batch_size,
+                    "batch_size": self.facts.batch_size,
                     "lr": self.base_lr,
                 },
                 "seed": self.seed,
@@ -259,13 +244,34 @@ def run_cell(
     if "text_bits_per_byte" in metrics:
         change = metrics["text_bits_per_byte"] - base_scores["text_bits_per_byte"]
         metrics["text_bits_per_byte_change"] = change
-    record = make_record(run_cfg, world, result, 0, metrics, task, cost=cost)
-    record.update(
+    return new_record(
         mode=mode,
+        n_facts=n_facts,
+        seed=cfg.seed,
+        **fact_fields(run_cfg),
         model=dataclasses.asdict(model_cfg),
+        params=count_params(params, model_cfg),
+        train=train_info(cfg.injection_config(mode), result, 0, task),
+        metrics=metrics,
+        env=result.env,
+        cost=cost,
         degrade={"config": clean_json(dataclasses.asdict(cfg)), "base": base["info"]},
     )
-    return record
+
+
+def fact_fields(run_cfg: RunConfig) -> dict:
+    """What a cell's record says of its facts: bits per fact, its fact run's config, the world."""
+    spec = run_cfg.spec
+    return {
+        "bits_per_fact": spec.bits_per_fact,
+        "config": dataclasses.asdict(run_cfg),
+        "world": {
+            "kind": "facts" if spec.rule_alpha is None else f"facts-rule{spec.rule_alpha:g}",
+            "spec": spec_fields(spec),
+            "hash": spec_hash(spec),
+            "entropy_bits": spec.entropy_bits,
+        },
+    }
 
 
 def summary_row(record: dict) -> dict:
@@ -280,6 +286,8 @@ def summary_row(record: dict) -> dict:
         "general_loss": m["general_loss"],
         "kl": m["kl"],
         "tv": m["tv"],
+        "greedy_kl": m.get("greedy_kl"),  # on the base's greedy continuations (newer records)
+        "greedy_tv": m.get("greedy_tv"),
         "steps": t["steps"],
         "stop_reason": t["stop_reason"],
         "train_s": t["wall_s"],
@@ -295,31 +303,36 @@ def summary_row(record: dict) -> dict:
 
 
 def sweep_config(record: dict) -> dict:
-    """The degradation config a cell's record was made under; fields it predates take their
-    defaults."""
+    """The degradation config a cell's record was made under, as DegradeConfig's fields: fields
+    it predates take their defaults, and the fact-run fields that records made before the
+    configs were nested hold at the top level move into `facts`."""
     default = clean_json(dataclasses.asdict(DegradeConfig()))
-    then = {**default, **record["degrade"]["config"]}
+    then = dict(record["degrade"]["config"])
+    flat = {k: then.pop(k) for k in list(then) if k in default["facts"]}
+    then = {**default, **then}
+    then["facts"] = {**default["facts"], **then["facts"], **flat}
     then["suite"] = {**default["suite"], **then["suite"]}
     return then
 
 
 def command(cfg: DegradeConfig, out: Path) -> str:
     """The command line that regenerates a sweep."""
+    f = cfg.facts
     memory = ""
     if "side-memory" in cfg.modes:
         memory = (
-            f"--memory-layer {cfg.memory_layer} --memory-size {cfg.memory_size} "
-            f"--memory-topk {cfg.memory_topk} --memory-heads {cfg.memory_heads} "
-            f"--memory-key-dim {cfg.memory_key_dim} --memory-lr-scale {cfg.memory_lr_scale} "
+            f"--memory-layer {f.memory_layer} --memory-size {f.memory_size} "
+            f"--memory-topk {f.memory_topk} --memory-heads {f.memory_heads} "
+            f"--memory-key-dim {f.memory_key_dim} --memory-lr-scale {f.memory_lr_scale} "
         )
     text = "" if cfg.suite.text_file is None else f"--text-file {cfg.suite.text_file} "
     return (
         f"recall-bench degrade --facts {','.join(map(str, cfg.fact_counts))} "
-        f"--modes {','.join(cfg.modes)} --layers {cfg.layers} --width {cfg.width} "
-        f"--heads {cfg.heads} --base-steps {cfg.base_steps} --steps {cfg.steps} "
-        f"--batch-size {cfg.batch_size} --base-lr {cfg.base_lr} --lr {cfg.lr} "
+        f"--modes {','.join(cfg.modes)} --layers {f.layers} --width {f.width} "
+        f"--heads {f.heads} --base-steps {cfg.base_steps} --steps {f.steps} "
+        f"--batch-size {f.batch_size} --base-lr {cfg.base_lr} --lr {f.lr} "
         f"--target-recall {cfg.target_recall} "
-        f"--replay-fraction {cfg.replay_fraction} {memory}{text}--seed {cfg.seed} --out {out}"
+        f"--replay-fraction {cfg.replay_fraction} {memory}{text}--seed {f.seed} --out {out}"
     )
 
 
@@ -390,7 +403,8 @@ def format_table(summary: dict) -> str:
     text = f", text {base['text_bits_per_byte']:.3f} bits/byte" if has_text else ""
     columns = [("mode", "mode"), ("facts", "n_facts"), ("recall", "recall", ".3f")]
     columns += [("general", "general_accuracy", ".3f"), ("kept", "general_accuracy_kept", ".3f")]
-    columns += [("kl", "kl", ".4f"), ("tv", "tv", ".4f"), ("steps", "steps")]
+    columns += [("kl", "kl", ".4f"), ("tv", "tv", ".4f"), ("gen tv", "greedy_tv", ".4f")]
+    columns += [("steps", "steps")]
     columns += [("text bpb", "text_bits_per_byte", ".3f")] if has_text else []
     lines = [
         f"degradation: {summary['params']['total']:,}-parameter base model, general accuracy "

@@ -6,18 +6,21 @@ Cells, each trained on `rows` sequences for the same step budget, every seed of 
 in one vmapped ensemble:
   general-only  the reference: the general suite (and its text) alone;
   in-weight     general_fraction of the rows general, the rest the N facts;
-  in-tool       the same with tool traces (store of all N facts, unseen entities held out);
+  in-tool       the same with tool traces over a protocol pool of entities disjoint from every
+                evaluated world (invariant 10): trained once per seed, with the references,
+                and evaluated at every N through a store of the N facts (all unseen);
   facts-only    the N facts alone, in-weight: the model's fact capacity under this budget.
-Facts are sampled Zipf-like (the row of rank r, in a seeded order, repeated in proportion to
-(r + 1)^-zipf, each at least once), so frequent facts leave the early no-knowledge plateau
-soon and pull the rest (invariant 7). Neither recall nor fact bits stop a cell: each trains its
-whole budget, and its record says how much its whole loss (a fixed monitor of fact and general
-rows) still fell over the last 30% of the steps.
+In-weight facts are sampled Zipf-like (the row of rank r, in a seeded order, repeated in
+proportion to (r + 1)^-zipf, each at least once), so frequent facts leave the early
+no-knowledge plateau soon (invariant 7); facts-only and in-tool rows uniformly. Neither recall
+nor fact bits stop a cell: each trains its whole budget, and its record says how much its whole
+loss (a fixed monitor of fact and general rows) still fell over the last 30% of the steps.
 
 Every cell reports the facts it holds (recall by greedy decoding, bits_memorized: in-tool these
 are answered through the store) beside its general ability relative to the general-only model of
 the same seed: exact accuracy kept, graded accuracy kept above chance, text bits per byte, and
-KL / TV of its next-token distributions from that reference.
+KL / TV of its next-token distributions from that reference (at the answer positions, and on
+the reference's own greedy continuations of general prompts).
 """
 
 from __future__ import annotations
@@ -30,13 +33,16 @@ import numpy as np
 
 from recall_bench import general, streams
 from recall_bench.checkpoint import save_params
-from recall_bench.experiments.run import RunConfig, evaluate, make_record, make_task, train_info
+from recall_bench.experiments.config import RunConfig, make_task
+from recall_bench.experiments.degrade import fact_fields
+from recall_bench.experiments.evaluate import evaluate
+from recall_bench.experiments.run import train_info
 from recall_bench.formats import Sequences
 from recall_bench.model import ModelConfig, count_params
 from recall_bench.records import clean_json, new_record, read_json, write_json_atomic
 from recall_bench.tool import build_store
 from recall_bench.train import Task, TrainConfig, TrainResult, train_models
-from recall_bench.worlds import FactWorld, make_fact_world
+from recall_bench.worlds import make_fact_world
 
 GENERAL, FACTS_ONLY = "general-only", "facts-only"
 MODES = ("in-weight", "in-tool")
@@ -44,19 +50,22 @@ MONITOR_ROWS = 2048  # rows of the fixed whole-loss monitor (half facts, half ge
 LATE = 0.3  # share of the steps over which the whole loss's late drop is measured
 
 
+FACTS = RunConfig(layers=1, width=16, heads=4, steps=2500, batch_size=64, lr=1e-2, eval_every=500)
+
+
 @dataclasses.dataclass(frozen=True)
 class JointConfig:
-    fact_counts: tuple[int, ...] = (32, 128, 512, 2048, 8192)
+    fact_counts: tuple[int, ...] = (32, 2048, 8192)
     modes: tuple[str, ...] = MODES
     capacity_counts: tuple[int, ...] | None = None  # facts-only cells (None: the largest N)
-    layers: int = 1
-    width: int = 24
-    heads: int = 4
-    steps: int = 3000  # the budget of every cell
-    batch_size: int = 64
-    lr: float = 1e-2
+    # every cell's model shape, training (its whole budget: steps) and fact world's shape;
+    # a cell sets its mode, fact count and seed
+    facts: RunConfig = FACTS
+    # in-tool: the tool protocol is learned on this many entities of a pool disjoint from
+    # every evaluated world (invariant 10), once per seed; each N is served through its store
+    tool_train_entities: int = 2000
     general_fraction: float = 0.5  # share of a mixed cell's rows that are general data
-    zipf: float = 1.0  # exponent of the facts' sampling weights (0: uniform)
+    zipf: float = 1.0  # exponent of the in-weight cells' fact sampling weights (0: uniform)
     rows: int = 1 << 17  # training rows of every cell
     seeds: tuple[int, ...] = (0, 1, 2)  # each seeds a world, an initialization, a batch stream
     suite: general.SuiteConfig = dataclasses.field(
@@ -69,11 +78,11 @@ class JointConfig:
         if self.capacity_counts is None:
             object.__setattr__(self, "capacity_counts", (max(self.fact_counts, default=2),))
         object.__setattr__(self, "capacity_counts", tuple(self.capacity_counts))
-        counts = self.fact_counts + self.capacity_counts
+        counts = self.fact_counts + self.capacity_counts + (self.tool_train_entities,)
         if not self.fact_counts or min(counts) < 2 or max(counts) > self.rows // 2:
             raise ValueError(
-                f"fact counts must be in [2, rows / 2 = {self.rows // 2}], got {counts}: "
-                "lower them or raise --rows"
+                f"fact counts and tool_train_entities must be in [2, rows / 2 = "
+                f"{self.rows // 2}], got {counts}: lower them or raise --rows"
             )
         if not self.modes or set(self.modes) - set(MODES):
             raise ValueError(f"joint modes must be a non-empty subset of {MODES}, got {self.modes}")
@@ -86,17 +95,13 @@ class JointConfig:
         self.model_config()  # validates the shape
 
     def run_config(self, kind: str, n_facts: int, seed: int) -> RunConfig:
-        """The fact side of a cell (facts-only trains in-weight)."""
-        return RunConfig(
+        """The fact side of a cell (facts-only trains in-weight; in-tool on the pool)."""
+        return dataclasses.replace(
+            self.facts,
             mode="in-weight" if kind == FACTS_ONLY else kind,
             n_facts=n_facts,
-            layers=self.layers,
-            width=self.width,
-            heads=self.heads,
-            steps=self.steps,
-            batch_size=self.batch_size,
-            lr=self.lr,
             seed=seed,
+            tool_train_entities=self.tool_train_entities if kind == "in-tool" else 0,
         )
 
     def model_config(self) -> ModelConfig:
@@ -106,17 +111,14 @@ class JointConfig:
 
     def train_config(self) -> TrainConfig:
         """The whole budget, whatever the recall or the fact bits (never a recall stop)."""
-        return TrainConfig(
-            steps=self.steps,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            target_recall=math.inf,
-            plateau_min_bits=math.inf,
+        return dataclasses.replace(
+            self.facts.train_config(), target_recall=math.inf, plateau_min_bits=math.inf
         )
 
     def kinds(self, n_facts: int) -> tuple[str, ...]:
-        """The cells trained at a fact count."""
-        return self.modes + ((FACTS_ONLY,) if n_facts in self.capacity_counts else ())
+        """The cells trained at a fact count (in-tool is trained once, with the references)."""
+        weights = ("in-weight",) if "in-weight" in self.modes else ()
+        return weights + ((FACTS_ONLY,) if n_facts in self.capacity_counts else ())
 
 
 def rows_of(seqs: Sequences, idx: np.ndarray) -> Sequences:
@@ -138,29 +140,30 @@ def zipf_rows(n: int, total: int, exponent: float, seed: int) -> np.ndarray:
     return np.repeat(order, counts)
 
 
-def cell_task(
-    cfg: JointConfig, kind: str, n_facts: int, seed: int, suite: general.Suite
-) -> tuple[Task, FactWorld | None]:
-    """A cell's training rows (padded to the model's length) and whole-loss monitor, with its
-    world (None for general-only). Monitored fact rows carry their entropy, general rows 0."""
+def cell_task(cfg: JointConfig, kind: str, n_facts: int, seed: int, suite: general.Suite) -> Task:
+    """A cell's training rows (padded to the model's length) and whole-loss monitor. Monitored
+    fact rows carry their entropy, general rows 0. In-weight facts are drawn Zipf-like (cfg.zipf);
+    facts-only cells, which measure capacity, uniformly (they hold more so); in-tool trains on
+    traces of the protocol pool (the same for every N), drawn uniformly."""
     width = cfg.model_config().max_len
     n_general = {GENERAL: cfg.rows, FACTS_ONLY: 0}.get(kind, round(cfg.general_fraction * cfg.rows))
     mixed = rows_of(suite.train, np.arange(n_general) % len(suite.train.tokens))
     monitor = rows_of(suite.train, np.arange(MONITOR_ROWS) % len(suite.train.tokens))
     if kind == GENERAL:
-        task = Task(general.pad_to(mixed, width), monitor, np.zeros(MONITOR_ROWS))
-        return task, None
-    world = make_fact_world(cfg.run_config(kind, n_facts, seed).spec)
-    facts = make_task(cfg.run_config(kind, n_facts, seed), world)
+        return Task(general.pad_to(mixed, width), monitor, np.zeros(MONITOR_ROWS))
+    # in-tool (n_facts 0): the pool's traces, whatever the world (a smallest one stands in)
+    run_cfg = cfg.run_config(kind, n_facts or len(cfg.facts.attribute_sizes), seed)
+    facts = make_task(run_cfg, make_fact_world(run_cfg.spec))
     n = len(facts.train.tokens)
-    drawn = rows_of(facts.train, zipf_rows(n, cfg.rows - n_general, cfg.zipf, seed))
+    zipf = cfg.zipf if kind == "in-weight" else 0.0
+    drawn = rows_of(facts.train, zipf_rows(n, cfg.rows - n_general, zipf, seed))
     train = general.concat([drawn, mixed] if n_general else [drawn])
     half = MONITOR_ROWS // 2 if n_general else MONITOR_ROWS
     watched = rows_of(facts.monitor, np.arange(min(half, len(facts.monitor.tokens))))
     parts = [watched, rows_of(monitor, np.arange(half))] if n_general else [watched]
     bits = np.zeros(len(general.concat(parts).tokens))
     bits[: len(watched.tokens)] = facts.monitor_bits[: len(watched.tokens)]
-    return Task(general.pad_to(train, width), general.concat(parts), bits), world
+    return Task(general.pad_to(train, width), general.concat(parts), bits)
 
 
 def late_drop(history: list[dict], window: float = LATE) -> float | None:
@@ -174,71 +177,67 @@ def late_drop(history: list[dict], window: float = LATE) -> float | None:
 
 
 def cell_metrics(
-    cfg: JointConfig,
-    cell: tuple[str, int, int],
-    world: FactWorld | None,
-    model: tuple,
-    suite: general.Suite,
-    reference: dict,
+    cfg: JointConfig, cell: tuple[str, int, int], model: tuple, suite: general.Suite, ref: dict
 ) -> dict:
-    """Facts held (fact cells) and general ability, kept relative to the reference model of
-    the same seed (reference: {graphdef, params, scores})."""
+    """Facts held (fact cells: recall, bits; in-tool through the store of the N facts) and
+    general ability, kept relative to the reference model of the same seed (ref: {graphdef,
+    params, scores}; scores None: the cell is the reference, scored against itself)."""
     kind, n_facts, seed = cell
     graphdef, params = model
     metrics: dict = {}
-    if world is not None:
+    if kind != GENERAL:
         run_cfg = cfg.run_config(kind, n_facts, seed)
+        world = make_fact_world(run_cfg.spec)
         store = build_store(world) if run_cfg.mode == "in-tool" else None
         metrics, _ = evaluate(run_cfg, world, graphdef, params, store)
         if store is not None:
             store.close()
     metrics.update(general.score(graphdef, params, suite))
-    metrics.update(
-        general.divergence(reference["graphdef"], reference["params"], graphdef, params, suite)
-    )
-    ref = reference["scores"] or metrics  # the reference cell is scored against itself
+    metrics.update(general.divergence(ref["graphdef"], ref["params"], graphdef, params, suite))
+    base = ref["scores"] or metrics
     chance = 1.0 / (cfg.suite.distractors + 1)
     metrics["general_accuracy_kept"] = (
-        metrics["general_accuracy"] / ref["general_accuracy"] if ref["general_accuracy"] else None
+        metrics["general_accuracy"] / base["general_accuracy"] if base["general_accuracy"] else None
     )
     metrics["general_mc_kept"] = general.above_chance(
-        metrics["general_mc_accuracy"], ref["general_mc_accuracy"], chance
+        metrics["general_mc_accuracy"], base["general_mc_accuracy"], chance
     )
     if "text_bits_per_byte" in metrics:
         metrics["text_bits_per_byte_change"] = (
-            metrics["text_bits_per_byte"] - ref["text_bits_per_byte"]
+            metrics["text_bits_per_byte"] - base["text_bits_per_byte"]
         )
     return metrics
 
 
 def cell_record(
-    cfg: JointConfig,
-    cell: tuple[str, int, int],
-    world: FactWorld | None,
-    task: Task,
-    result: TrainResult,
-    k: int,
+    cfg: JointConfig, cell: tuple[str, int, int], task: Task, result: TrainResult, k: int,
     metrics: dict,
-) -> dict:
-    """The record of model k of an ensemble, through the same record path as every run."""
+) -> dict:  # fmt: skip
+    """The record of model k of an ensemble, built complete: its train block says how much the
+    whole loss still fell late (a plateau: under 1%)."""
     kind, n_facts, seed = cell
-    if world is not None:
-        record = make_record(cfg.run_config(kind, n_facts, seed), world, result, k, metrics, task)
-    else:
-        params = count_params(result.model(k), cfg.model_config())
-        record = new_record(n_facts=0, seed=seed, params=params, metrics=metrics, env=result.env)
-    train = train_info(cfg.train_config(), result, k, task)
     drop = late_drop(result.history[k])
     plateau = drop is not None and drop < 0.01
-    train.update(whole_loss_late_drop=drop, plateaued=plateau, converged=plateau)
-    record.update(
+    train = {
+        **train_info(cfg.train_config(), result, k, task),
+        "whole_loss_late_drop": drop,
+        "plateaued": plateau,
+        "converged": plateau,
+    }
+    facts = {} if kind == GENERAL else fact_fields(cfg.run_config(kind, n_facts, seed))
+    return new_record(
         mode=kind,
-        protocol="joint",
+        n_facts=n_facts,
+        seed=seed,
+        **facts,
         model=dataclasses.asdict(cfg.model_config()),
+        params=count_params(result.model(k), cfg.model_config()),
         train=train,
+        metrics=metrics,
+        env=result.env,
+        protocol="joint",
         joint={"config": clean_json(dataclasses.asdict(cfg))},
     )
-    return record
 
 
 def cell_path(out: Path, kind: str, n_facts: int, seed: int) -> Path:
@@ -249,29 +248,31 @@ def train_cells(
     cfg: JointConfig,
     cells: list[tuple[str, int, int]],
     suite: general.Suite,
-    reference: dict[int, dict] | None,
+    reference: dict[int, dict],
     out: Path,
     progress: bool,
 ) -> list[dict]:
-    """Train cells as one ensemble, evaluate each against its seed's reference (None: they
-    are the references; their params are saved for later runs), write their records."""
-    built = [cell_task(cfg, kind, n, seed, suite) for kind, n, seed in cells]
-    tasks = [task for task, _ in built]
+    """Train cells as one ensemble, evaluate each against its seed's general-only reference
+    and write its records. A general-only cell becomes its seed's reference (its params saved
+    for later runs), so it must come before the seed's other cells; an in-tool cell, trained on
+    the protocol pool, is evaluated at every fact count of the sweep."""
+    tasks = [cell_task(cfg, *cell, suite) for cell in cells]
     seeds = [seed for _, _, seed in cells]
     result = train_models(cfg.model_config(), cfg.train_config(), tasks, seeds, progress)
     records = []
-    for k, (cell, (task, world)) in enumerate(zip(cells, built, strict=True)):
-        params = result.model(k)
-        ref = {"graphdef": result.graphdef, "params": params, "scores": None}
-        if reference is not None:
-            ref = reference[cell[2]]
-        metrics = cell_metrics(cfg, cell, world, (result.graphdef, params), suite, ref)
-        record = cell_record(cfg, cell, world, task, result, k, metrics)
-        folder = cell_path(out, *cell)
-        if reference is None:
-            save_params(folder / "params", params)
-        write_json_atomic(folder / "record.json", record)
-        records.append(record)
+    for k, (kind, n, seed) in enumerate(cells):
+        model = (result.graphdef, result.model(k))
+        if kind == GENERAL:
+            reference[seed] = {"graphdef": model[0], "params": model[1], "scores": None}
+            save_params(cell_path(out, kind, n, seed) / "params", model[1])
+        for count in cfg.fact_counts if kind == "in-tool" else (n,):
+            cell = (kind, count, seed)
+            metrics = cell_metrics(cfg, cell, model, suite, reference[seed])
+            record = cell_record(cfg, cell, tasks[k], result, k, metrics)
+            write_json_atomic(cell_path(out, *cell) / "record.json", record)
+            records.append(record)
+        if kind == GENERAL:
+            reference[seed]["scores"] = records[-1]["metrics"]
     return records
 
 

@@ -28,27 +28,28 @@ from recall_bench.records import clean_json, environment, write_json_atomic
 def run_joint(
     cfg: JointConfig, out: str | Path, progress: bool = True, resume: bool = False
 ) -> dict:
-    """The sweep: the general-only references, then every fact count's cells (with resume,
-    finished ones are kept); summary.json and the plot."""
+    """The sweep: the general-only references with the in-tool models (trained once on the
+    protocol pool, evaluated at every N), then every fact count's in-weight and facts-only
+    cells (with resume, finished ones are kept); summary.json and the plot."""
     out, t0 = Path(out), time.perf_counter()
     suite = general.make_suite(cfg.suite, formats.Vocab.of(cfg.run_config("in-weight", 2, 0).spec))
+    tool = [("in-tool", n, s) for n in cfg.fact_counts for s in cfg.seeds if "in-tool" in cfg.modes]
     refs = [(GENERAL, 0, s) for s in cfg.seeds]
-    records = finished(cfg, out, refs, resume)
+    records = finished(cfg, out, refs + tool, resume)
+    reference: dict[int, dict] = {}
     if records is None:
-        log(progress, f"general-only reference, seeds {cfg.seeds}")
-        records = train_cells(cfg, refs, suite, None, out, progress)
-    graphdef, like = init_model(cfg.model_config(), 0)
-    reference = {
-        r["seed"]: {
-            "graphdef": graphdef,
-            "params": load_params(cell_path(out, GENERAL, 0, r["seed"]) / "params", like),
-            "scores": r["metrics"],
-        }
-        for r in records
-    }
+        log(progress, f"general-only references and in-tool models, seeds {cfg.seeds}")
+        trained = refs + [("in-tool", 0, s) for s in cfg.seeds if tool]
+        records = train_cells(cfg, trained, suite, reference, out, progress)
+    else:
+        graphdef, like = init_model(cfg.model_config(), 0)
+        for r in records[: len(refs)]:
+            params = load_params(cell_path(out, GENERAL, 0, r["seed"]) / "params", like)
+            reference[r["seed"]] = {"graphdef": graphdef, "params": params, "scores": r["metrics"]}
+    log(progress, tables.format_table(summary_rows(records), COLUMNS))
     for n in cfg.fact_counts:
         cells = [(kind, n, s) for kind in cfg.kinds(n) for s in cfg.seeds]
-        done = finished(cfg, out, cells, resume)
+        done = finished(cfg, out, cells, resume) if cells else []
         if done is None:
             log(progress, f"{n} facts: {', '.join(cfg.kinds(n))}, seeds {cfg.seeds}")
             done = train_cells(cfg, cells, suite, reference, out, progress)
@@ -80,6 +81,8 @@ SUMMARY_KEYS = (
     "text_bits_per_byte_change",
     "text_kl",
     "text_tv",
+    "greedy_kl",  # on the reference's own greedy continuations of general prompts
+    "greedy_tv",
 )
 
 
@@ -115,6 +118,7 @@ def summarize(cfg: JointConfig, records: list[dict], out: Path, wall_s: float) -
     for r in rows:
         if capacity and r["mode"] in ("in-weight", FACTS_ONLY):
             r["capacity_share"] = r["bits_memorized"] / capacity
+            r["capacity_share_range"] = [b / capacity for b in r["bits_memorized_range"]]
         if reference is not None:  # HellaSwag's published ratio: acc / acc_base, chance kept
             r["general_mc_ratio"] = r["general_mc_accuracy"] / reference["general_mc_accuracy"]
     bits_per_fact = cfg.run_config("in-weight", 2, 0).spec.bits_per_fact
@@ -140,11 +144,13 @@ def summarize(cfg: JointConfig, records: list[dict], out: Path, wall_s: float) -
 def command(cfg: JointConfig, out: Path) -> str:
     """The command line that regenerates a sweep."""
     join = lambda xs: ",".join(map(str, xs))  # noqa: E731
+    f = cfg.facts
     return (
         f"recall-bench degrade --protocol joint --facts {join(cfg.fact_counts)} "
         f"--modes {join(cfg.modes)} --capacity-facts {join(cfg.capacity_counts)} "
-        f"--layers {cfg.layers} --width {cfg.width} --heads {cfg.heads} --steps {cfg.steps} "
-        f"--batch-size {cfg.batch_size} --lr {cfg.lr} --general-fraction {cfg.general_fraction} "
+        f"--layers {f.layers} --width {f.width} --heads {f.heads} --steps {f.steps} "
+        f"--batch-size {f.batch_size} --lr {f.lr} --tool-train-entities "
+        f"{cfg.tool_train_entities} --general-fraction {cfg.general_fraction} "
         f"--zipf {cfg.zipf} --rows {cfg.rows} --seeds {join(cfg.seeds)} "
         f"--text-file {cfg.suite.text_file} --out {out}"
     )
@@ -162,6 +168,7 @@ COLUMNS = (  # of the summary table: (header, row field or function of the row, 
     ("bpb", "text_bits_per_byte", ".3f"),
     ("kl", "kl", ".4f"),
     ("tv", "tv", ".4f"),
+    ("gen tv", "greedy_tv", ".4f"),  # on the reference's greedy continuations
 )
 
 
