@@ -23,6 +23,7 @@ from recall_bench.experiments.degrade import MODES, DegradeConfig, format_table,
 from recall_bench.experiments.joint import JointConfig
 from recall_bench.experiments.joint_report import format_table as format_joint
 from recall_bench.experiments.joint_report import run_joint
+from recall_bench.experiments.tool_base import ToolBaseConfig
 from recall_bench.records import clean_json
 
 
@@ -156,8 +157,8 @@ def add_joint_arguments(p: argparse.ArgumentParser) -> None:
     joint.add_argument(
         "--tool-train-entities",
         type=positive_int,
-        default=d.tool_train_entities,
-        help="in-tool: entities of the protocol pool the tool is learned on, once per seed",
+        help="entities of the protocol pool the tool is learned on, once per seed (default: "
+        f"joint {d.tool_train_entities}, tool-base {ToolBaseConfig().base.tool_train_entities})",
     )
     joint.add_argument(
         "--seeds",
@@ -175,7 +176,7 @@ def cmd_joint(args: argparse.Namespace) -> int:
         modes=args.modes or d.modes,
         capacity_counts=args.capacity_facts,
         facts=dataclasses.replace(d.facts, **given_run_fields(args)),
-        tool_train_entities=args.tool_train_entities,
+        tool_train_entities=args.tool_train_entities or d.tool_train_entities,
         general_fraction=args.general_fraction,
         zipf=args.zipf,
         rows=args.rows,

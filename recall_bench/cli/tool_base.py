@@ -37,12 +37,6 @@ def add_tool_base_arguments(p: argparse.ArgumentParser) -> None:
         type=positive_int,
         help=f"facts the base learns in-weight, its old knowledge (default {d.base.n_facts})",
     )
-    group.add_argument(
-        "--tool-train-entities",
-        type=positive_int,
-        help="protocol-pool entities the base learns the tool on "
-        f"(default {d.base.tool_train_entities})",
-    )
 
 
 def cmd_tool_base(args: argparse.Namespace) -> int:
