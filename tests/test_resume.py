@@ -13,7 +13,7 @@ ARGS = [
     "--mode",
     "in-weight",
     "--facts",
-    "512",
+    "256",
     "--layers",
     "1",
     "--width",
@@ -21,7 +21,7 @@ ARGS = [
     "--heads",
     "2",
     "--steps",
-    "600",
+    "400",
     "--batch-size",
     "128",
     "--quiet",
@@ -63,7 +63,7 @@ def test_sigint_saves_a_checkpoint_and_resumes_to_the_same_metrics(tmp_path, str
     assert proc.returncode == 130, err
     assert "checkpoint saved" in err.decode() and not (out / "record.json").exists()
     step = int(err.decode().split("at step ")[1].split(":")[0])
-    assert 0 < step < 600
+    assert 0 < step < 400
     resumed = cli(out, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming from step {step}" in resumed.stderr
@@ -93,7 +93,7 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path, straight):
     assert not (killed / "checkpoints").exists()  # removed once the record is written
     assert b["train"]["resumes"] == []
     [note] = a["train"]["resumes"]
-    assert 0 < note["step"] < 600 and note["git_commit"] == a["env"]["git_commit"]
+    assert 0 < note["step"] < 400 and note["git_commit"] == a["env"]["git_commit"]
 
 
 def test_a_resumed_run_records_the_code_it_started_on_and_each_resume(tmp_path, monkeypatch):
