@@ -7,7 +7,13 @@ import argparse
 import json
 from pathlib import Path
 
-from recall_bench.cli.args import int_list, output_folder, positive_float, positive_int
+from recall_bench.cli.args import (
+    int_list,
+    non_negative_int,
+    output_folder,
+    positive_float,
+    positive_int,
+)
 from recall_bench.experiments.consolidate import METHODS, ConsolidateConfig
 from recall_bench.experiments.consolidate_report import format_table, run_consolidate
 
@@ -25,16 +31,6 @@ def _numbers(kind, what: str):
         return values
 
     return parse
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
-    return value
 
 
 def add_consolidate_parser(subparsers) -> None:
@@ -63,7 +59,7 @@ def add_consolidate_parser(subparsers) -> None:
     p.add_argument("--heads", type=positive_int, default=d.heads)
     p.add_argument("--base-steps", type=positive_int, default=d.base_steps)
     p.add_argument("--base-lr", type=positive_float, default=d.base_lr)
-    p.add_argument("--steps", type=_non_negative, default=d.steps, help="offline budget")
+    p.add_argument("--steps", type=non_negative_int, default=d.steps, help="offline budget")
     p.add_argument(
         "--eval-steps",
         type=_numbers(int, "list of integers"),

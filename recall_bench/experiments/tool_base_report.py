@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recall_bench import general
+from recall_bench import general, tables
 from recall_bench.experiments.tool_base import STORE, ToolBaseConfig
 from recall_bench.experiments.tool_base_run import run_cells
 from recall_bench.plots import plt, save
@@ -192,27 +192,26 @@ def command(cfg: ToolBaseConfig, out: Path) -> str:
     )
 
 
-def table_line(r: dict) -> str:
-    def f(key: str, spec: str) -> str:
-        return format(r[key], spec) if r.get(key) is not None else "-"
-
-    lr = "-" if r["lr"] is None else f"{r['lr']:g}"
-    steps = ",".join("-" if s is None else str(s) for s in r["first_pass_steps"])
-    return (
-        f"{r['method']:<17} {lr:>6} {r['n_facts']:>6} {f('recall', '.3f'):>7} "
-        f"{r['reached']}/{len(r['seeds'])} {steps:>12} {f('general_mc_kept', '.3f'):>7} "
-        f"{f('text_bits_per_byte_change', '+.3f'):>7} {f('old_recall_kept', '.3f'):>7} "
-        f"{f('old_bits_kept', '.3f'):>7} {f('dtheta_rel', '.3f'):>6}"
-    )
+COLUMNS = (  # of the summary table: (header, row field or function of the row, format)
+    ("method", "method"),
+    ("lr", "lr", "g"),
+    ("facts", "n_facts"),
+    ("recall", "recall", ".3f"),
+    ("hit", lambda r: f"{r['reached']}/{len(r['seeds'])}"),  # seeds reaching the target
+    ("steps", lambda r: ",".join("-" if s is None else str(s) for s in r["first_pass_steps"])),
+    ("graded", "general_mc_kept", ".3f"),
+    ("dbpb", "text_bits_per_byte_change", "+.3f"),
+    ("oldrec", "old_recall_kept", ".3f"),
+    ("oldbit", "old_bits_kept", ".3f"),
+    ("dtheta", "dtheta_rel", ".3f"),
+)
 
 
 def format_table(summary: dict) -> str:
     lines = [
         f"tool-base: {summary['params']['total']:,}-parameter base (general + tool pool + old "
         "facts); new facts by store write or in-weight fine-tuning (first pass)",
-        f"{'method':<17} {'lr':>6} {'facts':>6} {'recall':>7} {'hit':>3} {'steps':>12} "
-        f"{'graded':>7} {'dbpb':>7} {'oldrec':>7} {'oldbit':>7} {'dtheta':>6}",
-        *(table_line(r) for r in summary["rows"]),
+        tables.format_table(summary["rows"], COLUMNS),
         f"plots: {', '.join(summary['plots'])}   total {summary['wall_s']:.0f} s",
     ]
     return "\n".join(lines)
