@@ -46,16 +46,26 @@ positive_float = bounded_float(lambda v: v > 0, "a positive finite number")
 non_negative_float = bounded_float(lambda v: v >= 0, "a finite number >= 0")
 
 
-def int_list(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a comma-separated list of integers (e.g. 4096,1000)"
-        ) from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: every value must be >= 1")
-    return values
+def number_list(kind: type, low: float | None, example: str):
+    """An argparse type: comma-separated numbers of `kind` (int or float), each >= low."""
+    what = "integers" if kind is int else "numbers"
+
+    def parse(text: str) -> tuple:
+        try:
+            values = tuple(kind(x) for x in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a comma-separated list of {what} (e.g. {example})"
+            ) from None
+        if low is not None and min(values) < low:
+            raise argparse.ArgumentTypeError(f"{text!r}: every value must be >= {low}")
+        return values
+
+    return parse
+
+
+int_list = number_list(int, 1, "4096,1000")  # counts and sizes
+seed_list = number_list(int, 0, "0,1,2")  # seeds, block indices
 
 
 def add_memory_arguments(p, defaults, role: str) -> None:

@@ -10,27 +10,14 @@ from pathlib import Path
 from recall_bench.cli.args import (
     int_list,
     non_negative_int,
+    number_list,
     output_folder,
     positive_float,
     positive_int,
+    seed_list,
 )
 from recall_bench.experiments.consolidate import METHODS, ConsolidateConfig
 from recall_bench.experiments.consolidate_report import format_table, run_consolidate
-
-
-def _numbers(kind, what: str):
-    """An argparse type: a comma-separated list of numbers of `kind`, each >= 0."""
-
-    def parse(text: str) -> tuple:
-        try:
-            values = tuple(kind(x) for x in text.split(","))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated {what}") from None
-        if min(values) < 0:
-            raise argparse.ArgumentTypeError(f"{text!r}: every value must be >= 0")
-        return values
-
-    return parse
 
 
 def add_consolidate_parser(subparsers) -> None:
@@ -62,7 +49,7 @@ def add_consolidate_parser(subparsers) -> None:
     p.add_argument("--steps", type=non_negative_int, default=d.steps, help="offline budget")
     p.add_argument(
         "--eval-steps",
-        type=_numbers(int, "list of integers"),
+        type=number_list(int, 0, "0,50,100"),
         help="offline steps at which every model is measured (default: 0, 50, 100, 200, ... "
         "doubling, and --steps)",
     )
@@ -71,11 +58,11 @@ def add_consolidate_parser(subparsers) -> None:
     p.add_argument("--rows", type=positive_int, default=d.rows, help="training rows per model")
     p.add_argument(
         "--shares",
-        type=_numbers(float, "list of numbers"),
+        type=number_list(float, 0, "0.5,0.15,0.2,0.15"),
         default=(d.new_share, d.old_share, d.tool_share, d.general_share),
         help="offline mixture shares new,old,tool,general (sum 1; general 0: no general data)",
     )
-    p.add_argument("--seeds", type=_numbers(int, "list of integers"), default=d.seeds)
+    p.add_argument("--seeds", type=seed_list, default=d.seeds)
     p.add_argument("--out", type=Path, default=Path("recall_bench_out/consolidation"))
     p.add_argument("--json", action="store_true", help="print the summary JSON only")
     p.add_argument("--quiet", action="store_true", help="no progress output")

@@ -17,6 +17,7 @@ from recall_bench.cli.args import (
     positive_float,
     positive_int,
     refuse_ignored,
+    seed_list,
 )
 from recall_bench.cli.tool_base import add_tool_base_arguments, cmd_tool_base
 from recall_bench.experiments.degrade import MODES, DegradeConfig, format_table, run_degrade
@@ -162,7 +163,7 @@ def add_joint_arguments(p: argparse.ArgumentParser) -> None:
     )
     joint.add_argument(
         "--seeds",
-        type=lambda s: tuple(int(x) for x in s.split(",")),
+        type=seed_list,
         default=d.seeds,
         help="seeds, trained together per fact count (e.g. 0,1,2)",
     )

@@ -8,7 +8,13 @@ import dataclasses
 import json
 from pathlib import Path
 
-from recall_bench.cli.args import int_list, output_folder, positive_float, positive_int
+from recall_bench.cli.args import (
+    int_list,
+    output_folder,
+    positive_float,
+    positive_int,
+    seed_list,
+)
 
 BASE_FLAGS = ("facts", "layers", "width", "heads", "steps", "batch_size", "lr")
 
@@ -57,19 +63,6 @@ def add_edit_parser(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print the summary rows as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_edit)
-
-
-def seed_list(text: str) -> tuple[int, ...]:
-    """Comma-separated seeds (integers >= 0)."""
-    try:
-        values = tuple(int(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a list of integers (e.g. 0,1,2)"
-        ) from None
-    if min(values) < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: seeds must be >= 0")
-    return values
 
 
 def _csv(values) -> str:

@@ -9,20 +9,16 @@ import json
 from pathlib import Path
 
 from recall_bench import general
-from recall_bench.cli.args import memory_options, output_folder, positive_int, refuse_ignored
+from recall_bench.cli.args import (
+    memory_options,
+    number_list,
+    output_folder,
+    positive_int,
+    refuse_ignored,
+)
 from recall_bench.experiments.tool_base import ToolBaseConfig
 from recall_bench.experiments.tool_base_report import format_table, run_tool_base
 from recall_bench.records import clean_json
-
-
-def float_list(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a comma-separated list of numbers (e.g. 1e-4,3e-4,1e-3)"
-        ) from None
-    return values
 
 
 def add_tool_base_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,7 +26,9 @@ def add_tool_base_arguments(p: argparse.ArgumentParser) -> None:
     d = ToolBaseConfig()
     group = p.add_argument_group("tool-base protocol")
     group.add_argument(
-        "--lrs", type=float_list, help=f"constant fine-tuning learning rates (default {d.lrs})"
+        "--lrs",
+        type=number_list(float, None, "1e-4,3e-4,1e-3"),
+        help=f"constant fine-tuning learning rates (default {d.lrs})",
     )
     group.add_argument(
         "--old-facts",
