@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 
 from recall_bench.formats import CALL, CALL_END, EOS, ERROR, PAD, RESULT, RESULT_END, Vocab
-from recall_bench.tool import INVALID_STATUS, Store, result_lengths, serve_calls
+from recall_bench.tool import INVALID_STATUS, LookupResult, Store, result_lengths, serve_calls
 
 MAX_CALLS = 4  # calls a row may make; later ones are answered ERROR without a lookup
 
@@ -143,27 +143,14 @@ def _decode_block(graphdef, params, prompts, vocab, key_length, value_length, st
             break
         buffer, filled = np.array(buffer_d), np.array(filled_d)
         calls = [_call_span(buffer[r, : filled[r]]) for r in pending]
-        if store is None:
-            tokens = np.tile(np.array([RESULT, ERROR, RESULT_END], np.int32), (len(pending), 1))
-            status = np.full(len(pending), INVALID_STATUS, np.int8)
-            parsed, values = None, np.zeros((len(pending), value_length), np.int32)
-        else:
-            parsed, tokens, found = serve_calls(store, calls, vocab, key_length)
-            status, values = found.status, found.values
-            errors += found.errors
-            lookup_s += found.seconds
+        parsed, tokens, found = _serve(store, calls, vocab, key_length, value_length)
+        errors += found.errors
+        lookup_s += found.seconds
         lengths = result_lengths(tokens)
         for j, r in enumerate(pending):
             calls_made[r] += 1
             if calls_made[r] == 1:
-                trace["call_made"][r] = True
-                trace["call_tokens"][r, : len(calls[j])] = calls[j]
-                trace["store_status"][r] = status[j]
-                trace["store_value"][r] = values[j]
-                if parsed is not None and parsed[j].valid:
-                    trace["call_valid"][r] = True
-                    trace["call_key"][r] = parsed[j].key
-                    trace["call_attribute"][r] = parsed[j].attribute
+                _trace_first_call(trace, r, calls[j], found, j, parsed)
             write = tokens[j, : lengths[j]]
             if calls_made[r] > MAX_CALLS:
                 write = np.array([RESULT, ERROR, RESULT_END], np.int32)
@@ -189,6 +176,28 @@ def _decode_block(graphdef, params, prompts, vocab, key_length, value_length, st
         lookup_s=lookup_s,
         **trace,
     )
+
+
+def _serve(store, calls, vocab, key_length, value_length) -> tuple:
+    """(parsed calls or None, result tokens, lookup result) for the calls of the waiting rows;
+    with no store, every call is answered ERROR and marked INVALID_STATUS, without a lookup."""
+    if store is not None:
+        return serve_calls(store, calls, vocab, key_length)
+    tokens = np.tile(np.array([RESULT, ERROR, RESULT_END], np.int32), (len(calls), 1))
+    values = np.zeros((len(calls), value_length), np.int32)
+    return None, tokens, LookupResult(values, np.full(len(calls), INVALID_STATUS, np.int8), [], 0.0)
+
+
+def _trace_first_call(trace: dict, r: int, call, found: LookupResult, j: int, parsed) -> None:
+    """Record row r's first call (the j-th of this batch) and the store's answer to it."""
+    trace["call_made"][r] = True
+    trace["call_tokens"][r, : len(call)] = call
+    trace["store_status"][r] = found.status[j]
+    trace["store_value"][r] = found.values[j]
+    if parsed is not None and parsed[j].valid:
+        trace["call_valid"][r] = True
+        trace["call_key"][r] = parsed[j].key
+        trace["call_attribute"][r] = parsed[j].attribute
 
 
 def _call_span(row: np.ndarray) -> np.ndarray:

@@ -10,18 +10,14 @@ numbers -> their digitwise sum mod 10, no carries), brackets (a prefix over `( [
 sequences are padded to one width so they stack with fact sequences. Test prompts never occur
 in training.
 
-Optionally a user's UTF-8 text file, modelled byte by byte, each byte two value symbols
-(high nibble, low nibble) so that any file fits the fixed vocabulary:
-
-    BOS TEXT <2 * TEXT_WINDOW nibbles>                 loss on every nibble
-
-TEXT is the reserved id 15. A text file is a path, or `stdlib:REL` for a file of this
-Python's standard library (STDLIB_TEXT, CPython's pydoc topics, is on every machine without a
-download; its sha256 goes in the record, as every text's does). Training windows start at
-random offsets in the first (1 - text_held_out) of the bytes; held-out windows tile the rest
-without overlap. The text is trained on with the suite but scored apart, in bits per byte: it
-is not in general_accuracy, general_loss or the kl / tv means (those stay over the structured
-skills, comparable with runs without a text), only in its own text_* numbers.
+Optionally a text file (natural_text.py: byte by byte, two nibble symbols a byte), a path or
+`stdlib:REL` (STDLIB_TEXT, CPython's pydoc topics, is on every machine without a download; its
+sha256 goes in the record, as every text's does). Training windows start at random offsets in
+the first (1 - text_held_out) of the bytes; held-out windows tile the rest without overlap. The
+text is trained on with the suite but scored apart, in bits per byte: it is not in
+general_accuracy, general_loss or the kl / tv means (those stay over the structured skills,
+comparable with runs without a text), only in its own text_* numbers. Divergences from a base
+model are in divergences.py.
 
 Graded score (like HellaSwag's `acc`): each held-out prompt with its right answer and
 `distractors` others (answers of other held-out prompts of the skill, all different), ranked by
@@ -32,30 +28,30 @@ the answer scores exactly chance, 1 / (distractors + 1). Retention is reported a
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import math
-import sysconfig
 from collections.abc import Callable
-from pathlib import Path
 
-import jax
 import numpy as np
 from flax import nnx
 
 from recall_bench import streams
 from recall_bench.formats import BOS, EOS, PAD, Sequences, Vocab
-from recall_bench.metrics import kl_tv, sequence_stats
-from recall_bench.model import apply
+from recall_bench.metrics import sequence_stats
+from recall_bench.natural_text import (
+    NIBBLES,
+    TEXT_WINDOW,
+    read_text,
+    render_text,
+    text_score,
+    text_split,
+)
 
 SEP = 9
 MARKERS = {"copy": 10, "reverse": 11, "sort": 12, "add": 13, "brackets": 14}
 SKILLS = tuple(MARKERS)
 BASE = 10  # addition digits are symbols 0..9
 OPEN, CLOSE = (0, 1), (2, 3)  # bracket symbols: ( [ and ) ]
-TEXT = 15  # marker of a text window
-TEXT_WINDOW = 9  # bytes per text window: BOS TEXT + 18 nibbles fill the 20-position model
-NIBBLES = 16  # value symbols a byte's halves use
 STDLIB_TEXT = "stdlib:pydoc_data/topics.py"  # ~0.75 MB of English prose shipped with CPython
 
 
@@ -139,46 +135,6 @@ class Suite:
     choices: dict[str, Sequences] | None = None
 
 
-def read_text(path: str, held_out: float) -> bytes:
-    """The bytes of a UTF-8 text file long enough for training and held-out windows; a
-    ValueError that says what to do otherwise."""
-    try:
-        data = text_path(path).read_bytes()
-    except OSError as err:
-        raise ValueError(
-            f"text file {path!r} cannot be read ({err.strerror}): give the path of a UTF-8 "
-            "text file"
-        ) from None
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise ValueError(
-            f"text file {path!r} is not valid UTF-8 ({err.reason} at byte {err.start}): "
-            "convert it to UTF-8 or give another file"
-        ) from None
-    split = text_split(len(data), held_out)
-    if min(split, len(data) - split) < TEXT_WINDOW:
-        need = math.ceil((TEXT_WINDOW + 0.5) / min(held_out, 1.0 - held_out))
-        raise ValueError(
-            f"text file {path!r} has {len(data)} bytes: too short for a {TEXT_WINDOW}-byte "
-            f"training window and a held-out one in its last {held_out:.0%}; give a file of "
-            f"at least {need} bytes"
-        )
-    return data
-
-
-def text_path(name: str) -> Path:
-    """The file a text name points to: `stdlib:REL` is REL in this Python's standard library."""
-    if name.startswith("stdlib:"):
-        return Path(sysconfig.get_path("stdlib")) / name.removeprefix("stdlib:")
-    return Path(name)
-
-
-def text_split(n_bytes: int, held_out: float) -> int:
-    """Where the held-out part of an n_bytes text begins."""
-    return n_bytes - round(n_bytes * held_out)
-
-
 def text_offsets(n_bytes: int, cfg: SuiteConfig) -> tuple[np.ndarray, np.ndarray]:
     """Start offsets of the training windows (random, seeded, inside the first part) and of the
     held-out windows (tiling the last part from its start, a short remainder dropped)."""
@@ -187,26 +143,6 @@ def text_offsets(n_bytes: int, cfg: SuiteConfig) -> tuple[np.ndarray, np.ndarray
     train = rng.integers(0, split - TEXT_WINDOW + 1, cfg.text_train_windows)
     held = np.arange(split, n_bytes - TEXT_WINDOW + 1, TEXT_WINDOW)
     return train, held
-
-
-def nibbles(data: np.ndarray) -> np.ndarray:
-    """[..., 2n] the high and low nibble of each byte of [..., n] uint8 data, in order."""
-    data = np.asarray(data, np.uint8)
-    return np.stack([data >> 4, data & 15], axis=-1).reshape(*data.shape[:-1], -1)
-
-
-def render_text(data: bytes, starts: np.ndarray, vocab: Vocab, width: int) -> Sequences:
-    """BOS TEXT nibbles of the TEXT_WINDOW bytes at each start, padded to `width`; loss (and
-    value mask) on every nibble."""
-    buffer = np.frombuffer(data, np.uint8)
-    windows = buffer[np.asarray(starts)[:, None] + np.arange(TEXT_WINDOW)]
-    n, end = len(windows), 2 + 2 * TEXT_WINDOW
-    tokens = np.full((n, width), PAD, np.int32)
-    tokens[:, 0], tokens[:, 1] = BOS, TEXT
-    tokens[:, 2:end] = nibbles(windows) + vocab.value_offset
-    mask = np.zeros((n, width), np.float32)
-    mask[:, 2:end] = 1.0
-    return Sequences(tokens, mask, mask.copy(), 2)
 
 
 def load_text(cfg: SuiteConfig) -> bytes:
@@ -428,86 +364,4 @@ def score(graphdef: nnx.GraphDef, params: nnx.State, suite: Suite) -> dict[str, 
         seqs = suite.text
         stats = sequence_stats(graphdef, params, seqs.tokens, seqs.loss_mask, seqs.value_mask)
         out.update(text_score(stats, seqs))
-    return out
-
-
-def text_score(stats: dict[str, np.ndarray], seqs: Sequences) -> dict[str, float]:
-    """text_bits_per_byte (the NLL in bits of all nibbles / bytes) and text_loss (nats per
-    nibble) of text windows, from their sequence stats."""
-    return {
-        "text_bits_per_byte": float(stats["value_nll_bits"].sum() / (seqs.value_mask.sum() / 2)),
-        "text_loss": float(stats["loss_sum"].sum() / seqs.loss_mask[:, 1:].sum()),
-    }
-
-
-_logits = jax.jit(apply, static_argnums=0)
-Logits = Callable[[np.ndarray], jax.Array]  # tokens [n, t] -> next-token logits [n, t, vocab]
-PROMPTS = 64  # held-out prompts per part whose greedy continuations are compared
-TEXT_PROMPT = 4  # nibbles of a held-out text window given as its prompt
-
-
-def continuation_prompts(suite: Suite) -> tuple[np.ndarray, np.ndarray]:
-    """A fixed set of general prompts: the first PROMPTS held-out prompts of each skill
-    (`BOS MARKER data SEP`) and held-out text windows cut after `BOS TEXT` and TEXT_PROMPT
-    nibbles, as PAD-padded tokens [n, width] and their lengths [n]."""
-    parts = [(s.tokens[:PROMPTS], s.prompt_length) for s in suite.test.values()]
-    if suite.text is not None:
-        parts.append((suite.text.tokens[:PROMPTS], 2 + TEXT_PROMPT))
-    tokens = np.concatenate([np.where(np.arange(t.shape[1]) < p, t, PAD) for t, p in parts])
-    return tokens.astype(np.int32), np.concatenate([np.full(len(t), p) for t, p in parts])
-
-
-def greedy_continuations(logits: Logits, prompts: np.ndarray, lengths: np.ndarray):
-    """(tokens, mask [n, width - 1]): each prompt (its first `lengths` tokens) continued
-    greedily to the full width; mask marks the positions whose next-token distribution chose
-    a continuation token, up to and including the first EOS (PAD after it)."""
-    tokens, width = prompts.copy(), prompts.shape[1]
-    mask = np.zeros((len(tokens), width - 1), np.float32)
-    live = np.ones(len(tokens), bool)
-    for t in range(int(lengths.min()), width):
-        chosen = np.asarray(logits(tokens[:, :-1]).argmax(-1))[:, t - 1]
-        grown = (t >= lengths) & live
-        tokens[grown, t] = chosen[grown]
-        mask[:, t - 1] = grown
-        live &= ~(grown & (chosen == EOS))
-    return tokens, mask
-
-
-def continuation_divergence(
-    base: Logits, new: Logits, prompts: np.ndarray, lengths: np.ndarray
-) -> dict[str, float]:
-    """greedy_kl (KL(base || new), nats) and greedy_tv: per-token means over the base model's
-    own greedy continuations of the prompts (the published protocol's divergence), and
-    greedy_tokens, how many continuation tokens they average over."""
-    tokens, mask = greedy_continuations(base, prompts, lengths)
-    kl, tv = kl_tv(base(tokens[:, :-1]), new(tokens[:, :-1]), mask)
-    return {"greedy_kl": kl, "greedy_tv": tv, "greedy_tokens": int(mask.sum())}
-
-
-def divergence(
-    base_graphdef: nnx.GraphDef,
-    base_params: nnx.State,
-    graphdef: nnx.GraphDef,
-    params: nnx.State,
-    suite: Suite,
-) -> dict[str, float]:
-    """Mean per-token KL(base || new) (nats) and TV distance of the next-token distributions
-    at the answer positions of each skill's held-out prompts (and the held-out text's nibble
-    positions), their means over the structured skills (the new model may have another graph,
-    e.g. an added memory), and greedy_kl / greedy_tv on the base's greedy continuations."""
-    out: dict[str, float] = {}
-    parts = {**suite.test, **({"text": suite.text} if suite.text is not None else {})}
-    for skill, seqs in parts.items():
-        tokens = seqs.tokens[:, :-1]
-        kl, tv = kl_tv(
-            _logits(base_graphdef, base_params, tokens),
-            _logits(graphdef, params, tokens),
-            seqs.loss_mask[:, 1:],
-        )
-        out[f"{skill}_kl"], out[f"{skill}_tv"] = float(kl), float(tv)
-    out["kl"] = float(np.mean([out[f"{s}_kl"] for s in suite.test]))
-    out["tv"] = float(np.mean([out[f"{s}_tv"] for s in suite.test]))
-    base = functools.partial(_logits, base_graphdef, base_params)
-    new = functools.partial(_logits, graphdef, params)
-    out.update(continuation_divergence(base, new, *continuation_prompts(suite)))
     return out

@@ -19,10 +19,11 @@ from flax import nnx
 from recall_bench.checkpoint import Checkpoints
 from recall_bench.identity import refuse_other, resolved
 from recall_bench.model import ModelConfig
+from recall_bench.optimizer import TrainConfig
 from recall_bench.records import clean_json, environment
 
 if TYPE_CHECKING:
-    from recall_bench.train import Task, TrainConfig
+    from recall_bench.train import Task
 
 
 def training_identity(
@@ -120,8 +121,6 @@ def restore_or_start(
 def with_defaults(identity: dict) -> dict:
     """A saved identity whose training config takes today's defaults for the fields it
     predates (the AdamW constants, ...): a checkpoint made before them is still this run's."""
-    from recall_bench.train import TrainConfig  # train.py imports this module
-
     train = identity.get("train")
     if not isinstance(train, dict):
         return identity

@@ -13,10 +13,10 @@ from flax import nnx
 from recall_bench import formats
 from recall_bench.decode import MAX_CALLS, greedy_decode
 from recall_bench.formats import CALL, CALL_END, EOS, ERROR, NOT_FOUND, PAD, RESULT, RESULT_END
+from recall_bench.stores import NOT_FOUND_STATUS
 from recall_bench.tool import (
     ERROR_STATUS,
     INVALID_STATUS,
-    NOT_FOUND_STATUS,
     OK,
     LookupResult,
     MemoryStore,

@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 
 import recall_bench.cli.degrade as cli_degrade
-from recall_bench import general
+from recall_bench import divergences, general
 from recall_bench.experiments import degrade
 from recall_bench.experiments.run import evaluate
 from recall_bench.model import init_model
@@ -44,7 +44,7 @@ def test_base_scores_reproduce_from_checkpoint(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, loaded["params"], base["params"])
     assert general.score(loaded["graphdef"], loaded["params"], suite) == base["info"]["scores"]
     assert loaded["info"] == base["info"]
-    div = general.divergence(
+    div = divergences.divergence(
         base["graphdef"], base["params"], loaded["graphdef"], loaded["params"], suite
     )
     assert div["kl"] == pytest.approx(0.0, abs=1e-6) and div["tv"] == pytest.approx(0.0, abs=1e-6)
@@ -128,7 +128,7 @@ def test_cell_scores_the_trained_model_not_the_base(monkeypatch, base_model, mod
     trained = general.score(graphdef, params, suite)
     assert {k: m[k] for k in trained} == trained
     assert trained != base["info"]["scores"]  # the losses moved
-    div = general.divergence(base["graphdef"], base["params"], graphdef, params, suite)
+    div = divergences.divergence(base["graphdef"], base["params"], graphdef, params, suite)
     assert {k: m[k] for k in div} == div
     assert m["kl"] > 1e-4 and m["tv"] > 1e-3
     base_accuracy = base["info"]["scores"]["general_accuracy"]
@@ -163,7 +163,7 @@ def test_side_memory_cell_summary_row(monkeypatch, base_model):
         np.testing.assert_array_equal(side_leaves[path], value, err_msg=path)
     memory = [p for p in side_leaves if p not in base_leaves]
     assert any("value_table" in p and side_leaves[p].any() for p in memory)  # it trained
-    div = general.divergence(base["graphdef"], base["params"], graphdef, params, suite)
+    div = divergences.divergence(base["graphdef"], base["params"], graphdef, params, suite)
     assert {k: m[k] for k in div} == div and m["kl"] > 1e-6 and m["tv"] > 1e-5
     assert record["model"]["memory_mode"] == "add"
     assert record["params"]["memory"] == 64 * 16 + 4 * 2 * 8 * 16
@@ -288,7 +288,7 @@ def test_cell_record_is_built_from_what_training_returned(monkeypatch, mode):
     m = record["metrics"]
     now = general.score(cell_graphdef, trained, suite)
     assert {k: m[k] for k in now} == now
-    div = general.divergence(graphdef, params, cell_graphdef, trained, suite)
+    div = divergences.divergence(graphdef, params, cell_graphdef, trained, suite)
     assert {k: m[k] for k in div} == div and m["kl"] > 1e-3
     assert m["general_accuracy_kept"] == now["general_accuracy"] / 0.5
     run_cfg = cfg.run_config(mode, 64)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recall_bench import general
+from recall_bench import divergences, general, natural_text
 from recall_bench.formats import BOS, EOS, PAD, Vocab
 from recall_bench.metrics import kl_tv, stats_from_logits
 
@@ -119,19 +119,19 @@ def text_suite(tmp_path, **fields) -> general.SuiteConfig:
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.binary(min_size=general.TEXT_WINDOW, max_size=64))
+@given(st.binary(min_size=natural_text.TEXT_WINDOW, max_size=64))
 def test_nibbles_roundtrip(data):
-    halves = general.nibbles(np.frombuffer(data, np.uint8))
-    assert halves.min() >= 0 and halves.max() < general.NIBBLES
+    halves = natural_text.nibbles(np.frombuffer(data, np.uint8))
+    assert halves.min() >= 0 and halves.max() < natural_text.NIBBLES
     assert bytes(((halves[0::2] << 4) | halves[1::2]).tolist()) == data
-    starts = np.arange(len(data) - general.TEXT_WINDOW + 1)
-    seqs = general.render_text(data, starts, VOCAB, 20)
-    assert (seqs.tokens[:, :2] == [BOS, general.TEXT]).all()
-    assert seqs.loss_mask.sum(axis=1).tolist() == [2 * general.TEXT_WINDOW] * len(starts)
+    starts = np.arange(len(data) - natural_text.TEXT_WINDOW + 1)
+    seqs = natural_text.render_text(data, starts, VOCAB, 20)
+    assert (seqs.tokens[:, :2] == [BOS, natural_text.TEXT]).all()
+    assert seqs.loss_mask.sum(axis=1).tolist() == [2 * natural_text.TEXT_WINDOW] * len(starts)
     for start, row in zip(starts, seqs.tokens[:, 2:] - VOCAB.value_offset, strict=True):
         assert (
             bytes(((row[0::2] << 4) | row[1::2]).tolist())
-            == data[start : start + general.TEXT_WINDOW]
+            == data[start : start + natural_text.TEXT_WINDOW]
         )
 
 
@@ -140,7 +140,7 @@ def test_nibbles_roundtrip(data):
 def test_text_windows_held_out_tile_the_tail(n_bytes, held_out, seed):
     cfg = general.SuiteConfig(text_held_out=held_out, text_train_windows=500, seed=seed)
     train, held = general.text_offsets(n_bytes, cfg)
-    split, w = general.text_split(n_bytes, held_out), general.TEXT_WINDOW
+    split, w = natural_text.text_split(n_bytes, held_out), natural_text.TEXT_WINDOW
     assert len(train) == 500 and train.min() >= 0 and (train + w <= split).all()  # no overlap
     assert held[0] == split and (np.diff(held) == w).all()  # tiling from the split on
     assert 0 <= n_bytes - (held[-1] + w) < w  # to the end, but for a short remainder
@@ -148,11 +148,11 @@ def test_text_windows_held_out_tile_the_tail(n_bytes, held_out, seed):
 
 def test_uniform_nibbles_score_eight_bits_per_byte():
     data = np.random.default_rng(0).integers(0, 256, 90, np.uint8).tobytes()
-    seqs = general.render_text(data, np.arange(0, 81, 9), VOCAB, 20)
+    seqs = natural_text.render_text(data, np.arange(0, 81, 9), VOCAB, 20)
     logits = np.full((*seqs.tokens[:, :-1].shape, VOCAB.size), -1e9, np.float32)
     logits[..., VOCAB.value_offset : VOCAB.value_offset + 16] = 0.0  # uniform over nibbles
     stats = stats_from_logits(logits, seqs.tokens, seqs.loss_mask, seqs.value_mask)
-    scores = general.text_score({k: np.asarray(v) for k, v in stats.items()}, seqs)
+    scores = natural_text.text_score({k: np.asarray(v) for k, v in stats.items()}, seqs)
     assert scores["text_bits_per_byte"] == pytest.approx(8.0, rel=1e-6)
     assert scores["text_loss"] == pytest.approx(math.log(16), rel=1e-6)
 
@@ -161,9 +161,9 @@ def test_text_suite(tmp_path):
     cfg = text_suite(tmp_path)
     assert cfg.text_bytes == len(TEXT) and cfg.width == 20
     suite = general.make_suite(cfg, VOCAB)
-    n_held = (len(TEXT) - general.text_split(len(TEXT), 0.1)) // general.TEXT_WINDOW
+    n_held = (len(TEXT) - natural_text.text_split(len(TEXT), 0.1)) // natural_text.TEXT_WINDOW
     assert suite.text.tokens.shape == (n_held, 20) and set(suite.test) == set(general.SKILLS)
-    rows = suite.train.tokens[:, 1] == general.TEXT
+    rows = suite.train.tokens[:, 1] == natural_text.TEXT
     assert rows.sum() == cfg.text_train_windows
     assert "text_file" in cfg.key() and "text_file" not in general.SuiteConfig().key()
 
@@ -251,7 +251,7 @@ def test_distractors_differ_and_are_deterministic():
 
 def test_stdlib_text_exists_and_is_named():
     cfg = general.SuiteConfig(text_file=general.STDLIB_TEXT)
-    assert general.text_path(general.STDLIB_TEXT).is_file()
+    assert natural_text.text_path(general.STDLIB_TEXT).is_file()
     assert cfg.key()["text_file"] == general.STDLIB_TEXT and len(cfg.text_sha256) == 64
     assert cfg.text_bytes > 100_000
     assert "distractors" not in general.SuiteConfig().key()  # old records' keys still match
@@ -266,7 +266,7 @@ def test_divergence_and_score_of_two_models(tmp_path):
     suite = general.make_suite(text_suite(tmp_path), VOCAB)
     cfg = ModelConfig(vocab_size=VOCAB.size, max_len=20, layers=1, width=8, heads=2)
     (graphdef, a), (_, b) = init_model(cfg, 0), init_model(cfg, 1)
-    out = general.divergence(graphdef, a, graphdef, b, suite)
+    out = divergences.divergence(graphdef, a, graphdef, b, suite)
     parts = {**suite.test, "text": suite.text}
     names = {f"{s}_{k}" for s in parts for k in ("kl", "tv")}
     assert set(out) == names | {"kl", "tv", "greedy_kl", "greedy_tv", "greedy_tokens"}
@@ -281,7 +281,7 @@ def test_divergence_and_score_of_two_models(tmp_path):
     assert out["kl"] == pytest.approx(np.mean([out[f"{s}_kl"] for s in SMALL.skills]))
     assert out["tv"] == pytest.approx(np.mean([out[f"{s}_tv"] for s in SMALL.skills]))
     assert out["kl"] != pytest.approx(np.mean([out[f"{s}_kl"] for s in parts]))  # no text
-    same = general.divergence(graphdef, a, graphdef, a, suite)
+    same = divergences.divergence(graphdef, a, graphdef, a, suite)
     assert all(v == 0.0 for k, v in same.items() if k != "greedy_tokens")
     scores = general.score(graphdef, a, suite)
     for skill, seqs in suite.test.items():
@@ -317,16 +317,16 @@ def test_greedy_continuation_divergence_by_hand():
     prompts[:, :5] = 10
     lengths = np.array([5, 5, 5, 5, 7])  # a longer prompt: continued from its own end
     prompts[4, 5:7] = 11
-    tokens, mask = general.greedy_continuations(base, prompts, lengths)
+    tokens, mask = divergences.greedy_continuations(base, prompts, lengths)
     assert (tokens[:4, 5:] == 12).all() and (tokens[4, 5:7] == 11).all()
     assert (mask.sum(axis=1) == [7, 7, 7, 7, 5]).all() and mask[:, :4].sum() == 0
-    out = general.continuation_divergence(base, uniform, prompts, lengths)
+    out = divergences.continuation_divergence(base, uniform, prompts, lengths)
     assert out["greedy_tokens"] == 4 * 7 + 5
     assert out["greedy_kl"] == pytest.approx(0.5 * math.log(8) + 0.5 * math.log(16 / 30), rel=1e-5)
     assert out["greedy_tv"] == pytest.approx(7 / 16, rel=1e-5)
-    same = general.continuation_divergence(base, base, prompts, lengths)
+    same = divergences.continuation_divergence(base, base, prompts, lengths)
     assert same["greedy_kl"] == pytest.approx(0.0, abs=1e-7) and same["greedy_tv"] == 0.0
     stop = lambda tokens: base(tokens, greedy=EOS)  # noqa: E731
-    tokens, mask = general.greedy_continuations(stop, prompts, lengths)
+    tokens, mask = divergences.greedy_continuations(stop, prompts, lengths)
     assert (tokens[:4, 5] == EOS).all() and (tokens[:4, 6:] == PAD).all()
     assert (mask.sum(axis=1) == 1).all() and (mask[:4, 4] == 1).all() and mask[4, 6] == 1

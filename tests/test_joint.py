@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import recall_bench.cli.degrade as cli_degrade
-from recall_bench import general, streams
+from recall_bench import general, natural_text, streams
 from recall_bench.experiments import joint, joint_report
 from recall_bench.experiments.config import RunConfig
 from recall_bench.records import read_json
@@ -48,7 +48,7 @@ def test_mixture_holds_the_general_fraction():
     )
     task = joint.cell_task(TINY, "in-weight", 8, 0, suite)
     world = joint.make_fact_world(TINY.run_config("in-weight", 8, 0).spec)
-    markers = [*general.MARKERS.values(), general.TEXT]
+    markers = [*general.MARKERS.values(), natural_text.TEXT]
     is_general = np.isin(task.train.tokens[:, 1], markers)
     assert len(task.train.tokens) == TINY.rows and world.spec.n_facts == 8
     assert is_general.mean() == pytest.approx(TINY.general_fraction)

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from recall_bench import tool
+from recall_bench import sqlite_store
 from recall_bench.formats import (
     CALL,
     ERROR,
@@ -25,14 +25,13 @@ from recall_bench.formats import (
     call_tokens,
     fact_index,
 )
+from recall_bench.stores import NOT_FOUND_STATUS, StoreError
 from recall_bench.tool import (
     ERROR_STATUS,
     INVALID_STATUS,
-    NOT_FOUND_STATUS,
     OK,
     MemoryStore,
     SQLiteStore,
-    StoreError,
     build_store,
     parse_call,
     result_lengths,
@@ -184,7 +183,7 @@ def test_killed_build_leaves_old_store(tmp_path, monkeypatch):
         sqlite3.connect(tmp).execute("CREATE TABLE facts (x)").connection.close()
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(tool, "_write_facts", crash)
+    monkeypatch.setattr(sqlite_store, "_write_facts", crash)
     with pytest.raises(KeyboardInterrupt):
         build_store(make_fact_world(SPEC.with_entities(10)), "sqlite", path)
     assert [p.name for p in tmp_path.iterdir()] == ["facts.sqlite"]

@@ -31,6 +31,7 @@ import numpy as np
 from recall_bench import formats, general, plots, tables
 from recall_bench.checkpoint import load_params, save_params
 from recall_bench.cost import record_cost
+from recall_bench.divergences import divergence
 from recall_bench.experiments.config import RunConfig, make_task
 from recall_bench.experiments.evaluate import evaluate
 from recall_bench.experiments.run import train_info
@@ -232,7 +233,7 @@ def run_cell(
     if store is not None:
         store.close()
     metrics.update(general.score(graphdef, params, suite))
-    metrics.update(general.divergence(base["graphdef"], base["params"], graphdef, params, suite))
+    metrics.update(divergence(base["graphdef"], base["params"], graphdef, params, suite))
     base_scores = base["info"]["scores"]
     base_accuracy = base_scores["general_accuracy"]
     kept = metrics["general_accuracy"] / base_accuracy if base_accuracy else math.nan

@@ -33,6 +33,7 @@ import numpy as np
 
 from recall_bench import general, streams
 from recall_bench.checkpoint import save_params
+from recall_bench.divergences import divergence
 from recall_bench.experiments.config import RunConfig, make_task
 from recall_bench.experiments.degrade import fact_fields
 from recall_bench.experiments.evaluate import evaluate
@@ -193,7 +194,7 @@ def cell_metrics(
         if store is not None:
             store.close()
     metrics.update(general.score(graphdef, params, suite))
-    metrics.update(general.divergence(ref["graphdef"], ref["params"], graphdef, params, suite))
+    metrics.update(divergence(ref["graphdef"], ref["params"], graphdef, params, suite))
     base = ref["scores"] or metrics
     chance = 1.0 / (cfg.suite.distractors + 1)
     metrics["general_accuracy_kept"] = (
