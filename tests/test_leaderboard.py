@@ -172,7 +172,7 @@ def test_entry_from_bad_record_names_the_field(tmp_path: Path) -> None:
 
 def test_export_validate_merge_round_trip(tmp_path: Path, board: Path) -> None:
     doc = lb.validate(board)
-    assert doc["format"] == "recall_bench.leaderboard" and doc["schema_version"] == 3
+    assert doc["format"] == lb.FORMAT and doc["schema_version"] == lb.SCHEMA_VERSION
     assert len(doc["entries"]) == 4
     assert lb.find_records([board.parent / "sweep"])[0].name == "record.json"
 
@@ -583,13 +583,16 @@ def test_valid_file_passes(board: Path) -> None:
 FIXTURES = Path(__file__).parent / "fixtures"
 V1_BOARD = FIXTURES / "leaderboard_v1.json"
 V1_RECORD = FIXTURES / "record_v1_in_tool.json"
+# Four entries of the committed version 3 leaderboard: a retrieval-context run, degrade in-tool
+# and in-weight cells, a tool-base store write.
+V3_BOARD = FIXTURES / "leaderboard_v3.json"
 
 
 def test_version_1_file_is_upgraded() -> None:
     old = json.loads(V1_BOARD.read_text())
     assert old["schema_version"] == 1
     doc = lb.validate(V1_BOARD)
-    assert doc["schema_version"] == lb.SCHEMA_VERSION == 3
+    assert doc["schema_version"] == lb.SCHEMA_VERSION == 4
     for before, after in zip(old["entries"], doc["entries"], strict=True):
         assert after["id"] == lb.entry_id(after) != before["id"]
         assert after["run_id"] == before["run_id"] and after["config"] == before["config"]
@@ -626,10 +629,21 @@ def test_version_1_edits_are_caught(tmp_path: Path) -> None:
     doc = json.loads(V1_BOARD.read_text())
     doc["entries"][1]["metrics"]["recall"] = 0.5  # results are not in the id: still valid
     assert lb.validate(doc)["entries"][1]["metrics"]["recall"] == 0.5
-    for bad, pattern in [(0, "is not supported"), (4, "is not supported")]:
+    for bad, pattern in [(0, "is not supported"), (5, "is not supported")]:
         doc["schema_version"] = bad
         with pytest.raises(LeaderboardError, match=pattern):
             lb.validate(doc)
+
+
+def test_version_3_file_is_upgraded() -> None:
+    """A version 3 file validates as version 4, its entries (the retrieval-context track among
+    them) as they were."""
+    old = json.loads(V3_BOARD.read_text())
+    assert old["schema_version"] == 3
+    assert old["entries"][0]["track"] == "retrieval-context"
+    doc = lb.validate(V3_BOARD)
+    assert doc["schema_version"] == lb.SCHEMA_VERSION == 4
+    assert doc == {**old, "schema_version": 4}
 
 
 def test_committed_leaderboard_validates() -> None:
@@ -730,7 +744,7 @@ def _run(*argv: str) -> int:
 
 def test_cli(tmp_path: Path, board: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert _run("validate", str(board)) == 0
-    assert capsys.readouterr().out == f"ok: {board}: 4 entries, valid as schema_version 3\n"
+    assert capsys.readouterr().out == f"ok: {board}: 4 entries, valid as schema_version 4\n"
     assert _run("show", str(board), "--markdown", "--sort", "recall") == 0
     table = lb.show(board, markdown=True, sort_by="recall")
     assert capsys.readouterr().out.strip() == table.strip() and table.count("\n") >= 5
@@ -788,7 +802,7 @@ def test_entries_name_their_record_relative_to_the_working_folder(
     elsewhere = lb.export([tmp_path / "runs"], tmp_path / "x.json")["leaderboard"]
     assert "record" not in elsewhere["entries"][0]
     old = {**doc, "schema_version": 2, "entries": [_without(doc["entries"][0], "record")]}
-    assert lb.validate(old)["schema_version"] == 3
+    assert lb.validate(old)["schema_version"] == lb.SCHEMA_VERSION
     bad = {**doc, "entries": [{**doc["entries"][0], "record": "../secret.json"}]}
     with pytest.raises(LeaderboardError, match=r"entries\[0\]\.record"):
         lb.validate(bad)

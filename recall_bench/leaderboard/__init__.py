@@ -3,7 +3,7 @@
 A leaderboard file (JSON Schema in recall_bench/leaderboard_schema.json; the full account,
 with what each schema_version changed, is docs/results-schema.md):
 
-  {"format": "recall_bench.leaderboard", "schema_version": 3, "benchmark_version": str,
+  {"format": "recall_bench.leaderboard", "schema_version": 4, "benchmark_version": str,
    "created": ISO time, "entries": [entry, ...]}
 
 Each entry is built from one run record (records.py) by `entry_from_record`:

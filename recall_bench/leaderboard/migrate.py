@@ -9,6 +9,10 @@ bits_memorized -> bits_delivered, ...), as run records did from record/1 to reco
 2 -> 3: entries may carry `record`, the path of their run record; a version 2 file never
 knew it, so its entries are kept as they are (without `record`) and only the version moves.
 
+3 -> 4: the track enum names `retrieval-context` (it gained it within version 3: a version 3
+file holds it only when written after that); a version 3 file is valid as it is, so only the
+version moves.
+
 Steps run on untrusted input before the schema check: they change only what has the expected
 shape and leave the rest for the check to report.
 """
@@ -50,7 +54,11 @@ def _doc_2_to_3(doc: dict[str, Any]) -> dict[str, Any]:
     return {**doc, "schema_version": 3}
 
 
-STEPS = {1: _doc_1_to_2, 2: _doc_2_to_3}  # from schema_version n to n + 1
+def _doc_3_to_4(doc: dict[str, Any]) -> dict[str, Any]:
+    return {**doc, "schema_version": 4}
+
+
+STEPS = {1: _doc_1_to_2, 2: _doc_2_to_3, 3: _doc_3_to_4}  # from schema_version n to n + 1
 
 
 def upgrade(doc: dict[str, Any]) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from recall_bench.leaderboard.jsonio import (
 )
 
 FORMAT = "recall_bench.leaderboard"
-SCHEMA_VERSION = 3  # files of an older version are upgraded on reading (migrate.py)
+SCHEMA_VERSION = 4  # files of an older version are upgraded on reading (migrate.py)
 FILE_HINT = "fix that field or re-export the leaderboard from its run records"
 
 
