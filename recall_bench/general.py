@@ -341,17 +341,22 @@ def concat(parts: list[Sequences]) -> Sequences:
     return Sequences(*arrays, parts[0].prompt_length)
 
 
+def accuracy_name(skill: str) -> str:
+    """The metric name of a skill's held-out exact match: skill_<skill>_accuracy, apart from
+    the in-tool method's copy_accuracy (answers that copy the store's value)."""
+    return f"skill_{skill}_accuracy"
+
+
 def score(graphdef: nnx.GraphDef, params: nnx.State, suite: Suite) -> dict[str, float]:
-    """Held-out exact-match accuracy and mean loss (nats/token) of each skill, and their
-    means over skills: general_accuracy, general_loss; the graded score (graded_score); with a
-    text, text_bits_per_byte and
-    text_loss of its held-out windows."""
+    """Held-out exact-match accuracy (accuracy_name) and mean loss (nats/token) of each skill,
+    and their means over skills: general_accuracy, general_loss; the graded score
+    (graded_score); with a text, text_bits_per_byte and text_loss of its held-out windows."""
     out: dict[str, float] = {}
     for skill, seqs in suite.test.items():
         stats = sequence_stats(graphdef, params, seqs.tokens, seqs.loss_mask, seqs.value_mask)
-        out[f"{skill}_accuracy"] = float(np.mean(stats["exact"]))
+        out[accuracy_name(skill)] = float(np.mean(stats["exact"]))
         out[f"{skill}_loss"] = float(stats["loss_sum"].sum() / seqs.loss_mask[:, 1:].sum())
-    out["general_accuracy"] = float(np.mean([out[f"{s}_accuracy"] for s in suite.test]))
+    out["general_accuracy"] = float(np.mean([out[accuracy_name(s)] for s in suite.test]))
     out["general_loss"] = float(np.mean([out[f"{s}_loss"] for s in suite.test]))
     if suite.choices is not None:
 

@@ -1,13 +1,14 @@
 """Run records: one JSON file per run saying what was run, where, how long, and what came out.
 
-Record layout (schema "recall_bench.record/2"; typed in record_types.py, described in full in
+Record layout (schema "recall_bench.record/3"; typed in record_types.py, described in full in
 docs/results-schema.md):
   schema, benchmark_version, run_id, created (UTC ISO time), mode, n_facts, bits_per_fact,
   seed, config (the full resolved run config), config_hash (its identity),
   world {kind, spec, hash, entropy_bits}, model {architecture fields},
   params {total, non_embedding},
   train {steps, exposures_per_fact, wall_s, compile_s, converged, stop_reason, ...},
-  metrics {name: number} (in-tool's bits under their own names: IN_TOOL_NAMES),
+  metrics {name: number} (in-tool's bits under their own names: IN_TOOL_NAMES; the skill
+           suite's exact-match accuracies as skill_<skill>_accuracy),
   better {metric name: "higher" | "lower"},
   env {python, jax, jaxlib, flax, optax, orbax, numpy, platform, device_kind, device_count,
        git_commit, git_dirty}, determinism (a sentence).
@@ -26,13 +27,15 @@ import platform
 import subprocess
 import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from recall_bench.methods import METHODS
 from recall_bench.record_types import Env, Record
 
-RECORD_SCHEMA = "recall_bench.record/2"  # /1: in-tool's bits under in-weight's names
+RECORD_SCHEMA = "recall_bench.record/3"  # /2: skill accuracies <skill>_accuracy; /1: in-tool's
+# bits under in-weight's names (docs/results-schema.md, Versions)
 BENCHMARK_VERSION = "0.1.0"
 
 # Direction of every metric a record may carry; leaderboards rank by these.
@@ -100,6 +103,14 @@ IN_TOOL_NAMES = {
     "bits_per_param_non_embedding": "bits_delivered_per_param_non_embedding",
     "bits_memorized_exceptions": "bits_delivered_exceptions",
 }
+
+# The skill suite's exact-match accuracies before record/3, and their names since: at /1 and /2
+# the copy skill's `copy_accuracy` overwrote the in-tool method's (answers copied from the
+# store) wherever both were measured. Frozen: the skills that existed then.
+OLD_SKILL_NAMES = {
+    f"{s}_accuracy": f"skill_{s}_accuracy" for s in ("copy", "reverse", "sort", "add", "brackets")
+}
+SKILL_SCORE_BLOCKS = (("degrade", "base", "scores"), ("tool_base", "base", "scores"))
 
 # Quantization and probe records (kind "quantization", "probe") hold rows of metrics, with
 # one more bits quantity of their own; these blocks of theirs carry the in-tool names.
@@ -257,33 +268,93 @@ def delivered_names(metrics: dict[str, Any], names: dict[str, str] = IN_TOOL_NAM
 
 
 def upgrade_record(record: Record) -> Record:
-    """A record as the current schema writes it: /1 as /2 (in-tool bits renamed), and an
-    in-tool quantization or probe record's rows with the in-tool names (they kept the held
-    names until the rows were renamed, within /2). Anything else, malformed included, is
-    returned as it is; upgrading twice changes nothing."""
+    """A record as the current schema writes it: /1 as /2 (in-tool bits renamed), /2 as /3
+    (skill accuracies renamed: skill_names), and an in-tool quantization or probe record's
+    rows with the in-tool names (they kept the held names until the rows were renamed, within
+    /2). Anything else, malformed included, is returned as it is; upgrading twice changes
+    nothing."""
     if not isinstance(record, dict):
         return record
     out = dict(record)
     tool = track(record.get("mode")) == "in-tool-recall"
     if record.get("schema") == "recall_bench.record/1":
-        out["schema"] = RECORD_SCHEMA
         for key in ("metrics", "better") if tool else ():
             out = _renamed_at(out, (key,), IN_TOOL_NAMES)
+    if record.get("schema") in ("recall_bench.record/1", "recall_bench.record/2"):
+        out = _skill_names_of(out)
+        out["schema"] = RECORD_SCHEMA
     kind = record.get("kind")
     for path in ROW_BLOCKS.get(kind, ()) if tool and isinstance(kind, str) else ():
         out = _renamed_at(out, path, IN_TOOL_ROW_NAMES)
     return out
 
 
+def skill_names(holder: Any) -> Any:
+    """A record or leaderboard entry of before record/3 with the skill suite's accuracies under
+    their own names (OLD_SKILL_NAMES) in its metrics, where the suite was scored
+    (general_accuracy present). Its copy_accuracy was the skill's (the suite was scored after
+    the tool, over the tool's copy_accuracy, which is lost: rerun to measure it), except in an
+    in-tool cell that took no gradient step (a tool-base store write), which took its base's
+    scores and then its tool's over them: there copy_accuracy is the tool's and stays.
+    Anything not of that shape as it is."""
+    if not isinstance(holder, dict) or not isinstance(holder.get("metrics"), dict):
+        return holder
+    no_step = _at(holder, ("train", "steps")) == 0 and track(holder.get("mode")) == "in-tool-recall"
+    metrics = _skill_scores(holder["metrics"], keep_copy=no_step)
+    out = {**holder, "metrics": metrics}
+    if isinstance(holder.get("better"), dict) and "copy_accuracy" not in metrics:
+        out["better"] = {k: v for k, v in holder["better"].items() if k != "copy_accuracy"}
+    return out
+
+
+def _skill_scores(scores: Any, keep_copy: bool = False) -> Any:
+    """Skill scores (metrics, or a base's scores) with OLD_SKILL_NAMES renamed where the suite
+    was scored; with keep_copy, copy_accuracy stays (it is the tool's)."""
+    if not isinstance(scores, dict) or "general_accuracy" not in scores:
+        return scores
+    names = {k: v for k, v in OLD_SKILL_NAMES.items() if not (keep_copy and k == "copy_accuracy")}
+    return {names.get(k, k): v for k, v in scores.items()}
+
+
+def _skill_names_of(record: dict) -> dict:
+    """A /1 or /2 record with the record/3 skill names in its metrics and in the base scores it
+    carries; a tool-base store write gets its skill_copy_accuracy from its base's scores (a
+    store write changes no weight)."""
+    out = skill_names(record)
+    for path in SKILL_SCORE_BLOCKS:
+        out = _changed_at(out, path, _skill_scores)
+    base, metrics = _at(out, ("tool_base", "base", "scores")), out.get("metrics")
+    tools = isinstance(metrics, dict) and {"general_accuracy", "copy_accuracy"} <= set(metrics)
+    if tools and isinstance(base, dict) and "skill_copy_accuracy" in base:
+        out["metrics"] = {**metrics, "skill_copy_accuracy": base["skill_copy_accuracy"]}
+    return out
+
+
+def _at(value: Any, path: tuple[str, ...]) -> Any:
+    """The value at `path` of nested dicts, or None."""
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def _changed_at(value: Any, path: tuple[str, ...], change: Callable[[Any], Any]) -> Any:
+    """`value` with change(the value at `path`); anything not of that shape as it is."""
+    if not path:
+        return change(value)
+    if not isinstance(value, dict) or path[0] not in value:
+        return value
+    return {**value, path[0]: _changed_at(value[path[0]], path[1:], change)}
+
+
 def _renamed_at(value: Any, path: tuple[str, ...], names: dict[str, str]) -> Any:
     """`value` with the dict (or each dict of the list) at `path` renamed by `names`;
     anything not of that shape as it is."""
-    if path:
-        if not isinstance(value, dict) or path[0] not in value:
-            return value
-        return {**value, path[0]: _renamed_at(value[path[0]], path[1:], names)}
+    return _changed_at(value, path, functools.partial(_renamed, names=names))
+
+
+def _renamed(value: Any, names: dict[str, str]) -> Any:
     if isinstance(value, list):
-        return [_renamed_at(v, (), names) for v in value]
+        return [_renamed(v, names) for v in value]
     return delivered_names(value, names) if isinstance(value, dict) else value
 
 

@@ -196,10 +196,10 @@ def test_text_degrade_run(tmp_path):
     summary = degrade.run_degrade(cfg, tmp_path / "out", progress=False)
     base = summary["base"]["scores"]
     assert np.isfinite(base["text_bits_per_byte"]) and base["text_bits_per_byte"] > 0.0
-    assert "text_accuracy" not in base  # the text is not in general_accuracy
+    assert "skill_text_accuracy" not in base  # the text is not in general_accuracy
     skills = cfg.suite.skills
     assert base["general_accuracy"] == pytest.approx(
-        np.mean([base[f"{s}_accuracy"] for s in skills])
+        np.mean([base[f"skill_{s}_accuracy"] for s in skills])
     )
     for row in summary["rows"]:
         assert row["text_bits_per_byte"] > 0.0 and row["text_kl"] > 1e-6 and row["text_tv"] > 1e-5
@@ -295,7 +295,7 @@ def test_cell_record_is_built_from_what_training_returned(monkeypatch, mode):
     store = build_store(world) if mode == "in-tool" else None
     want, _ = evaluate(run_cfg, world, cell_graphdef, trained, store)
     keys = ("recall", "bits_memorized", "bits_delivered", "token_accuracy", "recall_unseen")
-    for key in (*keys, "call_valid"):
+    for key in (*keys, "call_valid", "copy_accuracy"):  # the tool's, not the copy skill's
         assert m.get(key) == want.get(key), key
     assert record["mode"] == mode and record["n_facts"] == 64
     assert record["train"]["steps"] == 25 and record["train"]["stop_reason"] == "budget"

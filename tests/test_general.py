@@ -287,10 +287,10 @@ def test_divergence_and_score_of_two_models(tmp_path):
     for skill, seqs in suite.test.items():
         logits = apply(graphdef, a, seqs.tokens[:, :-1])
         stats = stats_from_logits(logits, seqs.tokens, seqs.loss_mask, seqs.value_mask)
-        assert scores[f"{skill}_accuracy"] == float(np.mean(stats["exact"]))
+        assert scores[f"skill_{skill}_accuracy"] == float(np.mean(stats["exact"]))
         loss = float(np.sum(stats["loss_sum"]) / seqs.loss_mask[:, 1:].sum())
         assert scores[f"{skill}_loss"] == pytest.approx(loss, rel=1e-5)
-    accuracy = np.mean([scores[f"{s}_accuracy"] for s in SMALL.skills])
+    accuracy = np.mean([scores[f"skill_{s}_accuracy"] for s in SMALL.skills])
     assert scores["general_accuracy"] == pytest.approx(accuracy)
     assert scores["general_loss"] == pytest.approx(
         np.mean([scores[f"{s}_loss"] for s in SMALL.skills])

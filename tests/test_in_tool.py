@@ -189,7 +189,7 @@ def test_in_tool_bits_are_named_delivered_everywhere_they_are_read():
     cfg = dataclasses.replace(TOOL, n_facts=256, layers=1, width=16, heads=2, steps=20)
     record = run(cfg, progress=False)
     m = record["metrics"]
-    assert record["schema"] == records.RECORD_SCHEMA == "recall_bench.record/2"
+    assert record["schema"] == records.RECORD_SCHEMA == "recall_bench.record/3"
     assert set(records.IN_TOOL_NAMES).isdisjoint(m) and "bits_memorized" not in record["better"]
     assert m["bits_delivered_per_param"] == m["bits_delivered"] / record["params"]["total"]
     spent = record["cost"]  # per answer: the call and the copy are generated, the result not

@@ -14,6 +14,7 @@ import recall_bench.cli.degrade as cli_degrade
 from recall_bench import general, natural_text, streams
 from recall_bench.experiments import joint, joint_report
 from recall_bench.experiments.config import RunConfig
+from recall_bench.model import init_model
 from recall_bench.records import read_json
 
 TINY = joint.JointConfig(
@@ -56,6 +57,23 @@ def test_mixture_holds_the_general_fraction():
     assert task.monitor_bits.sum() == pytest.approx(8 * world.spec.bits_per_fact)  # facts only
 
 
+def test_in_tool_cell_carries_the_tools_copy_accuracy_and_the_copy_skills(monkeypatch):
+    """copy_accuracy (in-tool: answers that copy the store's value) and skill_copy_accuracy (the
+    copy skill's held-out exact match) are two measures, both in an in-tool cell's metrics;
+    until record/3 the skill's was written over the tool's."""
+    suite = general.make_suite(
+        TINY.suite, general.Vocab.of(TINY.run_config("in-weight", 2, 0).spec)
+    )
+    graphdef, params = init_model(TINY.model_config(), 0)
+    tool = {"recall": 0.5, "call_valid": 1.0, "copy_accuracy": 0.3}  # the tool's evaluation
+    monkeypatch.setattr(joint, "evaluate", lambda *args: (dict(tool), None))
+    ref = {"graphdef": graphdef, "params": params, "scores": None}
+    m = joint.cell_metrics(TINY, ("in-tool", 8, 0), (graphdef, params), suite, ref)
+    skill = general.score(graphdef, params, suite)["skill_copy_accuracy"]
+    assert m["copy_accuracy"] == 0.3 and m["skill_copy_accuracy"] == skill
+    assert skill != 0.3  # k / 16 held-out prompts: never 0.3, so neither was written over
+
+
 def test_tiny_joint_sweep(tmp_path):
     summary = joint_report.run_joint(TINY, tmp_path, progress=False)
     kinds = {(r["mode"], r["n_facts"]) for r in summary["rows"]}
@@ -69,6 +87,7 @@ def test_tiny_joint_sweep(tmp_path):
         for key in ("general_accuracy_kept", "text_bits_per_byte", "kl", "tv"):
             assert np.isfinite(m[key])
         assert "general_mc_accuracy" in m and "general_mc_kept" in m
+        assert "skill_copy_accuracy" in m and ("copy_accuracy" in m) == (kind == "in-tool")
         # whole-budget training: recall never stops a cell
         assert t["stop_reason"] == "budget" and t["steps"] == TINY.facts.steps
         assert 0.0 <= m["greedy_tv"] <= 1.0 and m["greedy_tokens"] > 0
@@ -79,7 +98,7 @@ def test_tiny_joint_sweep(tmp_path):
     assert summary["capacity_bits"] == row["bits_memorized"] and row["capacity_share"] == 1.0
     ref_row = summary["rows"][0]
     assert ref_row["mode"] == "general-only" and ref_row["general_mc_ratio"] == 1.0
-    assert "add_accuracy" in ref_row and "add_mc_accuracy" in ref_row
+    assert "skill_add_accuracy" in ref_row and "add_mc_accuracy" in ref_row
     ref = read_json(joint.cell_path(tmp_path, "general-only", 0, 0) / "record.json")
     assert ref["metrics"]["general_accuracy_kept"] == 1.0 and ref["metrics"]["kl"] == 0.0
     assert (tmp_path / "general_kept.png").exists()

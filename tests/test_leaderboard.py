@@ -166,7 +166,7 @@ def test_entry_from_bad_record_names_the_field(tmp_path: Path) -> None:
     del record["params"]
     with pytest.raises(LeaderboardError, match=r"model\.params: missing required field"):
         lb.entry_from_record(record)
-    with pytest.raises(LeaderboardError, match=re.escape("not 'recall_bench.record/2'")):
+    with pytest.raises(LeaderboardError, match=re.escape("not 'recall_bench.record/3'")):
         lb.entry_from_record({"schema": "other"})
 
 
@@ -580,6 +580,7 @@ def test_valid_file_passes(board: Path) -> None:
 
 # Real files from before schema_version 2 / record/2: two entries of the committed version 1
 # leaderboard (the default benchmark's 256-fact cells) and the in-tool cell's record.
+ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures"
 V1_BOARD = FIXTURES / "leaderboard_v1.json"
 V1_RECORD = FIXTURES / "record_v1_in_tool.json"
@@ -636,14 +637,27 @@ def test_version_1_edits_are_caught(tmp_path: Path) -> None:
 
 
 def test_version_3_file_is_upgraded() -> None:
-    """A version 3 file validates as version 4, its entries (the retrieval-context track among
-    them) as they were."""
+    """A version 3 file validates as version 4: the retrieval-context track kept, ids and
+    numbers unchanged, the skill suite's accuracies under the record/3 names, as its records
+    give them today (a store write's entry cannot recover its base's skill_copy_accuracy)."""
     old = json.loads(V3_BOARD.read_text())
     assert old["schema_version"] == 3
-    assert old["entries"][0]["track"] == "retrieval-context"
     doc = lb.validate(V3_BOARD)
     assert doc["schema_version"] == lb.SCHEMA_VERSION == 4
-    assert doc == {**old, "schema_version": 4}
+    retrieval, tool, store_write, weight = doc["entries"]
+    assert retrieval["track"] == "retrieval-context" and retrieval == old["entries"][0]
+    for before, after in zip(old["entries"], doc["entries"], strict=True):
+        assert after["id"] == before["id"] == lb.entry_id(after)
+        assert sorted(after["metrics"].values()) == sorted(before["metrics"].values())
+        fresh = lb.entry_from_file(ROOT / after["record"])["metrics"]
+        if after is store_write:  # the record has it from its base's scores; the entry cannot
+            del fresh["skill_copy_accuracy"]
+        assert after["metrics"] == fresh
+    before = old["entries"][1]["metrics"]
+    assert tool["metrics"]["skill_copy_accuracy"] == before["copy_accuracy"]  # the skill's
+    assert "copy_accuracy" not in tool["metrics"] and "copy_accuracy" not in tool["better"]
+    assert store_write["metrics"]["copy_accuracy"] == old["entries"][2]["metrics"]["copy_accuracy"]
+    assert weight["metrics"]["skill_sort_accuracy"] == old["entries"][3]["metrics"]["sort_accuracy"]
 
 
 def test_committed_leaderboard_validates() -> None:

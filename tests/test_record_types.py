@@ -62,3 +62,32 @@ def test_committed_records_fit_the_types(committed: list[dict]) -> None:
         fits(record["metrics"], types.Metrics, extra=cells)
     modes = {r["mode"] for r in committed}
     assert {"in-weight", "in-tool", "side-memory", "random-tokens"} <= modes
+
+
+def test_skill_accuracies_take_their_own_names_on_upgrade() -> None:
+    """record/3: the copy skill's exact match is skill_copy_accuracy, beside the in-tool
+    copy_accuracy. In a degrade in-tool record of before, copy_accuracy was the skill's (the
+    tool's was written over it: lost); in a tool-base store write it was the tool's, and the
+    skill's is its base's; a record that never scored the suite keeps the tool's."""
+    path = RESULTS / "degradation" / "in-tool-1024" / "record.json"
+    raw, new = records.read_json(path), records.read_record(path)
+    assert raw["schema"] == "recall_bench.record/1" and new["schema"] == records.RECORD_SCHEMA
+    assert new["metrics"]["skill_copy_accuracy"] == raw["metrics"]["copy_accuracy"]
+    assert "copy_accuracy" not in new["metrics"] and "copy_accuracy" not in new["better"]
+    base, new_base = raw["degrade"]["base"]["scores"], new["degrade"]["base"]["scores"]
+    for skill in ("copy", "reverse", "sort", "add", "brackets"):
+        assert new["metrics"][f"skill_{skill}_accuracy"] == raw["metrics"][f"{skill}_accuracy"]
+        assert new_base[f"skill_{skill}_accuracy"] == base[f"{skill}_accuracy"]
+        assert f"{skill}_accuracy" not in new["metrics"] and f"{skill}_loss" in new["metrics"]
+    path = RESULTS / "degradation_v2" / "tool_base" / "store-write-2048-s0" / "record.json"
+    raw, new = records.read_json(path), records.read_record(path)
+    assert raw["schema"] == "recall_bench.record/2" and raw["train"]["steps"] == 0
+    assert new["metrics"]["copy_accuracy"] == raw["metrics"]["copy_accuracy"]  # the tool's
+    base = raw["tool_base"]["base"]["scores"]
+    assert new["metrics"]["skill_copy_accuracy"] == base["copy_accuracy"]
+    assert new["metrics"]["skill_copy_accuracy"] != new["metrics"]["copy_accuracy"]
+    assert records.upgrade_record(new) == new
+    path = RESULTS / "three_modes" / "in-tool-n1024-L2-d40-float32-s0" / "record.json"
+    raw, new = records.read_json(path), records.read_record(path)
+    assert new["metrics"]["copy_accuracy"] == raw["metrics"]["copy_accuracy"]
+    assert "skill_copy_accuracy" not in new["metrics"]

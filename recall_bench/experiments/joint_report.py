@@ -94,7 +94,9 @@ def summary_rows(records: list[dict]) -> list[dict]:
     rows = []
     for (mode, n), group in sorted(groups.items(), key=lambda g: (g[0][1], g[0][0])):
         row = {"mode": mode, "n_facts": n, "seeds": [r["seed"] for r in group]}
-        skills = tuple(f"{s}_{k}" for s in general.SKILLS for k in ("accuracy", "mc_accuracy"))
+        skills = tuple(
+            name for s in general.SKILLS for name in (general.accuracy_name(s), f"{s}_mc_accuracy")
+        )
         for key in SUMMARY_KEYS + skills:
             values = [r["metrics"].get(key) for r in group]
             values = [v for v in values if v is not None and math.isfinite(v)]

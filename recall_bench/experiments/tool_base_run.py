@@ -172,7 +172,7 @@ def store_cells(cfg, n: int, bases: dict, suite: general.Suite, out: Path) -> li
         store.close()
         one = stack([params])
         dtheta = float(relative_change(one, stack([base["params"]]))[0])
-        # the tool's copy_accuracy (answers = the store's values) over the copy skill's
+        # the base's general scores (a store write changes no weight), then the tool's measures
         metrics = {**base["info"]["scores"], **tool, "dtheta_rel": dtheta}
         metrics.update(kept(metrics, base["info"]["scores"], chance))
         entry = {"step": 0, "loss": None, "recall": metrics["recall"], "dtheta_rel": dtheta}

@@ -10,8 +10,10 @@ bits_memorized -> bits_delivered, ...), as run records did from record/1 to reco
 knew it, so its entries are kept as they are (without `record`) and only the version moves.
 
 3 -> 4: the track enum names `retrieval-context` (it gained it within version 3: a version 3
-file holds it only when written after that); a version 3 file is valid as it is, so only the
-version moves.
+file holds it only when written after that), and entries that scored the general skill suite
+name its exact-match accuracies `skill_<skill>_accuracy`, as run records do from record/3
+(records.skill_names: the copy skill's `copy_accuracy` had overwritten the in-tool one; the
+entry's id, over what was run, is unchanged).
 
 Steps run on untrusted input before the schema check: they change only what has the expected
 shape and leave the rest for the check to report.
@@ -55,7 +57,10 @@ def _doc_2_to_3(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def _doc_3_to_4(doc: dict[str, Any]) -> dict[str, Any]:
-    return {**doc, "schema_version": 4}
+    entries = doc.get("entries")
+    if isinstance(entries, list):
+        entries = [records.skill_names(e) for e in entries]
+    return {**doc, "schema_version": 4, "entries": entries}
 
 
 STEPS = {1: _doc_1_to_2, 2: _doc_2_to_3, 3: _doc_3_to_4}  # from schema_version n to n + 1
