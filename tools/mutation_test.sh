@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Mutation testing with mutmut (`pip install -e '.[mutation]'`) of what the benchmark's numbers
-# rest on: the bits measure (metrics.py), the tool loop (decode.py; tool.py's call parsing,
-# serving and memory-store lookup), the stopping rule (stopping.py plateaued, late_gain) and
-# degradation (degrade.run_cell, general.divergence). Only the fast tests listed under
+# rest on: the bits measure (metrics.py), the tool loop (decode.py; tool.py's call parsing and
+# serving, stores.py's memory-store lookup), the stopping rule (stopping.py plateaued,
+# late_gain) and degradation (degrade.run_cell, divergences.divergence). Only the fast tests listed under
 # [tool.mutmut] in pyproject.toml run against each mutant. Not run in CI: it uses both cores
 # for up to MUTATION_MINUTES (default 25); then `mutmut results` lists the survivors and
 # `mutmut show NAME` shows one. README.md (Testing) says why each survivor is harmless.
@@ -23,10 +23,10 @@ targets=(
   "recall_bench.tool.x__invalid__*"
   "recall_bench.tool.x_serve_calls__*"
   "recall_bench.tool.x_result_lengths__*"
-  "recall_bench.tool.xǁMemoryStoreǁlookup__*"
+  "recall_bench.stores.xǁMemoryStoreǁlookup__*"
   "recall_bench.stopping.x_plateaued__*"
   "recall_bench.stopping.x_late_gain__*"
-  "recall_bench.general.x_divergence__*"
+  "recall_bench.divergences.x_divergence__*"
   "recall_bench.experiments.degrade.x_run_cell__*"
 )
 [ $# -gt 0 ] && targets=("$@")
