@@ -37,7 +37,14 @@ from recall_bench.experiments.evaluate import evaluate
 from recall_bench.experiments.run import train_info
 from recall_bench.identity import refuse_other
 from recall_bench.model import ModelConfig, add_side_memory, count_params, init_model
-from recall_bench.records import clean_json, environment, new_record, read_json, write_json_atomic
+from recall_bench.records import (
+    clean_json,
+    environment,
+    new_record,
+    read_json,
+    read_record,
+    write_json_atomic,
+)
 from recall_bench.tool import build_store
 from recall_bench.train import Task, TrainConfig, train_models
 from recall_bench.worlds import FactWorld, make_fact_world, spec_fields, spec_hash
@@ -294,9 +301,10 @@ def summary_row(record: dict) -> dict:
         "train_s": t["wall_s"],
     }
     skills = record["degrade"]["config"]["suite"]["skills"]
-    row.update(
-        {f"{s}_{k}": m[f"{s}_{k}"] for s in skills for k in ("accuracy", "loss", "kl", "tv")}
-    )
+    per_skill = [
+        (general.accuracy_name(s), *(f"{s}_{k}" for k in ("loss", "kl", "tv"))) for s in skills
+    ]
+    row.update({name: m[name] for names in per_skill for name in names})
     if "text_bits_per_byte" in m:
         text = ("bits_per_byte", "bits_per_byte_change", "loss", "kl", "tv")
         row.update({f"text_{k}": m[f"text_{k}"] for k in text})
@@ -344,7 +352,7 @@ def run_degrade(
     (with resume, finished cells of the same config are kept); summary.json and the plot."""
     out = Path(out)
     t0 = time.perf_counter()
-    done = {p: read_json(p) for p in out.glob("*/record.json") if p.parent.name != "base"}
+    done = {p: read_record(p) for p in out.glob("*/record.json") if p.parent.name != "base"}
     if done and not resume:
         raise ValueError(
             f"{out} holds cells of an earlier sweep: pass --resume to keep finished ones, or "

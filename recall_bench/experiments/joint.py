@@ -40,7 +40,7 @@ from recall_bench.experiments.evaluate import evaluate
 from recall_bench.experiments.run import train_info
 from recall_bench.formats import Sequences
 from recall_bench.model import ModelConfig, count_params
-from recall_bench.records import clean_json, new_record, read_json, write_json_atomic
+from recall_bench.records import clean_json, new_record, read_record, write_json_atomic
 from recall_bench.tool import build_store
 from recall_bench.train import Task, TrainConfig, TrainResult, train_models
 from recall_bench.worlds import make_fact_world
@@ -288,7 +288,7 @@ def finished(cfg: JointConfig, out: Path, cells: list[tuple[str, int, int]], res
         )
     if not all(p.exists() for p in paths):
         return None
-    records = [read_json(p) for p in paths]
+    records = [read_record(p) for p in paths]  # older ones upgraded: today's metric names
     key = cell_key(cfg)
     return records if all(cell_key(r["joint"]["config"]) == key for r in records) else None
 
