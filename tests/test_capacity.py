@@ -143,3 +143,23 @@ def test_plots_of_a_sweep_with_only_in_tool_cells(tmp_path):
     assert capacity_summary(records) == []
     paths = write_plots([], params_for_recall(records), tmp_path)
     assert [p.rsplit("/", 1)[-1] for p in paths] == ["params_for_recall.png"]
+
+
+def test_noise_floor_beside_the_capacity_and_a_corrected_fit():
+    """With a floor in the records, each model reports its best cell's floor and a capacity
+    above it (max of corrected bits over the cells that are not data-capped), fitted too."""
+    records = []
+    for n, bits, floor in ((64, 0.95 * 768, 0.1), (256, 600.0, 0.5), (1024, 650.0, 0.2)):
+        r = fake_record("in-weight", 8, n, 0, 1_000, bits, 0.2)
+        corrected = bits - floor * n
+        r["metrics"].update(noise_floor_bits_per_fact=floor, bits_memorized_corrected=corrected)
+        records.append(r)
+    (group,) = capacity_summary(records)
+    (model,) = group["models"]
+    assert model["best_n_facts"] == 1024 and model["noise_floor_bits_per_fact"] == 0.2
+    assert model["capacity_bits_corrected"] == pytest.approx(472.0)  # 600 - 128 > 650 - 204.8
+    assert group["fit_corrected"]["bits_per_param"] == pytest.approx(0.472)
+    assert [p["noise_floor_bits_per_fact"] for p in model["curve"]] == [0.1, 0.5, 0.2]
+    older = fake_record("in-weight", 8, 256, 0, 1_000, 600.0, 0.2)  # made before the floor
+    (group,) = capacity_summary([records[0], older])
+    assert group["fit_corrected"] is None and "capacity_bits_corrected" not in group["models"][0]

@@ -90,6 +90,7 @@ def model_capacity(records: list[Record]) -> dict:
             steps_curve(cells[counts[j]], seed) for seed, j in zip(seeds, best, strict=True)
         ],
     }
+    out.update(noise_corrected(records, seeds, counts, free if not data_capped else bits, best))
     gains = [c["gain_per_efold"] for c in out["steps_curves"]]
     out["gain_per_efold"] = float("nan") if np.isnan(gains).all() else float(np.nanmean(gains))
     if len(curve) >= 3 and all("held_out_loss" in p for p in curve):
@@ -99,6 +100,30 @@ def model_capacity(records: list[Record]) -> dict:
             out["capacity_bits"],
         )
     return out
+
+
+def noise_corrected(
+    records: list[Record], seeds: list, counts: list, eligible: np.ndarray, best: np.ndarray
+) -> dict:
+    """The noise floor beside the capacity: per seed, the best cell's floor (bits/fact on
+    unseen facts) and the maximum of corrected bits over the same eligible cells (NaN in
+    `eligible` marks a cell left out). Empty when a record predates the floor."""
+    if not all("bits_memorized_corrected" in r["metrics"] for r in records):
+        return {}
+    corrected = np.full(eligible.shape, np.nan)
+    floor = np.full(eligible.shape, np.nan)
+    for r in records:
+        i, j = seeds.index(r["seed"]), counts.index(r["n_facts"])
+        corrected[i, j] = r["metrics"]["bits_memorized_corrected"]
+        floor[i, j] = r["metrics"]["noise_floor_bits_per_fact"]
+    cap = capacity.capacity_per_seed(np.where(np.isnan(eligible), np.nan, corrected))
+    total = records[0]["params"]["total"]
+    return {
+        "noise_floor_bits_per_fact": float(np.mean(floor[np.arange(len(seeds)), best])),
+        "capacity_bits_corrected": float(cap.mean()),
+        "capacity_bits_corrected_by_seed": cap.tolist(),
+        "bits_per_param_corrected": float(cap.mean() / total),
+    }
 
 
 def steps_curve(rs: list[dict], seed: int) -> dict:
@@ -137,6 +162,9 @@ def curve_point(rs: list[dict]) -> dict:
         "converged": all(r["train"]["converged"] for r in rs),
     }
     if all("noise_floor_bits_per_fact" in x for x in m):
+        point["noise_floor_bits_per_fact"] = float(
+            np.mean([x["noise_floor_bits_per_fact"] for x in m])
+        )
         point["bits_corrected"] = float(np.mean([x["bits_memorized_corrected"] for x in m]))
     if "held_out_loss" in m[0]:
         point["held_out_loss"] = float(np.mean([x["held_out_loss"] for x in m]))
@@ -167,6 +195,7 @@ def capacity_summary(records: list[Record]) -> list[dict]:
                 "models": models,
                 "fit": fit_over(fitted, "total"),
                 "fit_non_embedding": fit_over(fitted, "non_embedding"),
+                "fit_corrected": fit_over(fitted, "total", "capacity_bits_corrected_by_seed"),
                 "fit_cells": [
                     {"model": m["name"], "n_facts_by_seed": m["best_n_facts_by_seed"]}
                     for m in fitted
@@ -181,12 +210,15 @@ def capacity_summary(records: list[Record]) -> list[dict]:
     return summary
 
 
-def fit_over(models: list[dict], count: str) -> dict | None:
+def fit_over(
+    models: list[dict], count: str, capacities: str = "capacity_bits_by_seed"
+) -> dict | None:
     """The bits/param fit over `models` by their `count` ("total" or "non_embedding")
-    parameters; None without models."""
-    if not models:
+    parameters, of their `capacities` (raw, or above the noise floor); None without models
+    or when a model lacks them."""
+    if not models or not all(capacities in m for m in models):
         return None
-    caps = [m["capacity_bits_by_seed"] for m in models]
+    caps = [m[capacities] for m in models]
     return capacity.fit_bits_per_param([m["params"][count] for m in models], caps)
 
 
@@ -239,6 +271,12 @@ def format_capacity(groups: list[dict]) -> str:
                 f"{fit_ne['interval'][1]:.2f}] over {len(g['fit_cells'])} models; published "
                 f"{g['published_bits_per_param']}"
             )
+            if g["fit_corrected"] is not None:
+                fc = g["fit_corrected"]
+                lines.append(
+                    f"  above the noise floor: {fc['bits_per_param']:.2f} bits/param "
+                    f"[{fc['interval'][0]:.2f}, {fc['interval'][1]:.2f}]"
+                )
         lines.append(format_table(g["models"], MODEL_COLUMNS))
         for m in g["models"]:
             if "loss_peak" in m:
@@ -267,6 +305,8 @@ MODEL_COLUMNS = (
     ("non-emb", lambda m: m["params"]["non_embedding"], ","),
     ("capacity", "capacity_bits", ",.0f"),
     ("bits/param", "bits_per_param", ".2f"),
+    ("floor b/fact", lambda m: m.get("noise_floor_bits_per_fact"), ".3f"),
+    ("corrected b/param", lambda m: m.get("bits_per_param_corrected"), ".2f"),
     ("best n", "best_n_facts"),
     ("gain/e-fold", "gain_per_efold", "+.2f"),  # bits/param per e-fold of steps at the end
     ("status", status),
