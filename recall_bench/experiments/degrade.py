@@ -34,6 +34,7 @@ from recall_bench.cost import record_cost
 from recall_bench.experiments.config import RunConfig, make_task
 from recall_bench.experiments.evaluate import evaluate
 from recall_bench.experiments.run import train_info
+from recall_bench.experiments.tool_cost import cost_splits, format_splits
 from recall_bench.identity import refuse_other
 from recall_bench.model import ModelConfig, add_side_memory, count_params, init_model
 from recall_bench.records import clean_json, environment, new_record, read_json, write_json_atomic
@@ -384,6 +385,7 @@ def run_degrade(
         "params": base["info"]["params"],
         "base": base["info"],
         "rows": rows,
+        "tool_cost": cost_splits(rows),  # one-time vs per-fact cost of learning the tool
         "plot": str(plot),
         "env": environment(),
         "wall_s": time.perf_counter() - t0,
@@ -410,6 +412,7 @@ def format_table(summary: dict) -> str:
         f"degradation: {summary['params']['total']:,}-parameter base model, general accuracy "
         f"{base['general_accuracy']:.3f}, loss {base['general_loss']:.4f}{text}",
         tables.format_table(summary["rows"], columns),
+        format_splits(summary.get("tool_cost", [])),
         f"plot: {summary['plot']}   total {summary['wall_s']:.0f} s",
     ]
     return "\n".join(lines)
