@@ -412,7 +412,7 @@ def format_table(summary: dict) -> str:
         f"degradation: {summary['params']['total']:,}-parameter base model, general accuracy "
         f"{base['general_accuracy']:.3f}, loss {base['general_loss']:.4f}{text}",
         tables.format_table(summary["rows"], columns),
-        format_splits(summary.get("tool_cost", [])),
+        format_splits(summary.get("tool_cost", [])),  # empty without a tool mode
         f"plot: {summary['plot']}   total {summary['wall_s']:.0f} s",
     ]
-    return "\n".join(lines)
+    return "\n".join(line for line in lines if line)
