@@ -94,6 +94,8 @@ def test_tiny_joint_sweep(tmp_path):
     facts_only = read_json(joint.cell_path(tmp_path, "facts-only", 8, 0) / "record.json")
     recalls = [h["recall"] for h in facts_only["train"]["history"]]
     assert recalls[0] == 1.0 and len(recalls) == 2  # all recalled at the first check, trained on
+    bits = [h["bits"] for h in facts_only["train"]["history"]]
+    assert facts_only["train"]["fact_bits_late_gain"] == pytest.approx(1 - bits[0] / bits[1])
     (row,) = [r for r in summary["rows"] if r["mode"] == "facts-only"]
     assert summary["capacity_bits"] == row["bits_memorized"] and row["capacity_share"] == 1.0
     ref_row = summary["rows"][0]
@@ -101,6 +103,7 @@ def test_tiny_joint_sweep(tmp_path):
     assert "skill_add_accuracy" in ref_row and "add_mc_accuracy" in ref_row
     ref = read_json(joint.cell_path(tmp_path, "general-only", 0, 0) / "record.json")
     assert ref["metrics"]["general_accuracy_kept"] == 1.0 and ref["metrics"]["kl"] == 0.0
+    assert ref["train"]["fact_bits_late_gain"] is None and ref_row["fact_bits_late_gain"] is None
     assert (tmp_path / "general_kept.png").exists()
     assert "--protocol joint" in summary["command"] and "facts-only" in joint_report.format_table(
         summary

@@ -35,6 +35,7 @@ from recall_bench.divergences import divergence
 from recall_bench.experiments.config import RunConfig, make_task
 from recall_bench.experiments.evaluate import evaluate
 from recall_bench.experiments.run import train_info
+from recall_bench.experiments.tool_cost import cost_splits, format_splits
 from recall_bench.identity import refuse_other
 from recall_bench.model import ModelConfig, add_side_memory, count_params, init_model
 from recall_bench.records import (
@@ -393,6 +394,7 @@ def run_degrade(
         "params": base["info"]["params"],
         "base": base["info"],
         "rows": rows,
+        "tool_cost": cost_splits(rows),  # one-time vs per-fact cost of learning the tool
         "plot": str(plot),
         "env": environment(),
         "wall_s": time.perf_counter() - t0,
@@ -419,6 +421,7 @@ def format_table(summary: dict) -> str:
         f"degradation: {summary['params']['total']:,}-parameter base model, general accuracy "
         f"{base['general_accuracy']:.3f}, loss {base['general_loss']:.4f}{text}",
         tables.format_table(summary["rows"], columns),
+        format_splits(summary.get("tool_cost", [])),  # empty without a tool mode
         f"plot: {summary['plot']}   total {summary['wall_s']:.0f} s",
     ]
-    return "\n".join(lines)
+    return "\n".join(line for line in lines if line)

@@ -41,6 +41,7 @@ from recall_bench.experiments.run import train_info
 from recall_bench.formats import Sequences
 from recall_bench.model import ModelConfig, count_params
 from recall_bench.records import clean_json, new_record, read_record, write_json_atomic
+from recall_bench.stopping import late_gain
 from recall_bench.tool import build_store
 from recall_bench.train import Task, TrainConfig, TrainResult, train_models
 from recall_bench.worlds import make_fact_world
@@ -215,13 +216,15 @@ def cell_record(
     metrics: dict,
 ) -> dict:  # fmt: skip
     """The record of model k of an ensemble, built complete: its train block says how much the
-    whole loss still fell late (a plateau: under 1%)."""
+    whole loss still fell late (a plateau: under 1%) and how much the monitored fact bits still
+    rose (None for general-only, which holds none)."""
     kind, n_facts, seed = cell
     drop = late_drop(result.history[k])
     plateau = drop is not None and drop < 0.01
     train = {
         **train_info(cfg.train_config(), result, k, task),
         "whole_loss_late_drop": drop,
+        "fact_bits_late_gain": late_gain(result.history[k], LATE),
         "plateaued": plateau,
         "converged": plateau,
     }

@@ -102,8 +102,9 @@ def summary_rows(records: list[dict]) -> list[dict]:
             values = [v for v in values if v is not None and math.isfinite(v)]
             if values:
                 row[key], row[f"{key}_range"] = float(np.mean(values)), [min(values), max(values)]
-        drops = [r["train"]["whole_loss_late_drop"] for r in group]
-        row["whole_loss_late_drop"] = max((d for d in drops if d is not None), default=None)
+        for key in ("whole_loss_late_drop", "fact_bits_late_gain"):  # the least converged seed
+            values = [r["train"].get(key) for r in group]
+            row[key] = max((v for v in values if v is not None), default=None)
         row["steps"] = group[0]["train"]["steps"]
         row["train_s"] = group[0]["train"]["wall_s"]
         rows.append(row)
