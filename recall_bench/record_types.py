@@ -56,6 +56,7 @@ class Train(_Train, total=False):
     resumes: list[dict[str, Any]]  # per resume: its step and the code it ran on
     history: list[dict[str, Any]]  # per progress check: step, loss, recall, bits
     whole_loss_late_drop: float | None  # joint protocol: the whole loss's late drop
+    fact_bits_late_gain: float | None  # joint protocol: the monitored fact bits' late gain
     rows: int  # consolidation: rows of the offline mixture
     schedule: str  # consolidation: the learning-rate schedule
 
