@@ -23,7 +23,6 @@ import dataclasses
 import functools
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from recall_bench.experiments.config import RunConfig, make_task
 from recall_bench.experiments.engine import Cell, finished, run_cells
 from recall_bench.identity import refuse_other
 from recall_bench.model import ModelConfig, add_side_memory, count_params, init_model
+from recall_bench.progress import log
 from recall_bench.records import clean_json, environment, read_json, write_json_atomic
 from recall_bench.train import Task, TrainConfig, TrainResult, train_models
 from recall_bench.worlds import FactWorld
@@ -208,16 +208,7 @@ def injection_task(cfg: DegradeConfig, mode: str, world: FactWorld, suite: gener
     return Task(train, task.monitor, task.monitor_bits)
 
 
-def run_cell(
-    cfg: DegradeConfig,
-    mode: str,
-    n_facts: int,
-    base: dict,
-    suite: general.Suite,
-    progress: bool,
-    out_dir: Path | None = None,
-    resume: bool = False,
-) -> dict:
+def run_cell(cfg, mode: str, n_facts: int, base: dict, suite, progress, out_dir=None, resume=False):
     """Inject n_facts into the base model in one mode (the engine: trained, evaluated and
     recorded, into out_dir if given); the cell's record."""
     cell = make_cell(cfg, mode, n_facts, base, suite, out_dir)
@@ -225,14 +216,7 @@ def run_cell(
     return record
 
 
-def make_cell(
-    cfg: DegradeConfig,
-    mode: str,
-    n_facts: int,
-    base: dict,
-    suite: general.Suite,
-    out_dir: Path | None = None,
-) -> Cell:
+def make_cell(cfg: DegradeConfig, mode: str, n_facts: int, base: dict, suite, out_dir=None) -> Cell:
     """A cell of the sweep: the fact run of its mode, its own rows (replay mixes), model (a
     side memory added) and training, started from the base model and measured against it."""
     model_cfg = cfg.cell_model_config(mode)
@@ -390,11 +374,6 @@ def run_degrade(
     }
     write_json_atomic(out / "summary.json", summary)
     return summary
-
-
-def log(progress: bool, text: str) -> None:
-    if progress:
-        print(text, file=sys.stderr)
 
 
 def format_table(summary: dict) -> str:

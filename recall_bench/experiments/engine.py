@@ -156,15 +156,6 @@ def train_group(
     )
 
 
-def finished_group(
-    cfgs: list[BaseRunConfig], out_dirs: list[str | Path | None], resume: bool
-) -> list[dict] | None:
-    """The records of a group whose every run has finished under the same config (with
-    resume); None if any has not. A record of another config is refused (identity)."""
-    done = [finished(Cell(c, d), resume) for c, d in zip(cfgs, out_dirs, strict=True)]
-    return done if all(r is not None for r in done) else None
-
-
 def prepare(cell: Cell) -> tuple[FactWorld | None, Task]:
     """A cell's world (None for random tokens) and training task."""
     cfg = cell.cfg
