@@ -13,18 +13,27 @@ from recall_bench.experiments import engine
 from recall_bench.experiments.config import RunConfig, make_task
 from recall_bench.model import init_model
 from recall_bench.records import environment, read_json
-from recall_bench.train import TrainResult, stack
+from recall_bench.train import TrainResult
 
 TINY = RunConfig(n_facts=16, layers=1, width=16, heads=2, steps=25, batch_size=16)
 
 
 def zero_steps(model_cfg, train_cfg, tasks, seeds, progress, init_params) -> TrainResult:
-    """A trainer of no steps: every model is its starting parameters."""
+    """A trainer of no steps: every model is its starting parameters (stacked in numpy: no
+    compiling)."""
     history = [[{"step": 0, "loss": None, "recall": 0.0, "bits": 0.0}] for _ in seeds]
     k = len(seeds)
     graphdef = init_model(model_cfg, seeds[0])[0]
     return TrainResult(
-        graphdef, stack(init_params), [0] * k, ["budget"] * k, history, 0.0, 0.0, environment(), []
+        graphdef,
+        jax.tree.map(lambda *xs: np.stack(xs), *init_params),
+        [0] * k,
+        ["budget"] * k,
+        history,
+        0.0,
+        0.0,
+        environment(),
+        [],
     )
 
 
