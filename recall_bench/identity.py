@@ -8,6 +8,7 @@ overwritten: the error names the fields that differ.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,18 +50,22 @@ def resolved(config: dict, cls: type) -> dict:
         return config
 
 
-def finished_record(path: str | Path, cfg: Any, resume: bool) -> dict | None:
-    """The record at `path` if it was made by the config dataclass `cfg` and resume is set;
-    None if there is none. A record of another config, or of this one without --resume, is
-    refused: a finished run is never retrained over."""
+def finished_record(
+    path: str | Path, cfg: Any, resume: bool, identity: tuple[Callable, dict] | None = None
+) -> dict | None:
+    """The record at `path` if it was made by the config dataclass `cfg` (or by `identity`:
+    what a record says it was made under, and what this run is) and resume is set; None if
+    there is none. A record of another config, or of this one without --resume, is refused: a
+    finished run is never retrained over."""
     path = Path(path)
     if not path.exists():
         return None
     if path.parent.exists() and not path.parent.is_dir():
         raise ValueError(f"{path.parent} is a file, not a folder: choose another --out")
     record = read_record(path)
-    old = resolved(record.get("config", {}), type(cfg))
-    refuse_other(path, "a finished record", old, dataclasses.asdict(cfg))
+    if identity is None:
+        identity = (lambda r: resolved(r.get("config", {}), type(cfg)), dataclasses.asdict(cfg))
+    refuse_other(path, "a finished record", identity[0](record), identity[1])
     if not resume:
         raise ValueError(
             f"{path} already holds this run's finished record: pass --resume to return it "

@@ -47,3 +47,9 @@ class Progress:
             self.bar.close()
         elif self.enabled:
             self.line()
+
+
+def log(progress: bool, text: str) -> None:
+    """A line of an experiment's progress on stderr, when progress is shown."""
+    if progress:
+        print(text, file=sys.stderr)

@@ -15,7 +15,7 @@ from flax import nnx
 
 import recall_bench.cli.degrade as cli_degrade
 from recall_bench import divergences, general
-from recall_bench.experiments import degrade
+from recall_bench.experiments import degrade, engine
 from recall_bench.experiments.run import evaluate
 from recall_bench.model import init_model
 from recall_bench.records import environment
@@ -104,7 +104,7 @@ def run_spied(monkeypatch, cfg, mode, n_facts, base, suite) -> tuple[dict, nnx.G
         results.append(train_models(*args, **kwargs))
         return results[-1]
 
-    monkeypatch.setattr(degrade, "train_models", spy)
+    monkeypatch.setattr(engine, "train_models", spy)
     record = degrade.run_cell(cfg, mode, n_facts, base, suite, progress=False)
     (result,) = results
     return record, result.graphdef, result.model(0)
@@ -269,8 +269,8 @@ def test_cell_record_is_built_from_what_training_returned(monkeypatch, mode):
             stores.append((len(store), bool(right)))
         return evaluate(run_cfg, world, graphdef, params, store, entities)
 
-    monkeypatch.setattr(degrade, "train_models", fake_train)
-    monkeypatch.setattr(degrade, "evaluate", spy_evaluate)
+    monkeypatch.setattr(engine, "train_models", fake_train)
+    monkeypatch.setattr(engine, "evaluate", spy_evaluate)
     record = degrade.run_cell(cfg, mode, 64, base, suite, progress=False)
     assert stores == ([(64, True)] if mode.startswith("in-tool") else [None])
     ((model_cfg, train_cfg, (task,), seeds, (init,)),) = calls

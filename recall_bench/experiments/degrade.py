@@ -20,9 +20,9 @@ also the held-out text's bits per byte, its change from the base model's, and it
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -30,25 +30,16 @@ import numpy as np
 
 from recall_bench import formats, general, plots, tables
 from recall_bench.checkpoint import load_params, save_params
-from recall_bench.cost import record_cost
 from recall_bench.divergences import divergence
 from recall_bench.experiments.config import RunConfig, make_task
-from recall_bench.experiments.evaluate import evaluate
-from recall_bench.experiments.run import train_info
+from recall_bench.experiments.engine import Cell, finished, run_cells
 from recall_bench.experiments.tool_cost import cost_splits, format_splits
 from recall_bench.identity import refuse_other
 from recall_bench.model import ModelConfig, add_side_memory, count_params, init_model
-from recall_bench.records import (
-    clean_json,
-    environment,
-    new_record,
-    read_json,
-    read_record,
-    write_json_atomic,
-)
-from recall_bench.tool import build_store
-from recall_bench.train import Task, TrainConfig, train_models
-from recall_bench.worlds import FactWorld, make_fact_world, spec_fields, spec_hash
+from recall_bench.progress import log
+from recall_bench.records import clean_json, environment, read_json, write_json_atomic
+from recall_bench.train import Task, TrainConfig, TrainResult, train_models
+from recall_bench.worlds import FactWorld
 
 MODES = ("in-weight", "in-tool", "in-weight+replay", "in-tool+replay", "side-memory")
 FACT_COUNTS = (256, 1024, 4096, 16384)
@@ -219,68 +210,64 @@ def injection_task(cfg: DegradeConfig, mode: str, world: FactWorld, suite: gener
     return Task(train, task.monitor, task.monitor_bits)
 
 
-def run_cell(
-    cfg: DegradeConfig, mode: str, n_facts: int, base: dict, suite: general.Suite, progress: bool
-) -> dict:
-    """Inject n_facts into the base model in one mode; the cell's record."""
-    run_cfg = cfg.run_config(mode, n_facts)
-    world = make_fact_world(run_cfg.spec)
-    task = injection_task(cfg, mode, world, suite)
+def run_cell(cfg, mode: str, n_facts: int, base: dict, suite, progress, out_dir=None, resume=False):
+    """Inject n_facts into the base model in one mode (the engine: trained, evaluated and
+    recorded, into out_dir if given); the cell's record."""
+    cell = make_cell(cfg, mode, n_facts, base, suite, out_dir)
+    [record] = run_cells([cell], progress, resume=resume)
+    return record
+
+
+def make_cell(cfg: DegradeConfig, mode: str, n_facts: int, base: dict, suite, out_dir=None) -> Cell:
+    """A cell of the sweep: the fact run of its mode, its own rows (replay mixes), model (a
+    side memory added) and training, started from the base model and measured against it."""
     model_cfg = cfg.cell_model_config(mode)
-    init = base["params"]
-    if mode == "side-memory":
-        init = add_side_memory(model_cfg, init, cfg.seed)
-    result = train_models(
-        model_cfg, cfg.injection_config(mode), [task], [cfg.seed], progress, init_params=[init]
+
+    def init():
+        if mode == "side-memory":
+            return add_side_memory(model_cfg, base["params"], cfg.seed)
+        return base["params"]
+
+    block = {"config": clean_json(dataclasses.asdict(cfg)), "base": base["info"]}
+    return Cell(
+        cfg.run_config(mode, n_facts),
+        out_dir,
+        task=lambda world: injection_task(cfg, mode, world, suite),
+        model=model_cfg,
+        train=cfg.injection_config(mode),
+        init=init,
+        measures=(functools.partial(general_measures, cfg, base, suite),),
+        fields=lambda result, k: {"mode": mode, "degrade": block},
+        identity=identity(cfg),
+        group=mode,
+        floor=False,
     )
-    graphdef, params = result.graphdef, result.model(0)
-    store = build_store(world) if run_cfg.mode == "in-tool" else None
-    metrics, decoded = evaluate(run_cfg, world, graphdef, params, store)
-    n_params = count_params(params, model_cfg)["total"]
-    cost = record_cost(model_cfg, world, graphdef, params, decoded, n_params, store, None)
-    if store is not None:
-        store.close()
-    metrics.update(general.score(graphdef, params, suite))
-    metrics.update(divergence(base["graphdef"], base["params"], graphdef, params, suite))
+
+
+def identity(cfg: DegradeConfig) -> tuple:
+    """What a cell's record says it was made under (sweep_config), and what cfg is."""
+    return sweep_config, dataclasses.asdict(cfg)
+
+
+def general_measures(
+    cfg: DegradeConfig, base: dict, suite: general.Suite, result: TrainResult, k: int, metrics
+) -> dict:
+    """Model k's general scores, their divergence from the base model's and what it kept."""
+    graphdef, params = result.graphdef, result.model(k)
+    out = general.score(graphdef, params, suite)
+    out.update(divergence(base["graphdef"], base["params"], graphdef, params, suite))
     base_scores = base["info"]["scores"]
     base_accuracy = base_scores["general_accuracy"]
-    kept = metrics["general_accuracy"] / base_accuracy if base_accuracy else math.nan
-    metrics["general_accuracy_kept"] = kept  # undefined (null) for a base that knows nothing
+    kept = out["general_accuracy"] / base_accuracy if base_accuracy else math.nan
+    out["general_accuracy_kept"] = kept  # undefined (null) for a base that knows nothing
     if "general_mc_accuracy" in base_scores:  # bases saved before the graded score lack it
         chance = 1.0 / (cfg.suite.distractors + 1)
-        mc = (metrics["general_mc_accuracy"], base_scores["general_mc_accuracy"], chance)
-        metrics["general_mc_kept"] = general.above_chance(*mc)
-    if "text_bits_per_byte" in metrics:
-        change = metrics["text_bits_per_byte"] - base_scores["text_bits_per_byte"]
-        metrics["text_bits_per_byte_change"] = change
-    return new_record(
-        mode=mode,
-        n_facts=n_facts,
-        seed=cfg.seed,
-        **fact_fields(run_cfg),
-        model=dataclasses.asdict(model_cfg),
-        params=count_params(params, model_cfg),
-        train=train_info(cfg.injection_config(mode), result, 0, task),
-        metrics=metrics,
-        env=result.env,
-        cost=cost,
-        degrade={"config": clean_json(dataclasses.asdict(cfg)), "base": base["info"]},
-    )
-
-
-def fact_fields(run_cfg: RunConfig) -> dict:
-    """What a cell's record says of its facts: bits per fact, its fact run's config, the world."""
-    spec = run_cfg.spec
-    return {
-        "bits_per_fact": spec.bits_per_fact,
-        "config": dataclasses.asdict(run_cfg),
-        "world": {
-            "kind": "facts" if spec.rule_alpha is None else f"facts-rule{spec.rule_alpha:g}",
-            "spec": spec_fields(spec),
-            "hash": spec_hash(spec),
-            "entropy_bits": spec.entropy_bits,
-        },
-    }
+        mc = (out["general_mc_accuracy"], base_scores["general_mc_accuracy"], chance)
+        out["general_mc_kept"] = general.above_chance(*mc)
+    if "text_bits_per_byte" in out:
+        change = out["text_bits_per_byte"] - base_scores["text_bits_per_byte"]
+        out["text_bits_per_byte_change"] = change
+    return out
 
 
 def summary_row(record: dict) -> dict:
@@ -353,14 +340,9 @@ def run_degrade(
     (with resume, finished cells of the same config are kept); summary.json and the plot."""
     out = Path(out)
     t0 = time.perf_counter()
-    done = {p: read_record(p) for p in out.glob("*/record.json") if p.parent.name != "base"}
-    if done and not resume:
-        raise ValueError(
-            f"{out} holds cells of an earlier sweep: pass --resume to keep finished ones, or "
-            "choose another --out"
-        )
-    for path, record in done.items():  # before any training
-        refuse_other(path, "a cell", sweep_config(record), dataclasses.asdict(cfg))
+    cells = [(mode, n) for n in cfg.fact_counts for mode in cfg.modes]
+    for mode, n in cells:  # refuse a record of another config before any training
+        finished(Cell(cfg.run_config(mode, n), out / f"{mode}-{n}", identity=identity(cfg)), resume)
     suite = general.make_suite(cfg.suite, formats.Vocab.of(cfg.run_config("in-weight", 2).spec))
     if (out / "base" / "base.json").exists():
         base = load_base(out / "base", cfg)
@@ -370,14 +352,9 @@ def run_degrade(
         save_base(out / "base", base)
     log(progress, f"base: {json.dumps(base['info']['scores'])}")
     rows = []
-    cells = [(mode, n) for n in cfg.fact_counts for mode in cfg.modes]
     for i, (mode, n) in enumerate(cells, 1):
-        path = out / f"{mode}-{n}" / "record.json"
-        record = done.get(path)
-        if record is None:
-            log(progress, f"[{i}/{len(cells)}] {mode}, {n} facts")
-            record = run_cell(cfg, mode, n, base, suite, progress)
-            write_json_atomic(path, record)
+        log(progress, f"[{i}/{len(cells)}] {mode}, {n} facts")
+        record = run_cell(cfg, mode, n, base, suite, progress, out / f"{mode}-{n}", resume)
         rows.append(summary_row(record))
         r = rows[-1]
         log(
@@ -401,11 +378,6 @@ def run_degrade(
     }
     write_json_atomic(out / "summary.json", summary)
     return summary
-
-
-def log(progress: bool, text: str) -> None:
-    if progress:
-        print(text, file=sys.stderr)
 
 
 def format_table(summary: dict) -> str:

@@ -1,14 +1,18 @@
 """The cell engine: every run of every experiment goes through here.
 
 A cell is one model to train and evaluate: a run config (a fact run of any memory method,
-or a random-token run) and the folder its record goes to. The engine
+or a random-token run) and the folder its record goes to; an experiment's cell may also bring
+its own training rows, model, training, initial parameters (a base model), stop rule, extra
+measures and record fields (Cell). The engine
   1. refuses or returns finished cells (identity.py: a finished record is never retrained);
   2. groups cells that differ only in seed into vmapped ensembles, split to what the
      devices hold;
-  3. trains each ensemble (train.train_models: checkpoints, resume, sharding);
+  3. trains each ensemble (train.train_models: checkpoints, resume, sharding; or the
+     cells' own trainer);
   4. evaluates each model by its method (experiments/evaluate.py; a store built when the
-     method uses one), builds its record complete, once (recording.py), and writes it
-     atomically with its traces; then drops the ensemble's checkpoints.
+     method uses one) and the cell's measures, builds its record complete, once
+     (recording.py), and writes it atomically with its traces; then drops the ensemble's
+     checkpoints.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import dataclasses
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
 
@@ -30,21 +34,45 @@ from recall_bench.experiments.evaluate import evaluate, held_out_metrics, noise_
 from recall_bench.experiments.recording import make_record, save_traces
 from recall_bench.experiments.tokens import TokenRunConfig, token_record, token_task
 from recall_bench.identity import finished_record
-from recall_bench.model import count_params
+from recall_bench.model import ModelConfig, count_params
 from recall_bench.records import write_json_atomic
 from recall_bench.tool import build_store
-from recall_bench.train import Task, TrainResult, train_models
+from recall_bench.train import Task, TrainConfig, TrainResult, train_models
 from recall_bench.worlds import FactWorld, make_fact_world
 
 Config = RunConfig | TokenRunConfig
 
 
+Measure = Callable[[TrainResult, int, dict], dict]  # (result, model k, metrics so far) -> more
+
+
 @dataclasses.dataclass(frozen=True)
 class Cell:
-    """One model to train and evaluate, and where its record goes (None: not written)."""
+    """One model to train and evaluate, and where its record goes (None: not written). A plain
+    run of `cfg` leaves the other fields unset; an experiment sets what its cell does
+    differently."""
 
     cfg: Config
     out_dir: Path | None = None
+    task: Callable[[FactWorld], Task] | None = None  # its rows from its world (default: make_task)
+    model: ModelConfig | None = None  # the model it trains (default: cfg's)
+    train: TrainConfig | None = None  # how it trains (default: cfg's), also in its record
+    init: Callable[[], Any] | None = None  # initial parameters (default: fresh from the seed)
+    # trains the ensemble instead of train_models, same arguments (a stop rule of its own)
+    trainer: Callable[..., TrainResult] | None = None
+    measures: tuple[Measure, ...] = ()  # evaluations adding to the record's metrics
+    fields: Callable[[TrainResult, int], dict] | None = None  # record fields added or replaced
+    # (what a finished record says it was made under, what this cell is made under); default:
+    # the record's config read back through cfg's class, and cfg
+    identity: tuple[Callable[[dict], dict], dict] | None = None
+    group: Hashable = None  # cells train together only if this tag matches too
+    floor: bool = True  # a method holding bits in weights: also its noise floor / held-out
+
+    def model_config(self) -> ModelConfig:
+        return self.model or self.cfg.model_config()
+
+    def train_config(self) -> TrainConfig:
+        return self.train or self.cfg.train_config()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,11 +92,16 @@ def group_key(cfg: BaseRunConfig) -> BaseRunConfig:
     return dataclasses.replace(cfg, seed=0)
 
 
+def cell_key(cell: Cell) -> tuple:
+    """Cells with the same key train together as one ensemble."""
+    return (group_key(cell.cfg), cell.model_config(), cell.train_config(), cell.group)
+
+
 def group_cells(cells: list[Cell]) -> list[list[Cell]]:
     """Cells differing only in seed, as ensembles in order of first appearance."""
-    by_key: dict[BaseRunConfig, list[Cell]] = {}
+    by_key: dict[tuple, list[Cell]] = {}
     for cell in cells:
-        by_key.setdefault(group_key(cell.cfg), []).append(cell)
+        by_key.setdefault(cell_key(cell), []).append(cell)
     return list(by_key.values())
 
 
@@ -77,7 +110,7 @@ def finished(cell: Cell, resume: bool) -> dict | None:
     None if it has not run; refused if it holds another config, or this one without resume."""
     if cell.out_dir is None:
         return None
-    return finished_record(Path(cell.out_dir) / "record.json", cell.cfg, resume)
+    return finished_record(Path(cell.out_dir) / "record.json", cell.cfg, resume, cell.identity)
 
 
 def pending(
@@ -94,44 +127,42 @@ def pending(
 
 
 def train_group(
-    cfgs: list[BaseRunConfig],
+    cells: list[Cell],
     tasks: list[Task],
     progress: bool = True,
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     checkpoint_every_s: float = 30.0,
 ) -> TrainResult:
-    """Train same-shaped configurations (fact or random-token runs differing only in seed)
-    as one vmapped ensemble."""
-    if len({group_key(c) for c in cfgs}) != 1:
+    """Train same-shaped cells (fact or random-token runs differing only in seed) as one
+    vmapped ensemble, from their initial parameters, with their trainer."""
+    if len({cell_key(c) for c in cells}) != 1:
         raise ValueError("a group needs configs that differ only in seed")
-    return train_models(
-        cfgs[0].model_config(),
-        cfgs[0].train_config(),
+    first = cells[0]
+    checkpointing = {}
+    if checkpoint_dir is not None:
+        checkpointing = dict(
+            checkpoint_dir=checkpoint_dir, resume=resume, checkpoint_every_s=checkpoint_every_s
+        )
+    if first.init is not None:
+        checkpointing["init_params"] = [c.init() for c in cells]
+    return (first.trainer or train_models)(
+        first.model_config(),
+        first.train_config(),
         tasks,
-        [c.seed for c in cfgs],
-        progress=progress,
-        checkpoint_dir=checkpoint_dir,
-        resume=resume,
-        checkpoint_every_s=checkpoint_every_s,
+        [c.cfg.seed for c in cells],
+        progress,
+        **checkpointing,
     )
 
 
-def finished_group(
-    cfgs: list[BaseRunConfig], out_dirs: list[str | Path | None], resume: bool
-) -> list[dict] | None:
-    """The records of a group whose every run has finished under the same config (with
-    resume); None if any has not. A record of another config is refused (identity)."""
-    done = [finished(Cell(c, d), resume) for c, d in zip(cfgs, out_dirs, strict=True)]
-    return done if all(r is not None for r in done) else None
-
-
-def prepare(cfg: Config) -> tuple[FactWorld | None, Task]:
+def prepare(cell: Cell) -> tuple[FactWorld | None, Task]:
     """A cell's world (None for random tokens) and training task."""
+    cfg = cell.cfg
     if isinstance(cfg, TokenRunConfig):
         return None, token_task(cfg)
     world = make_fact_world(cfg.spec)
-    return world, make_task(cfg, world)
+    return world, make_task(cfg, world) if cell.task is None else cell.task(world)
 
 
 def run_group(
@@ -143,20 +174,33 @@ def run_group(
     checkpoint_every_s: float = 30.0,
     save_model: bool = False,
 ) -> list[dict[str, Any]]:
+    """Train plain runs differing only in seed as one ensemble (run_ensemble)."""
+    cells = [Cell(c, None if d is None else Path(d)) for c, d in zip(cfgs, out_dirs, strict=True)]
+    return run_ensemble(cells, progress, checkpoint_dir, resume, checkpoint_every_s, save_model)
+
+
+def run_ensemble(
+    cells: list[Cell],
+    progress: bool = True,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    checkpoint_every_s: float = 30.0,
+    save_model: bool = False,
+) -> list[dict[str, Any]]:
     """Train same-shaped cells (differing only in seed) as one ensemble, then evaluate and
     record each one as if it had been trained alone; a group whose every record is finished
     is returned as it is."""
-    done = finished_group(cfgs, out_dirs, resume)
-    if done is not None:
+    done = [finished(c, resume) for c in cells]
+    if all(r is not None for r in done):
         if save_model:
-            check_saved([Cell(c, d) for c, d in zip(cfgs, out_dirs, strict=True)], resume)
+            check_saved(cells, resume)
         return done
-    data = [prepare(c) for c in cfgs]
+    data = [prepare(c) for c in cells]
     tasks = [task for _, task in data]
-    result = train_group(cfgs, tasks, progress, checkpoint_dir, resume, checkpoint_every_s)
+    result = train_group(cells, tasks, progress, checkpoint_dir, resume, checkpoint_every_s)
     records = [
-        finish(cfg, world, task, result, k, out_dir, save_model)
-        for k, (cfg, (world, task), out_dir) in enumerate(zip(cfgs, data, out_dirs, strict=True))
+        record_of(cell, world, task, result, k, save_model)
+        for k, (cell, (world, task)) in enumerate(zip(cells, data, strict=True))
     ]
     if checkpoint_dir is not None:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
@@ -177,9 +221,8 @@ def run_cells(
         check_saved(cells, resume)
     ran: dict[int, dict] = {}
     for group in pending(group_cells(cells), resume):
-        cfgs, dirs = [c.cfg for c in group], [c.out_dir for c in group]
         args = (progress, checkpoints(group), resume, checkpoint_every_s, save_model)
-        ran.update(zip(map(id, group), run_group(cfgs, dirs, *args), strict=True))
+        ran.update(zip(map(id, group), run_ensemble(group, *args), strict=True))
     return [ran[id(c)] if id(c) in ran else finished(c, resume) for c in cells]
 
 
@@ -203,13 +246,28 @@ def finish(
     save_model: bool = False,
     evaluation: Evaluation | None = None,
 ) -> dict[str, Any]:
+    """record_of a plain run of cfg whose record goes to out_dir."""
+    cell = Cell(cfg, None if out_dir is None else Path(out_dir))
+    return record_of(cell, world, task, result, k, save_model, evaluation)
+
+
+def record_of(
+    cell: Cell,
+    world: FactWorld | None,
+    task: Task,
+    result: TrainResult,
+    k: int,
+    save_model: bool = False,
+    evaluation: Evaluation | None = None,
+) -> dict[str, Any]:
     """Evaluate model k of a training result, build its record and write it with its traces
     (and, with save_model, its parameters to out_dir/model, before the record that vouches
     for them)."""
-    if isinstance(cfg, TokenRunConfig):
-        record, decoded = token_record(cfg, task, result, k), None
+    out_dir = cell.out_dir
+    if isinstance(cell.cfg, TokenRunConfig):
+        record, decoded = token_record(cell.cfg, task, result, k), None
     else:
-        record, decoded = fact_record(cfg, world, task, result, k, out_dir, evaluation)
+        record, decoded = fact_record(cell, world, task, result, k, evaluation)
     if out_dir is not None:
         if save_model:
             save_params(Path(out_dir) / "model", result.model(k))
@@ -220,16 +278,17 @@ def finish(
 
 
 def fact_record(
-    cfg: RunConfig,
+    cell: Cell,
     world: FactWorld,
     task: Task,
     result: TrainResult,
     k: int,
-    out_dir: str | Path | None,
     evaluation: Evaluation | None = None,
 ) -> tuple[dict, Any]:
     """Model k's record and decoding traces: evaluated on its own world (a store of it in
-    out_dir when the method uses one) or on `evaluation`, with the cost per answer."""
+    out_dir when the method uses one) or on `evaluation`, with the cost per answer, then by
+    the cell's measures."""
+    cfg, model_cfg, out_dir = cell.cfg, cell.model_config(), cell.out_dir
     graphdef, params, method = result.graphdef, result.model(k), cfg.method
     seen = (
         world
@@ -251,20 +310,24 @@ def fact_record(
             if evaluation is not None:
                 extra["store"]["build_s"] = time.perf_counter() - t0
         metrics, decoded = evaluate(cfg, seen, graphdef, params, store, entities)
-        if method.bits_held and evaluation is None:
+        if method.bits_held and evaluation is None and cell.floor:
             metrics.update(weights_metrics(cfg, world, graphdef, params, metrics))
         if evaluation is not None and store is not None:
             lookups = len(entities) * world.spec.n_attributes
             extra["store"].update(lookup_s=metrics.get("lookup_s"), lookups=lookups)
-        n_params = count_params(params, cfg.model_config())["total"]
+        n_params = count_params(params, model_cfg)["total"]
         # per answered fact: tokens, FLOPs, latency, memory (cost.py)
         extra["cost"] = record_cost(
-            cfg.model_config(), seen, graphdef, params, decoded, n_params, store, path
+            model_cfg, seen, graphdef, params, decoded, n_params, store, path
         )
         if store is not None:
             store.close()
+    for measure in cell.measures:
+        metrics.update(measure(result, k, metrics))
+    extra.update(cell.fields(result, k) if cell.fields is not None else {})
     info = None if evaluation is None else evaluation.info
-    return make_record(cfg, world, result, k, metrics, task, info, **extra), decoded
+    fields = dict(model_cfg=model_cfg, train_cfg=cell.train_config(), **extra)
+    return make_record(cfg, world, result, k, metrics, task, info, **fields), decoded
 
 
 def weights_metrics(cfg: RunConfig, world: FactWorld, graphdef, params, metrics: dict) -> dict:

@@ -35,9 +35,8 @@ from recall_bench import general, streams
 from recall_bench.checkpoint import save_params
 from recall_bench.divergences import divergence
 from recall_bench.experiments.config import RunConfig, make_task
-from recall_bench.experiments.degrade import fact_fields
 from recall_bench.experiments.evaluate import evaluate
-from recall_bench.experiments.run import train_info
+from recall_bench.experiments.recording import train_info, world_block
 from recall_bench.formats import Sequences
 from recall_bench.model import ModelConfig, count_params
 from recall_bench.records import clean_json, new_record, read_record, write_json_atomic
@@ -228,7 +227,14 @@ def cell_record(
         "plateaued": plateau,
         "converged": plateau,
     }
-    facts = {} if kind == GENERAL else fact_fields(cfg.run_config(kind, n_facts, seed))
+    facts = {}
+    if kind != GENERAL:
+        run_cfg = cfg.run_config(kind, n_facts, seed)
+        facts = {
+            "bits_per_fact": run_cfg.spec.bits_per_fact,
+            "config": dataclasses.asdict(run_cfg),
+            "world": world_block(run_cfg.spec),
+        }
     return new_record(
         mode=kind,
         n_facts=n_facts,

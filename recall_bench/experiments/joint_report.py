@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from recall_bench.experiments.joint import (
     train_cells,
 )
 from recall_bench.model import init_model
+from recall_bench.progress import log
 from recall_bench.records import clean_json, environment, write_json_atomic
 
 
@@ -56,11 +56,6 @@ def run_joint(
         records += done
         log(progress, tables.format_table(summary_rows(done), COLUMNS))
     return summarize(cfg, records, out, time.perf_counter() - t0)
-
-
-def log(progress: bool, text: str) -> None:
-    if progress:
-        print(text, file=sys.stderr)
 
 
 SUMMARY_KEYS = (

@@ -11,11 +11,11 @@ import numpy as np
 
 from recall_bench.decode import Decoded
 from recall_bench.experiments.config import RunConfig
-from recall_bench.model import count_params
+from recall_bench.model import ModelConfig, count_params
 from recall_bench.records import new_record
 from recall_bench.stopping import late_gain, plateaued
 from recall_bench.train import Task, TrainConfig, TrainResult
-from recall_bench.worlds import FactWorld, spec_fields, spec_hash
+from recall_bench.worlds import FactSpec, FactWorld, spec_fields, spec_hash
 
 
 def holds_config(record: dict, cfg) -> bool:
@@ -60,32 +60,41 @@ def make_record(
     metrics: dict,
     task: Task,
     evaluation: dict | None = None,
+    model_cfg: ModelConfig | None = None,
+    train_cfg: TrainConfig | None = None,
     **extra: Any,
 ) -> dict:
     """The record of model k of a training result, complete: `evaluation` (what was
-    evaluated, when it is not the run's own world) joins the config, `extra` adds fields such
-    as the store and the cost per answer."""
+    evaluated, when it is not the run's own world) joins the config; model_cfg and train_cfg
+    (default: cfg's) say what model trained and how; `extra` adds fields such as the store
+    and the cost per answer, or replaces one (an experiment's own mode)."""
     spec = world.spec
-    return new_record(
+    model_cfg = model_cfg or cfg.model_config()
+    fields = dict(
         mode=cfg.mode,
         n_facts=spec.n_facts,
         bits_per_fact=spec.bits_per_fact,
         seed=cfg.seed,
         config={**dataclasses.asdict(cfg), **({"evaluation": evaluation} if evaluation else {})},
-        world={
-            # capacity fits group records by world kind: structured worlds stay apart
-            "kind": "facts" if spec.rule_alpha is None else f"facts-rule{spec.rule_alpha:g}",
-            "spec": spec_fields(spec),
-            "hash": spec_hash(spec),
-            "entropy_bits": spec.entropy_bits,
-        },
-        model=dataclasses.asdict(cfg.model_config()),
-        params=count_params(result.model(k), cfg.model_config()),
-        train=train_info(cfg.train_config(), result, k, task),
+        world=world_block(spec),
+        model=dataclasses.asdict(model_cfg),
+        params=count_params(result.model(k), model_cfg),
+        train=train_info(train_cfg or cfg.train_config(), result, k, task),
         metrics=metrics,
         env=result.env,
-        **extra,
     )
+    return new_record(**{**fields, **extra})
+
+
+def world_block(spec: FactSpec) -> dict:
+    """What a record says of its fact world: its kind, spec, hash and entropy."""
+    return {
+        # capacity fits group records by world kind: structured worlds stay apart
+        "kind": "facts" if spec.rule_alpha is None else f"facts-rule{spec.rule_alpha:g}",
+        "spec": spec_fields(spec),
+        "hash": spec_hash(spec),
+        "entropy_bits": spec.entropy_bits,
+    }
 
 
 def save_traces(path: Path, decoded: Decoded) -> None:

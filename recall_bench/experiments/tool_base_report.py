@@ -12,7 +12,7 @@ import numpy as np
 
 from recall_bench import general, tables
 from recall_bench.experiments.tool_base import STORE, ToolBaseConfig
-from recall_bench.experiments.tool_base_run import run_cells
+from recall_bench.experiments.tool_base_run import sweep_cells
 from recall_bench.plots import plt, save
 from recall_bench.records import clean_json, environment, write_json_atomic
 
@@ -37,9 +37,9 @@ SUMMARY_KEYS = (
 def run_tool_base(
     cfg: ToolBaseConfig, out: str | Path, progress: bool = True, resume: bool = False
 ) -> dict:
-    """The sweep (tool_base_run.run_cells), then summary.json and the plots."""
+    """The sweep (tool_base_run.sweep_cells), then summary.json and the plots."""
     out, t0 = Path(out), time.perf_counter()
-    bases, records = run_cells(cfg, out, progress, resume)
+    bases, records = sweep_cells(cfg, out, progress, resume)
     rows = summary_rows(records)
     plot = plot_kept(rows, out / "kept_vs_facts.png")
     paths = plot_trajectories(cfg, records, out / "trajectories.png")

@@ -1,20 +1,19 @@
 """The tool-base protocol's cells (tool_base.py): train or load the bases, then at each fact
 count write the facts into the store (zero steps) and fine-tune them in-weight under each
 learning rate, with and without replay, every seed of a method in one vmapped ensemble; one
-record per cell and seed, complete when built, through the run record path."""
+record per cell and seed, trained, evaluated and recorded by the cell engine (engine.py)."""
 
 from __future__ import annotations
 
 import dataclasses
-import sys
+import functools
 from pathlib import Path
 
 from recall_bench import formats, general
 from recall_bench.checkpoint import load_params, save_params
 from recall_bench.experiments import old_knowledge
-from recall_bench.experiments.config import make_task
+from recall_bench.experiments.engine import Cell, run_cells
 from recall_bench.experiments.evaluate import evaluate
-from recall_bench.experiments.run import make_record
 from recall_bench.experiments.tool_base import (
     STORE,
     ToolBaseConfig,
@@ -30,15 +29,11 @@ from recall_bench.experiments.tool_base import (
 from recall_bench.identity import refuse_other
 from recall_bench.metrics import sequence_stats
 from recall_bench.model import init_model
+from recall_bench.progress import log
 from recall_bench.records import clean_json, environment, read_json, write_json_atomic
 from recall_bench.tool import build_store
-from recall_bench.train import TrainResult, stack, train_models
+from recall_bench.train import Task, TrainResult, stack, train_models
 from recall_bench.worlds import make_fact_world
-
-
-def log(progress: bool, text: str) -> None:
-    if progress:
-        print(text, file=sys.stderr)
 
 
 def base_key(cfg: ToolBaseConfig) -> dict:
@@ -126,11 +121,51 @@ def cell_path(out: Path, method: str, lr: float | None, n: int, seed: int) -> Pa
     return out / f"{tag}-{n}-s{seed}"
 
 
-def cell_record(cfg, cell, world, task, result, k, metrics, base, extra) -> dict:
-    """The record of model k of a cell's ensemble, complete: the run record plus the
-    protocol's block (method, lr, first-pass step or None, base, config)."""
+def make_cell(cfg: ToolBaseConfig, cell: tuple, bases: dict, suite, out: Path) -> Cell:
+    """An engine cell of the sweep, started from its seed's base: a store write (zero steps,
+    each seed alone) or fine-tuning with first-pass stopping (the seeds as one ensemble)."""
+    method, lr, n, seed = cell
+    base = bases[seed]
+    old = old_knowledge.old_world(dataclasses.replace(cfg.base, seed=seed), seed)
+    if method == STORE:
+        how = dict(
+            trainer=functools.partial(store_write, cfg, n, base["graphdef"]),
+            measures=(functools.partial(base_measures, cfg, base),),
+            group=seed,
+        )
+    else:
+        how = dict(
+            task=functools.partial(new_facts_task, cfg, method, suite, old),
+            trainer=functools.partial(first_pass, cfg, (lr, n), suite, bases),
+            measures=(functools.partial(finetune_measures, cfg, base, suite, old),),
+            group=(method, lr),
+        )
+    return Cell(
+        cfg.cell_config(n, seed, lr),
+        cell_path(out, method, lr, n, seed),
+        init=lambda: base["params"],
+        fields=functools.partial(cell_fields, cfg, cell, base, old),
+        identity=(lambda record: cell_key(record["tool_base"]["config"]), cell_key(cfg)),
+        floor=False,
+        **how,
+    )
+
+
+def cell_fields(cfg, cell, base, old, result: TrainResult, k: int) -> dict:
+    """What the record of model k adds to the run record: the protocol's block (method, lr,
+    first-pass step or None, base, config) and, in its config, how the cell trains."""
     method, lr, n, seed = cell
     reached = result.stop_reason[k] == "recall"
+    run = cfg.cell_config(n, seed, lr)
+    if method == STORE:
+        extra = {"general_from": "the base's scores: a store write leaves every weight unchanged"}
+    else:
+        share = 1.0 - cfg.replay_fraction if method.endswith("+replay") else 1.0
+        extra = {
+            "fact_exposures": result.steps[k] * run.batch_size * share / n,
+            "old_key_overlap": old_knowledge.key_overlap(old, make_fact_world(run.spec)),
+            "probe": {"prompts_per_skill": cfg.probe_prompts, "text_windows": cfg.probe_text},
+        }
     block = {
         "method": method,
         "lr": lr,
@@ -144,69 +179,85 @@ def cell_record(cfg, cell, world, task, result, k, metrics, base, extra) -> dict
         "config": clean_json(dataclasses.asdict(cfg)),
         **extra,
     }
-    run = cfg.cell_config(n, seed, lr)
     # what the run's config alone does not say: it starts from the base, and how it trains
-    cell = {
+    how = {
         "protocol": "tool-base",
         "method": method,
         "replay_fraction": cfg.replay_fraction if block["replay"] else 0.0,
         "target_recall": cfg.target_recall,
         "base": base_key(cfg),
     }
-    return make_record(
-        run, world, result, k, metrics, task, cell, protocol="tool-base", tool_base=block
-    )
+    config = {**dataclasses.asdict(run), "evaluation": how}
+    return {"config": config, "protocol": "tool-base", "tool_base": block}
 
 
-def store_cells(cfg, n: int, bases: dict, suite: general.Suite, out: Path) -> list[dict]:
+def store_cells(cfg, n: int, bases: dict, suite, out: Path, resume: bool = False) -> list[dict]:
     """Write the N new facts of each seed's world into a store and decode with the base: zero
     gradient steps; the base's parameters, general scores and old knowledge are unchanged."""
-    chance = 1.0 / (cfg.suite.distractors + 1)
-    records = []
-    for seed, base in bases.items():
-        run = cfg.cell_config(n, seed, None)
-        world = make_fact_world(run.spec)
-        graphdef, params = base["graphdef"], base["params"]
-        store = build_store(world)
-        tool, _ = evaluate(run, world, graphdef, params, store)
-        store.close()
-        one = stack([params])
-        dtheta = float(relative_change(one, stack([base["params"]]))[0])
-        # the base's general scores (a store write changes no weight), then the tool's measures
-        metrics = {**base["info"]["scores"], **tool, "dtheta_rel": dtheta}
-        metrics.update(kept(metrics, base["info"]["scores"], chance))
-        entry = {"step": 0, "loss": None, "recall": metrics["recall"], "dtheta_rel": dtheta}
-        entry["bits"] = metrics["bits_delivered"]
-        reason = "recall" if metrics["recall"] >= cfg.target_recall else "budget"
-        result = TrainResult(graphdef, one, [0], [reason], [[entry]], 0.0, 0.0, environment(), [])
-        extra = {"general_from": "the base's scores: a store write leaves every weight unchanged"}
-        record = cell_record(
-            cfg, (STORE, None, n, seed), world, make_task(run, world), result, 0, metrics, base,
-            extra,
-        )  # fmt: skip
-        write_json_atomic(cell_path(out, STORE, None, n, seed) / "record.json", record)
-        records.append(record)
-    return records
+    cells = [make_cell(cfg, (STORE, None, n, s), bases, suite, out) for s in bases]
+    return run_cells(cells, progress=False, resume=resume)
 
 
-def finetune_cells(cfg, method: str, lr: float, n: int, bases: dict, suite, out) -> list[dict]:
+def finetune_cells(cfg, method: str, lr: float, n: int, bases: dict, suite, out, resume=False):
     """Fine-tune every seed's base on its N new facts in-weight (method: with or without
     replay) as one ensemble, first-pass stopping; evaluate and record each."""
-    seeds = list(bases)
-    runs = [cfg.cell_config(n, s, lr) for s in seeds]
-    worlds = [make_fact_world(r.spec) for r in runs]
-    olds = [old_knowledge.old_world(dataclasses.replace(cfg.base, seed=s), s) for s in seeds]
-    tasks, probes = [], []
-    for world, old in zip(worlds, olds, strict=True):
+    cells = [make_cell(cfg, (method, lr, n, s), bases, suite, out) for s in bases]
+    return run_cells(cells, progress=False, resume=resume)
+
+
+def store_write(cfg, n: int, graphdef, model_cfg, train_cfg, tasks, seeds, progress, init_params):
+    """Zero gradient steps: the bases, each with one evaluation (step 0) of its recall through
+    a store of its seed's N new facts; stopped on the recall target or its (empty) budget."""
+    params = stack(init_params)
+    dtheta = relative_change(params, stack(init_params))
+    reasons, history = [], []
+    for k, seed in enumerate(seeds):
+        run = cfg.cell_config(n, seed, None)
+        world = make_fact_world(run.spec)
+        store = build_store(world)
+        tool, _ = evaluate(run, world, graphdef, init_params[k], store)
+        store.close()
+        entry = {"step": 0, "loss": None, "recall": tool["recall"], "dtheta_rel": float(dtheta[k])}
+        entry["bits"] = tool["bits_delivered"]
+        reasons.append("recall" if tool["recall"] >= cfg.target_recall else "budget")
+        history.append([entry])
+    k = len(seeds)
+    return TrainResult(graphdef, params, [0] * k, reasons, history, 0.0, 0.0, environment(), [])
+
+
+def base_measures(cfg, base: dict, result: TrainResult, k: int, metrics: dict) -> dict:
+    """A store write's general ability and old knowledge: the base's scores (every weight is
+    the base's; the tool's copy_accuracy, answers = the store's values, stays the tool's)."""
+    scores = base["info"]["scores"]
+    out = {key: v for key, v in scores.items() if key not in metrics}
+    out["dtheta_rel"] = result.history[k][-1]["dtheta_rel"]
+    return {**out, **kept({**metrics, **out}, scores, 1.0 / (cfg.suite.distractors + 1))}
+
+
+def new_facts_task(cfg, method: str, suite, old, world) -> Task:
+    """A fine-tuning cell's rows: its new facts in-weight, with replay rows for +replay."""
+    new = formats.render(world, "in-weight")
+    replay = None
+    if method.endswith("+replay"):
+        replay = replay_rows(cfg, suite, old, max(4096, len(new.tokens)))
+    return finetune_task(cfg, new, world.fact_bits(), replay)
+
+
+def first_pass(
+    cfg, cell: tuple, suite, bases, model_cfg, train_cfg, tasks, seeds, progress, init_params
+):
+    """The seeds' bases fine-tuned as one ensemble, each evaluated on its probe at step 0 and
+    every eval_every steps and stopped at the first evaluation that passes the target."""
+    lr, n = cell
+    probes, labels = [], []
+    for seed in seeds:
+        old = old_knowledge.old_world(dataclasses.replace(cfg.base, seed=seed), seed)
+        world = make_fact_world(cfg.cell_config(n, seed, lr).spec)
         new = formats.render(world, "in-weight")
-        replay = None
-        if method.endswith("+replay"):
-            replay = replay_rows(cfg, suite, old, max(4096, len(new.tokens)))
-        tasks.append(finetune_task(cfg, new, world.fact_bits(), replay))
         probes.append(make_probe(cfg, suite, old_knowledge.old_rows(old), new))
+        labels.append({"old": old, "new_bits": world.fact_bits()})
     graphdef = bases[seeds[0]]["graphdef"]
-    base_params = stack([bases[s]["params"] for s in seeds])
-    labels = [{"old": o, "new_bits": w.fact_bits()} for o, w in zip(olds, worlds, strict=True)]
+    base_params = stack(init_params)
 
     def measure(params, step: int) -> list[dict]:
         stats = ensemble_stats(graphdef, params, probes)
@@ -216,45 +267,19 @@ def finetune_cells(cfg, method: str, lr: float, n: int, bases: dict, suite, out)
             for s, p, lab, d in zip(stats, probes, labels, dtheta, strict=True)
         ]
 
-    train_cfg = runs[0].train_config()
-    result = train_first_pass(
+    return train_first_pass(
         graphdef, train_cfg, tasks, seeds, base_params, measure, cfg.target_recall
     )
+
+
+def finetune_measures(cfg, base: dict, suite, old, result: TrainResult, k: int, metrics) -> dict:
+    """A fine-tuned model's general ability, old knowledge and change from the base, and
+    what it kept of the base's."""
+    graphdef, params = result.graphdef, result.model(k)
+    out = {**general.score(graphdef, params, suite), **old_stats(graphdef, params, old)}
+    out["dtheta_rel"] = result.history[k][-1]["dtheta_rel"]
     chance = 1.0 / (cfg.suite.distractors + 1)
-    records = []
-    for k, seed in enumerate(seeds):
-        params, base = result.model(k), bases[seed]
-        metrics, _ = evaluate(runs[k], worlds[k], graphdef, params)
-        metrics.update(general.score(graphdef, params, suite))
-        metrics.update(old_stats(graphdef, params, olds[k]))
-        metrics["dtheta_rel"] = result.history[k][-1]["dtheta_rel"]
-        metrics.update(kept(metrics, base["info"]["scores"], chance))
-        share = 1.0 - cfg.replay_fraction if method.endswith("+replay") else 1.0
-        extra = {
-            "fact_exposures": result.steps[k] * train_cfg.batch_size * share / n,
-            "old_key_overlap": old_knowledge.key_overlap(olds[k], worlds[k]),
-            "probe": {"prompts_per_skill": cfg.probe_prompts, "text_windows": cfg.probe_text},
-        }
-        cell = (method, lr, n, seed)
-        record = cell_record(cfg, cell, worlds[k], tasks[k], result, k, metrics, base, extra)
-        write_json_atomic(cell_path(out, method, lr, n, seed) / "record.json", record)
-        records.append(record)
-    return records
-
-
-def finished(cfg: ToolBaseConfig, paths: list[Path], resume: bool) -> list[dict] | None:
-    """The records at paths when every one exists and was made under cfg's cell key (with
-    resume); any record there without resume is an error (an earlier sweep's)."""
-    if any(p.exists() for p in paths) and not resume:
-        raise ValueError(
-            f"{paths[0].parent.parent} holds cells of an earlier sweep: pass --resume to keep "
-            "finished ones, or choose another --out"
-        )
-    if not all(p.exists() for p in paths):
-        return None
-    records = [read_json(p) for p in paths]
-    key = cell_key(cfg)
-    return records if all(cell_key(r["tool_base"]["config"]) == key for r in records) else None
+    return {**out, **kept({**metrics, **out}, base["info"]["scores"], chance)}
 
 
 def cell_key(cfg: ToolBaseConfig | dict) -> dict:
@@ -263,21 +288,18 @@ def cell_key(cfg: ToolBaseConfig | dict) -> dict:
     return {k: v for k, v in fields.items() if k not in ("fact_counts", "lrs", "replay")}
 
 
-def run_cells(cfg: ToolBaseConfig, out: Path, progress: bool, resume: bool) -> tuple[dict, list]:
-    """The bases, then every fact count's cells: (bases, records)."""
+def sweep_cells(cfg: ToolBaseConfig, out: Path, progress: bool, resume: bool):
+    """The bases, then every fact count's cells (with resume, finished ones kept): (bases,
+    records)."""
     spec = cfg.cell_config(2, 0, None).spec
     suite = general.make_suite(cfg.suite, formats.Vocab.of(spec))
     bases = bases_for(cfg, suite, out, progress)
     records = []
     for n in cfg.fact_counts:
         for method, lr in cfg.methods():
-            paths = [cell_path(out, method, lr, n, s) / "record.json" for s in cfg.seeds]
-            done = finished(cfg, paths, resume)
-            if done is None:
-                log(progress, f"{n} new facts: {method}" + ("" if lr is None else f", lr {lr:g}"))
-                if method == STORE:
-                    done = store_cells(cfg, n, bases, suite, out)
-                else:
-                    done = finetune_cells(cfg, method, lr, n, bases, suite, out)
-            records += done
+            log(progress, f"{n} new facts: {method}" + ("" if lr is None else f", lr {lr:g}"))
+            if method == STORE:
+                records += store_cells(cfg, n, bases, suite, out, resume)
+            else:
+                records += finetune_cells(cfg, method, lr, n, bases, suite, out, resume)
     return bases, records
