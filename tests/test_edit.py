@@ -129,6 +129,26 @@ def test_rank_one_edit_changes_its_fact_and_spares_an_unrelated_one():
     assert float(jnp.max(jnp.abs(logits[0] - old[0]))) > 0.5
 
 
+def test_rank_two_edit_writes_a_two_token_value_and_spares_an_unrelated_fact():
+    cfg = dataclasses.replace(tiny_cfg(), value_length=2, value_alphabet=4)
+    world = make_fact_world(cfg.spec)
+    graphdef, params = init_model(cfg.model_config(), 3)
+    edits = edit.EditSet(np.array([0]), np.array([0]), np.array([(world.values[0, 0] + 7) % 16]))
+    target = edit.edit_sequences(world, edits).tokens
+    heads = formats.render_in_weight(world).tokens[:, :7]  # prompt and first value token
+    wcfg = WeightEditConfig(rome_layer=0, ridge=1e-6, value_steps=60)
+    moment = key_moments(graphdef, params, jnp.asarray(heads[2:8]), (0,), 2)[0]
+    w = rome_edits(graphdef, params, target, jnp.ones(1), 6, 2, wcfg, 0, moment)
+    edited = replace_kernels(params, {0: w})
+    first = apply(graphdef, edited, jnp.asarray(target[:1, :6]))[0, -1]
+    assert int(jnp.argmax(first)) == target[0, 6]  # greedy: the new first token ...
+    second = apply(graphdef, edited, jnp.asarray(target[:1, :7]))[0, -1]
+    assert int(jnp.argmax(second)) == target[0, 7]  # ... then, fed back, the new second one
+    new, old = (apply(graphdef, p, jnp.asarray(heads[5:6]))[0, 5:7] for p in (edited, params))
+    assert float(jnp.max(jnp.abs(new - old))) < 1e-2  # fact 5, both value positions
+    assert not np.array_equal(target[0, 6:8], formats.render_in_weight(world).tokens[0, 6:8])
+
+
 def test_edits_config_refuses_bad_k_and_methods():
     base = dataclasses.replace(tiny_cfg(), n_facts=24)
     with pytest.raises(ValueError, match=r"k = \[24\]"):

@@ -288,13 +288,14 @@ def located_outcome(cfg: EditsConfig, base: Base, edits: edit.EditSet, method: s
     check_editable(base.graphdef, base.params, wcfg)
     seqs = edit.edit_sequences(base.world, edits)
     p, v = seqs.prompt_length, base.world.spec.value_length
-    prompts = formats.prompt_tokens(base.world, *formats.fact_index(base.world.spec))
+    # every fact's prompt and all but its last value token: keys at each value position
+    prompts = formats.render_in_weight(base.world).tokens[:, : p + v - 1]
     rome_layer, layers = edit_layers(base.graphdef, base.params, wcfg)
     if method == "rome":
         layers = (rome_layer,)
-    key_moments(base.graphdef, base.params, prompts, layers)  # compile
+    key_moments(base.graphdef, base.params, prompts, layers, v)  # compile
     t0 = time.perf_counter()
-    moments = jax.block_until_ready(key_moments(base.graphdef, base.params, prompts, layers))
+    moments = jax.block_until_ready(key_moments(base.graphdef, base.params, prompts, layers, v))
     moments_s = time.perf_counter() - t0
     if method == "rome":
         size = cfg.rome_chunk
