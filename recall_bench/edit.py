@@ -32,6 +32,7 @@ from recall_bench.train import Task, TrainConfig, TrainResult, train_models
 from recall_bench.worlds import FactWorld
 
 GROUPS = ("same_entity", "neighbour", "other")
+ARRAYS = ("tokens", "loss_mask", "value_mask")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,9 +162,12 @@ def edit_sequences(world: FactWorld, edits: EditSet) -> formats.Sequences:
     return formats.weight_sequences(edited_world(world, edits), edits.entity, edits.attribute)
 
 
-def finetune_task(world: FactWorld, edits: EditSet, replay: bool) -> Task:
+def finetune_task(
+    world: FactWorld, edits: EditSet, replay: bool, general: formats.Sequences | None = None
+) -> Task:
     """Fine-tuning data: the edited facts (new values), and with replay the unedited facts in
-    both phrasings (old values), the edited rows repeated to make half of the rows; the
+    both phrasings (old values), with `general` as many rows of general data (a base that
+    learned them half and half), the edited rows repeated to make half of the rows; the
     monitor is the edited facts, so training stops when all of them answer the new value."""
     edited = edit_sequences(world, edits)
     bits = world.fact_bits()[edits.entity * world.spec.n_attributes + edits.attribute]
@@ -172,7 +176,10 @@ def finetune_task(world: FactWorld, edits: EditSet, replay: bool) -> Task:
         keep = ~edited_mask(world, edits)
         entity, attribute = np.divmod(np.flatnonzero(keep), world.spec.n_attributes)
         old = [formats.weight_sequences(world, entity, attribute, o) for o in formats.ORDERS]
-        copies = -(-2 * len(entity) // edits.k)
+        if general is not None:
+            rows = np.arange(2 * len(entity)) % len(general.tokens)
+            old.append(formats.Sequences(*(getattr(general, f)[rows] for f in ARRAYS), 0))
+        copies = -(-sum(len(o.tokens) for o in old) // edits.k)
         train = concat([*old, *[edited] * copies])
     return Task(train, edited, bits)
 

@@ -2,15 +2,19 @@
 (ROME-style), applied to facts one after another, and a batched least-squares edit spread
 over several layers (MEMIT-style). Written from the papers' ideas for this model.
 
-A fact's *key* k is the MLP hidden activation gelu(mlp_in(ln(x))) of a block at the
-prompt's last position; its *value* is that block's MLP output there. The target is a
-change δ of the block's output at that position that makes the model emit the new answer,
-found by a few Adam steps on the new answer's NLL (plus a small L2 penalty on δ). The output
-projection W [hidden, width] then changes so that k W' = k W + δ while the keys of other
-prompts, of second moment C = E[k kᵀ], move as little as possible:
+A fact's *keys* are the MLP hidden activations gelu(mlp_in(ln(x))) of a block at the
+positions that predict its value tokens: the prompt's last position and, for a value of v
+tokens, the next v - 1 positions, read with the new value teacher-forced (what greedy
+decoding feeds back once the first tokens come out right). Its *values* are that block's MLP
+outputs there. The targets are changes δ [v, width] of the block's output at those positions,
+solved together by a few Adam steps on the whole new answer's NLL (plus a small L2 penalty on
+δ). The output projection W [hidden, width] then changes so that K W' = K W + δ for the
+fact's keys K [v, hidden] while the keys of other prompts, of second moment C = E[k kᵀ] (over
+the same positions of every fact, old values), move as little as possible:
 
-    ROME   W' = W + C⁻¹k δᵀ / (kᵀ C⁻¹ k)                       one fact at a time
-    MEMIT  ΔW_l = (λ C_l + Kᵀ K)⁻¹ Kᵀ R_l                        a batch, layer by layer,
+    ROME   W' = W + C⁻¹Kᵀ (K C⁻¹ Kᵀ)⁻¹ δ       one fact at a time (rank v; for v = 1,
+                                                C⁻¹k δᵀ / (kᵀ C⁻¹ k))
+    MEMIT  ΔW_l = (λ C_l + Kᵀ K)⁻¹ Kᵀ R_l       a batch (a row per fact and value position),
            R_l = (target residual - current residual) / (layers left), at the top layer
 """
 
@@ -97,10 +101,15 @@ def _attend(block, x: jax.Array) -> jax.Array:
     return x + block.attn_out(attended.reshape(b, t, d))
 
 
-def traced(model, tokens: jax.Array, pos: int, layer: int, delta: jax.Array):
-    """(logits [B, T, V], keys [layers, B, hidden], residuals [layers, B, width]) of tokens,
-    with delta [B, width] added to block `layer`'s output at position pos; keys and residuals
-    (the stream after each block) are read at pos."""
+def value_positions(prompt_length: int, value_length: int) -> jax.Array:
+    """[value_length] the positions whose next-token predictions are the value tokens."""
+    return jnp.arange(prompt_length - 1, prompt_length + value_length - 1)
+
+
+def traced(model, tokens: jax.Array, pos: jax.Array, layer: int, delta: jax.Array):
+    """(logits [B, T, V], keys [layers, B, P, hidden], residuals [layers, B, P, width]) of
+    tokens, with delta [B, P, width] added to block `layer`'s output at the positions pos [P];
+    keys and residuals (the stream after each block) are read there."""
     x = model.token_embed(tokens) + model.pos_embed(jnp.arange(tokens.shape[1]))
     keys, residuals = [], []
     for i, block in enumerate(model.blocks):
@@ -117,24 +126,27 @@ def traced(model, tokens: jax.Array, pos: int, layer: int, delta: jax.Array):
 
 def answer_nll(model, tokens, prompt_length: int, value_length: int, layer: int, delta):
     """[B] NLL (nats) of the value tokens of sequences tokens [B, L] (prompt value EOS) with
-    delta added at block `layer`'s output at the prompt's last position."""
+    delta [B, value_length, width] added at block `layer`'s output at the value positions."""
     stop = prompt_length + value_length
-    logits, _, _ = traced(model, tokens[:, : stop - 1], prompt_length - 1, layer, delta)
+    pos = value_positions(prompt_length, value_length)
+    logits, _, _ = traced(model, tokens[:, : stop - 1], pos, layer, delta)
     logp = jax.nn.log_softmax(logits[:, prompt_length - 1 :], axis=-1)
     targets = tokens[:, prompt_length:stop]
     return -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0].sum(axis=1)
 
 
 def solve_delta(model, tokens, prompt_length, value_length, layer, cfg: WeightEditConfig):
-    """[B, width] per sequence: the change of block `layer`'s output at the prompt's last
-    position that makes the model emit the sequence's value (Adam on NLL + decay‖δ‖²)."""
+    """[B, value_length, width] per sequence: the changes of block `layer`'s output at the
+    value positions that make the model emit the sequence's whole value (Adam on its NLL +
+    decay‖δ‖²)."""
 
     def loss(delta):
         nll = answer_nll(model, tokens, prompt_length, value_length, layer, delta)
         return nll.sum() + cfg.value_decay * jnp.sum(delta**2)
 
     opt = optax.adam(cfg.value_lr)
-    delta = jnp.zeros((tokens.shape[0], model.token_embed.features), jnp.float32)
+    shape = (tokens.shape[0], value_length, model.token_embed.features)
+    delta = jnp.zeros(shape, jnp.float32)
 
     def step(carry, _):
         delta, state = carry
@@ -145,14 +157,19 @@ def solve_delta(model, tokens, prompt_length, value_length, layer, cfg: WeightEd
     return delta
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def key_moments(graphdef, params, prompts: jax.Array, layers: tuple[int, ...]) -> jax.Array:
-    """[len(layers), hidden, hidden] second moments E[k kᵀ] of the keys of `prompts` [N, P]."""
+@functools.partial(jax.jit, static_argnums=(0, 3, 4))
+def key_moments(
+    graphdef, params, prompts: jax.Array, layers: tuple[int, ...], value_length: int = 1
+) -> jax.Array:
+    """[len(layers), hidden, hidden] second moments E[k kᵀ] of the keys at the last
+    value_length positions of `prompts` [N, T] (prompts followed by their first
+    value_length - 1 value tokens), over every row and position."""
     model = nnx.merge(graphdef, params)
-    zero = jnp.zeros((prompts.shape[0], model.token_embed.features), jnp.float32)
-    _, keys, _ = traced(model, prompts, prompts.shape[1] - 1, -1, zero)
+    n, t = prompts.shape
+    zero = jnp.zeros((n, value_length, model.token_embed.features), jnp.float32)
+    _, keys, _ = traced(model, prompts, jnp.arange(t - value_length, t), -1, zero)
     keys = keys[jnp.asarray(layers)]
-    return jnp.einsum("lni,lnj->lij", keys, keys) / prompts.shape[0]
+    return jnp.einsum("lnpi,lnpj->lij", keys, keys) / (n * value_length)
 
 
 def ridged(moment: jax.Array, ridge: float) -> jax.Array:
@@ -165,41 +182,49 @@ def ridged(moment: jax.Array, ridge: float) -> jax.Array:
 def rome_edits(graphdef, params, tokens, valid, prompt_length, value_length, cfg, layer, moment):
     """ROME applied to the facts of tokens [k, L] one after another (each sees the earlier
     edits; rows with valid False are skipped): the new MLP output projection [hidden, width]
-    of block `layer`."""
+    of block `layer`. A fact's update has rank value_length: one key and target per value
+    position, solved together."""
     inverse = jnp.linalg.inv(ridged(moment, cfg.ridge))
+    pos = value_positions(prompt_length, value_length)
 
     def one(w, row):
         seq, ok = row
         model = with_kernels(graphdef, params, {layer: w})
-        delta = solve_delta(model, seq[None], prompt_length, value_length, layer, cfg)[0]
-        prompt = seq[None, :prompt_length]
-        _, keys, _ = traced(model, prompt, prompt_length - 1, -1, 0 * delta)
-        key = keys[layer, 0]
-        u = inverse @ key
-        return w + ok * jnp.outer(u, delta) / (u @ key), None
+        delta = solve_delta(model, seq[None], prompt_length, value_length, layer, cfg)
+        head = seq[None, : prompt_length + value_length - 1]
+        _, keys, _ = traced(model, head, pos, -1, 0 * delta)
+        key = keys[layer, 0]  # [value_length, hidden]
+        u = inverse @ key.T  # [hidden, value_length]
+        return w + ok * u @ jnp.linalg.solve(key @ u, delta[0]), None
 
     w, _ = jax.lax.scan(one, kernel(params, layer), (tokens, valid))
     return w
+
+
+def _flat(a: jax.Array) -> jax.Array:
+    """[B, P, features] -> [B * P, features]: one row per fact and value position."""
+    return a.reshape(-1, a.shape[-1])
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4, 5, 6, 7))
 def memit_edit(graphdef, params, tokens, valid, prompt_length, value_length, cfg, layers, moments):
     """MEMIT on the facts of tokens [k, L] at once (rows with valid False count for nothing):
     targets solved at the top layer's output, then each layer (ascending) takes its share of
-    the remaining residual by least squares. Returns {layer: new output projection}."""
-    top, pos = layers[-1], prompt_length - 1
-    prompts = tokens[:, :prompt_length]
+    the remaining residual by least squares, one row per fact and value position. Returns
+    {layer: new output projection}."""
+    top, pos = layers[-1], value_positions(prompt_length, value_length)
+    prompts = tokens[:, : prompt_length + value_length - 1]
     model = nnx.merge(graphdef, params)
-    zero = jnp.zeros((tokens.shape[0], model.token_embed.features), jnp.float32)
     delta = solve_delta(model, tokens, prompt_length, value_length, top, cfg)
-    _, _, residuals = traced(model, prompts, pos, -1, zero)
+    _, _, residuals = traced(model, prompts, pos, -1, 0 * delta)
     target = residuals[top] + delta
+    rows = jnp.repeat(valid, value_length)[:, None]
     kernels = {layer: kernel(params, layer) for layer in layers}
     for i, layer in enumerate(layers):
         model = with_kernels(graphdef, params, kernels)
-        _, keys, residuals = traced(model, prompts, pos, -1, zero)
-        share = valid[:, None] * (target - residuals[top]) / (len(layers) - i)
-        k = valid[:, None] * keys[layer]
+        _, keys, residuals = traced(model, prompts, pos, -1, 0 * delta)
+        share = rows * _flat(target - residuals[top]) / (len(layers) - i)
+        k = rows * _flat(keys[layer])
         a = cfg.memit_weight * ridged(moments[i], cfg.ridge) + k.T @ k
         kernels[layer] = kernels[layer] + jnp.linalg.solve(a, k.T @ share)
     return kernels

@@ -313,6 +313,25 @@ def above_chance(accuracy: float, base_accuracy: float, chance: float) -> float:
     return (accuracy - chance) / (base_accuracy - chance)
 
 
+def kept(metrics: dict, base: dict, chance: float) -> dict[str, float | None]:
+    """A model's general ability relative to its base's (score() dicts): exact accuracy as a
+    ratio, the graded score above chance and, with a text, the change in bits per byte."""
+    ratio = (
+        metrics["general_accuracy"] / base["general_accuracy"] if base["general_accuracy"] else None
+    )
+    out = {
+        "general_accuracy_kept": ratio,
+        "general_mc_kept": above_chance(
+            metrics["general_mc_accuracy"], base["general_mc_accuracy"], chance
+        ),
+    }
+    if "text_bits_per_byte" in metrics:
+        out["text_bits_per_byte_change"] = (
+            metrics["text_bits_per_byte"] - base["text_bits_per_byte"]
+        )
+    return out
+
+
 def graded_score(nll: Callable[[Sequences], np.ndarray], suite: Suite) -> dict[str, float]:
     """{skill}_mc_accuracy and their mean general_mc_accuracy, with `nll` giving each
     sequence's summed NLL of its loss tokens (the answer and EOS)."""

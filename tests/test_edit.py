@@ -8,10 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from recall_bench import edit, formats
+from recall_bench import edit, formats, general
 from recall_bench.cli import main
 from recall_bench.edit_weights import WeightEditConfig, key_moments, replace_kernels, rome_edits
 from recall_bench.experiments import edits as protocol
+from recall_bench.experiments import edits_general
 from recall_bench.experiments.config import RunConfig
 from recall_bench.model import apply, init_model
 from recall_bench.tool import build_store, world_facts
@@ -25,6 +26,14 @@ def tiny_cfg(mode: str = "in-weight") -> RunConfig:
         mode=mode, n_facts=24, attribute_sizes=(16, 16), value_length=1, value_alphabet=16,
         layers=1, width=16, heads=2,
     )  # fmt: skip
+
+
+def tiny_suite(run: RunConfig) -> general.Suite:
+    cfg = general.SuiteConfig(
+        skills=("copy", "sort"), train_per_skill=16, test_per_skill=8,
+        text_file=general.STDLIB_TEXT, text_train_windows=4,
+    )  # fmt: skip
+    return edits_general.make_suite(cfg, run)
 
 
 def test_prompt_orders_keep_the_default_stream_and_permute_the_prompt():
@@ -97,16 +106,22 @@ def test_store_update_changes_only_the_edited_facts(kind, tmp_path):
     store.close()
 
 
-def test_store_edit_is_bitwise_weight_free():
-    cfg = tiny_cfg("in-tool")
+def test_store_edit_is_bitwise_weight_free_and_keeps_the_general_scores_exactly():
+    cfg = dataclasses.replace(tiny_cfg("in-tool"), value_length=2)  # 20 positions: the suite's
     world = make_fact_world(cfg.spec)
     graphdef, params = init_model(cfg.model_config(), 0)
     before = jax.tree.map(np.array, params)
-    base = protocol.Base(cfg, world, graphdef, params, np.ones(cfg.n_facts, bool), {})
+    suite = tiny_suite(cfg)
+    info = {"general": general.score(graphdef, params, suite)}
+    base = protocol.Base(cfg, world, graphdef, params, np.ones(cfg.n_facts, bool), info, suite)
     outcome = protocol.store_outcome(base, edit.choose_edits(world, 4, seed=0), "memory")
-    assert outcome.cost["params_changed"] == 0 and outcome.cost["bytes_written"] == 4
+    assert outcome.cost["params_changed"] == 0 and outcome.cost["bytes_written"] == 8
     for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(outcome.params), strict=True):
         assert np.array_equal(a, np.asarray(b))
+    block = protocol.general_ability(base, outcome)
+    assert block["scores"] == info["general"] and block["kept"]["text_bits_per_byte_change"] == 0
+    plain = dataclasses.replace(base, suite=None)
+    assert protocol.general_ability(plain, outcome) == protocol.GENERAL_NOTE
 
 
 def test_rank_one_edit_changes_its_fact_and_spares_an_unrelated_one():
@@ -129,6 +144,26 @@ def test_rank_one_edit_changes_its_fact_and_spares_an_unrelated_one():
     assert float(jnp.max(jnp.abs(logits[0] - old[0]))) > 0.5
 
 
+def test_rank_two_edit_writes_a_two_token_value_and_spares_an_unrelated_fact():
+    cfg = dataclasses.replace(tiny_cfg(), value_length=2, value_alphabet=4)
+    world = make_fact_world(cfg.spec)
+    graphdef, params = init_model(cfg.model_config(), 3)
+    edits = edit.EditSet(np.array([0]), np.array([0]), np.array([(world.values[0, 0] + 7) % 16]))
+    target = edit.edit_sequences(world, edits).tokens
+    heads = formats.render_in_weight(world).tokens[:, :7]  # prompt and first value token
+    wcfg = WeightEditConfig(rome_layer=0, ridge=1e-6, value_steps=60)
+    moment = key_moments(graphdef, params, jnp.asarray(heads[2:8]), (0,), 2)[0]
+    w = rome_edits(graphdef, params, target, jnp.ones(1), 6, 2, wcfg, 0, moment)
+    edited = replace_kernels(params, {0: w})
+    first = apply(graphdef, edited, jnp.asarray(target[:1, :6]))[0, -1]
+    assert int(jnp.argmax(first)) == target[0, 6]  # greedy: the new first token ...
+    second = apply(graphdef, edited, jnp.asarray(target[:1, :7]))[0, -1]
+    assert int(jnp.argmax(second)) == target[0, 7]  # ... then, fed back, the new second one
+    new, old = (apply(graphdef, p, jnp.asarray(heads[5:6]))[0, 5:7] for p in (edited, params))
+    assert float(jnp.max(jnp.abs(new - old))) < 1e-2  # fact 5, both value positions
+    assert not np.array_equal(target[0, 6:8], formats.render_in_weight(world).tokens[0, 6:8])
+
+
 def test_edits_config_refuses_bad_k_and_methods():
     base = dataclasses.replace(tiny_cfg(), n_facts=24)
     with pytest.raises(ValueError, match=r"k = \[24\]"):
@@ -143,6 +178,7 @@ def test_edits_config_refuses_bad_k_and_methods():
         (["--facts", "64", "--k", "64"], "k = [64]"),
         (["--methods", "rome,sleep"], "unknown edit methods"),
         (["--from", "nowhere"], "holds no record.json"),
+        (["--general"], "give --value-length 2"),
     ],
 )
 def test_bad_edit_input_is_one_clear_line(argv, message, capsys, tmp_path):
@@ -168,3 +204,46 @@ def test_finetune_data_is_the_new_values_and_half_replay():
     assert np.array_equal(mixed.monitor.tokens, plain.train.tokens)
     edited_rows = (mixed.train.tokens[:, None, :] == plain.train.tokens[None]).all(-1).any(1)
     assert edited_rows.sum() == 42 and (~edited_rows).sum() == 2 * (24 - 3)
+
+
+def test_general_kept_on_a_hand_made_case():
+    base = {"general_accuracy": 0.8, "general_mc_accuracy": 0.75, "text_bits_per_byte": 1.5}
+    now = {"general_accuracy": 0.4, "general_mc_accuracy": 0.5, "text_bits_per_byte": 2.0}
+    assert general.kept(now, base, 0.25) == {
+        "general_accuracy_kept": 0.5,
+        "general_mc_kept": 0.5,
+        "text_bits_per_byte_change": 0.5,
+    }
+    nothing = {"general_accuracy": 0.0, "general_mc_accuracy": 0.25}
+    kept = general.kept(nothing, nothing, 0.25)
+    assert kept["general_accuracy_kept"] is None and np.isnan(kept["general_mc_kept"])
+
+
+def test_the_general_suite_needs_rows_the_model_holds_and_fills_half_the_base_rows():
+    with pytest.raises(ValueError, match="--value-length 2"):
+        tiny_suite(tiny_cfg())  # 1-token values: an 18-position model, the suite needs 20
+    run = dataclasses.replace(tiny_cfg(), value_length=2)
+    suite = tiny_suite(run)
+    assert len(suite.text.tokens) == edits_general.SCORED_TEXT
+    task = protocol.base_task(run, make_fact_world(run.spec))
+    mixed = edits_general.mixed_task(task, suite, run.model_config().max_len)
+    (facts, width), rows = task.train.tokens.shape, len(suite.train.tokens)
+    assert mixed.train.tokens.shape == (2 * facts, 20) and rows < facts  # more facts here
+    assert np.array_equal(mixed.train.tokens[:facts, :width], task.train.tokens)
+    cycled = suite.train.tokens[np.arange(facts) % rows]
+    assert np.array_equal(mixed.train.tokens[facts:], cycled) and rows > facts // 2
+    assert mixed.monitor.tokens.shape[1] == 20 and mixed.monitor_bits is task.monitor_bits
+
+
+def test_replay_with_general_data_mixes_it_like_the_base():
+    world = make_fact_world(SPEC)
+    edits = edit.choose_edits(world, 3, seed=2)
+    rows = general.make_suite(
+        general.SuiteConfig(skills=("copy",), train_per_skill=10), formats.Vocab.of(SPEC)
+    ).train
+    task = edit.finetune_task(world, edits, True, rows)
+    is_general = task.train.tokens[:, 1] == general.MARKERS["copy"]
+    assert is_general.sum() == 2 * (24 - 3)  # as many as the unedited facts' rows
+    width = task.monitor.tokens.shape[1]
+    edited_rows = (task.train.tokens[:, None, :width] == task.monitor.tokens[None]).all(-1).any(1)
+    assert edited_rows.sum() == 84 and (~edited_rows & ~is_general).sum() == 42

@@ -16,7 +16,10 @@ from recall_bench.cli.args import (
     seed_list,
 )
 
-BASE_FLAGS = ("facts", "layers", "width", "heads", "steps", "batch_size", "lr")
+BASE_FLAGS = (
+    "facts", "layers", "width", "heads", "steps", "batch_size", "lr", "value_length",
+    "value_alphabet",
+)  # fmt: skip
 
 
 def add_edit_parser(subparsers) -> None:
@@ -44,6 +47,21 @@ def add_edit_parser(subparsers) -> None:
     p.add_argument("--methods", help=f"comma-separated, of {', '.join(METHODS)} (default all)")
     p.add_argument("--seeds", type=seed_list, help=f"default {_csv(d.seeds)}")
     p.add_argument("--facts", type=positive_int, help=f"default {d.base.n_facts}")
+    p.add_argument(
+        "--value-length", type=positive_int, help=f"value tokens (default {d.base.value_length})"
+    )
+    p.add_argument(
+        "--value-alphabet",
+        type=positive_int,
+        help=f"value symbols (default {d.base.value_alphabet})",
+    )
+    p.add_argument(
+        "--general",
+        action="store_true",
+        help="bases also learn the general suite (half their rows, a fixed step budget) and "
+        "every record measures the general ability kept; needs rows of 20 tokens "
+        "(--value-length 2)",
+    )
     for flag in ("layers", "width", "heads", "steps", "batch-size"):
         p.add_argument(f"--{flag}", type=positive_int, help="base model (see `run`)")
     p.add_argument("--lr", type=positive_float, help="base model's peak learning rate")
@@ -78,8 +96,11 @@ def edits_config(args: argparse.Namespace, bases: dict):
     d = EditsConfig()
     methods = tuple(args.methods.split(",")) if args.methods else d.methods
     if bases:
-        if fields or args.seeds:
-            raise ValueError("--from takes the base models' shape and seed from the saved runs")
+        if fields or args.seeds or args.general:
+            raise ValueError(
+                "--from takes the base models' shape and seed from the saved runs "
+                "(and they learned no general suite: drop --general)"
+            )
         if not args.methods:
             methods = tuple(m for m in METHODS if method_mode(m) in bases)
         missing = [m for m in methods if m in METHODS and method_mode(m) not in bases]
@@ -97,6 +118,10 @@ def edits_config(args: argparse.Namespace, bases: dict):
         d.weights, **{k: v for k, v in layers.items() if v is not None}
     )
     ks = args.k or tuple(k for k in d.ks if k < base.n_facts)
+    if args.general:
+        from recall_bench.experiments.edits_general import suite_config
+
+        extra["suite"] = suite_config()
     return EditsConfig(base=base, ks=ks, methods=methods, seeds=tuple(seeds), **extra)
 
 

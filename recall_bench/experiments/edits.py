@@ -24,8 +24,10 @@ from recall_bench.edit_weights import (
     replace_kernels,
     rome_edits,
 )
+from recall_bench.experiments import edits_general
 from recall_bench.experiments.config import RunConfig
-from recall_bench.general import concat
+from recall_bench.general import Suite, SuiteConfig, concat
+from recall_bench.general import score as general_score
 from recall_bench.model import count_params
 from recall_bench.records import new_record, write_json_atomic
 from recall_bench.tool import build_store
@@ -75,6 +77,9 @@ class EditsConfig:
     finetune_eval_every: int = 10  # steps between the checks that can stop it
     weights: WeightEditConfig = dataclasses.field(default_factory=WeightEditConfig)
     rome_chunk: int = 16  # facts per compiled ROME call (sequential inside)
+    # bases that also learn this general suite (half of their rows, a fixed step budget), so
+    # that every edit's general ability kept is measured (edits_general.py); None: facts only
+    suite: SuiteConfig | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ks", tuple(self.ks))
@@ -91,6 +96,8 @@ class EditsConfig:
             )
         if not self.seeds or self.finetune_steps < 1 or self.tool_steps < 1:
             raise ValueError("give at least one seed, and steps >= 1")
+        if self.suite is not None:
+            edits_general.check_fits(self.suite, self.base)
 
     def train_config(self) -> TrainConfig:
         """Fine-tuning: constant lr, checks every finetune_eval_every steps, target 100%."""
@@ -116,6 +123,7 @@ class Base:
     params: Any
     right: np.ndarray
     info: dict
+    suite: Suite | None = None  # the general suite it also learned (info["general"]: scores)
 
 
 def both_orders(world: FactWorld, mode: str, entities: np.ndarray) -> formats.Sequences:
@@ -163,9 +171,10 @@ def train_bases(cfg: EditsConfig, mode: str, progress: bool) -> list[Base]:
     cfgs = [dataclasses.replace(cfg.base, seed=s, **fields) for s in cfg.seeds]
     worlds = [make_fact_world(c.spec) for c in cfgs]
     tasks = [base_task(c, w) for c, w in zip(cfgs, worlds, strict=True)]
-    result = train_models(
-        cfgs[0].model_config(), cfgs[0].train_config(), tasks, list(cfg.seeds), progress
-    )
+    train_cfg, suite = cfgs[0].train_config(), None
+    if cfg.suite is not None:
+        tasks, train_cfg, suite = edits_general.general_tasks(cfg.suite, cfgs[0], tasks)
+    result = train_models(cfgs[0].model_config(), train_cfg, tasks, list(cfg.seeds), progress)
     bases = []
     for i, (c, w) in enumerate(zip(cfgs, worlds, strict=True)):
         params = result.model(i)
@@ -182,7 +191,9 @@ def train_bases(cfg: EditsConfig, mode: str, progress: bool) -> list[Base]:
             "compile_s": result.compile_s,
             "recall": {o: float(r.mean()) for o, r in right.items()},
         }
-        bases.append(Base(c, w, result.graphdef, params, right["key-first"], info))
+        if suite is not None:
+            info["general"] = general_score(result.graphdef, params, suite)
+        bases.append(Base(c, w, result.graphdef, params, right["key-first"], info, suite))
     return bases
 
 
@@ -252,7 +263,10 @@ def finetune_outcomes(
 ) -> list[Outcome]:
     """Fine-tune every seed's base on its edits (one ensemble), each stopped at its first
     check where every edited fact answers its new value."""
-    tasks = [edit.finetune_task(b.world, e, replay) for b, e in zip(bases, edit_sets, strict=True)]
+    tasks = [
+        edit.finetune_task(b.world, e, replay, b.suite and b.suite.train)
+        for b, e in zip(bases, edit_sets, strict=True)
+    ]
     model_cfg, train_cfg = bases[0].cfg.model_config(), cfg.train_config()
     result = edit.finetune_edits(
         model_cfg, train_cfg, tasks, [b.cfg.seed for b in bases], [b.params for b in bases]
@@ -288,13 +302,14 @@ def located_outcome(cfg: EditsConfig, base: Base, edits: edit.EditSet, method: s
     check_editable(base.graphdef, base.params, wcfg)
     seqs = edit.edit_sequences(base.world, edits)
     p, v = seqs.prompt_length, base.world.spec.value_length
-    prompts = formats.prompt_tokens(base.world, *formats.fact_index(base.world.spec))
+    # every fact's prompt and all but its last value token: keys at each value position
+    prompts = formats.render_in_weight(base.world).tokens[:, : p + v - 1]
     rome_layer, layers = edit_layers(base.graphdef, base.params, wcfg)
     if method == "rome":
         layers = (rome_layer,)
-    key_moments(base.graphdef, base.params, prompts, layers)  # compile
+    key_moments(base.graphdef, base.params, prompts, layers, v)  # compile
     t0 = time.perf_counter()
-    moments = jax.block_until_ready(key_moments(base.graphdef, base.params, prompts, layers))
+    moments = jax.block_until_ready(key_moments(base.graphdef, base.params, prompts, layers, v))
     moments_s = time.perf_counter() - t0
     if method == "rome":
         size = cfg.rome_chunk
@@ -390,10 +405,18 @@ def make_edit_record(
         params=count_params(base.params, base.cfg.model_config()),
         base=base.info,
         metrics={**metrics, "weights_unchanged": outcome.cost["params_changed"] == 0},
-        general_ability=GENERAL_NOTE,
+        general_ability=general_ability(base, outcome),
         cost={**outcome.cost, **per_edit},
         method_info=outcome.info,
     )
+
+
+def general_ability(base: Base, outcome: Outcome) -> dict | str:
+    """The general measures after the edit and what they kept of the base's (or a note)."""
+    if base.suite is None:
+        return GENERAL_NOTE
+    args = (base.suite, base.info["general"], base.graphdef, outcome.params)
+    return edits_general.general_block(*args)
 
 
 def run_edits(

@@ -18,6 +18,15 @@ GROUP_METRICS = (
     "specificity_other",
 )
 COSTS = ("wall_s_per_edit", "flops_per_edit", "bytes_per_edit")
+# general ability kept (records of bases that learned the general suite; else None)
+GENERAL = ("general_mc_kept", "general_accuracy_kept", "text_bits_per_byte_change")
+
+
+def general_kept(record: dict, name: str) -> float | None:
+    """One general-ability-kept measure of a record (None when it measured none)."""
+    block = record["general_ability"]
+    value = block["kept"][name] if isinstance(block, dict) else None
+    return None if value is None or np.isnan(value) else value
 
 
 def read_records(folder: str | Path) -> list[dict]:
@@ -35,8 +44,9 @@ def mean_of(values: list) -> float | None:
 
 
 def summarize(records: list[dict]) -> list[dict]:
-    """One row per (method, k): means over seeds of the triad, the groups, the costs, and
-    min/max of the triad (the spread over seeds); methods in first-seen order."""
+    """One row per (method, k): means over seeds of the triad, the groups, the general
+    ability kept, the costs, and min/max of the triad and of the graded general ability kept
+    (the spread over seeds); methods in first-seen order."""
     methods = list(dict.fromkeys(r["method"] for r in records))
     rows = []
     for method in methods:
@@ -49,6 +59,11 @@ def summarize(records: list[dict]) -> list[dict]:
                 kept = [v for v in values if v is not None]
                 if name in SHOWN and kept:
                     row[f"{name}_min"], row[f"{name}_max"] = min(kept), max(kept)
+            for name in GENERAL:
+                values = [v for v in (general_kept(r, name) for r in cell) if v is not None]
+                row[name] = mean_of(values)
+                if name == GENERAL[0] and values:
+                    row[f"{name}_min"], row[f"{name}_max"] = min(values), max(values)
             for name in COSTS:
                 row[name] = mean_of([r["cost"][name] for r in cell])
             rows.append(row)
@@ -60,15 +75,17 @@ def fmt(value: float | None, spec: str = ".3f") -> str:
 
 
 def format_table(rows: list[dict]) -> str:
-    """A markdown table of the summary rows."""
+    """A markdown table of the summary rows (general ability kept: graded above chance,
+    exact, and the text's change in bits per byte)."""
     head = (
         "| method | k | efficacy | generalization | specificity | efficacy (known) "
-        "| same entity | neighbour | other | s/edit | FLOPs/edit | bytes/edit |"
+        "| same entity | neighbour | other | general kept (graded) | general kept (exact) "
+        "| text bits/byte change | s/edit | FLOPs/edit | bytes/edit |"
     )
-    lines = [head, "|" + "---|" * 12]
+    lines = [head, "|" + "---|" * 15]
     for r in rows:
         cells = [r["method"], str(r["k"])]
-        cells += [fmt(r[n]) for n in (*SHOWN, *GROUP_METRICS)]
+        cells += [fmt(r[n]) for n in (*SHOWN, *GROUP_METRICS, *GENERAL)]
         cells += [fmt(r["wall_s_per_edit"], ".2g"), fmt(r["flops_per_edit"], ".2g")]
         cells.append(fmt(r["bytes_per_edit"], ".0f"))
         lines.append("| " + " | ".join(cells) + " |")
@@ -76,11 +93,13 @@ def format_table(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: str | Path) -> Path:
-    """Efficacy, generalization and specificity against k, one line per method (mean over
-    seeds, bars from the lowest to the highest seed)."""
-    fig, axes = plots.plt.subplots(1, len(SHOWN), figsize=(5 * len(SHOWN), 3.8), squeeze=False)
+    """Efficacy, generalization, specificity (and the graded general ability kept, when
+    measured) against k, one line per method (mean over seeds, bars from the lowest to the
+    highest seed)."""
+    shown = SHOWN + tuple(n for n in GENERAL[:1] if any(r[n] is not None for r in rows))
+    fig, axes = plots.plt.subplots(1, len(shown), figsize=(5 * len(shown), 3.8), squeeze=False)
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    for ax, name in zip(axes[0], SHOWN, strict=True):
+    for ax, name in zip(axes[0], shown, strict=True):
         for i, method in enumerate(methods):
             pts = [r for r in rows if r["method"] == method and r[name] is not None]
             if not pts:

@@ -101,19 +101,11 @@ def bases_for(cfg: ToolBaseConfig, suite: general.Suite, out: Path, progress: bo
 def kept(metrics: dict, base: dict, chance: float) -> dict[str, float | None]:
     """General ability and old knowledge relative to the base's (graded above chance)."""
     ratio = lambda a, b: a / b if b else None  # noqa: E731
-    out = {
-        "general_accuracy_kept": ratio(metrics["general_accuracy"], base["general_accuracy"]),
-        "general_mc_kept": general.above_chance(
-            metrics["general_mc_accuracy"], base["general_mc_accuracy"], chance
-        ),
+    return {
+        **general.kept(metrics, base, chance),
         "old_recall_kept": ratio(metrics["old_recall"], base["old_recall"]),
         "old_bits_kept": ratio(metrics["old_bits"], base["old_bits"]),
     }
-    if "text_bits_per_byte" in metrics:
-        out["text_bits_per_byte_change"] = (
-            metrics["text_bits_per_byte"] - base["text_bits_per_byte"]
-        )
-    return out
 
 
 def cell_path(out: Path, method: str, lr: float | None, n: int, seed: int) -> Path:
