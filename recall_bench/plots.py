@@ -315,6 +315,8 @@ def joint_frontier(
             ax.annotate(f"{p['general_fraction']:g}", (xi, yi), textcoords="offset points",
                         xytext=(5, 5), fontsize=8)  # fmt: skip
         ax.axvline(capacity_bits, color="k", ls=":", label="fact capacity (facts-only)")
+        if key.startswith("text"):  # facts-only's change dwarfs the mixed cells'
+            ax.set_yscale("symlog", linthresh=1.0)
         ax.set_xlabel(f"fact bits held in-weight ({n_facts:,} facts; label: general fraction)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
