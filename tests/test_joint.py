@@ -75,7 +75,7 @@ def test_in_tool_cell_carries_the_tools_copy_accuracy_and_the_copy_skills(monkey
     assert skill != 0.3  # k / 16 held-out prompts: never 0.3, so neither was written over
 
 
-def test_tiny_joint_sweep(tmp_path):
+def test_tiny_joint_sweep(tmp_path, monkeypatch):
     summary = joint_report.run_joint(TINY, tmp_path, progress=False)
     kinds = {(r["mode"], r["n_facts"]) for r in summary["rows"]}
     assert kinds == {("general-only", 0), ("in-weight", 8), ("in-tool", 8), ("facts-only", 8)}
@@ -113,13 +113,15 @@ def test_tiny_joint_sweep(tmp_path):
         joint_report.run_joint(TINY, tmp_path, progress=False)
     again = joint_report.run_joint(TINY, tmp_path, progress=False, resume=True)  # all kept
     assert again["rows"] == summary["rows"]
-    # the frontier: in-weight at another fraction, the references reused from the sweep
+    # the frontier reuses the sweep's references: only the new fraction's in-weight cells train
+    trained = []
+    monkeypatch.setattr(
+        joint_report, "train_cells", lambda c, cells, *_: trained.append((c, cells)) or []
+    )
     frontier = joint_report.run_frontier(TINY, (0.25,), tmp_path / "f", tmp_path, progress=False)
-    assert [p["general_fraction"] for p in frontier["points"]] == [1.0, 0.5, 0.25, 0.0]
-    cells = sorted(p.name for p in (tmp_path / "f" / "general-fraction-0.25").iterdir())
-    assert cells == ["general_kept.png", "in-weight-8-s0", "in-weight-8-s1", "summary.json"]
-    record = read_json(tmp_path / "f" / "general-fraction-0.25" / "in-weight-8-s0" / "record.json")
-    assert record["joint"]["config"]["general_fraction"] == 0.25
+    ((cfg, cells),) = trained
+    assert cfg.general_fraction == 0.25 and cells == [("in-weight", 8, 0), ("in-weight", 8, 1)]
+    assert [p["general_fraction"] for p in frontier["points"]] == [1.0, 0.5, 0.0]
     assert (tmp_path / "f" / "frontier.png").exists() and "--reference" in frontier["command"]
     with pytest.raises(ValueError, match="--modes in-weight"):  # in-tool cells are not reused
         joint_report.run_joint(
