@@ -295,6 +295,36 @@ def joint_tradeoff(
     return save(fig, path)
 
 
+def joint_frontier(
+    points: list[dict], capacity_bits: float, n_facts: int, path: str | Path
+) -> Path:
+    """The shared-capacity trade-off frontier at n_facts: graded general ability kept (left) and
+    the held-out text's change in bits per byte (right) against the fact bits held, one point
+    per general fraction (labelled), bars the seed ranges, a dotted line at the fact capacity."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    x = np.array([p["bits_memorized"] for p in points])
+    xlo, xhi = (np.array([p["bits_memorized_range"][i] for p in points]) for i in (0, 1))
+    for ax, key, label in (
+        (axes[0], "general_mc_kept", "graded general ability kept (above chance)"),
+        (axes[1], "text_bits_per_byte_change", "held-out text: change in bits/byte"),
+    ):
+        y = np.array([p[key] for p in points])
+        ylo, yhi = (np.array([p[f"{key}_range"][i] for p in points]) for i in (0, 1))
+        ax.errorbar(x, y, xerr=[x - xlo, xhi - x], yerr=[y - ylo, yhi - y], fmt="-o", capsize=3)
+        for p, xi, yi in zip(points, x, y, strict=True):
+            ax.annotate(f"{p['general_fraction']:g}", (xi, yi), textcoords="offset points",
+                        xytext=(5, 5), fontsize=8)  # fmt: skip
+        ax.axvline(capacity_bits, color="k", ls=":", label="fact capacity (facts-only)")
+        if key.startswith("text"):  # facts-only's change dwarfs the mixed cells'
+            ax.set_yscale("symlog", linthresh=1.0)
+        ax.set_xlabel(f"fact bits held in-weight ({n_facts:,} facts; label: general fraction)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save(fig, path)
+
+
 # Allen-Zhu & Li 2024 (Part 3.3): knowledge bits/param of quantized GPT-2-architecture models
 PUBLISHED_QUANTIZED = {16: 2.0, 8: 2.0, 4: 0.7}
 

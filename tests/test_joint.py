@@ -5,6 +5,7 @@ whole budget even when the facts are all recalled early."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +75,7 @@ def test_in_tool_cell_carries_the_tools_copy_accuracy_and_the_copy_skills(monkey
     assert skill != 0.3  # k / 16 held-out prompts: never 0.3, so neither was written over
 
 
-def test_tiny_joint_sweep(tmp_path):
+def test_tiny_joint_sweep(tmp_path, monkeypatch):
     summary = joint_report.run_joint(TINY, tmp_path, progress=False)
     kinds = {(r["mode"], r["n_facts"]) for r in summary["rows"]}
     assert kinds == {("general-only", 0), ("in-weight", 8), ("in-tool", 8), ("facts-only", 8)}
@@ -112,6 +113,59 @@ def test_tiny_joint_sweep(tmp_path):
         joint_report.run_joint(TINY, tmp_path, progress=False)
     again = joint_report.run_joint(TINY, tmp_path, progress=False, resume=True)  # all kept
     assert again["rows"] == summary["rows"]
+    # the frontier reuses the sweep's references: only the new fraction's in-weight cells train
+    trained = []
+    monkeypatch.setattr(
+        joint_report, "train_cells", lambda c, cells, *_: trained.append((c, cells)) or []
+    )
+    frontier = joint_report.run_frontier(TINY, (0.25,), tmp_path / "f", tmp_path, progress=False)
+    ((cfg, cells),) = trained
+    assert cfg.general_fraction == 0.25 and cells == [("in-weight", 8, 0), ("in-weight", 8, 1)]
+    assert [p["general_fraction"] for p in frontier["points"]] == [1.0, 0.5, 0.0]
+    assert (tmp_path / "f" / "frontier.png").exists() and "--reference" in frontier["command"]
+    with pytest.raises(ValueError, match="--modes in-weight"):  # in-tool cells are not reused
+        joint_report.run_joint(
+            dataclasses.replace(TINY, general_fraction=0.25), tmp_path / "g", False, False, tmp_path
+        )
+
+
+def test_references_serve_every_general_fraction():
+    """General-only and facts-only cells train on no mixture: one serves every fraction."""
+    other = dataclasses.replace(TINY, general_fraction=0.25, fact_counts=(8, 16))
+    for kind, same in (("general-only", True), ("facts-only", True), ("in-weight", False)):
+        assert (joint.cell_key(TINY, kind) == joint.cell_key(other, kind)) is same
+    assert joint.cell_key(TINY, "general-only") != joint.cell_key(
+        dataclasses.replace(TINY, seeds=(0,)), "general-only"
+    )
+
+
+def test_frontier_points_run_from_the_reference_to_facts_only():
+    def row(mode, n, bits=None):
+        r = {"mode": mode, "n_facts": n, "general_mc_kept": 1.0 - (bits or 0) / 100}
+        return (
+            r
+            if bits is None
+            else {**r, "bits_memorized": bits, "bits_memorized_range": [bits - 1, bits + 1]}
+        )
+
+    base = {
+        "config": {"general_fraction": 0.5},
+        "capacity_bits": 80.0,
+        "rows": [row("general-only", 0), row("in-weight", 8, 10), row("in-weight", 64, 40),
+                 row("facts-only", 64, 60)],
+    }  # fmt: skip
+    sweeps = {
+        0.9: [row("general-only", 0), row("in-weight", 64, 20)],
+        0.1: [row("in-weight", 64, 70)],
+    }
+    points = joint_report.frontier_points(base, sweeps, 64)
+    assert [p["general_fraction"] for p in points] == [1.0, 0.9, 0.5, 0.1, 0.0]
+    assert [p["bits_memorized"] for p in points] == [0.0, 20, 40, 70, 60]  # N=8's row left out
+    assert points[3]["capacity_share"] == 70 / 80 and points[3]["capacity_share_range"] == [
+        69 / 80,
+        71 / 80,
+    ]
+    assert points[0]["bits_memorized_range"] == [0.0, 0.0] and points[0]["general_mc_kept"] == 1.0
 
 
 @pytest.mark.parametrize(
@@ -121,6 +175,8 @@ def test_tiny_joint_sweep(tmp_path):
         (["--general-fraction", "1.5"], "general fraction"),
         (["--facts", "8", "--rows", "8"], "raise --rows"),
         (["--seeds", "0,0"], "seeds"),
+        (["--general-fraction", "0.9,0.25"], "--reference"),
+        (["--general-fraction", "0.9,1.25", "--reference", "x"], "general fraction"),
     ],
 )
 def test_joint_cli_rejects_bad_input(argv, match):

@@ -13,6 +13,7 @@ from recall_bench.cli.args import (
     add_memory_arguments,
     int_list,
     memory_options,
+    number_list,
     output_folder,
     positive_float,
     positive_int,
@@ -22,8 +23,8 @@ from recall_bench.cli.args import (
 from recall_bench.cli.tool_base import add_tool_base_arguments, cmd_tool_base
 from recall_bench.experiments.degrade import MODES, DegradeConfig, format_table, run_degrade
 from recall_bench.experiments.joint import JointConfig
+from recall_bench.experiments.joint_report import format_frontier, run_frontier, run_joint
 from recall_bench.experiments.joint_report import format_table as format_joint
-from recall_bench.experiments.joint_report import run_joint
 from recall_bench.experiments.tool_base import ToolBaseConfig
 from recall_bench.records import clean_json
 
@@ -147,7 +148,19 @@ def add_joint_arguments(p: argparse.ArgumentParser) -> None:
         type=int_list,
         help="fact counts of the facts-only cells that measure capacity (default: the largest)",
     )
-    joint.add_argument("--general-fraction", type=positive_float, default=d.general_fraction)
+    joint.add_argument(
+        "--general-fraction",
+        type=number_list(float, None, "0.9,0.25"),
+        default=(d.general_fraction,),
+        help="share of a mixed cell's rows that are general data; several values (with "
+        "--reference) trace the trade-off frontier at the largest --facts, in-weight only",
+    )
+    joint.add_argument(
+        "--reference",
+        type=Path,
+        help="a finished joint sweep of the same model and training whose general-only "
+        "references (and, for a frontier, facts-only capacity) are reused, not trained",
+    )
     joint.add_argument(
         "--zipf",
         type=float,
@@ -178,13 +191,29 @@ def cmd_joint(args: argparse.Namespace) -> int:
         capacity_counts=args.capacity_facts,
         facts=dataclasses.replace(d.facts, **given_run_fields(args)),
         tool_train_entities=args.tool_train_entities or d.tool_train_entities,
-        general_fraction=args.general_fraction,
+        general_fraction=args.general_fraction[0],
         zipf=args.zipf,
         rows=args.rows,
         seeds=args.seeds,
         suite=general.SuiteConfig(text_file=args.text_file or d.suite.text_file),
     )
     out = args.out or Path("recall_bench_out/degradation_v2")
-    summary = run_joint(cfg, out, not (args.quiet or args.json), args.resume)
+    progress = not (args.quiet or args.json)
+    if len(args.general_fraction) > 1:
+        if args.reference is None:
+            raise ValueError(
+                "several --general-fraction values trace the frontier against a finished "
+                "sweep: pass --reference DIR (its references and facts-only capacity)"
+            )
+        for f in args.general_fraction:
+            dataclasses.replace(cfg, general_fraction=f)  # validates each before any training
+        frontier = run_frontier(
+            cfg, args.general_fraction, out, args.reference, progress, args.resume
+        )
+        print(
+            json.dumps(clean_json(frontier), indent=2) if args.json else format_frontier(frontier)
+        )
+        return 0
+    summary = run_joint(cfg, out, progress, args.resume, args.reference)
     print(json.dumps(clean_json(summary), indent=2) if args.json else format_joint(summary))
     return 0

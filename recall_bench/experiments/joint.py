@@ -298,12 +298,17 @@ def finished(cfg: JointConfig, out: Path, cells: list[tuple[str, int, int]], res
     if not all(p.exists() for p in paths):
         return None
     records = [read_record(p) for p in paths]  # older ones upgraded: today's metric names
-    key = cell_key(cfg)
-    return records if all(cell_key(r["joint"]["config"]) == key for r in records) else None
+    same = all(
+        cell_key(r["joint"]["config"], r["mode"]) == cell_key(cfg, r["mode"]) for r in records
+    )
+    return records if same else None
 
 
-def cell_key(cfg: JointConfig | dict) -> dict:
-    """What decides a cell's training: the config less the sweep's list of cells, so that a
-    sweep resumed with fewer or more fact counts keeps the cells it shares."""
+def cell_key(cfg: JointConfig | dict, kind: str) -> dict:
+    """What decides a cell's training: the config less the sweep's list of cells (a sweep resumed
+    with fewer or more fact counts keeps the cells it shares), and for cells that train on no
+    mixture (general-only, facts-only) less the general fraction, so they serve every fraction."""
     fields = clean_json(dataclasses.asdict(cfg) if isinstance(cfg, JointConfig) else cfg)
-    return {k: v for k, v in fields.items() if k not in ("fact_counts", "modes", "capacity_counts")}
+    drop = {"fact_counts", "modes", "capacity_counts"}
+    drop |= {"general_fraction"} if kind in (GENERAL, FACTS_ONLY) else set()
+    return {k: v for k, v in fields.items() if k not in drop}

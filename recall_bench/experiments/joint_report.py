@@ -22,21 +22,33 @@ from recall_bench.experiments.joint import (
 )
 from recall_bench.model import init_model
 from recall_bench.progress import log
-from recall_bench.records import clean_json, environment, write_json_atomic
+from recall_bench.records import clean_json, environment, read_json, write_json_atomic
 
 
 def run_joint(
-    cfg: JointConfig, out: str | Path, progress: bool = True, resume: bool = False
+    cfg: JointConfig,
+    out: str | Path,
+    progress: bool = True,
+    resume: bool = False,
+    ref_dir: str | Path | None = None,
 ) -> dict:
     """The sweep: the general-only references with the in-tool models (trained once on the
     protocol pool, evaluated at every N), then every fact count's in-weight and facts-only
-    cells (with resume, finished ones are kept); summary.json and the plot."""
+    cells (with resume, finished ones are kept); summary.json and the plot. With ref_dir (a
+    finished sweep of the same model and training) its references are reused, not trained."""
     out, t0 = Path(out), time.perf_counter()
     suite = general.make_suite(cfg.suite, formats.Vocab.of(cfg.run_config("in-weight", 2, 0).spec))
     tool = [("in-tool", n, s) for n in cfg.fact_counts for s in cfg.seeds if "in-tool" in cfg.modes]
     refs = [(GENERAL, 0, s) for s in cfg.seeds]
-    records = finished(cfg, out, refs + tool, resume)
+    src = out if ref_dir is None else Path(ref_dir)
+    records = finished(cfg, src, refs + tool, resume or ref_dir is not None)
     reference: dict[int, dict] = {}
+    if records is None and ref_dir is not None:
+        raise ValueError(
+            f"{ref_dir} holds no general-only cells of seeds {cfg.seeds} made with this model, "
+            "training and data (in-tool cells are not reused: pass --modes in-weight); rerun "
+            "with that sweep's options or drop --reference"
+        )
     if records is None:
         log(progress, f"general-only references and in-tool models, seeds {cfg.seeds}")
         trained = refs + [("in-tool", 0, s) for s in cfg.seeds if tool]
@@ -44,7 +56,7 @@ def run_joint(
     else:
         graphdef, like = init_model(cfg.model_config(), 0)
         for r in records[: len(refs)]:
-            params = load_params(cell_path(out, GENERAL, 0, r["seed"]) / "params", like)
+            params = load_params(cell_path(src, GENERAL, 0, r["seed"]) / "params", like)
             reference[r["seed"]] = {"graphdef": graphdef, "params": params, "scores": r["metrics"]}
     log(progress, tables.format_table(summary_rows(records), COLUMNS))
     for n in cfg.fact_counts:
@@ -139,16 +151,110 @@ def summarize(cfg: JointConfig, records: list[dict], out: Path, wall_s: float) -
     return summary
 
 
-def command(cfg: JointConfig, out: Path) -> str:
-    """The command line that regenerates a sweep."""
+def run_frontier(
+    cfg: JointConfig,
+    fractions: tuple[float, ...],
+    out: str | Path,
+    ref_dir: str | Path,
+    progress: bool = True,
+    resume: bool = False,
+) -> dict:
+    """The trade-off frontier at the largest N: in-weight cells at each general fraction (one
+    sweep each, in out/general-fraction-F, against ref_dir's general-only references), with
+    ref_dir's own in-weight and facts-only cells at that N and its reference; frontier.json and
+    frontier.png (general ability kept against the fact bits held)."""
+    out, ref_dir = Path(out), Path(ref_dir)
+    base = read_json(ref_dir / "summary.json")
+    n = max(cfg.fact_counts)
+    cfg = dataclasses.replace(cfg, fact_counts=(n,), modes=("in-weight",), capacity_counts=())
+    sweeps = {
+        f: run_joint(
+            dataclasses.replace(cfg, general_fraction=f),
+            out / f"general-fraction-{f}",
+            progress,
+            resume,
+            ref_dir,
+        )
+        for f in fractions
+    }
+    points = frontier_points(base, {f: s["rows"] for f, s in sweeps.items()}, n)
+    bits_per_fact = cfg.run_config("in-weight", 2, 0).spec.bits_per_fact
+    plot = plots.joint_frontier(points, base["capacity_bits"], n, out / "frontier.png")
+    frontier = {
+        "experiment": "degradation-joint-frontier",
+        "command": command(cfg, out, fractions) + f" --reference {ref_dir}",
+        "n_facts": n,
+        "capacity_bits": base["capacity_bits"],
+        "capacity_facts": base["capacity_bits"] / bits_per_fact,
+        "points": points,
+        "plot": str(plot),
+        "env": environment(),
+    }
+    write_json_atomic(out / "frontier.json", clean_json(frontier))
+    return frontier
+
+
+def frontier_points(base: dict, rows: dict[float, list[dict]], n: int) -> list[dict]:
+    """One point per general fraction, from the general-only reference (1) through the in-weight
+    rows at n facts (the base sweep's fraction and each of rows') to the facts-only row at n
+    (0), each with its share of the base sweep's capacity; highest fraction first."""
+    fraction = base["config"]["general_fraction"]
+    found = [
+        (f, r)
+        for f, rs in rows.items()
+        for r in rs
+        if (r["mode"], r["n_facts"]) == ("in-weight", n)
+    ]
+    for r in base["rows"]:
+        f = {GENERAL: 1.0, FACTS_ONLY: 0.0, "in-weight": fraction}.get(r["mode"])
+        if f is not None and r["n_facts"] in (0, n):
+            found.append((f, r))
+    cap = base["capacity_bits"]
+    points = []
+    for f, r in sorted(found, key=lambda p: -p[0]):
+        bits, span = r.get("bits_memorized", 0.0), r.get("bits_memorized_range", [0.0, 0.0])
+        share = {"capacity_share": bits / cap, "capacity_share_range": [b / cap for b in span]}
+        points.append(
+            {
+                **r,
+                "general_fraction": f,
+                "bits_memorized": bits,
+                "bits_memorized_range": span,
+                **share,
+            }
+        )
+    return points
+
+
+def format_frontier(frontier: dict) -> str:
+    cap = frontier["capacity_bits"]
+    head = f"trade-off frontier at {frontier['n_facts']:,} facts, capacity {cap:,.0f} bits"
+    return "\n".join([head, tables.format_table(frontier["points"], FRONTIER_COLUMNS)])
+
+
+FRONTIER_COLUMNS = (
+    ("general fraction", "general_fraction", ".2f"),
+    ("mode", "mode"),
+    ("recall", "recall", ".3f"),
+    ("fact bits", "bits_memorized", ",.0f"),
+    ("share", "capacity_share", ".2f"),
+    ("graded kept", "general_mc_kept", ".3f"),
+    ("acc / ref", "general_mc_ratio", ".3f"),
+    ("bpb change", "text_bits_per_byte_change", "+.3f"),
+)
+
+
+def command(cfg: JointConfig, out: Path, fractions: tuple[float, ...] = ()) -> str:
+    """The command line that regenerates a sweep (or, given several fractions, a frontier)."""
     join = lambda xs: ",".join(map(str, xs))  # noqa: E731
     f = cfg.facts
+    cap = f"--capacity-facts {join(cfg.capacity_counts)} " if cfg.capacity_counts else ""
     return (
         f"recall-bench degrade --protocol joint --facts {join(cfg.fact_counts)} "
-        f"--modes {join(cfg.modes)} --capacity-facts {join(cfg.capacity_counts)} "
+        f"--modes {join(cfg.modes)} {cap}"
         f"--layers {f.layers} --width {f.width} --heads {f.heads} --steps {f.steps} "
         f"--batch-size {f.batch_size} --lr {f.lr} --tool-train-entities "
-        f"{cfg.tool_train_entities} --general-fraction {cfg.general_fraction} "
+        f"{cfg.tool_train_entities} --general-fraction {join(fractions or [cfg.general_fraction])} "
         f"--zipf {cfg.zipf} --rows {cfg.rows} --seeds {join(cfg.seeds)} "
         f"--text-file {cfg.suite.text_file} --out {out}"
     )
