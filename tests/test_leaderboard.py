@@ -250,6 +250,20 @@ def test_id_names_what_moves_a_metric(tmp_path: Path) -> None:
         assert lb.entry_from_record(other)["id"] == base, field
 
 
+def test_joint_cells_of_two_mixtures_differ(tmp_path: Path) -> None:
+    """A joint-protocol cell's id holds its mixture, not the sweep that listed it: two general
+    fractions give two ids; another list of fact counts or seeds in the sweep gives the same."""
+    record = make_record(tmp_path)
+    mixture = {"general_fraction": 0.5, "zipf": 1.0, "fact_counts": [32, 4096], "seeds": [0, 1]}
+    record.update(protocol="joint", joint={"config": mixture})
+    base = lb.entry_from_record(record)["id"]
+    other = copy.deepcopy(record)
+    other["joint"]["config"].update(fact_counts=[4096], seeds=[0])
+    assert lb.entry_from_record(other)["id"] == base
+    other["joint"]["config"]["general_fraction"] = 0.25
+    assert lb.entry_from_record(other)["id"] != base
+
+
 def test_export_without_records(tmp_path: Path) -> None:
     with pytest.raises(LeaderboardError, match=re.escape("no record.json found")):
         lb.export(tmp_path, tmp_path / "out.json")

@@ -120,6 +120,28 @@ def _record_path(path: Path | None) -> str | None:
         return None
 
 
+# The joint protocol's settings that list its sweep (or repeat the cell's own config), not what
+# one cell trained on: left out of the mixture an entry's config carries.
+JOINT_SWEEP_KEYS = frozenset({"fact_counts", "modes", "capacity_counts", "seeds", "facts"})
+
+
+def _cell_config(record: dict[str, Any]) -> Any:
+    """A record's config; a joint-protocol cell's with its mixture (general fraction, sampling,
+    rows, suite), which its fact-run config does not hold, so cells of two mixtures differ."""
+    config = record.get("config")
+    joint = record.get("joint")
+    if (
+        record.get("protocol") != "joint"
+        or not isinstance(config, dict)
+        or not isinstance(joint, dict)
+    ):
+        return config
+    mixture = joint.get("config")
+    if not isinstance(mixture, dict):
+        return config
+    return {**config, "joint": {k: v for k, v in mixture.items() if k not in JOINT_SWEEP_KEYS}}
+
+
 def _entry_from_record(record: Any, path: Path | None = None) -> dict[str, Any]:
     record = _plain_record(record)
     model = record.get("model")
@@ -141,7 +163,7 @@ def _entry_from_record(record: Any, path: Path | None = None) -> dict[str, Any]:
         "seed": record.get("seed"),
         "world": world,
         "model": model,
-        "config": record.get("config"),
+        "config": _cell_config(record),
         "train": _pick(record.get("train"), _TRAIN_KEYS),
         "metrics": metrics,
         "better": better,
