@@ -28,6 +28,7 @@ from flax import nnx
 from recall_bench import formats, saved, streams
 from recall_bench.identity import refuse_other
 from recall_bench.metrics import sequence_stats
+from recall_bench.pkm import ProductKeyMemory
 from recall_bench.probe_memory import memory_rows
 from recall_bench.probe_removal import (
     PERCENTS,
@@ -66,19 +67,21 @@ class Ablatable(nnx.Module):
         return (x * keep + self.fill[...] * (1 - keep)) @ self.kernel[...]
 
 
-class GatedMemory(nnx.Module):
+class GatedMemory(ProductKeyMemory):
     """A side memory whose output can be replaced: keep · memory(x) + (1 − keep) · fill per
-    output unit. keep = 1 everywhere computes exactly what the memory did."""
+    output unit. It takes over the memory's parameters at their paths (so the state reads as
+    the model's); keep = 1 everywhere computes exactly what the memory did."""
 
-    def __init__(self, memory: nnx.Module):
-        self.memory = memory
-        table = memory.value_table
-        self.keep = Gate(jnp.ones(table.shape[1], table.dtype))
-        self.fill = Gate(jnp.zeros(table.shape[1], table.dtype))
+    def __init__(self, memory: ProductKeyMemory):
+        self.heads, self.topk, self.n = memory.heads, memory.topk, memory.n
+        self.query, self.query_norm = memory.query, memory.query_norm
+        self.sub_keys, self.value_table = memory.sub_keys, memory.value_table
+        self.keep = Gate(jnp.ones(self.value_table.shape[1], self.value_table.dtype))
+        self.fill = Gate(jnp.zeros(self.value_table.shape[1], self.value_table.dtype))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         keep = self.keep[...]
-        return self.memory(x) * keep + self.fill[...] * (1 - keep)
+        return super().__call__(x) * keep + self.fill[...] * (1 - keep)
 
 
 def ablatable(graphdef, params) -> tuple[Any, Any]:
@@ -109,12 +112,12 @@ class Recording(Ablatable):
 class RecordingMemory(GatedMemory):
     """A GatedMemory that also keeps every output of the memory, in `sink` (eager use only)."""
 
-    def __init__(self, memory: nnx.Module, sink: list):
+    def __init__(self, memory: ProductKeyMemory, sink: list):
         super().__init__(memory)
         self.sink = sink
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        out = self.memory(x)
+        out = ProductKeyMemory.__call__(self, x)
         self.sink.append(out.reshape(-1, out.shape[-1]).astype(jnp.float32))
         return out
 

@@ -13,7 +13,7 @@ from flax import nnx
 from recall_bench import cli, formats, records
 from recall_bench.experiments.config import RunConfig
 from recall_bench.experiments.run import run
-from recall_bench.model import apply, init_model
+from recall_bench.model import apply, count_params, init_model
 from recall_bench.probe import (
     Ablatable,
     ablatable,
@@ -187,6 +187,8 @@ def test_side_memory_ablation_is_its_output_and_its_rows_are_those_read():
     unread = np.setdiff1d(np.arange(MEMORY["memory_size"]), read)
     np.testing.assert_array_equal(out(without_rows(params, 0, unread)), out(params))
     g2, state = ablatable(graphdef, params)
+    counts = count_params(params, SIDE.model_config())  # the memory's parameters where they were
+    assert count_params(state, SIDE.model_config())["memory"] == counts["memory"]
     zero = with_gates(state, gate(SIDE, "memory", 0, None, np.zeros(SIDE.width)))
     np.testing.assert_allclose(np.asarray(apply(g2, zero, x)), every, atol=1e-5)
     mean = projection_means(graphdef, params, tokens)[0, "memory"]
