@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import Path
 from typing import Any
@@ -26,18 +27,25 @@ from flax import nnx
 
 from recall_bench import formats, saved, streams
 from recall_bench.identity import refuse_other
-from recall_bench.metrics import sequence_stats, stats_from_logits
-from recall_bench.model import apply
+from recall_bench.metrics import sequence_stats
+from recall_bench.pkm import ProductKeyMemory
+from recall_bench.probe_memory import memory_rows
+from recall_bench.probe_removal import (
+    PERCENTS,
+    kept,
+    mean_loss,
+    path_names,
+    removal_rows,
+)
 from recall_bench.records import new_record, read_record, write_json_atomic
 from recall_bench.saved import evaluate_run, load_run
 from recall_bench.tables import Column, format_table
+from recall_bench.worlds import make_fact_world
 
 RECORD_NAME = "probe.json"
-PERCENTS = (0.0, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0)
-PROJECTIONS = ("attn_out", "mlp_out")  # the output projection of each ablated component
-MATRICES = ("qkv", "attn_out", "mlp_in", "mlp_out")  # the blocks' weight matrices
+# the module whose input (a projection) or output (a side memory) each ablation replaces
+TARGETS = {"attention": "attn_out", "head": "attn_out", "mlp": "mlp_out", "memory": "memory"}
 GRADIENT_FACTS = 256  # facts per set whose gradient norms are averaged
-KEPT_METRICS = ("recall", "bits_memorized", "bits_delivered", "recall_unseen")  # in-tool: delivered
 
 
 class Gate(nnx.Variable):
@@ -59,13 +67,33 @@ class Ablatable(nnx.Module):
         return (x * keep + self.fill[...] * (1 - keep)) @ self.kernel[...]
 
 
+class GatedMemory(ProductKeyMemory):
+    """A side memory whose output can be replaced: keep · memory(x) + (1 − keep) · fill per
+    output unit. It takes over the memory's parameters at their paths (so the state reads as
+    the model's); keep = 1 everywhere computes exactly what the memory did."""
+
+    def __init__(self, memory: ProductKeyMemory):
+        self.heads, self.topk, self.n = memory.heads, memory.topk, memory.n
+        self.query, self.query_norm = memory.query, memory.query_norm
+        self.sub_keys, self.value_table = memory.sub_keys, memory.value_table
+        self.keep = Gate(jnp.ones(self.value_table.shape[1], self.value_table.dtype))
+        self.fill = Gate(jnp.zeros(self.value_table.shape[1], self.value_table.dtype))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        keep = self.keep[...]
+        return super().__call__(x) * keep + self.fill[...] * (1 - keep)
+
+
 def ablatable(graphdef, params) -> tuple[Any, Any]:
-    """(graphdef, state) of the model with every attn_out and mlp_out made Ablatable."""
+    """(graphdef, state) of the model with every attn_out and mlp_out made Ablatable and a
+    side memory Gated."""
     model = nnx.merge(graphdef, params)
     for block in model.blocks:
-        for name in PROJECTIONS:
+        for name in ("attn_out", "mlp_out"):
             if hasattr(block, name):
                 setattr(block, name, Ablatable(getattr(block, name).kernel))
+        if hasattr(block, "memory"):
+            block.memory = GatedMemory(block.memory)
     return nnx.split(model)
 
 
@@ -81,8 +109,22 @@ class Recording(Ablatable):
         return super().__call__(x)
 
 
+class RecordingMemory(GatedMemory):
+    """A GatedMemory that also keeps every output of the memory, in `sink` (eager use only)."""
+
+    def __init__(self, memory: ProductKeyMemory, sink: list):
+        super().__init__(memory)
+        self.sink = sink
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        out = ProductKeyMemory.__call__(self, x)
+        self.sink.append(out.reshape(-1, out.shape[-1]).astype(jnp.float32))
+        return out
+
+
 def projection_means(graphdef, params, tokens: np.ndarray) -> dict[tuple[int, str], np.ndarray]:
-    """Mean input of every output projection over all positions of `tokens[:, :-1]`."""
+    """Mean input of every output projection, and mean output of a side memory, over all
+    positions of `tokens[:, :-1]`."""
     means = _projection_means(graphdef, params, jnp.asarray(tokens[:, :-1]))
     return {k: np.asarray(v) for k, v in means.items()}
 
@@ -92,21 +134,18 @@ def _projection_means(graphdef, params, tokens: jax.Array) -> dict:
     model = nnx.merge(graphdef, params)
     seen: dict[tuple[int, str], list] = {}
     for layer, block in enumerate(model.blocks):
-        for name in PROJECTIONS:
+        for name in ("attn_out", "mlp_out"):
             if hasattr(block, name):
                 sink = seen.setdefault((layer, name), [])
                 setattr(block, name, Recording(getattr(block, name).kernel, sink))
+        if hasattr(block, "memory"):
+            block.memory = RecordingMemory(block.memory, seen.setdefault((layer, "memory"), []))
     model(tokens)
     return {k: jnp.concatenate(v).mean(axis=0) for k, v in seen.items()}
 
 
-def path_names(path) -> tuple:
-    """('blocks', 0, 'attn_out', 'keep') from a state tree path."""
-    return tuple(k.key for k in path if hasattr(k, "key"))
-
-
 def with_gates(state, gates: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]]):
-    """The ablatable state with (keep, fill) set for the projections named (layer, name)."""
+    """The ablatable state with (keep, fill) set for the modules named (layer, name)."""
 
     def one(path, x):
         names = path_names(path)
@@ -119,25 +158,25 @@ def with_gates(state, gates: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]
 
 
 def ablations(cfg) -> list[tuple[str, int, int | None]]:
-    """(component, layer, head) of every ablation: each attention, each head, each MLP."""
+    """(component, layer, head) of every ablation: each attention, each head, each MLP or
+    side memory."""
     out = []
     for layer in range(cfg.layers):
         out.append(("attention", layer, None))
         out += [("head", layer, h) for h in range(cfg.heads)]
-        if not cfg.method.side_memory or layer != cfg.memory_layer:
-            out.append(("mlp", layer, None))
+        memory = cfg.method.side_memory and layer == cfg.memory_layer
+        out.append(("memory" if memory else "mlp", layer, None))
     return out
 
 
 def gate(cfg, component: str, layer: int, head: int | None, fill: np.ndarray) -> dict:
-    """The gates of one ablation: the projection's inputs it removes get `fill`."""
-    name = "mlp_out" if component == "mlp" else "attn_out"
+    """The gates of one ablation: the inputs (outputs) it removes get `fill`."""
     keep = np.zeros(fill.shape[0])
     if head is not None:
         size = cfg.width // cfg.heads
         keep = np.ones(fill.shape[0])
         keep[head * size : (head + 1) * size] = 0
-    return {(layer, name): (keep, fill)}
+    return {(layer, TARGETS[component]): (keep, fill)}
 
 
 def ablation_rows(cfg, world, graphdef, params, entities, tokens) -> list[dict]:
@@ -146,9 +185,8 @@ def ablation_rows(cfg, world, graphdef, params, entities, tokens) -> list[dict]:
     means = projection_means(graphdef, params, tokens)
     rows = []
     for component, layer, head in ablations(cfg):
-        name = "mlp_out" if component == "mlp" else "attn_out"
         for method in ("zero", "mean"):
-            mean = means[layer, name]
+            mean = means[layer, TARGETS[component]]
             fill = np.zeros_like(mean) if method == "zero" else mean
             ablated = with_gates(state, gate(cfg, component, layer, head, fill))
             m = evaluate_run(cfg, world, g2, ablated, entities)
@@ -157,31 +195,14 @@ def ablation_rows(cfg, world, graphdef, params, entities, tokens) -> list[dict]:
     return rows
 
 
-def kept(metrics: dict) -> dict:
-    return {k: metrics[k] for k in KEPT_METRICS if k in metrics}
-
-
-def mean_loss(params, graphdef, tokens, loss_mask, value_mask) -> jax.Array:
-    """Mean over sequences [M, L] of the loss per loss-masked token."""
-    stats = stats_from_logits(
-        apply(graphdef, params, tokens[:, :-1]), tokens, loss_mask, value_mask
-    )
-    return jnp.mean(stats["loss_sum"] / loss_mask[:, 1:].sum(axis=1))
-
-
-_loss_gradient = jax.jit(jax.grad(mean_loss), static_argnums=1)
-
-
-def loss_gradient(params, graphdef, seqs: formats.Sequences):
-    """The gradient of mean_loss on `seqs` with respect to params."""
-    return _loss_gradient(params, graphdef, seqs.tokens, seqs.loss_mask, seqs.value_mask)
-
-
-def group(names: tuple) -> str:
-    """The layer and component a parameter belongs to (embeddings, L0 attention, ...)."""
+def group(names: tuple, memory_layers: frozenset = frozenset()) -> str:
+    """The layer and component a parameter belongs to (embeddings, L0 attention, L1 mlp, L0
+    memory: a side memory with the LayerNorm before it, in the layers of `memory_layers`)."""
     if names[0] != "blocks":
         return "embeddings" if names[0].endswith("embed") else "final norm"
     part = "attention" if names[2] in ("ln_attn", "qkv", "attn_out") else "mlp"
+    if names[2] == "memory" or (names[2] == "ln_mlp" and names[1] in memory_layers):
+        part = "memory"
     return f"L{names[1]} {part}"
 
 
@@ -192,8 +213,10 @@ def fact_gradient_norms(params, graphdef, tokens, loss_mask, value_mask) -> dict
     def one(t, lm, vm):
         grads = jax.grad(mean_loss)(params, graphdef, t[None], lm[None], vm[None])
         sums: dict[str, jax.Array] = {}
-        for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
-            key = group(path_names(path))
+        flat = [(path_names(p), g) for p, g in jax.tree_util.tree_flatten_with_path(grads)[0]]
+        memory = frozenset(n[1] for n, _ in flat if n[0] == "blocks" and n[2] == "memory")
+        for names, g in flat:
+            key = group(names, memory)
             sums[key] = sums.get(key, 0.0) + jnp.sum(jnp.square(g.astype(jnp.float32)))
         return {k: jnp.sqrt(v) for k, v in sums.items()}
 
@@ -230,67 +253,6 @@ def gradient_profile(
     ]
 
 
-def is_matrix(names: tuple) -> bool:
-    """Whether a parameter is one of the blocks' weight matrices (the removal's domain)."""
-    return names[0] == "blocks" and names[2] in MATRICES
-
-
-def removal_scores(graphdef, params, seqs: formats.Sequences) -> dict[str, np.ndarray]:
-    """Per entry of the blocks' matrices (flattened in tree order): |gradient × weight| of
-    the mean loss on `seqs`, and |weight| (magnitude pruning)."""
-    grads = loss_gradient(params, graphdef, seqs)
-    pairs = zip(
-        jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(grads), strict=True
-    )
-    chosen = [(np.asarray(w), np.asarray(g)) for (p, w), g in pairs if is_matrix(path_names(p))]
-    return {
-        "gradient_x_weight": np.concatenate([np.abs(g * w).ravel() for w, g in chosen]),
-        "magnitude": np.concatenate([np.abs(w).ravel() for w, _ in chosen]),
-    }
-
-
-def removed(params, mask: np.ndarray):
-    """`params` with the blocks' matrix entries where `mask` (flattened as in
-    removal_scores) is True set to zero; every other parameter as is."""
-    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
-    leaves, offset = [], 0
-    for path, w in flat:
-        if is_matrix(path_names(path)):
-            cut = mask[offset : offset + w.size].reshape(w.shape)
-            offset += w.size
-            w = np.where(cut, np.zeros((), w.dtype), np.asarray(w)) if cut.any() else w
-        leaves.append(w)
-    if offset != mask.size:
-        raise ValueError(f"removal mask has {mask.size} entries, the matrices {offset}")
-    return jax.tree_util.tree_unflatten(treedef, leaves)
-
-
-def top_mask(order: np.ndarray, percent: float) -> np.ndarray:
-    """A mask of the first round(percent% of all) entries of `order`."""
-    mask = np.zeros(order.size, bool)
-    mask[order[: round(percent / 100 * order.size)]] = True
-    return mask
-
-
-def removal_rows(cfg, world, graphdef, params, entities, seqs, baseline: dict) -> list[dict]:
-    """Metrics after zeroing the top-p% of entries by each score, and a random p%."""
-    scores = removal_scores(graphdef, params, seqs)
-    orders = {k: np.argsort(-v, kind="stable") for k, v in scores.items()}
-    n = orders["magnitude"].size
-    orders["random"] = streams.generator(cfg.seed, streams.PROBE_REMOVAL).permutation(n)
-    rows = []
-    for percent in PERCENTS:
-        for method, order in orders.items():
-            if percent == 0:
-                m = baseline
-            else:
-                m = evaluate_run(
-                    cfg, world, graphdef, removed(params, top_mask(order, percent)), entities
-                )
-            rows.append({"percent": percent, "method": method, "entries": n} | kept(m))
-    return rows
-
-
 def sample_entities(cfg, n_facts: int) -> np.ndarray:
     """A seeded, sorted sample of entities holding about n_facts facts (all if fewer)."""
     n = cfg.spec.n_entities
@@ -298,25 +260,51 @@ def sample_entities(cfg, n_facts: int) -> np.ndarray:
     return np.sort(streams.generator(cfg.seed, streams.PROBE_ENTITIES).choice(n, m, replace=False))
 
 
+def served(cfg, facts: int | None):
+    """The run config with its evaluated world resized to `facts` facts (None: as run); only
+    a model trained on a protocol pool, which saw none of its world, may be served another."""
+    if facts is None or facts == cfg.n_facts:
+        return cfg
+    if not cfg.tool_train_entities:
+        raise ValueError(
+            f"--facts {facts}: this run trained on its own world's entities, so a world of "
+            "another size changes what it saw; give --facts only for runs trained on a "
+            "protocol pool (recall-bench run --tool-train-entities K)"
+        )
+    return dataclasses.replace(cfg, n_facts=facts)
+
+
 def probe_run(
-    run_dir: str | Path, sample: int = 2048, out: str | Path | None = None, resume: bool = False
+    run_dir: str | Path,
+    sample: int = 2048,
+    out: str | Path | None = None,
+    resume: bool = False,
+    facts: int | None = None,
 ) -> dict[str, Any]:
-    """Ablations, gradient profile and removal curves of the run saved in run_dir, on a
-    sample of its facts; one record written to out/probe.json (default: run_dir)."""
+    """Ablations, gradient profile and removal curves (a side memory: its rows) of the run
+    saved in run_dir, on a sample of its facts, or with `facts` of a world of that many
+    facts served through the store; one record written to out/probe.json (default: run_dir)."""
     source = saved.read_record(run_dir)
     path = Path(out or run_dir) / RECORD_NAME
     config = {"run": source["config"], "sample_facts": sample, "percents": list(PERCENTS)}
+    config |= {} if facts is None else {"served_facts": facts}
     if path.exists():
         old = read_record(path)
         refuse_other(path, "a probe record", old.get("config", {}), config)
         if resume:
             return old
         raise ValueError(f"{path} already holds this probe: pass --resume to return it")
-    cfg, world, graphdef, params = load_run(run_dir)
+    trained, world, graphdef, params = load_run(run_dir)
+    cfg = served(trained, facts)
+    world = world if cfg is trained else make_fact_world(cfg.spec)
     entities = sample_entities(cfg, sample)
     seqs = cfg.method.render(world, entities)
     baseline = kept(evaluate_run(cfg, world, graphdef, params, entities))
     exact = metrics_exact(graphdef, params, seqs)
+    memory = {}
+    if cfg.method.side_memory:
+        rows = memory_rows(cfg, world, graphdef, params, entities, seqs.tokens, baseline)
+        memory = {"memory": rows}
     record = new_record(
         kind="probe",
         mode=cfg.mode,
@@ -326,12 +314,14 @@ def probe_run(
         source={
             "folder": str(run_dir),
             "run_id": source["run_id"],
+            "n_facts": trained.n_facts,
             "metrics": kept(source["metrics"]),
         },
         sample={"entities": len(entities), "facts": len(seqs.tokens), **baseline},
         ablation=ablation_rows(cfg, world, graphdef, params, entities, seqs.tokens),
         gradients=gradient_profile(graphdef, params, seqs, exact, cfg.seed),
         removal=removal_rows(cfg, world, graphdef, params, entities, seqs, baseline),
+        **memory,
     )
     write_json_atomic(path, record)
     return record
@@ -351,24 +341,40 @@ def ablated(row: dict) -> str:
 
 
 def format_tables(record: dict) -> str:
-    """The ablation, gradient and removal tables of a probe record."""
+    """The ablation, gradient and removal tables of a probe record (and a side memory's)."""
     s = record["sample"]
     tool = record["mode"] == "in-tool"
     bits = "bits_delivered" if tool else "bits_memorized"  # in-tool: with the store's help
     header = "delivered" if tool else "bits"
     metrics = [Column("recall", "recall", ".4f"), Column(header, bits, ",.0f")]
-    metrics += [Column("unseen", "recall_unseen", ".4f")] if tool else []
+    calls = [Column("call key", "call_key_accuracy", ".4f"), Column("copy", "copy_accuracy", ".4f")]
+    metrics += [Column("unseen", "recall_unseen", ".4f"), *calls] if tool else []
     ablation = [Column("ablated", ablated), Column("method", "method"), *metrics]
     norms = [Column("gradient norm", "group")]
     norms += [Column("recalled", "recalled", ".4f"), Column("not rec.", "not_recalled", ".4f")]
     removal = [Column("removed", lambda r: f"{r['percent']:g}%", right=True)]
     removal += [Column("method", "method"), *metrics[:2]]
-    return "\n\n".join(
-        [
-            f"{record['mode']}, {record['n_facts']} facts; probed on {s['facts']} facts: recall "
-            f"{s['recall']:.4f}, {'bits delivered' if tool else 'bits'} {s[bits]:,.0f}",
-            format_table(record["ablation"], ablation),
-            format_table(record["gradients"], norms),
-            format_table(record["removal"], removal),
-        ]
-    )
+    tables = [
+        f"{record['mode']}, {record['n_facts']} facts; probed on {s['facts']} facts: recall "
+        f"{s['recall']:.4f}, {'bits delivered' if tool else 'bits'} {s[bits]:,.0f}",
+        format_table(record["ablation"], ablation),
+        format_table(record["gradients"], norms),
+        format_table(record["removal"], removal),
+    ]
+    if "memory" in record:
+        tables += memory_tables(record["memory"], metrics[:2])
+    return "\n\n".join(tables)
+
+
+def memory_tables(memory: dict, metrics: list[Column]) -> list[str]:
+    """A side memory's reading (rows read, share of the read mass in the most-read rows) and
+    its row-removal table."""
+    shares = ", ".join(f"top {float(k):.0%}: {v:.3f}" for k, v in memory["top_share"].items())
+    columns = [Column("rows removed", lambda r: f"{r['percent']:g}%", right=True)]
+    columns += [Column("method", "method"), Column("rows", "rows", ",")]
+    columns += [Column("read mass", "mass", ".3f"), *metrics]
+    return [
+        f"L{memory['layer']} memory: {memory['rows_read']:,} of {memory['rows']:,} rows read; "
+        f"share of the read mass in the most-read rows: {shares}",
+        format_table(memory["removal"], columns),
+    ]

@@ -26,6 +26,7 @@ EDIT_TARGETS = 20  # edits: which facts change, and their new values
 PROBE_ENTITIES = 9  # probe: the sampled entities
 PROBE_REMOVAL = 11  # probe: the order of the random weight removal
 PROBE_GRADIENTS = 13  # probe: the facts whose gradient norms are averaged
+PROBE_MEMORY_ROWS = 15  # probe: the order of the random removal of side-memory rows
 
 BATCH_OFFSET = 1_000_003  # training batches: jax.random.PRNGKey(seed + BATCH_OFFSET)
 HELD_OUT_OFFSET = 1 << 20  # random-token held-out sequences: a world of seed + this

@@ -13,36 +13,51 @@ from flax import nnx
 from recall_bench import cli, formats, records
 from recall_bench.experiments.config import RunConfig
 from recall_bench.experiments.run import run
-from recall_bench.model import apply, init_model
+from recall_bench.model import apply, count_params, init_model
 from recall_bench.probe import (
     Ablatable,
     ablatable,
+    ablations,
     fact_gradient_norms,
     format_tables,
     gate,
     group,
+    projection_means,
+    served,
+    with_gates,
+)
+from recall_bench.probe_memory import read_mass, without_rows
+from recall_bench.probe_removal import (
     is_matrix,
+    learned_drop,
     loss_gradient,
+    mask_objective,
+    mean_loss,
     path_names,
     removal_scores,
     removed,
+    scaled,
     top_mask,
-    with_gates,
 )
 from recall_bench.records import read_json
+from recall_bench.saved import load_run
 from recall_bench.worlds import make_fact_world
 
+RESULTS = Path(__file__).resolve().parent.parent / "results"
 CFG = RunConfig(mode="in-weight", n_facts=64, layers=2, width=16, heads=2, steps=25)
+MEMORY = dict(memory_size=64, memory_topk=4, memory_heads=2, memory_key_dim=8)
+SIDE = dataclasses.replace(CFG, mode="side-memory", **MEMORY)
 
 
-def model_and_tokens():
-    graphdef, params = init_model(CFG.model_config(), 3)
-    seqs = formats.render(make_fact_world(CFG.spec), CFG.format)
+def model_and_tokens(cfg=CFG):
+    graphdef, params = init_model(cfg.model_config(), 3)
+    seqs = formats.render(make_fact_world(cfg.spec), cfg.format)
     return graphdef, params, seqs
 
 
-def test_ablating_nothing_changes_nothing_bitwise():
-    graphdef, params, seqs = model_and_tokens()
+@pytest.mark.parametrize("cfg", [CFG, SIDE], ids=["dense", "side-memory"])
+def test_ablating_nothing_changes_nothing_bitwise(cfg):
+    graphdef, params, seqs = model_and_tokens(cfg)
     g2, state = ablatable(graphdef, params)
     tokens = jnp.asarray(seqs.tokens[:, :-1])
     base = np.asarray(apply(graphdef, params, tokens))
@@ -141,7 +156,7 @@ def test_fact_gradient_norms_are_each_facts_own():
 
 def test_in_tool_probe_record_is_read_under_the_in_tool_names():
     """The committed in-tool probe record predates the names: reading renames every block."""
-    path = Path(__file__).resolve().parent.parent / "results/localization/in-tool-4096/probe.json"
+    path = RESULTS / "localization/in-tool-4096/probe.json"
     old, new = read_json(path), records.read_record(path)
     assert new["sample"]["bits_delivered"] == old["sample"]["bits_memorized"]
     assert new["source"]["metrics"]["bits_delivered"] == old["source"]["metrics"]["bits_memorized"]
@@ -151,3 +166,68 @@ def test_in_tool_probe_record_is_read_under_the_in_tool_names():
         ]
     assert "bits_memorized" not in json.dumps(new) and records.upgrade_record(new) == new
     assert "bits delivered 24,504" in format_tables(new)
+
+
+def test_side_memory_ablation_is_its_output_and_its_rows_are_those_read():
+    """Zero ablation of the memory = a zeroed value table; zeroing just the rows the tokens
+    read does the same (bitwise), and zeroing the unread ones changes nothing."""
+    graphdef, params, seqs = model_and_tokens(SIDE)
+    assert ("memory", 0, None) in ablations(SIDE) and ("mlp", 0, None) not in ablations(SIDE)
+    tokens = seqs.tokens[:8]
+    mass = read_mass(graphdef, params, tokens, 0)
+    positions = tokens[:, :-1].size
+    assert mass.sum() == pytest.approx(MEMORY["memory_heads"] * positions, rel=1e-5)
+    read = np.flatnonzero(mass > 0)
+    assert 0 < read.size < MEMORY["memory_size"]
+    x = jnp.asarray(tokens[:, :-1])
+    forward = jax.jit(lambda p: apply(graphdef, p, x))
+    out = lambda p: np.asarray(forward(p))  # noqa: E731
+    every = out(without_rows(params, 0, np.arange(MEMORY["memory_size"])))
+    np.testing.assert_array_equal(out(without_rows(params, 0, read)), every)
+    unread = np.setdiff1d(np.arange(MEMORY["memory_size"]), read)
+    np.testing.assert_array_equal(out(without_rows(params, 0, unread)), out(params))
+    g2, state = ablatable(graphdef, params)
+    counts = count_params(params, SIDE.model_config())  # the memory's parameters where they were
+    assert count_params(state, SIDE.model_config())["memory"] == counts["memory"]
+    zero = with_gates(state, gate(SIDE, "memory", 0, None, np.zeros(SIDE.width)))
+    np.testing.assert_allclose(np.asarray(apply(g2, zero, x)), every, atol=1e-5)
+    mean = projection_means(graphdef, params, tokens)[0, "memory"]
+    assert mean.shape == (SIDE.width,) and np.abs(mean).sum() > 0
+    names = {n for n in (path_names(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0])}
+    assert group(("blocks", 0, "ln_mlp", "scale"), frozenset({0})) == "L0 memory"
+    assert {group(n, frozenset({0})) for n in names} >= {"L0 memory", "L1 mlp"}
+
+
+def test_learned_mask_drops_what_erases_the_facts():
+    """On a committed trained model (in-weight, 1,024 facts, all recalled), the learned
+    deletion mask lowers its objective, and its top 1% of entries, zeroed, raise the facts'
+    loss far more than a random 1% do."""
+    cfg, world, graphdef, params = load_run(RESULTS / "quantization/in-weight-1024")
+    seqs = cfg.method.render(world, np.arange(32))
+    logits = learned_drop(graphdef, params, seqs)
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    shapes = [w.shape for p, w in flat if is_matrix(path_names(p))]
+    sizes = [int(np.prod(s)) for s in shapes]
+    assert logits.size == sum(sizes) and np.isfinite(logits).all()
+    parts = np.split(logits, np.cumsum(sizes)[:-1])
+    end = [jnp.asarray(z.reshape(s)) for z, s in zip(parts, shapes, strict=True)]
+    start = [jnp.full(s, -4.0) for s in shapes]
+    args = (params, graphdef, seqs.tokens, seqs.loss_mask, seqs.value_mask)
+    assert float(mask_objective(end, *args)) < float(mask_objective(start, *args))
+    top = top_mask(np.argsort(-logits, kind="stable"), 1)
+    rand = top_mask(np.random.default_rng(0).permutation(logits.size), 1)
+    loss = lambda p: float(mean_loss(p, *args[1:]))  # noqa: E731
+    assert loss(removed(params, top)) > 10 * loss(removed(params, rand)) > 10 * loss(params)
+    ones = scaled(params, [jnp.ones(s) for s in shapes])
+    for a, b in zip(jax.tree.leaves(ones), jax.tree.leaves(params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_only_a_protocol_pool_run_is_served_another_world():
+    pool = RunConfig(mode="in-tool", n_facts=64, tool_train_entities=50, layers=1, width=16)
+    assert served(pool, 4096).n_facts == 4096 and served(pool, None) is pool
+    assert served(pool, 4096).model_config() == pool.model_config()
+    own = dataclasses.replace(pool, tool_train_entities=0)
+    assert served(own, 64) is own
+    with pytest.raises(ValueError, match="--tool-train-entities"):
+        served(own, 4096)

@@ -32,6 +32,7 @@ def test_tags_keep_the_values_every_record_was_drawn_with() -> None:
         "PROBE_ENTITIES": 9,
         "PROBE_REMOVAL": 11,
         "PROBE_GRADIENTS": 13,
+        "PROBE_MEMORY_ROWS": 15,
         "BATCH_OFFSET": 1_000_003,
         "HELD_OUT_OFFSET": 1 << 20,
         "PROTOCOL_OFFSET": 1 << 24,

@@ -17,11 +17,19 @@ def add_probe_parser(subparsers) -> None:
         help="where a saved run keeps its facts: ablations, gradient profile, removal curves",
         description="Zero and mean ablation of each attention, head and MLP; gradient norms "
         "per layer on recalled vs not recalled facts; recall after zeroing the top-p%% of "
-        "the blocks' weights by |gradient x weight| or |weight| vs a random p%%. On a sample "
-        "of the facts of a run saved with `recall-bench run ... --save-model`.",
+        "the blocks' weights by |gradient x weight|, |weight| or a learned deletion mask vs a "
+        "random p%%; a side memory's most-read rows vs random rows. On a sample of the facts "
+        "of a run saved with `recall-bench run ... --save-model`.",
     )
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the --out folder of the run")
     p.add_argument("--sample", type=positive_int, default=2048, help="facts probed (default 2048)")
+    p.add_argument(
+        "--facts",
+        type=positive_int,
+        metavar="N",
+        help="serve a world of N facts through the store (in-tool runs trained on a protocol "
+        "pool, --tool-train-entities; default: the run's own world)",
+    )
     p.add_argument("--out", type=Path, help="folder for probe.json (default RUN_DIR)")
     p.add_argument("--resume", action="store_true", help="return a finished record")
     p.add_argument("--plot", type=Path, metavar="FILE", help="ablation heat map, removal curves")
@@ -30,7 +38,8 @@ def add_probe_parser(subparsers) -> None:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    record = probe.probe_run(args.run_dir, args.sample, output_folder(args.out), args.resume)
+    out = output_folder(args.out)
+    record = probe.probe_run(args.run_dir, args.sample, out, args.resume, args.facts)
     if args.plot is not None:
         plots.probe(record, args.plot)
     print(json.dumps(record, indent=2) if args.json else probe.format_tables(record))
