@@ -290,7 +290,8 @@ def joint_tradeoff(
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[1]:  # a tiny sweep may leave a panel empty
+            ax.legend(fontsize=7)
     fig.tight_layout()
     return save(fig, path)
 

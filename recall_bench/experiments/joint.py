@@ -196,17 +196,7 @@ def cell_metrics(
     metrics.update(general.score(graphdef, params, suite))
     metrics.update(divergence(ref["graphdef"], ref["params"], graphdef, params, suite))
     base = ref["scores"] or metrics
-    chance = 1.0 / (cfg.suite.distractors + 1)
-    metrics["general_accuracy_kept"] = (
-        metrics["general_accuracy"] / base["general_accuracy"] if base["general_accuracy"] else None
-    )
-    metrics["general_mc_kept"] = general.above_chance(
-        metrics["general_mc_accuracy"], base["general_mc_accuracy"], chance
-    )
-    if "text_bits_per_byte" in metrics:
-        metrics["text_bits_per_byte_change"] = (
-            metrics["text_bits_per_byte"] - base["text_bits_per_byte"]
-        )
+    metrics.update(general.kept(metrics, base, 1.0 / (cfg.suite.distractors + 1)))
     return metrics
 
 
