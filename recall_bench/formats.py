@@ -66,6 +66,15 @@ class Sequences:
     prompt_length: int
 
 
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """What one model trains on, and which facts decide when it has learned them."""
+
+    train: Sequences
+    monitor: Sequences
+    monitor_bits: np.ndarray  # entropy of each monitored sequence, in bits
+
+
 def fact_index(spec: FactSpec, entities: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(entity, attribute) of every fact of the given entities, entity-major."""
     entities = np.arange(spec.n_entities) if entities is None else np.asarray(entities)

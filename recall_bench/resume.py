@@ -23,7 +23,7 @@ from recall_bench.optimizer import TrainConfig
 from recall_bench.records import clean_json, environment
 
 if TYPE_CHECKING:
-    from recall_bench.train import Task
+    from recall_bench.formats import Task
 
 
 def training_identity(

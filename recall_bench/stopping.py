@@ -18,8 +18,8 @@ import numpy as np
 from recall_bench.metrics import bits_memorized, sequence_stats
 
 if TYPE_CHECKING:
+    from recall_bench.formats import Task
     from recall_bench.optimizer import TrainConfig
-    from recall_bench.train import Task
 
 
 def late_gain(history: list[dict], window: float) -> float | None:

@@ -24,7 +24,7 @@ from flax import nnx
 from recall_bench import streams
 from recall_bench.checkpoint import Checkpoints
 from recall_bench.devices import gathered, place, placement
-from recall_bench.formats import Sequences
+from recall_bench.formats import Task
 from recall_bench.model import ModelConfig, apply, init_model
 from recall_bench.optimizer import TrainConfig, make_optimizer
 from recall_bench.progress import Progress
@@ -42,15 +42,6 @@ STATE_KEYS = ("params", "opt_state", "rng")  # the loop state, in make_train_chu
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Task:
-    """What one model trains on, and which facts decide when it has learned them."""
-
-    train: Sequences
-    monitor: Sequences
-    monitor_bits: np.ndarray  # entropy of each monitored sequence, in bits
 
 
 @dataclasses.dataclass
