@@ -300,25 +300,31 @@ def joint_frontier(
     points: list[dict], capacity_bits: float, n_facts: int, path: str | Path
 ) -> Path:
     """The shared-capacity trade-off frontier at n_facts: graded general ability kept (left) and
-    the held-out text's change in bits per byte (right) against the fact bits held, one point
-    per general fraction (labelled), bars the seed ranges, a dotted line at the fact capacity."""
+    the held-out text's change in bits per byte (right) against the fact bits held in the
+    weights, one line per series (in-weight, in-tool), one point per general fraction
+    (labelled), bars the seed ranges, a dotted line at the fact capacity."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
-    x = np.array([p["bits_memorized"] for p in points])
-    xlo, xhi = (np.array([p["bits_memorized_range"][i] for p in points]) for i in (0, 1))
+    series: dict[str, list[dict]] = {}
+    for p in points:  # frontiers written before the in-tool series are in-weight only
+        series.setdefault(p.get("series", "in-weight"), []).append(p)
     for ax, key, label in (
         (axes[0], "general_mc_kept", "graded general ability kept (above chance)"),
         (axes[1], "text_bits_per_byte_change", "held-out text: change in bits/byte"),
     ):
-        y = np.array([p[key] for p in points])
-        ylo, yhi = (np.array([p[f"{key}_range"][i] for p in points]) for i in (0, 1))
-        ax.errorbar(x, y, xerr=[x - xlo, xhi - x], yerr=[y - ylo, yhi - y], fmt="-o", capsize=3)
-        for p, xi, yi in zip(points, x, y, strict=True):
-            ax.annotate(f"{p['general_fraction']:g}", (xi, yi), textcoords="offset points",
-                        xytext=(5, 5), fontsize=8)  # fmt: skip
+        for name, group in series.items():
+            x = np.array([p["bits_memorized"] for p in group])
+            xlo, xhi = (np.array([p["bits_memorized_range"][i] for p in group]) for i in (0, 1))
+            y = np.array([p[key] for p in group])
+            ylo, yhi = (np.array([p[f"{key}_range"][i] for p in group]) for i in (0, 1))
+            ax.errorbar(x, y, xerr=[x - xlo, xhi - x], yerr=[y - ylo, yhi - y], fmt="-o",
+                        capsize=3, label=name)  # fmt: skip
+            for p, xi, yi in zip(group, x, y, strict=True):
+                ax.annotate(f"{p['general_fraction']:g}", (xi, yi), textcoords="offset points",
+                            xytext=(5, 5), fontsize=8)  # fmt: skip
         ax.axvline(capacity_bits, color="k", ls=":", label="fact capacity (facts-only)")
         if key.startswith("text"):  # facts-only's change dwarfs the mixed cells'
             ax.set_yscale("symlog", linthresh=1.0)
-        ax.set_xlabel(f"fact bits held in-weight ({n_facts:,} facts; label: general fraction)")
+        ax.set_xlabel(f"fact bits held in the weights ({n_facts:,} facts; label: general fraction)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

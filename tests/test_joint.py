@@ -114,20 +114,23 @@ def test_tiny_joint_sweep(tmp_path, monkeypatch):
         joint_report.run_joint(TINY, tmp_path, progress=False)
     again = joint_report.run_joint(TINY, tmp_path, progress=False, resume=True)  # all kept
     assert again["rows"] == summary["rows"]
-    # the frontier reuses the sweep's references: only the new fraction's in-weight cells train
+    # the frontier reuses the sweep's references: only the new fraction's cells train, in-tool
+    # (on the protocol pool, trained once) and in-weight (at the largest N)
     trained = []
     monkeypatch.setattr(
         joint_report, "train_cells", lambda c, cells, *_: trained.append((c, cells)) or []
     )
     frontier = joint_report.run_frontier(TINY, (0.25,), tmp_path / "f", tmp_path, progress=False)
-    ((cfg, cells),) = trained
-    assert cfg.general_fraction == 0.25 and cells == [("in-weight", 8, 0), ("in-weight", 8, 1)]
-    assert [p["general_fraction"] for p in frontier["points"]] == [1.0, 0.5, 0.0]
+    (tool_cfg, tool_cells), (cfg, cells) = trained
+    assert tool_cells == [("in-tool", 0, 0), ("in-tool", 0, 1)]
+    assert cfg.general_fraction == tool_cfg.general_fraction == 0.25
+    assert cells == [("in-weight", 8, 0), ("in-weight", 8, 1)]
+    series = [(p["series"], p["general_fraction"]) for p in frontier["points"]]
+    assert series == [("in-weight", 1.0), ("in-weight", 0.5), ("in-weight", 0.0),
+                      ("in-tool", 1.0), ("in-tool", 0.5)]  # fmt: skip
     assert (tmp_path / "f" / "frontier.png").exists() and "--reference" in frontier["command"]
-    with pytest.raises(ValueError, match="--modes in-weight"):  # in-tool cells are not reused
-        joint_report.run_joint(
-            dataclasses.replace(TINY, general_fraction=0.25), tmp_path / "g", False, False, tmp_path
-        )
+    with pytest.raises(ValueError, match="no general-only cells"):  # a folder of no sweep
+        joint_report.run_joint(TINY, tmp_path / "g", False, False, tmp_path / "f")
 
 
 def test_references_serve_every_general_fraction():
@@ -153,13 +156,13 @@ def test_frontier_points_run_from_the_reference_to_facts_only():
         "config": {"general_fraction": 0.5},
         "capacity_bits": 80.0,
         "rows": [row("general-only", 0), row("in-weight", 8, 10), row("in-weight", 64, 40),
-                 row("facts-only", 64, 60)],
+                 row("facts-only", 64, 60), row("in-tool", 64, 2)],
     }  # fmt: skip
     sweeps = {
-        0.9: [row("general-only", 0), row("in-weight", 64, 20)],
+        0.9: [row("general-only", 0), row("in-weight", 64, 20), row("in-tool", 64, 1)],
         0.1: [row("in-weight", 64, 70)],
     }
-    points = joint_report.frontier_points(base, sweeps, 64)
+    points = joint_report.frontier_points(base, sweeps, 64, "in-weight")
     assert [p["general_fraction"] for p in points] == [1.0, 0.9, 0.5, 0.1, 0.0]
     assert [p["bits_memorized"] for p in points] == [0.0, 20, 40, 70, 60]  # N=8's row left out
     assert points[3]["capacity_share"] == 70 / 80 and points[3]["capacity_share_range"] == [
@@ -167,6 +170,13 @@ def test_frontier_points_run_from_the_reference_to_facts_only():
         71 / 80,
     ]
     assert points[0]["bits_memorized_range"] == [0.0, 0.0] and points[0]["general_mc_kept"] == 1.0
+    tool = joint_report.frontier_points(base, sweeps, 64, "in-tool")  # no facts-only end
+    assert [(p["general_fraction"], p["bits_memorized"]) for p in tool] == [
+        (1.0, 0.0),
+        (0.9, 1),
+        (0.5, 2),
+    ]
+    assert {p["series"] for p in tool} == {"in-tool"}
 
 
 @pytest.mark.parametrize(

@@ -153,7 +153,7 @@ def add_joint_arguments(p: argparse.ArgumentParser) -> None:
         type=number_list(float, None, "0.9,0.25"),
         default=(d.general_fraction,),
         help="share of a mixed cell's rows that are general data; several values (with "
-        "--reference) trace the trade-off frontier at the largest --facts, in-weight only",
+        "--reference) trace the trade-off frontier at the largest --facts, per mode",
     )
     joint.add_argument(
         "--reference",

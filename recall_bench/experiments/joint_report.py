@@ -35,29 +35,39 @@ def run_joint(
     """The sweep: the general-only references with the in-tool models (trained once on the
     protocol pool, evaluated at every N), then every fact count's in-weight and facts-only
     cells (with resume, finished ones are kept); summary.json and the plot. With ref_dir (a
-    finished sweep of the same model and training) its references are reused, not trained."""
+    finished sweep of the same model and training) its references are reused, not trained;
+    in-tool models, which train on this sweep's mixture, are trained here."""
     out, t0 = Path(out), time.perf_counter()
     suite = general.make_suite(cfg.suite, formats.Vocab.of(cfg.run_config("in-weight", 2, 0).spec))
     tool = [("in-tool", n, s) for n in cfg.fact_counts for s in cfg.seeds if "in-tool" in cfg.modes]
     refs = [(GENERAL, 0, s) for s in cfg.seeds]
-    src = out if ref_dir is None else Path(ref_dir)
-    records = finished(cfg, src, refs + tool, resume or ref_dir is not None)
+    if ref_dir is None:
+        records = finished(cfg, out, refs + tool, resume)
+    else:  # the references are reused; in-tool cells, trained on this mixture, are not
+        records = finished(cfg, Path(ref_dir), refs, True)
+        if records is None:
+            raise ValueError(
+                f"{ref_dir} holds no general-only cells of seeds {cfg.seeds} made with this "
+                "model, training and data; rerun with that sweep's options or drop --reference"
+            )
     reference: dict[int, dict] = {}
-    if records is None and ref_dir is not None:
-        raise ValueError(
-            f"{ref_dir} holds no general-only cells of seeds {cfg.seeds} made with this model, "
-            "training and data (in-tool cells are not reused: pass --modes in-weight); rerun "
-            "with that sweep's options or drop --reference"
-        )
     if records is None:
         log(progress, f"general-only references and in-tool models, seeds {cfg.seeds}")
         trained = refs + [("in-tool", 0, s) for s in cfg.seeds if tool]
         records = train_cells(cfg, trained, suite, reference, out, progress)
     else:
         graphdef, like = init_model(cfg.model_config(), 0)
+        src = out if ref_dir is None else Path(ref_dir)
         for r in records[: len(refs)]:
             params = load_params(cell_path(src, GENERAL, 0, r["seed"]) / "params", like)
             reference[r["seed"]] = {"graphdef": graphdef, "params": params, "scores": r["metrics"]}
+    if ref_dir is not None and tool:
+        done = finished(cfg, out, tool, resume)
+        if done is None:
+            log(progress, f"in-tool models, seeds {cfg.seeds}")
+            trained = [("in-tool", 0, s) for s in cfg.seeds]
+            done = train_cells(cfg, trained, suite, reference, out, progress)
+        records += done
     log(progress, tables.format_table(summary_rows(records), COLUMNS))
     for n in cfg.fact_counts:
         cells = [(kind, n, s) for kind in cfg.kinds(n) for s in cfg.seeds]
@@ -159,14 +169,15 @@ def run_frontier(
     progress: bool = True,
     resume: bool = False,
 ) -> dict:
-    """The trade-off frontier at the largest N: in-weight cells at each general fraction (one
-    sweep each, in out/general-fraction-F, against ref_dir's general-only references), with
-    ref_dir's own in-weight and facts-only cells at that N and its reference; frontier.json and
-    frontier.png (general ability kept against the fact bits held)."""
+    """The trade-off frontier at the largest N: cells of each of cfg's modes (in-weight,
+    in-tool) at each general fraction (one sweep each, in out/general-fraction-F, against
+    ref_dir's general-only references), with ref_dir's own cells of those modes and its
+    facts-only cells at that N and its reference; frontier.json and frontier.png (general
+    ability kept against the fact bits held, one series per mode)."""
     out, ref_dir = Path(out), Path(ref_dir)
     base = read_json(ref_dir / "summary.json")
     n = max(cfg.fact_counts)
-    cfg = dataclasses.replace(cfg, fact_counts=(n,), modes=("in-weight",), capacity_counts=())
+    cfg = dataclasses.replace(cfg, fact_counts=(n,), capacity_counts=())
     sweeps = {
         f: run_joint(
             dataclasses.replace(cfg, general_fraction=f),
@@ -177,7 +188,8 @@ def run_frontier(
         )
         for f in fractions
     }
-    points = frontier_points(base, {f: s["rows"] for f, s in sweeps.items()}, n)
+    rows = {f: s["rows"] for f, s in sweeps.items()}
+    points = [p for mode in cfg.modes for p in frontier_points(base, rows, n, mode)]
     bits_per_fact = cfg.run_config("in-weight", 2, 0).spec.bits_per_fact
     plot = plots.joint_frontier(points, base["capacity_bits"], n, out / "frontier.png")
     frontier = {
@@ -194,19 +206,16 @@ def run_frontier(
     return frontier
 
 
-def frontier_points(base: dict, rows: dict[float, list[dict]], n: int) -> list[dict]:
-    """One point per general fraction, from the general-only reference (1) through the in-weight
-    rows at n facts (the base sweep's fraction and each of rows') to the facts-only row at n
-    (0), each with its share of the base sweep's capacity; highest fraction first."""
+def frontier_points(base: dict, rows: dict[float, list[dict]], n: int, mode: str) -> list[dict]:
+    """One point per general fraction of the series `mode`, from the general-only reference (1)
+    through mode's rows at n facts (the base sweep's fraction and each of rows') to, for
+    in-weight, the facts-only row at n (0), each with its share of the base sweep's capacity;
+    highest fraction first."""
     fraction = base["config"]["general_fraction"]
-    found = [
-        (f, r)
-        for f, rs in rows.items()
-        for r in rs
-        if (r["mode"], r["n_facts"]) == ("in-weight", n)
-    ]
+    found = [(f, r) for f, rs in rows.items() for r in rs if (r["mode"], r["n_facts"]) == (mode, n)]
+    ends = {GENERAL: 1.0, mode: fraction, **({FACTS_ONLY: 0.0} if mode == "in-weight" else {})}
     for r in base["rows"]:
-        f = {GENERAL: 1.0, FACTS_ONLY: 0.0, "in-weight": fraction}.get(r["mode"])
+        f = ends.get(r["mode"])
         if f is not None and r["n_facts"] in (0, n):
             found.append((f, r))
     cap = base["capacity_bits"]
@@ -217,6 +226,7 @@ def frontier_points(base: dict, rows: dict[float, list[dict]], n: int) -> list[d
         points.append(
             {
                 **r,
+                "series": mode,
                 "general_fraction": f,
                 "bits_memorized": bits,
                 "bits_memorized_range": span,
@@ -233,6 +243,7 @@ def format_frontier(frontier: dict) -> str:
 
 
 FRONTIER_COLUMNS = (
+    ("series", "series"),
     ("general fraction", "general_fraction", ".2f"),
     ("mode", "mode"),
     ("recall", "recall", ".3f"),
