@@ -300,31 +300,40 @@ def joint_frontier(
     points: list[dict], capacity_bits: float, n_facts: int, path: str | Path
 ) -> Path:
     """The shared-capacity trade-off frontier at n_facts: graded general ability kept (left) and
-    the held-out text's change in bits per byte (right) against the fact bits held in the
-    weights, one line per series (in-weight, in-tool), one point per general fraction
-    (labelled), bars the seed ranges, a dotted line at the fact capacity."""
+    the held-out text's change in bits per byte (right), one line per series, one point per
+    general fraction, bars the seed ranges. In-weight alone is drawn against the fact bits held
+    (labels: the fraction; a dotted line at the capacity); with in-tool, whose weights hold no
+    fact bits, every series is drawn against the general fraction (labels: recall)."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
     series: dict[str, list[dict]] = {}
     for p in points:  # frontiers written before the in-tool series are in-weight only
         series.setdefault(p.get("series", "in-weight"), []).append(p)
+    by_bits = set(series) == {"in-weight"}
     for ax, key, label in (
         (axes[0], "general_mc_kept", "graded general ability kept (above chance)"),
         (axes[1], "text_bits_per_byte_change", "held-out text: change in bits/byte"),
     ):
         for name, group in series.items():
-            x = np.array([p["bits_memorized"] for p in group])
-            xlo, xhi = (np.array([p["bits_memorized_range"][i] for p in group]) for i in (0, 1))
+            if by_bits:
+                x = np.array([p["bits_memorized"] for p in group])
+                xlo, xhi = (np.array([p["bits_memorized_range"][i] for p in group]) for i in (0, 1))
+            else:
+                x = xlo = xhi = np.array([p["general_fraction"] for p in group])
             y = np.array([p[key] for p in group])
             ylo, yhi = (np.array([p[f"{key}_range"][i] for p in group]) for i in (0, 1))
             ax.errorbar(x, y, xerr=[x - xlo, xhi - x], yerr=[y - ylo, yhi - y], fmt="-o",
                         capsize=3, label=name)  # fmt: skip
             for p, xi, yi in zip(group, x, y, strict=True):
-                ax.annotate(f"{p['general_fraction']:g}", (xi, yi), textcoords="offset points",
-                            xytext=(5, 5), fontsize=8)  # fmt: skip
-        ax.axvline(capacity_bits, color="k", ls=":", label="fact capacity (facts-only)")
+                recall = "" if p.get("recall") is None else f"{p['recall']:.2f}"
+                tag = f"{p['general_fraction']:g}" if by_bits else recall
+                ax.annotate(tag, (xi, yi), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        if by_bits:
+            ax.axvline(capacity_bits, color="k", ls=":", label="fact capacity (facts-only)")
+            ax.set_xlabel(f"fact bits held in-weight ({n_facts:,} facts; label: general fraction)")
+        else:
+            ax.set_xlabel(f"general share of the training rows ({n_facts:,} facts; label: recall)")
         if key.startswith("text"):  # facts-only's change dwarfs the mixed cells'
             ax.set_yscale("symlog", linthresh=1.0)
-        ax.set_xlabel(f"fact bits held in the weights ({n_facts:,} facts; label: general fraction)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
