@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from recall_bench.experiments import engine
-from recall_bench.experiments.config import RunConfig, make_task
+from recall_bench.experiments.config import BaseRunConfig, RunConfig, make_task
 from recall_bench.model import init_model
 from recall_bench.records import environment, read_json
 from recall_bench.train import TrainResult
+from recall_bench.worlds import make_fact_world
 
 TINY = RunConfig(n_facts=16, layers=1, width=16, heads=2, steps=25, batch_size=16)
 
@@ -73,3 +74,39 @@ def test_a_cell_brings_its_rows_start_trainer_measures_and_fields(tmp_path, monk
     other = dataclasses.replace(cell, identity=(cell.identity[0], {"protocol": "other"}))
     with pytest.raises(ValueError, match="another configuration"):
         engine.run_cells([other], progress=False, resume=True)
+
+
+def test_cells_of_other_configs_share_an_ensemble_and_a_model(tmp_path):
+    """A run of no fact world (its own rows) and two fact cells of different sizes sharing a
+    model train as one ensemble of two models; each gets its record, built by its measures and
+    fields alone, the worldless one without a config or world."""
+    calls = []
+
+    def trainer(model_cfg, train_cfg, tasks, seeds, progress, init_params):
+        calls.append(seeds)
+        return zero_steps(model_cfg, train_cfg, tasks, seeds, progress, init_params)
+
+    rows = make_task(TINY, make_fact_world(TINY.spec))
+    how = dict(
+        task=lambda world: rows,
+        model=TINY.model_config(),
+        train=TINY.train_config(),
+        init=lambda: init_model(TINY.model_config(), 0)[1],
+        trainer=trainer,
+        measures=(lambda result, k, metrics: {"model": k, "so_far": len(metrics)},),
+        fields=lambda result, k: {"train": {"late": k}},
+        evaluate=False,
+        ensemble="one",
+    )
+    general = engine.Cell(BaseRunConfig(mode="general-only", n_facts=0), tmp_path, **how)
+    sized = [
+        engine.Cell(dataclasses.replace(TINY, n_facts=n), tmp_path / str(n), shares="s", **how)
+        for n in (16, 32)
+    ]
+    records = engine.run_cells([general, *sized], progress=False)
+    assert calls == [[0, 0]]  # one ensemble, two models
+    assert [r["metrics"] for r in records] == [{"model": k, "so_far": 0} for k in (0, 1, 1)]
+    assert [r["n_facts"] for r in records] == [0, 16, 32]
+    assert "config" not in records[0] and "world" not in records[0]
+    assert [r["world"]["spec"]["n_entities"] for r in records[1:]] == [16, 32]
+    assert [r["train"]["late"] for r in records] == [0, 1, 1] and records[2]["train"]["steps"] == 0

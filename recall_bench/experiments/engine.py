@@ -1,18 +1,19 @@
 """The cell engine: every run of every experiment goes through here.
 
 A cell is one model to train and evaluate: a run config (a fact run of any memory method,
-or a random-token run) and the folder its record goes to; an experiment's cell may also bring
-its own training rows, model, training, initial parameters (a base model), stop rule, extra
-measures and record fields (Cell). The engine
+a random-token run, or a run of no fact world that brings its own rows) and the folder its
+record goes to; an experiment's cell may also bring its own training rows, model, training,
+initial parameters (a base model), stop rule, extra measures and record fields, join an
+ensemble of other configs, or share its model with cells of other configs (Cell). The engine
   1. refuses or returns finished cells (identity.py: a finished record is never retrained);
-  2. groups cells that differ only in seed into vmapped ensembles, split to what the
-     devices hold;
+  2. groups cells that differ only in seed (or carry one ensemble tag) into vmapped
+     ensembles, split to what the devices hold, one model for cells that share it;
   3. trains each ensemble (train.train_models: checkpoints, resume, sharding; or the
      cells' own trainer);
   4. evaluates each model by its method (experiments/evaluate.py; a store built when the
-     method uses one) and the cell's measures, builds its record complete, once
-     (recording.py), and writes it atomically with its traces; then drops the ensemble's
-     checkpoints.
+     method uses one) and the cell's measures (or by its measures alone), builds its record
+     complete, once (recording.py), and writes it atomically with its traces; then drops the
+     ensemble's checkpoints.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from recall_bench.tool import build_store
 from recall_bench.train import Task, TrainConfig, TrainResult, train_models
 from recall_bench.worlds import FactWorld, make_fact_world
 
-Config = RunConfig | TokenRunConfig
+Config = RunConfig | TokenRunConfig | BaseRunConfig  # the last: no fact world (Cell.task)
 
 
 Measure = Callable[[TrainResult, int, dict], dict]  # (result, model k, metrics so far) -> more
@@ -54,7 +55,8 @@ class Cell:
 
     cfg: Config
     out_dir: Path | None = None
-    task: Callable[[FactWorld], Task] | None = None  # its rows from its world (default: make_task)
+    # its rows from its world (None for a BaseRunConfig) (default: make_task)
+    task: Callable[[FactWorld | None], Task] | None = None
     model: ModelConfig | None = None  # the model it trains (default: cfg's)
     train: TrainConfig | None = None  # how it trains (default: cfg's), also in its record
     init: Callable[[], Any] | None = None  # initial parameters (default: fresh from the seed)
@@ -67,6 +69,13 @@ class Cell:
     identity: tuple[Callable[[dict], dict], dict] | None = None
     group: Hashable = None  # cells train together only if this tag matches too
     floor: bool = True  # a method holding bits in weights: also its noise floor / held-out
+    evaluate: bool = True  # False: its measures are its whole evaluation (no decoding, store)
+    # set: the cells with this tag train as one ensemble whatever their configs (one model
+    # and training; rows of one width); default: configs differing only in seed
+    ensemble: Hashable = None
+    # cells of an ensemble with equal seeds and a same tag are one model: trained once, a
+    # record each (e.g. one model evaluated on worlds of several sizes)
+    shares: Hashable = None
 
     def model_config(self) -> ModelConfig:
         return self.model or self.cfg.model_config()
@@ -94,7 +103,8 @@ def group_key(cfg: BaseRunConfig) -> BaseRunConfig:
 
 def cell_key(cell: Cell) -> tuple:
     """Cells with the same key train together as one ensemble."""
-    return (group_key(cell.cfg), cell.model_config(), cell.train_config(), cell.group)
+    runs = group_key(cell.cfg) if cell.ensemble is None else None
+    return (runs, cell.model_config(), cell.train_config(), cell.group, cell.ensemble)
 
 
 def group_cells(cells: list[Cell]) -> list[list[Cell]]:
@@ -156,13 +166,26 @@ def train_group(
     )
 
 
-def prepare(cell: Cell) -> tuple[FactWorld | None, Task]:
-    """A cell's world (None for random tokens) and training task."""
-    cfg = cell.cfg
-    if isinstance(cfg, TokenRunConfig):
-        return None, token_task(cfg)
-    world = make_fact_world(cfg.spec)
-    return world, make_task(cfg, world) if cell.task is None else cell.task(world)
+def world_of(cfg: Config) -> FactWorld | None:
+    """A fact run's world (None for random tokens or a run of no fact world)."""
+    return make_fact_world(cfg.spec) if isinstance(cfg, RunConfig) else None
+
+
+def task_of(cell: Cell, world: FactWorld | None) -> Task:
+    """A cell's training task: its own rows, or its run's."""
+    if cell.task is not None:
+        return cell.task(world)
+    if isinstance(cell.cfg, TokenRunConfig):
+        return token_task(cell.cfg)
+    return make_task(cell.cfg, world)
+
+
+def model_slots(cells: list[Cell]) -> list[int]:
+    """Which model of the ensemble each cell is: one each, but one for cells sharing a tag
+    and a seed."""
+    slots: dict = {}
+    key = lambda c: id(c) if c.shares is None else (c.cfg.seed, c.shares)  # noqa: E731
+    return [slots.setdefault(key(c), len(slots)) for c in cells]
 
 
 def run_group(
@@ -195,12 +218,14 @@ def run_ensemble(
         if save_model:
             check_saved(cells, resume)
         return done
-    data = [prepare(c) for c in cells]
-    tasks = [task for _, task in data]
-    result = train_group(cells, tasks, progress, checkpoint_dir, resume, checkpoint_every_s)
+    worlds, slot = [world_of(c.cfg) for c in cells], model_slots(cells)
+    first = [slot.index(j) for j in range(len(set(slot)))]  # the cell that trains model j
+    tasks = [task_of(cells[i], worlds[i]) for i in first]
+    trained = [cells[i] for i in first]
+    result = train_group(trained, tasks, progress, checkpoint_dir, resume, checkpoint_every_s)
     records = [
-        record_of(cell, world, task, result, k, save_model)
-        for k, (cell, (world, task)) in enumerate(zip(cells, data, strict=True))
+        record_of(cell, worlds[i], tasks[slot[i]], result, slot[i], save_model)
+        for i, cell in enumerate(cells)
     ]
     if checkpoint_dir is not None:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
@@ -266,6 +291,8 @@ def record_of(
     out_dir = cell.out_dir
     if isinstance(cell.cfg, TokenRunConfig):
         record, decoded = token_record(cell.cfg, task, result, k), None
+    elif world is None or not cell.evaluate:
+        record, decoded = measured_record(cell, world, task, result, k, {}), None
     else:
         record, decoded = fact_record(cell, world, task, result, k, evaluation)
     if out_dir is not None:
@@ -322,12 +349,27 @@ def fact_record(
         )
         if store is not None:
             store.close()
+    info = None if evaluation is None else evaluation.info
+    return measured_record(cell, world, task, result, k, metrics, info, **extra), decoded
+
+
+def measured_record(
+    cell: Cell,
+    world: FactWorld | None,
+    task: Task,
+    result: TrainResult,
+    k: int,
+    metrics: dict,
+    evaluation: dict | None = None,
+    **extra: Any,
+) -> dict:
+    """Model k's record, complete: its metrics so far with the cell's measures added, and
+    the cell's fields (a `train` field adds to the train block)."""
     for measure in cell.measures:
         metrics.update(measure(result, k, metrics))
     extra.update(cell.fields(result, k) if cell.fields is not None else {})
-    info = None if evaluation is None else evaluation.info
-    fields = dict(model_cfg=model_cfg, train_cfg=cell.train_config(), **extra)
-    return make_record(cfg, world, result, k, metrics, task, info, **fields), decoded
+    how = dict(model_cfg=cell.model_config(), train_cfg=cell.train_config())
+    return make_record(cell.cfg, world, result, k, metrics, task, evaluation, **how, **extra)
 
 
 def weights_metrics(cfg: RunConfig, world: FactWorld, graphdef, params, metrics: dict) -> dict:

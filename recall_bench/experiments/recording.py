@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from recall_bench.decode import Decoded
-from recall_bench.experiments.config import RunConfig
+from recall_bench.experiments.config import BaseRunConfig
 from recall_bench.model import ModelConfig, count_params
 from recall_bench.records import new_record
 from recall_bench.stopping import late_gain, plateaued
@@ -53,8 +53,8 @@ def train_info(train_cfg: TrainConfig, result: TrainResult, k: int, task: Task) 
 
 
 def make_record(
-    cfg: RunConfig,
-    world: FactWorld,
+    cfg: BaseRunConfig,
+    world: FactWorld | None,
     result: TrainResult,
     k: int,
     metrics: dict,
@@ -67,22 +67,26 @@ def make_record(
     """The record of model k of a training result, complete: `evaluation` (what was
     evaluated, when it is not the run's own world) joins the config; model_cfg and train_cfg
     (default: cfg's) say what model trained and how; `extra` adds fields such as the store
-    and the cost per answer, or replaces one (an experiment's own mode)."""
-    spec = world.spec
+    and the cost per answer, or replaces one (an experiment's own mode), and its `train`
+    adds to the train block. A run of no fact world (world None) has no config or world."""
     model_cfg = model_cfg or cfg.model_config()
+    train = train_info(train_cfg or cfg.train_config(), result, k, task)
+    spec = None if world is None else world.spec
     fields = dict(
         mode=cfg.mode,
-        n_facts=spec.n_facts,
-        bits_per_fact=spec.bits_per_fact,
+        n_facts=cfg.n_facts if spec is None else spec.n_facts,
+        bits_per_fact=None if spec is None else spec.bits_per_fact,
         seed=cfg.seed,
         config={**dataclasses.asdict(cfg), **({"evaluation": evaluation} if evaluation else {})},
-        world=world_block(spec),
+        world=None if spec is None else world_block(spec),
         model=dataclasses.asdict(model_cfg),
         params=count_params(result.model(k), model_cfg),
-        train=train_info(train_cfg or cfg.train_config(), result, k, task),
+        train={**train, **extra.pop("train", {})},
         metrics=metrics,
         env=result.env,
     )
+    if spec is None:  # a run of no fact world: its data is the experiment's to describe
+        fields = {k: v for k, v in fields.items() if k not in ("bits_per_fact", "config", "world")}
     return new_record(**{**fields, **extra})
 
 
