@@ -26,23 +26,25 @@ the reference's own greedy continuations of general prompts).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from recall_bench import general, streams
-from recall_bench.checkpoint import save_params
+from recall_bench.checkpoint import load_params, save_params
 from recall_bench.divergences import divergence
-from recall_bench.experiments.config import RunConfig, make_task
+from recall_bench.experiments.config import BaseRunConfig, RunConfig, make_task
+from recall_bench.experiments.engine import Cell, finished, run_cells
 from recall_bench.experiments.evaluate import evaluate
-from recall_bench.experiments.recording import train_info, world_block
 from recall_bench.formats import Sequences
-from recall_bench.model import ModelConfig, count_params
-from recall_bench.records import clean_json, new_record, read_record, write_json_atomic
+from recall_bench.model import ModelConfig, init_model
+from recall_bench.records import clean_json, read_record
 from recall_bench.stopping import late_gain
 from recall_bench.tool import build_store
-from recall_bench.train import Task, TrainConfig, TrainResult, train_models
+from recall_bench.train import Task, TrainConfig, TrainResult
 from recall_bench.worlds import make_fact_world
 
 GENERAL, FACTS_ONLY = "general-only", "facts-only"
@@ -104,6 +106,14 @@ class JointConfig:
             seed=seed,
             tool_train_entities=self.tool_train_entities if kind == "in-tool" else 0,
         )
+
+    def cell_config(self, kind: str, n_facts: int, seed: int) -> BaseRunConfig:
+        """A cell's run: its fact side, or for general-only the facts' shape and training over
+        no fact world."""
+        if kind != GENERAL:
+            return self.run_config(kind, n_facts, seed)
+        shared = {f.name: getattr(self.facts, f.name) for f in dataclasses.fields(BaseRunConfig)}
+        return BaseRunConfig(**{**shared, "mode": GENERAL, "n_facts": 0, "seed": seed})
 
     def model_config(self) -> ModelConfig:
         """One shape for every cell: the in-tool model's, its positions covering the suite."""
@@ -200,98 +210,114 @@ def cell_metrics(
     return metrics
 
 
-def cell_record(
-    cfg: JointConfig, cell: tuple[str, int, int], task: Task, result: TrainResult, k: int,
-    metrics: dict,
-) -> dict:  # fmt: skip
-    """The record of model k of an ensemble, built complete: its train block says how much the
-    whole loss still fell late (a plateau: under 1%) and how much the monitored fact bits still
-    rose (None for general-only, which holds none)."""
-    kind, n_facts, seed = cell
+def cell_fields(cfg: JointConfig, kind: str, result: TrainResult, k: int) -> dict:
+    """What model k's record adds: its mode, the protocol's block and, in its train block, how
+    much the whole loss still fell late (a plateau: under 1%) and how much the monitored fact
+    bits still rose (None for general-only, which holds none)."""
     drop = late_drop(result.history[k])
     plateau = drop is not None and drop < 0.01
     train = {
-        **train_info(cfg.train_config(), result, k, task),
         "whole_loss_late_drop": drop,
         "fact_bits_late_gain": late_gain(result.history[k], LATE),
         "plateaued": plateau,
         "converged": plateau,
     }
-    facts = {}
-    if kind != GENERAL:
-        run_cfg = cfg.run_config(kind, n_facts, seed)
-        facts = {
-            "bits_per_fact": run_cfg.spec.bits_per_fact,
-            "config": dataclasses.asdict(run_cfg),
-            "world": world_block(run_cfg.spec),
-        }
-    return new_record(
-        mode=kind,
-        n_facts=n_facts,
-        seed=seed,
-        **facts,
-        model=dataclasses.asdict(cfg.model_config()),
-        params=count_params(result.model(k), cfg.model_config()),
-        train=train,
-        metrics=metrics,
-        env=result.env,
-        protocol="joint",
-        joint={"config": clean_json(dataclasses.asdict(cfg))},
-    )
+    joint = {"config": clean_json(dataclasses.asdict(cfg))}
+    return {"mode": kind, "train": train, "protocol": "joint", "joint": joint}
 
 
 def cell_path(out: Path, kind: str, n_facts: int, seed: int) -> Path:
     return out / (f"{kind}-s{seed}" if kind == GENERAL else f"{kind}-{n_facts}-s{seed}")
 
 
+def references(cfg: JointConfig, folder: Path) -> Callable[[int], dict]:
+    """Each seed's general-only model in folder, read once: {graphdef, params, scores}."""
+
+    @functools.cache
+    def reference(seed: int) -> dict:
+        path = cell_path(folder, GENERAL, 0, seed)
+        graphdef, like = init_model(cfg.model_config(), 0)
+        params = load_params(path / "params", like)
+        scores = read_record(path / "record.json")["metrics"]
+        return {"graphdef": graphdef, "params": params, "scores": scores}
+
+    return reference
+
+
+def measure(
+    cfg: JointConfig,
+    cell: tuple[str, int, int],
+    suite: general.Suite,
+    reference: Callable[[int], dict],
+    out_dir: Path,
+    result: TrainResult,
+    k: int,
+    metrics: dict,
+) -> dict:
+    """Model k's cell_metrics against its seed's reference (the engine's metrics so far: none).
+    A general-only model is its own reference, its parameters kept in out_dir/params for the
+    cells measured against it."""
+    kind, _, seed = cell
+    model = (result.graphdef, result.model(k))
+    if kind != GENERAL:
+        return cell_metrics(cfg, cell, model, suite, reference(seed))
+    save_params(out_dir / "params", model[1])
+    itself = {"graphdef": model[0], "params": model[1], "scores": None}
+    return cell_metrics(cfg, cell, model, suite, itself)
+
+
+def make_cell(cfg: JointConfig, cell: tuple[str, int, int], suite, reference, out: Path) -> Cell:
+    """A cell on the engine: its rows (cell_task), measures (cell_metrics) and record fields;
+    the cells of one call train as one ensemble, a seed's in-tool cells as one model (trained
+    on the protocol pool, evaluated at each N)."""
+    kind, n, seed = cell
+    out_dir = cell_path(out, *cell)
+    return Cell(
+        cfg.cell_config(kind, n, seed),
+        out_dir,
+        task=lambda world: cell_task(cfg, kind, 0 if kind == "in-tool" else n, seed, suite),
+        model=cfg.model_config(),
+        train=cfg.train_config(),
+        measures=(functools.partial(measure, cfg, cell, suite, reference, out_dir),),
+        fields=functools.partial(cell_fields, cfg, kind),
+        identity=(lambda record: cell_key(record["joint"]["config"], kind), cell_key(cfg, kind)),
+        evaluate=False,
+        ensemble="joint",
+        shares="in-tool" if kind == "in-tool" else None,
+    )
+
+
 def train_cells(
     cfg: JointConfig,
     cells: list[tuple[str, int, int]],
     suite: general.Suite,
-    reference: dict[int, dict],
+    reference: Callable[[int], dict],
     out: Path,
     progress: bool,
+    resume: bool = False,
 ) -> list[dict]:
-    """Train cells as one ensemble, evaluate each against its seed's general-only reference
-    and write its records. A general-only cell becomes its seed's reference (its params saved
-    for later runs), so it must come before the seed's other cells; an in-tool cell, trained on
-    the protocol pool, is evaluated at every fact count of the sweep."""
-    tasks = [cell_task(cfg, *cell, suite) for cell in cells]
-    seeds = [seed for _, _, seed in cells]
-    result = train_models(cfg.model_config(), cfg.train_config(), tasks, seeds, progress)
-    records = []
-    for k, (kind, n, seed) in enumerate(cells):
-        model = (result.graphdef, result.model(k))
-        if kind == GENERAL:
-            reference[seed] = {"graphdef": model[0], "params": model[1], "scores": None}
-            save_params(cell_path(out, kind, n, seed) / "params", model[1])
-        for count in cfg.fact_counts if kind == "in-tool" else (n,):
-            cell = (kind, count, seed)
-            metrics = cell_metrics(cfg, cell, model, suite, reference[seed])
-            record = cell_record(cfg, cell, tasks[k], result, k, metrics)
-            write_json_atomic(cell_path(out, *cell) / "record.json", record)
-            records.append(record)
-        if kind == GENERAL:
-            reference[seed]["scores"] = records[-1]["metrics"]
-    return records
+    """The records of cells (with resume, finished ones kept), the others trained as one
+    ensemble by the engine, each measured against its seed's reference (`references`). A
+    general-only cell is its seed's reference: it comes before the seed's other cells (the
+    engine records an ensemble's cells in order); an in-tool cell (N 0), trained on the
+    protocol pool, is recorded at every fact count of the sweep."""
+    each = [
+        (kind, m, seed)
+        for kind, n, seed in cells
+        for m in (cfg.fact_counts if kind == "in-tool" else (n,))
+    ]
+    made = [make_cell(cfg, cell, suite, reference, out) for cell in each]
+    return run_cells(made, progress, resume=resume)
 
 
-def finished(cfg: JointConfig, out: Path, cells: list[tuple[str, int, int]], resume: bool):
-    """The records of cells already made under cfg (cell_key), or None when any is missing or
-    differs; without resume, any record there is an error (an earlier sweep's)."""
-    paths = [cell_path(out, *cell) / "record.json" for cell in cells]
-    if any(p.exists() for p in paths) and not resume:
-        raise ValueError(
-            f"{out} holds cells of an earlier sweep: pass --resume to keep finished ones, or "
-            "choose another --out"
-        )
-    if not all(p.exists() for p in paths):
+def reused(cfg: JointConfig, cells: list[tuple[str, int, int]], folder: Path) -> list[dict] | None:
+    """The records of cells finished in folder under cfg (cell_key), or None when any is
+    missing or was made under another config."""
+    try:
+        records = [finished(make_cell(cfg, cell, None, None, folder), True) for cell in cells]
+    except ValueError:
         return None
-    records = [read_record(p) for p in paths]  # older ones upgraded: today's metric names
-    same = all(
-        cell_key(r["joint"]["config"], r["mode"]) == cell_key(cfg, r["mode"]) for r in records
-    )
-    return records if same else None
+    return None if None in records else records
 
 
 def cell_key(cfg: JointConfig | dict, kind: str) -> dict:

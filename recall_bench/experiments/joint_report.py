@@ -11,16 +11,14 @@ from pathlib import Path
 import numpy as np
 
 from recall_bench import formats, general, plots, tables
-from recall_bench.checkpoint import load_params
 from recall_bench.experiments.joint import (
     FACTS_ONLY,
     GENERAL,
     JointConfig,
-    cell_path,
-    finished,
+    references,
+    reused,
     train_cells,
 )
-from recall_bench.model import init_model
 from recall_bench.progress import log
 from recall_bench.records import clean_json, environment, read_json, write_json_atomic
 
@@ -39,42 +37,27 @@ def run_joint(
     in-tool models, which train on this sweep's mixture, are trained here."""
     out, t0 = Path(out), time.perf_counter()
     suite = general.make_suite(cfg.suite, formats.Vocab.of(cfg.run_config("in-weight", 2, 0).spec))
-    tool = [("in-tool", n, s) for n in cfg.fact_counts for s in cfg.seeds if "in-tool" in cfg.modes]
+    tool = [("in-tool", 0, s) for s in cfg.seeds if "in-tool" in cfg.modes]  # at every N
     refs = [(GENERAL, 0, s) for s in cfg.seeds]
+    reference = references(cfg, out if ref_dir is None else Path(ref_dir))
     if ref_dir is None:
-        records = finished(cfg, out, refs + tool, resume)
+        log(progress, f"general-only references and in-tool models, seeds {cfg.seeds}")
+        records = train_cells(cfg, refs + tool, suite, reference, out, progress, resume)
     else:  # the references are reused; in-tool cells, trained on this mixture, are not
-        records = finished(cfg, Path(ref_dir), refs, True)
+        records = reused(cfg, refs, Path(ref_dir))
         if records is None:
             raise ValueError(
                 f"{ref_dir} holds no general-only cells of seeds {cfg.seeds} made with this "
                 "model, training and data; rerun with that sweep's options or drop --reference"
             )
-    reference: dict[int, dict] = {}
-    if records is None:
-        log(progress, f"general-only references and in-tool models, seeds {cfg.seeds}")
-        trained = refs + [("in-tool", 0, s) for s in cfg.seeds if tool]
-        records = train_cells(cfg, trained, suite, reference, out, progress)
-    else:
-        graphdef, like = init_model(cfg.model_config(), 0)
-        src = out if ref_dir is None else Path(ref_dir)
-        for r in records[: len(refs)]:
-            params = load_params(cell_path(src, GENERAL, 0, r["seed"]) / "params", like)
-            reference[r["seed"]] = {"graphdef": graphdef, "params": params, "scores": r["metrics"]}
-    if ref_dir is not None and tool:
-        done = finished(cfg, out, tool, resume)
-        if done is None:
+        if tool:
             log(progress, f"in-tool models, seeds {cfg.seeds}")
-            trained = [("in-tool", 0, s) for s in cfg.seeds]
-            done = train_cells(cfg, trained, suite, reference, out, progress)
-        records += done
+            records += train_cells(cfg, tool, suite, reference, out, progress, resume)
     log(progress, tables.format_table(summary_rows(records), COLUMNS))
     for n in cfg.fact_counts:
         cells = [(kind, n, s) for kind in cfg.kinds(n) for s in cfg.seeds]
-        done = finished(cfg, out, cells, resume) if cells else []
-        if done is None:
-            log(progress, f"{n} facts: {', '.join(cfg.kinds(n))}, seeds {cfg.seeds}")
-            done = train_cells(cfg, cells, suite, reference, out, progress)
+        log(progress, f"{n} facts: {', '.join(cfg.kinds(n))}, seeds {cfg.seeds}")
+        done = train_cells(cfg, cells, suite, reference, out, progress, resume) if cells else []
         records += done
         log(progress, tables.format_table(summary_rows(done), COLUMNS))
     return summarize(cfg, records, out, time.perf_counter() - t0)
