@@ -55,7 +55,7 @@ class Cell:
 
     cfg: Config
     out_dir: Path | None = None
-    # its rows from its world (None for a BaseRunConfig) (default: make_task)
+    # its rows from its world (None: a run of no fact world) (default: make_task)
     task: Callable[[FactWorld | None], Task] | None = None
     model: ModelConfig | None = None  # the model it trains (default: cfg's)
     train: TrainConfig | None = None  # how it trains (default: cfg's), also in its record

@@ -16,6 +16,9 @@ no-knowledge plateau soon (invariant 7); facts-only and in-tool rows uniformly. 
 nor fact bits stop a cell: each trains its whole budget, and its record says how much its whole
 loss (a fixed monitor of fact and general rows) still fell over the last 30% of the steps.
 
+Each cell runs through the cell engine (experiments/engine.py) as a Cell of its own rows,
+measures and record fields; a resumed sweep trains only the cells it lacks.
+
 Every cell reports the facts it holds (recall by greedy decoding, bits_memorized: in-tool these
 are answered through the store) beside its general ability relative to the general-only model of
 the same seed: exact accuracy kept, graded accuracy kept above chance, text bits per byte, and
