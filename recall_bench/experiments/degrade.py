@@ -312,32 +312,16 @@ def sweep_config(record: dict) -> dict:
     return then
 
 
-def command(cfg: DegradeConfig, out: Path) -> str:
-    """The command line that regenerates a sweep."""
-    f = cfg.facts
-    memory = ""
-    if "side-memory" in cfg.modes:
-        memory = (
-            f"--memory-layer {f.memory_layer} --memory-size {f.memory_size} "
-            f"--memory-topk {f.memory_topk} --memory-heads {f.memory_heads} "
-            f"--memory-key-dim {f.memory_key_dim} --memory-lr-scale {f.memory_lr_scale} "
-        )
-    text = "" if cfg.suite.text_file is None else f"--text-file {cfg.suite.text_file} "
-    return (
-        f"recall-bench degrade --facts {','.join(map(str, cfg.fact_counts))} "
-        f"--modes {','.join(cfg.modes)} --layers {f.layers} --width {f.width} "
-        f"--heads {f.heads} --base-steps {cfg.base_steps} --steps {f.steps} "
-        f"--batch-size {f.batch_size} --base-lr {cfg.base_lr} --lr {f.lr} "
-        f"--target-recall {cfg.target_recall} "
-        f"--replay-fraction {cfg.replay_fraction} {memory}{text}--seed {f.seed} --out {out}"
-    )
-
-
 def run_degrade(
-    cfg: DegradeConfig, out: str | Path, progress: bool = True, resume: bool = False
+    cfg: DegradeConfig,
+    out: str | Path,
+    progress: bool = True,
+    resume: bool = False,
+    command: str | None = None,
 ) -> dict:
     """The sweep: base model (reused from out/base when present), then every (mode, N) cell
-    (with resume, finished cells of the same config are kept); summary.json and the plot."""
+    (with resume, finished cells of the same config are kept); summary.json (`command`: the
+    command line that ran it, None from Python) and the plot."""
     out = Path(out)
     t0 = time.perf_counter()
     cells = [(mode, n) for n in cfg.fact_counts for mode in cfg.modes]
@@ -365,7 +349,7 @@ def run_degrade(
     plot = plots.degradation(rows, base["info"]["scores"], out / "degradation.png")
     summary = {
         "experiment": "degradation",
-        "command": command(cfg, out),
+        "command": command,
         "config": clean_json(dataclasses.asdict(cfg)),
         "model": dataclasses.asdict(cfg.model_config()),
         "params": base["info"]["params"],
