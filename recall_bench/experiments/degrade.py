@@ -184,13 +184,20 @@ def save_base(folder: str | Path, base: dict) -> None:
     write_json_atomic(folder / "base.json", base["info"])
 
 
-def load_base(folder: str | Path, cfg: DegradeConfig) -> dict:
-    """The base model saved in folder; a ValueError if it was trained under another config."""
+def load_base(folder: str | Path, cfg: DegradeConfig, suite: general.Suite) -> dict:
+    """The base model saved in folder (a ValueError if it was trained under another config).
+    A base saved before the graded score existed gets it now, scored from its parameters on
+    `suite`, so that its cells' graded score kept (general.kept) is measured."""
     folder = Path(folder)
     info = read_json(folder / "base.json")
     refuse_other(folder, "a base model", info["config"], cfg.base_key())
     graphdef, like = init_model(cfg.model_config(), cfg.seed)
-    return {"graphdef": graphdef, "params": load_params(folder / "params", like), "info": info}
+    params = load_params(folder / "params", like)
+    if "general_mc_accuracy" not in info["scores"]:
+        fresh = general.score(graphdef, params, suite).items()
+        graded = {k: v for k, v in fresh if k.endswith("_mc_accuracy")}
+        info = {**info, "scores": {**info["scores"], **graded}}
+    return {"graphdef": graphdef, "params": params, "info": info}
 
 
 def injection_task(cfg: DegradeConfig, mode: str, world: FactWorld, suite: general.Suite) -> Task:
@@ -252,22 +259,13 @@ def identity(cfg: DegradeConfig) -> tuple:
 def general_measures(
     cfg: DegradeConfig, base: dict, suite: general.Suite, result: TrainResult, k: int, metrics
 ) -> dict:
-    """Model k's general scores, their divergence from the base model's and what it kept."""
+    """Model k's general scores, their divergence from the base model's and what it kept
+    (general.kept, as the joint and tool-base protocols measure it)."""
     graphdef, params = result.graphdef, result.model(k)
     out = general.score(graphdef, params, suite)
     out.update(divergence(base["graphdef"], base["params"], graphdef, params, suite))
-    base_scores = base["info"]["scores"]
-    base_accuracy = base_scores["general_accuracy"]
-    kept = out["general_accuracy"] / base_accuracy if base_accuracy else math.nan
-    out["general_accuracy_kept"] = kept  # undefined (null) for a base that knows nothing
-    if "general_mc_accuracy" in base_scores:  # bases saved before the graded score lack it
-        chance = 1.0 / (cfg.suite.distractors + 1)
-        mc = (out["general_mc_accuracy"], base_scores["general_mc_accuracy"], chance)
-        out["general_mc_kept"] = general.above_chance(*mc)
-    if "text_bits_per_byte" in out:
-        change = out["text_bits_per_byte"] - base_scores["text_bits_per_byte"]
-        out["text_bits_per_byte_change"] = change
-    return out
+    chance = 1.0 / (cfg.suite.distractors + 1)
+    return {**out, **general.kept(out, base["info"]["scores"], chance)}
 
 
 def summary_row(record: dict) -> dict:
@@ -329,7 +327,7 @@ def run_degrade(
         finished(Cell(cfg.run_config(mode, n), out / f"{mode}-{n}", identity=identity(cfg)), resume)
     suite = general.make_suite(cfg.suite, formats.Vocab.of(cfg.run_config("in-weight", 2).spec))
     if (out / "base" / "base.json").exists():
-        base = load_base(out / "base", cfg)
+        base = load_base(out / "base", cfg, suite)
     else:
         log(progress, "training the base model on the general suite")
         base = train_base(cfg, suite, progress)
