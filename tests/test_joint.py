@@ -107,9 +107,8 @@ def test_tiny_joint_sweep(tmp_path, monkeypatch):
     assert ref["metrics"]["general_accuracy_kept"] == 1.0 and ref["metrics"]["kl"] == 0.0
     assert ref["train"]["fact_bits_late_gain"] is None and ref_row["fact_bits_late_gain"] is None
     assert (tmp_path / "general_kept.png").exists()
-    assert "--protocol joint" in summary["command"] and "facts-only" in joint_report.format_table(
-        summary
-    )
+    assert summary["command"] is None  # run from Python, not from a command line
+    assert "facts-only" in joint_report.format_table(summary)
     with pytest.raises(ValueError, match="--resume"):
         joint_report.run_joint(TINY, tmp_path, progress=False)
     again = joint_report.run_joint(TINY, tmp_path, progress=False, resume=True)  # all kept
@@ -120,7 +119,9 @@ def test_tiny_joint_sweep(tmp_path, monkeypatch):
     monkeypatch.setattr(
         joint_report, "train_cells", lambda c, cells, *_: trained.append((c, cells)) or []
     )
-    frontier = joint_report.run_frontier(TINY, (0.25,), tmp_path / "f", tmp_path, progress=False)
+    frontier = joint_report.run_frontier(
+        TINY, (0.25,), tmp_path / "f", tmp_path, progress=False, command="recall-bench x"
+    )
     (tool_cfg, tool_cells), (cfg, cells) = trained
     assert tool_cells == [("in-tool", 0, 0), ("in-tool", 0, 1)]
     assert cfg.general_fraction == tool_cfg.general_fraction == 0.25
@@ -128,7 +129,9 @@ def test_tiny_joint_sweep(tmp_path, monkeypatch):
     series = [(p["series"], p["general_fraction"]) for p in frontier["points"]]
     assert series == [("in-weight", 1.0), ("in-weight", 0.5), ("in-weight", 0.0),
                       ("in-tool", 1.0), ("in-tool", 0.5)]  # fmt: skip
-    assert (tmp_path / "f" / "frontier.png").exists() and "--reference" in frontier["command"]
+    assert (tmp_path / "f" / "frontier.png").exists() and frontier["command"] == "recall-bench x"
+    sub = read_json(tmp_path / "f" / "general-fraction-0.25" / "summary.json")
+    assert sub["command"] == "recall-bench x"  # the frontier's command regenerates its sweeps
     with pytest.raises(ValueError, match="no general-only cells"):  # a folder of no sweep
         joint_report.run_joint(TINY, tmp_path / "g", False, False, tmp_path / "f")
 

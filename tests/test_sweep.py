@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 
 import numpy as np
 import pytest
 
-from recall_bench.cli import build_parser
+from recall_bench.cli import build_parser, main
 from recall_bench.cli.sweep import parse_shard
 from recall_bench.experiments import sweep
 from recall_bench.experiments.run import run
@@ -165,8 +166,7 @@ def test_capacity_and_merge_commands_print_documented_json(finished_sweep, tmp_p
     _, out, _ = finished_sweep
     parser = build_parser()
     table = tmp_path / "pfr.json"
-    args = parser.parse_args(["capacity", str(out), "--json", "--params-for-recall", str(table)])
-    assert args.func(args) == 0
+    assert main(["capacity", str(out), "--json", "--params-for-recall", str(table)]) == 0
     printed = json.loads(capsys.readouterr().out)
     group = next(g for g in printed["capacity"] if g["world"] == "facts")
     model = group["models"][0]
@@ -182,7 +182,8 @@ def test_capacity_and_merge_commands_print_documented_json(finished_sweep, tmp_p
     assert len(group["fit"]["interval"]) == 2 and "bits_per_param" in group["fit"]
     pfr = json.loads(table.read_text())
     assert {r["mode"] for r in pfr["rows"]} == {"in-weight"}
-    assert pfr["provenance"]["command"].startswith("recall-bench")
+    command = ["recall-bench", "capacity", str(out), "--params-for-recall", str(table)]
+    assert pfr["provenance"]["command"] == shlex.join(command)
     args = parser.parse_args(["sweep", "merge", str(out), "-o", str(tmp_path / "m.json")])
     assert args.func(args) == 0
     assert json.loads((tmp_path / "m.json").read_text())["n_cells"] == 3

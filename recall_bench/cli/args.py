@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
 from pathlib import Path
 
 
@@ -127,3 +128,18 @@ def output_folder(path: Path | None) -> Path | None:
     if path is not None and path.exists() and not path.is_dir():
         raise ValueError(f"--out {path} is a file: give a folder (it is created if missing)")
     return path
+
+
+RUN_ONLY_FLAGS = ("--resume", "--quiet", "--json")  # how a run goes or prints, not what it makes
+
+
+def invocation(argv: list[str]) -> str:
+    """The command line that regenerates what `argv` ran: `recall-bench` and argv as given,
+    less RUN_ONLY_FLAGS (also as argparse abbreviations, e.g. --res)."""
+    kept = [a for a in argv if not (len(a) > 2 and any(f.startswith(a) for f in RUN_ONLY_FLAGS))]
+    return shlex.join(["recall-bench", *kept])
+
+
+def command_of(args: argparse.Namespace) -> str | None:
+    """The command line main() parsed `args` from; None where a caller parsed them itself."""
+    return getattr(args, "command_line", None)

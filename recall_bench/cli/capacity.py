@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from recall_bench.cli.args import command_of
 from recall_bench.experiments.capacity import (
     RECALL_TARGET,
     capacity_summary,
-    command_line,
     format_capacity,
     format_params_for_recall,
     load_records,
@@ -51,7 +51,7 @@ def cmd_capacity(args: argparse.Namespace) -> int:
     cap, rows = capacity_summary(records), params_for_recall(records)
     env = environment()
     provenance = {
-        "command": command_line(),
+        "command": command_of(args),
         "sources": [str(f) for f in args.folders],
         "git_commit": env["git_commit"],
         "git_dirty": env["git_dirty"],

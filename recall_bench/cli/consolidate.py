@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from recall_bench.cli.args import (
+    command_of,
     int_list,
     non_negative_int,
     number_list,
@@ -94,6 +95,7 @@ def cmd_consolidate(args: argparse.Namespace) -> int:
         general_share=gen,
         seeds=args.seeds,
     )
-    summary = run_consolidate(cfg, output_folder(args.out), not (args.quiet or args.json))
+    progress = not (args.quiet or args.json)
+    summary = run_consolidate(cfg, output_folder(args.out), progress, command_of(args))
     print(json.dumps(summary, indent=2) if args.json else format_table(summary))
     return 0

@@ -11,6 +11,7 @@ from pathlib import Path
 from recall_bench import general
 from recall_bench.cli.args import (
     add_memory_arguments,
+    command_of,
     int_list,
     memory_options,
     number_list,
@@ -127,7 +128,7 @@ def cmd_degrade(args: argparse.Namespace) -> int:
         suite=general.SuiteConfig(text_file=args.text_file),
     )
     out = args.out or Path("recall_bench_out/degradation")
-    summary = run_degrade(cfg, out, not (args.quiet or args.json), args.resume)
+    summary = run_degrade(cfg, out, not (args.quiet or args.json), args.resume, command_of(args))
     print(json.dumps(summary, indent=2) if args.json else format_table(summary))
     return 0
 
@@ -207,13 +208,12 @@ def cmd_joint(args: argparse.Namespace) -> int:
             )
         for f in args.general_fraction:
             dataclasses.replace(cfg, general_fraction=f)  # validates each before any training
-        frontier = run_frontier(
-            cfg, args.general_fraction, out, args.reference, progress, args.resume
-        )
+        fractions, ref = args.general_fraction, args.reference
+        frontier = run_frontier(cfg, fractions, out, ref, progress, args.resume, command_of(args))
         print(
             json.dumps(clean_json(frontier), indent=2) if args.json else format_frontier(frontier)
         )
         return 0
-    summary = run_joint(cfg, out, progress, args.resume, args.reference)
+    summary = run_joint(cfg, out, progress, args.resume, args.reference, command_of(args))
     print(json.dumps(clean_json(summary), indent=2) if args.json else format_joint(summary))
     return 0

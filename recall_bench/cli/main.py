@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from recall_bench.cli.args import invocation
 from recall_bench.cli.capacity import add_capacity_parser
 from recall_bench.cli.consolidate import add_consolidate_parser
 from recall_bench.cli.degrade import add_degrade_parser
@@ -44,7 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the subcommand of argv (default: this process's arguments); its summary records
+    the command line (invocation) that regenerates it."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.command_line = invocation(argv)
     try:
         return args.func(args)
     except (ValueError, SpecError, FileNotFoundError) as err:

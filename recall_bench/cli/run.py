@@ -10,6 +10,7 @@ from pathlib import Path
 
 from recall_bench.cli.args import (
     add_memory_arguments,
+    command_of,
     int_list,
     memory_options,
     non_negative_float,
@@ -199,9 +200,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             "the default benchmark fixes its own model and budget; give --mode and --facts "
             "for a single run",
         )
-        summary = default.run_default(
-            args.out or Path("recall_bench_out/default"), progress, args.resume
-        )
+        out = args.out or Path("recall_bench_out/default")
+        summary = default.run_default(out, progress, args.resume, command=command_of(args))
         print(json.dumps(summary, indent=2) if args.json else default.format_table(summary))
         return 0
     if args.mode is None or args.facts is None:

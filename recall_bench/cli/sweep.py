@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from recall_bench import devices
+from recall_bench.cli.args import command_of
 from recall_bench.experiments.sweep import format_summary, load_sweep, merge, run_sweep
 
 
@@ -62,7 +63,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.target[0] == "merge":
         if len(args.target) < 2 or args.output is None:
             raise ValueError("sweep merge needs folders and -o SUMMARY.json")
-        summary = merge(args.target[1:], args.output)
+        summary = merge(args.target[1:], args.output, command_of(args))
     else:
         if len(args.target) != 1:
             raise ValueError("give one sweep file (or: sweep merge DIR... -o SUMMARY.json)")
@@ -70,6 +71,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             devices.initialize()
         sweep = load_sweep(args.target[0], args.overrides)
         out = args.out or sweep.out or Path("recall_bench_out/sweeps") / sweep.name
-        summary = run_sweep(sweep, out, args.shard, args.resume, not (args.quiet or args.json))
+        progress = not (args.quiet or args.json)
+        summary = run_sweep(sweep, out, args.shard, args.resume, progress, command_of(args))
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0

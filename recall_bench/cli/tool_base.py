@@ -10,6 +10,7 @@ from pathlib import Path
 
 from recall_bench import general
 from recall_bench.cli.args import (
+    command_of,
     memory_options,
     number_list,
     output_folder,
@@ -68,6 +69,7 @@ def cmd_tool_base(args: argparse.Namespace) -> int:
         **{k: v for k, v in own.items() if v is not None},
     )
     out = args.out or Path("recall_bench_out/degradation_v2/tool_base")
-    summary = run_tool_base(cfg, out, not (args.quiet or args.json), args.resume)
+    progress = not (args.quiet or args.json)
+    summary = run_tool_base(cfg, out, progress, args.resume, command_of(args))
     print(json.dumps(clean_json(summary), indent=2) if args.json else format_table(summary))
     return 0

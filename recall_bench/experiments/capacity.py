@@ -6,8 +6,6 @@ bits/param fit per world kind and dtype, and the params-for-recall table (Houlis
 from __future__ import annotations
 
 import json
-import shlex
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -346,8 +344,3 @@ def write_plots(cap: list[dict], rows: list[dict], folder: str | Path) -> list[s
     if rows:
         paths.append(plots.params_for_recall(rows, folder / "params_for_recall.png"))
     return [str(p) for p in paths]
-
-
-def command_line() -> str:
-    """How this process was invoked, as a recall-bench command to regenerate its output."""
-    return shlex.join(["recall-bench", *sys.argv[1:]])

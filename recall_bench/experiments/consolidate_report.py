@@ -23,9 +23,11 @@ PANELS = (
 STYLE = {"own-answers": "-", "true-facts": "--"}
 
 
-def run_consolidate(cfg: ConsolidateConfig, out: str | Path, progress: bool = True) -> dict:
-    """The whole sweep into `out` (refused if it holds an earlier one): records, summary,
-    plots."""
+def run_consolidate(
+    cfg: ConsolidateConfig, out: str | Path, progress: bool = True, command: str | None = None
+) -> dict:
+    """The whole sweep into `out` (refused if it holds an earlier one): records, summary
+    (`command`: the command line that ran it, None from Python), plots."""
     out, t0 = Path(out), time.perf_counter()
     if (out / "summary.json").exists():
         raise ValueError(
@@ -36,7 +38,7 @@ def run_consolidate(cfg: ConsolidateConfig, out: str | Path, progress: bool = Tr
     for r in records:
         folder = out / f"{r['consolidation']['method']}-{r['n_facts']}-s{r['seed']}"
         write_json_atomic(folder / "record.json", r)
-    return summarize(cfg, records, out, time.perf_counter() - t0)
+    return summarize(cfg, records, out, time.perf_counter() - t0, command)
 
 
 def summary_rows(records: list[dict]) -> list[dict]:
@@ -63,11 +65,13 @@ def summary_rows(records: list[dict]) -> list[dict]:
     return rows
 
 
-def summarize(cfg: ConsolidateConfig, records: list[dict], out: Path, wall_s: float) -> dict:
+def summarize(
+    cfg: ConsolidateConfig, records: list[dict], out: Path, wall_s: float, command: str | None
+) -> dict:
     rows = summary_rows(records)
     summary = {
         "config": clean_json(dataclasses.asdict(cfg)),
-        "command": command(cfg, out),
+        "command": command,
         "params": records[0]["params"],
         "wall_s": wall_s,
         "env": environment(),
@@ -101,23 +105,6 @@ def trajectory_plot(rows: list[dict], x_key: str, path: Path) -> Path:
     axes[0].legend(fontsize=6, title="new facts, data", title_fontsize=6)
     fig.tight_layout()
     return save(fig, path)
-
-
-def command(cfg: ConsolidateConfig, out: Path) -> str:
-    """The command line that regenerates the sweep."""
-
-    def join(values) -> str:
-        return ",".join(str(v) for v in values)
-
-    return (
-        f"recall-bench consolidate --facts {join(cfg.fact_counts)} --methods "
-        f"{join(cfg.methods)} --old-facts {cfg.old_facts} --tool-entities {cfg.tool_entities} "
-        f"--layers {cfg.layers} --width {cfg.width} --heads {cfg.heads} --base-steps "
-        f"{cfg.base_steps} --base-lr {cfg.base_lr:g} --steps {cfg.steps} --eval-steps "
-        f"{join(cfg.eval_steps)} --batch-size {cfg.batch_size} --lr {cfg.lr:g} --rows "
-        f"{cfg.rows} --shares {cfg.new_share:g},{cfg.old_share:g},{cfg.tool_share:g},"
-        f"{cfg.general_share:g} --seeds {join(cfg.seeds)} --out {out}"
-    )
 
 
 def format_table(summary: dict) -> str:

@@ -64,10 +64,12 @@ def run_default(
     resume: bool = False,
     todo: list[RunConfig] | None = None,
     joint: JointConfig = GENERAL,
+    command: str | None = None,
 ) -> dict:
     """Run every cell under `out` (with resume: keep finished cells, continue a killed one)
     and the general-ability sweep under out/general; write summary.json and
-    recall_vs_facts.png (recall, and general ability kept, against N)."""
+    recall_vs_facts.png (recall, and general ability kept, against N). `command`: the command
+    line that ran it (None from Python), in both summaries."""
     out = Path(out)
     if not resume and any(out.glob("*/record.json")):
         raise ValueError(
@@ -87,7 +89,7 @@ def run_default(
             print(f"    recall {r['recall']:.3f} after {r['steps']} steps", file=sys.stderr)
     if progress:
         print("general ability kept (shared capacity)", file=sys.stderr)
-    both = run_joint(joint, out / "general", progress, resume)
+    both = run_joint(joint, out / "general", progress, resume, command=command)
     general = {
         "params": both["params"]["total"],
         "model": {k: both["model"][k] for k in ("layers", "width", "heads")},
@@ -95,7 +97,6 @@ def run_default(
         "capacity_bits": both["capacity_bits"],
         "bits_per_fact": both["bits_per_fact"],
         "rows": [{k: r.get(k) for k in GENERAL_KEYS} for r in both["rows"]],
-        "command": both["command"],
     }
     first = todo[0]
     plot = plots.default_benchmark(
@@ -106,6 +107,7 @@ def run_default(
     )
     summary = {
         "benchmark": "default",
+        "command": command,
         "model": {"layers": first.layers, "width": first.width, "heads": first.heads},
         "params": rows[0]["params"],
         "rows": rows,

@@ -184,13 +184,20 @@ def save_base(folder: str | Path, base: dict) -> None:
     write_json_atomic(folder / "base.json", base["info"])
 
 
-def load_base(folder: str | Path, cfg: DegradeConfig) -> dict:
-    """The base model saved in folder; a ValueError if it was trained under another config."""
+def load_base(folder: str | Path, cfg: DegradeConfig, suite: general.Suite) -> dict:
+    """The base model saved in folder (a ValueError if it was trained under another config).
+    A base saved before the graded score existed gets it now, scored from its parameters on
+    `suite`, so that its cells' graded score kept (general.kept) is measured."""
     folder = Path(folder)
     info = read_json(folder / "base.json")
     refuse_other(folder, "a base model", info["config"], cfg.base_key())
     graphdef, like = init_model(cfg.model_config(), cfg.seed)
-    return {"graphdef": graphdef, "params": load_params(folder / "params", like), "info": info}
+    params = load_params(folder / "params", like)
+    if "general_mc_accuracy" not in info["scores"]:
+        fresh = general.score(graphdef, params, suite).items()
+        graded = {k: v for k, v in fresh if k.endswith("_mc_accuracy")}
+        info = {**info, "scores": {**info["scores"], **graded}}
+    return {"graphdef": graphdef, "params": params, "info": info}
 
 
 def injection_task(cfg: DegradeConfig, mode: str, world: FactWorld, suite: general.Suite) -> Task:
@@ -252,22 +259,13 @@ def identity(cfg: DegradeConfig) -> tuple:
 def general_measures(
     cfg: DegradeConfig, base: dict, suite: general.Suite, result: TrainResult, k: int, metrics
 ) -> dict:
-    """Model k's general scores, their divergence from the base model's and what it kept."""
+    """Model k's general scores, their divergence from the base model's and what it kept
+    (general.kept, as the joint and tool-base protocols measure it)."""
     graphdef, params = result.graphdef, result.model(k)
     out = general.score(graphdef, params, suite)
     out.update(divergence(base["graphdef"], base["params"], graphdef, params, suite))
-    base_scores = base["info"]["scores"]
-    base_accuracy = base_scores["general_accuracy"]
-    kept = out["general_accuracy"] / base_accuracy if base_accuracy else math.nan
-    out["general_accuracy_kept"] = kept  # undefined (null) for a base that knows nothing
-    if "general_mc_accuracy" in base_scores:  # bases saved before the graded score lack it
-        chance = 1.0 / (cfg.suite.distractors + 1)
-        mc = (out["general_mc_accuracy"], base_scores["general_mc_accuracy"], chance)
-        out["general_mc_kept"] = general.above_chance(*mc)
-    if "text_bits_per_byte" in out:
-        change = out["text_bits_per_byte"] - base_scores["text_bits_per_byte"]
-        out["text_bits_per_byte_change"] = change
-    return out
+    chance = 1.0 / (cfg.suite.distractors + 1)
+    return {**out, **general.kept(out, base["info"]["scores"], chance)}
 
 
 def summary_row(record: dict) -> dict:
@@ -312,32 +310,16 @@ def sweep_config(record: dict) -> dict:
     return then
 
 
-def command(cfg: DegradeConfig, out: Path) -> str:
-    """The command line that regenerates a sweep."""
-    f = cfg.facts
-    memory = ""
-    if "side-memory" in cfg.modes:
-        memory = (
-            f"--memory-layer {f.memory_layer} --memory-size {f.memory_size} "
-            f"--memory-topk {f.memory_topk} --memory-heads {f.memory_heads} "
-            f"--memory-key-dim {f.memory_key_dim} --memory-lr-scale {f.memory_lr_scale} "
-        )
-    text = "" if cfg.suite.text_file is None else f"--text-file {cfg.suite.text_file} "
-    return (
-        f"recall-bench degrade --facts {','.join(map(str, cfg.fact_counts))} "
-        f"--modes {','.join(cfg.modes)} --layers {f.layers} --width {f.width} "
-        f"--heads {f.heads} --base-steps {cfg.base_steps} --steps {f.steps} "
-        f"--batch-size {f.batch_size} --base-lr {cfg.base_lr} --lr {f.lr} "
-        f"--target-recall {cfg.target_recall} "
-        f"--replay-fraction {cfg.replay_fraction} {memory}{text}--seed {f.seed} --out {out}"
-    )
-
-
 def run_degrade(
-    cfg: DegradeConfig, out: str | Path, progress: bool = True, resume: bool = False
+    cfg: DegradeConfig,
+    out: str | Path,
+    progress: bool = True,
+    resume: bool = False,
+    command: str | None = None,
 ) -> dict:
     """The sweep: base model (reused from out/base when present), then every (mode, N) cell
-    (with resume, finished cells of the same config are kept); summary.json and the plot."""
+    (with resume, finished cells of the same config are kept); summary.json (`command`: the
+    command line that ran it, None from Python) and the plot."""
     out = Path(out)
     t0 = time.perf_counter()
     cells = [(mode, n) for n in cfg.fact_counts for mode in cfg.modes]
@@ -345,7 +327,7 @@ def run_degrade(
         finished(Cell(cfg.run_config(mode, n), out / f"{mode}-{n}", identity=identity(cfg)), resume)
     suite = general.make_suite(cfg.suite, formats.Vocab.of(cfg.run_config("in-weight", 2).spec))
     if (out / "base" / "base.json").exists():
-        base = load_base(out / "base", cfg)
+        base = load_base(out / "base", cfg, suite)
     else:
         log(progress, "training the base model on the general suite")
         base = train_base(cfg, suite, progress)
@@ -365,7 +347,7 @@ def run_degrade(
     plot = plots.degradation(rows, base["info"]["scores"], out / "degradation.png")
     summary = {
         "experiment": "degradation",
-        "command": command(cfg, out),
+        "command": command,
         "config": clean_json(dataclasses.asdict(cfg)),
         "model": dataclasses.asdict(cfg.model_config()),
         "params": base["info"]["params"],

@@ -1,5 +1,5 @@
 """The joint protocol's sweep, summary (means and ranges over seeds, the measured fact capacity),
-table, regenerating command and command-line options."""
+frontier and tables."""
 
 from __future__ import annotations
 
@@ -29,12 +29,14 @@ def run_joint(
     progress: bool = True,
     resume: bool = False,
     ref_dir: str | Path | None = None,
+    command: str | None = None,
 ) -> dict:
     """The sweep: the general-only references with the in-tool models (trained once on the
     protocol pool, evaluated at every N), then every fact count's in-weight and facts-only
     cells (with resume, finished ones are kept); summary.json and the plot. With ref_dir (a
     finished sweep of the same model and training) its references are reused, not trained;
-    in-tool models, which train on this sweep's mixture, are trained here."""
+    in-tool models, which train on this sweep's mixture, are trained here. `command`: the
+    command line that ran it (None from Python), kept in the summary."""
     out, t0 = Path(out), time.perf_counter()
     suite = general.make_suite(cfg.suite, formats.Vocab.of(cfg.run_config("in-weight", 2, 0).spec))
     tool = [("in-tool", 0, s) for s in cfg.seeds if "in-tool" in cfg.modes]  # at every N
@@ -60,7 +62,7 @@ def run_joint(
         done = train_cells(cfg, cells, suite, reference, out, progress, resume) if cells else []
         records += done
         log(progress, tables.format_table(summary_rows(done), COLUMNS))
-    return summarize(cfg, records, out, time.perf_counter() - t0)
+    return summarize(cfg, records, out, time.perf_counter() - t0, command)
 
 
 SUMMARY_KEYS = (
@@ -111,7 +113,9 @@ def summary_rows(records: list[dict]) -> list[dict]:
     return rows
 
 
-def summarize(cfg: JointConfig, records: list[dict], out: Path, wall_s: float) -> dict:
+def summarize(
+    cfg: JointConfig, records: list[dict], out: Path, wall_s: float, command: str | None
+) -> dict:
     """summary.json: the rows, the model's measured fact capacity (the most bits a facts-only
     cell held, mean over seeds), each in-weight row's share of it and each row's graded
     accuracy over the reference's (of the means); the plot."""
@@ -128,7 +132,7 @@ def summarize(cfg: JointConfig, records: list[dict], out: Path, wall_s: float) -
     plot = plots.joint_tradeoff(rows, capacity, bits_per_fact, out / "general_kept.png")
     summary = {
         "experiment": "degradation-joint",
-        "command": command(cfg, out),
+        "command": command,
         "config": clean_json(dataclasses.asdict(cfg)),
         "model": dataclasses.asdict(cfg.model_config()),
         "params": records[0]["params"],
@@ -151,6 +155,7 @@ def run_frontier(
     ref_dir: str | Path,
     progress: bool = True,
     resume: bool = False,
+    command: str | None = None,
 ) -> dict:
     """The trade-off frontier at the largest N: cells of each of cfg's modes (in-weight,
     in-tool) at each general fraction (one sweep each, in out/general-fraction-F, against
@@ -168,6 +173,7 @@ def run_frontier(
             progress,
             resume,
             ref_dir,
+            command,
         )
         for f in fractions
     }
@@ -177,7 +183,7 @@ def run_frontier(
     plot = plots.joint_frontier(points, base["capacity_bits"], n, out / "frontier.png")
     frontier = {
         "experiment": "degradation-joint-frontier",
-        "command": command(cfg, out, fractions) + f" --reference {ref_dir}",
+        "command": command,
         "n_facts": n,
         "capacity_bits": base["capacity_bits"],
         "capacity_facts": base["capacity_bits"] / bits_per_fact,
@@ -236,22 +242,6 @@ FRONTIER_COLUMNS = (
     ("acc / ref", "general_mc_ratio", ".3f"),
     ("bpb change", "text_bits_per_byte_change", "+.3f"),
 )
-
-
-def command(cfg: JointConfig, out: Path, fractions: tuple[float, ...] = ()) -> str:
-    """The command line that regenerates a sweep (or, given several fractions, a frontier)."""
-    join = lambda xs: ",".join(map(str, xs))  # noqa: E731
-    f = cfg.facts
-    cap = f"--capacity-facts {join(cfg.capacity_counts)} " if cfg.capacity_counts else ""
-    return (
-        f"recall-bench degrade --protocol joint --facts {join(cfg.fact_counts)} "
-        f"--modes {join(cfg.modes)} {cap}"
-        f"--layers {f.layers} --width {f.width} --heads {f.heads} --steps {f.steps} "
-        f"--batch-size {f.batch_size} --lr {f.lr} --tool-train-entities "
-        f"{cfg.tool_train_entities} --general-fraction {join(fractions or [cfg.general_fraction])} "
-        f"--zipf {cfg.zipf} --rows {cfg.rows} --seeds {join(cfg.seeds)} "
-        f"--text-file {cfg.suite.text_file} --out {out}"
-    )
 
 
 COLUMNS = (  # of the summary table: (header, row field or function of the row, format)

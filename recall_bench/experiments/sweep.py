@@ -256,9 +256,11 @@ def run_sweep(
     shard: tuple[int, int] = (0, 1),
     resume: bool = False,
     progress: bool = True,
+    command: str | None = None,
 ) -> dict:
     """Run this shard's missing cells (an ensemble per group), then write and return the
-    summary of all its cells. Under jax.distributed every process runs every group together
+    summary of all its cells (`command`: the command line that ran it, None from Python).
+    Under jax.distributed every process runs every group together
     (the ensemble split over all their devices, no checkpoints) and process 0 writes."""
     out, t0 = Path(out), time.perf_counter()
     alone = jax.process_count() == 1
@@ -279,7 +281,7 @@ def run_sweep(
     if (out / "checkpoints").is_dir() and not any((out / "checkpoints").iterdir()):
         (out / "checkpoints").rmdir()  # every group's checkpoints go once its records exist
     records = [read_record(out / cell_name(c) / "record.json") for g in mine for c in g]
-    summary = sweep_summary(records, sweep.name, shard)
+    summary = sweep_summary(records, sweep.name, shard, command)
     summary.update(ran=sum(map(len, todo)), wall_s=time.perf_counter() - t0, out=str(out))
     rows = summary["params_for_recall"]
     summary["plots"] = capacity.write_plots(summary["capacity"], rows, out) if is_lead() else []
@@ -324,8 +326,10 @@ def cell_row(record: Record) -> dict:
     }
 
 
-def sweep_summary(records: list[Record], name: str, shard: tuple[int, int] | None) -> dict:
-    """Cells, capacity fits and params-for-recall of a set of records."""
+def sweep_summary(
+    records: list[Record], name: str, shard: tuple[int, int] | None, command: str | None
+) -> dict:
+    """Cells, capacity fits and params-for-recall of a set of records, made by `command`."""
     rows = sorted((cell_row(r) for r in records), key=lambda r: r["cell"])
     ensembles = {}  # cells of one ensemble share its wall time: count it once
     for r in records:
@@ -335,7 +339,7 @@ def sweep_summary(records: list[Record], name: str, shard: tuple[int, int] | Non
     return {
         "format": "recall_bench.sweep/1",
         "name": name,
-        "command": capacity.command_line(),
+        "command": command,
         "shard": None if shard is None else list(shard),
         "n_cells": len(rows),
         "train_s": sum(ensembles.values()),
@@ -346,12 +350,12 @@ def sweep_summary(records: list[Record], name: str, shard: tuple[int, int] | Non
     }
 
 
-def merge(folders: list[str | Path], output: str | Path) -> dict:
+def merge(folders: list[str | Path], output: str | Path, command: str | None = None) -> dict:
     """One summary of the records of several shards' folders, written to `output`."""
     records = capacity.load_records(folders)
     if not records:
         raise ValueError(f"no record.json under {', '.join(map(str, folders))}")
-    summary = sweep_summary(records, "merged", None)
+    summary = sweep_summary(records, "merged", None, command)
     summary["sources"] = [str(f) for f in folders]
     write_json_atomic(output, summary)
     return summary

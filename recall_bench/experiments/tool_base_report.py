@@ -1,5 +1,4 @@
-"""The tool-base protocol's sweep, summary (means and ranges over seeds), plots, table and
-regenerating command."""
+"""The tool-base protocol's sweep, summary (means and ranges over seeds), plots and table."""
 
 from __future__ import annotations
 
@@ -35,9 +34,14 @@ SUMMARY_KEYS = (
 
 
 def run_tool_base(
-    cfg: ToolBaseConfig, out: str | Path, progress: bool = True, resume: bool = False
+    cfg: ToolBaseConfig,
+    out: str | Path,
+    progress: bool = True,
+    resume: bool = False,
+    command: str | None = None,
 ) -> dict:
-    """The sweep (tool_base_run.sweep_cells), then summary.json and the plots."""
+    """The sweep (tool_base_run.sweep_cells), then summary.json (`command`: the command line
+    that ran it, None from Python) and the plots."""
     out, t0 = Path(out), time.perf_counter()
     bases, records = sweep_cells(cfg, out, progress, resume)
     rows = summary_rows(records)
@@ -46,7 +50,7 @@ def run_tool_base(
     base_scores = {str(s): b["info"]["scores"] for s, b in bases.items()}
     summary = {
         "experiment": "degradation-tool-base",
-        "command": command(cfg, out),
+        "command": command,
         "config": clean_json(dataclasses.asdict(cfg)),
         "model": dataclasses.asdict(cfg.model_config()),
         "params": records[0]["params"],
@@ -175,21 +179,6 @@ def plot_trajectories(cfg: ToolBaseConfig, records: list[dict], path: Path) -> P
     axes[0][0].legend(fontsize=6)
     fig.tight_layout()
     return save(fig, path)
-
-
-def command(cfg: ToolBaseConfig, out: Path) -> str:
-    """The command line that regenerates a sweep."""
-    join = lambda xs: ",".join(map(str, xs))  # noqa: E731
-    b = cfg.base
-    return (
-        f"recall-bench degrade --protocol tool-base --facts {join(cfg.fact_counts)} "
-        f"--layers {b.layers} --width {b.width} --heads {b.heads} --batch-size {b.batch_size} "
-        f"--base-steps {b.steps} --base-lr {b.lr} --old-facts {b.n_facts} "
-        f"--tool-train-entities {b.tool_train_entities} --lrs {join(cfg.lrs)} "
-        f"--steps {cfg.steps} --target-recall {cfg.target_recall} "
-        f"--replay-fraction {cfg.replay_fraction} --seeds {join(cfg.seeds)} "
-        f"--text-file {cfg.suite.text_file} --out {out}"
-    )
 
 
 COLUMNS = (  # of the summary table: (header, row field or function of the row, format)
