@@ -4,6 +4,7 @@ trainer, measures and record fields, and the identity a finished record must mat
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import numpy as np
@@ -73,3 +74,22 @@ def test_a_cell_brings_its_rows_start_trainer_measures_and_fields(tmp_path, monk
     other = dataclasses.replace(cell, identity=(cell.identity[0], {"protocol": "other"}))
     with pytest.raises(ValueError, match="another configuration"):
         engine.run_cells([other], progress=False, resume=True)
+
+
+def test_a_base_cell_skips_the_method_evaluation_and_hands_back_its_model(monkeypatch):
+    monkeypatch.setattr(engine, "evaluate", lambda *args: pytest.fail("evaluated"))
+    monkeypatch.setattr(engine, "record_cost", lambda *args: pytest.fail("costed"))
+    start, models = init_model(TINY.model_config(), 7)[1], {}
+    cell = engine.Cell(
+        TINY,
+        init=lambda: start,
+        trainer=zero_steps,
+        measures=(lambda result, k, metrics: {"steps_seen": result.steps[k]},),
+        evaluated=False,
+        keep=functools.partial(engine.keep_model, models, "base"),
+    )
+    [record] = engine.run_cells([cell], progress=False)
+    assert record["metrics"] == {"steps_seen": 0} and "cost" not in record
+    graphdef, params = models["base"]
+    jax.tree.map(np.testing.assert_array_equal, params, start)
+    assert isinstance(graphdef, type(init_model(TINY.model_config(), 0)[0]))

@@ -67,6 +67,8 @@ class Cell:
     identity: tuple[Callable[[dict], dict], dict] | None = None
     group: Hashable = None  # cells train together only if this tag matches too
     floor: bool = True  # a method holding bits in weights: also its noise floor / held-out
+    evaluated: bool = True  # False: metrics from the measures alone (no method evaluation)
+    keep: Callable[[TrainResult, int], None] | None = None  # given model k (a base to build on)
 
     def model_config(self) -> ModelConfig:
         return self.model or self.cfg.model_config()
@@ -207,6 +209,11 @@ def run_ensemble(
     return records
 
 
+def keep_model(into: dict, key: Hashable, result: TrainResult, k: int) -> None:
+    """A Cell.keep (bound with functools.partial): model k's (graphdef, params) into into[key]."""
+    into[key] = (result.graphdef, result.model(k))
+
+
 def run_cells(
     cells: list[Cell],
     progress: bool = True,
@@ -264,6 +271,8 @@ def record_of(
     (and, with save_model, its parameters to out_dir/model, before the record that vouches
     for them)."""
     out_dir = cell.out_dir
+    if cell.keep is not None:
+        cell.keep(result, k)
     if isinstance(cell.cfg, TokenRunConfig):
         record, decoded = token_record(cell.cfg, task, result, k), None
     else:
@@ -285,9 +294,24 @@ def fact_record(
     k: int,
     evaluation: Evaluation | None = None,
 ) -> tuple[dict, Any]:
-    """Model k's record and decoding traces: evaluated on its own world (a store of it in
-    out_dir when the method uses one) or on `evaluation`, with the cost per answer, then by
-    the cell's measures."""
+    """Model k's record and decoding traces: evaluated by its method (unless the cell says
+    not), then by the cell's measures."""
+    metrics, extra, decoded = {}, {}, None
+    if cell.evaluated:
+        metrics, extra, decoded = method_evaluation(cell, world, result, k, evaluation)
+    for measure in cell.measures:
+        metrics.update(measure(result, k, metrics))
+    extra.update(cell.fields(result, k) if cell.fields is not None else {})
+    info = None if evaluation is None else evaluation.info
+    fields = dict(model_cfg=cell.model_config(), train_cfg=cell.train_config(), **extra)
+    return make_record(cell.cfg, world, result, k, metrics, task, info, **fields), decoded
+
+
+def method_evaluation(
+    cell: Cell, world: FactWorld, result: TrainResult, k: int, evaluation: Evaluation | None
+) -> tuple[dict, dict, Any]:
+    """(metrics, record fields, decoding traces) of model k evaluated on its own world (a store
+    of it in out_dir when the method uses one) or on `evaluation`, with the cost per answer."""
     cfg, model_cfg, out_dir = cell.cfg, cell.model_config(), cell.out_dir
     graphdef, params, method = result.graphdef, result.model(k), cfg.method
     seen = (
@@ -322,12 +346,7 @@ def fact_record(
         )
         if store is not None:
             store.close()
-    for measure in cell.measures:
-        metrics.update(measure(result, k, metrics))
-    extra.update(cell.fields(result, k) if cell.fields is not None else {})
-    info = None if evaluation is None else evaluation.info
-    fields = dict(model_cfg=model_cfg, train_cfg=cell.train_config(), **extra)
-    return make_record(cfg, world, result, k, metrics, task, info, **fields), decoded
+    return metrics, extra, decoded
 
 
 def weights_metrics(cfg: RunConfig, world: FactWorld, graphdef, params, metrics: dict) -> dict:
