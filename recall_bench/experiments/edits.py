@@ -16,18 +16,12 @@ import jax
 import numpy as np
 
 from recall_bench import edit, formats, streams
-from recall_bench.edit_weights import (
-    WeightEditConfig,
-    check_editable,
-    edit_layers,
-    key_moments,
-    memit_edit,
-    replace_kernels,
-    rome_edits,
-)
+from recall_bench.edit_weights import WeightEditConfig
 from recall_bench.experiments import edits_general
 from recall_bench.experiments.config import RunConfig
+from recall_bench.experiments.edits_located import located_edit
 from recall_bench.experiments.engine import Cell, keep_model, run_cells
+from recall_bench.experiments.joint import rows_of
 from recall_bench.general import Suite, SuiteConfig, concat
 from recall_bench.general import score as general_score
 from recall_bench.model import count_params
@@ -152,10 +146,7 @@ def base_task(cfg: RunConfig, world: FactWorld) -> Task:
         return Task(train, monitor, np.tile(extra.fact_bits()[: len(monitor.tokens) // 2], 2))
     rows = streams.generator(cfg.seed, streams.MONITOR_ROWS).permutation(len(train.tokens))
     rows = np.sort(rows[: cfg.monitor_facts])
-    monitor = formats.Sequences(
-        train.tokens[rows], train.loss_mask[rows], train.value_mask[rows], train.prompt_length
-    )
-    return Task(train, monitor, np.tile(world.fact_bits(), 2)[rows])
+    return Task(train, rows_of(train, rows), np.tile(world.fact_bits(), 2)[rows])
 
 
 def answers(base_or_model, world: FactWorld, order: str, store=None) -> np.ndarray:
@@ -196,31 +187,20 @@ def train_bases(cfg: EditsConfig, mode: str, progress: bool) -> list[Base]:
         for c in cfgs
     ]
     records = run_cells(cells, progress)
-    return [
-        trained_base(c, *models[c.seed], r["train"], suite)
-        for c, r in zip(cfgs, records, strict=True)
-    ]
+    bases = []
+    for c, record in zip(cfgs, records, strict=True):
+        info = {"source": "trained", "orders": list(formats.ORDERS)}
+        info.update({name: record["train"][name] for name in TRAIN_INFO})
+        bases.append(make_base(c, make_fact_world(c.spec), *models[c.seed], info, suite))
+    return bases
 
 
-def known(cfg: RunConfig, world: FactWorld, graphdef, params) -> dict[str, np.ndarray]:
-    """{order: [n_facts] right answers} of a base model (through a store of its world if it
-    is in-tool)."""
+def make_base(cfg: RunConfig, world, graphdef, params, info: dict, suite=None) -> Base:
+    """A base model with what it answers in both phrasings (through a store of its world if
+    in-tool); its record block `info` (where it came from) gains its recall and general scores."""
     store = build_store(world) if cfg.mode == "in-tool" else None
-    return {o: answers((cfg, graphdef, params), world, o, store) for o in formats.ORDERS}
-
-
-def trained_base(cfg: RunConfig, graphdef, params, train: dict, suite: Suite | None) -> Base:
-    """A trained base: what it answers in both phrasings, and its training (a record's
-    `train` block) and general scores for the edit records."""
-    world = make_fact_world(cfg.spec)
-    right = known(cfg, world, graphdef, params)
-    info = {
-        "source": "trained",
-        "mode": cfg.mode,
-        "orders": list(formats.ORDERS),
-        **{name: train[name] for name in TRAIN_INFO},
-        "recall": {o: float(r.mean()) for o, r in right.items()},
-    }
+    right = {o: answers((cfg, graphdef, params), world, o, store) for o in formats.ORDERS}
+    info = {"mode": cfg.mode, **info, "recall": {o: float(r.mean()) for o, r in right.items()}}
     if suite is not None:
         info["general"] = general_score(graphdef, params, suite)
     return Base(cfg, world, graphdef, params, right["key-first"], info, suite)
@@ -234,14 +214,9 @@ def saved_base(run_dir: str | Path) -> Base:
     cfg, world, graphdef, params = load_run(run_dir)
     if cfg.mode == "side-memory":
         raise ValueError(f"{run_dir} is a side-memory run: edit an in-weight or in-tool run")
-    right = known(cfg, world, graphdef, params)
-    info = {
-        "source": str(run_dir),
-        "mode": cfg.mode,
-        "orders": ["key-first"],
-        "recall": {o: float(r.mean()) for o, r in right.items()},
-    }
-    return Base(cfg, world, graphdef, params, right["key-first"], info)
+    return make_base(
+        cfg, world, graphdef, params, {"source": str(run_dir), "orders": ["key-first"]}
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -327,86 +302,6 @@ def finetune_fields(
     return edit_fields(cfg, base, method, edits, outcome)
 
 
-def padded(seqs: formats.Sequences, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(tokens [size, L], valid [size]): rows past the real ones repeat row 0 and are invalid."""
-    n = len(seqs.tokens)
-    rows = np.concatenate([np.arange(n), np.zeros(size - n, np.int64)])
-    return seqs.tokens[rows], (np.arange(size) < n).astype(np.float32)
-
-
-def located_outcome(cfg: EditsConfig, base: Base, edits: edit.EditSet, method: str) -> Outcome:
-    """ROME (sequential rank-one edits, in chunks) or MEMIT (one batched least-squares edit),
-    timed after a warm-up call that compiles it; the key moments come from every prompt of
-    the base world (key-first)."""
-    wcfg = cfg.weights
-    check_editable(base.graphdef, base.params, wcfg)
-    seqs = edit.edit_sequences(base.world, edits)
-    p, v = seqs.prompt_length, base.world.spec.value_length
-    # every fact's prompt and all but its last value token: keys at each value position
-    prompts = formats.render_in_weight(base.world).tokens[:, : p + v - 1]
-    rome_layer, layers = edit_layers(base.graphdef, base.params, wcfg)
-    if method == "rome":
-        layers = (rome_layer,)
-    key_moments(base.graphdef, base.params, prompts, layers, v)  # compile
-    t0 = time.perf_counter()
-    moments = jax.block_until_ready(key_moments(base.graphdef, base.params, prompts, layers, v))
-    moments_s = time.perf_counter() - t0
-    if method == "rome":
-        size = cfg.rome_chunk
-        tokens, valid = padded(seqs, -(-edits.k // size) * size)
-        run = rome_call(base, wcfg, p, v, rome_layer, moments[0], size)
-    else:
-        size = max(16, 1 << (edits.k - 1).bit_length())
-        tokens, valid = padded(seqs, size)
-        run = memit_call(base, wcfg, p, v, layers, moments)
-    jax.block_until_ready(jax.tree.leaves(run(tokens[:size], valid[:size] * 0)))  # compile
-    t0 = time.perf_counter()
-    params = run(tokens, valid)
-    jax.block_until_ready(jax.tree.leaves(params))
-    wall = time.perf_counter() - t0 + moments_s
-    flops = located_flops(base, edits.k, wcfg, layers, len(prompts), seqs.tokens.shape[1])
-    cost = {"wall_s": wall, "flops": flops, "moments_s": moments_s}
-    return weight_outcome(base, edits, params, cost, {"layers": list(layers)})
-
-
-def rome_call(base: Base, wcfg: WeightEditConfig, p: int, v: int, layer: int, moment, size: int):
-    """tokens, valid -> params after ROME on every row, `size` rows per compiled call."""
-
-    def run(tokens, valid):
-        params = base.params
-        for i in range(0, len(tokens), size):
-            w = rome_edits(
-                base.graphdef, params, tokens[i : i + size], valid[i : i + size], p, v, wcfg,
-                layer, moment,
-            )  # fmt: skip
-            params = replace_kernels(params, {layer: w})
-        return params
-
-    return run
-
-
-def memit_call(base: Base, wcfg: WeightEditConfig, p: int, v: int, layers, moments):
-    """tokens, valid -> params after one MEMIT edit of every valid row."""
-
-    def run(tokens, valid):
-        kernels = memit_edit(base.graphdef, base.params, tokens, valid, p, v, wcfg, layers, moments)
-        return replace_kernels(base.params, kernels)
-
-    return run
-
-
-def located_flops(base: Base, k: int, wcfg, layers, n_prompts: int, length: int) -> int:
-    """Matmul FLOPs of ROME / MEMIT: key moments over n_prompts prompts (once), value_steps
-    gradient steps per fact (3 forward passes each), keys and the solves per layer."""
-    mcfg = base.cfg.model_config()
-    hidden, width = mcfg.mlp_ratio * mcfg.width, mcfg.width
-    prompt = edit.sequence_flops(mcfg, length - 2)
-    moments = n_prompts * (prompt + 2 * hidden * hidden * len(layers))
-    values = k * wcfg.value_steps * 3 * edit.sequence_flops(mcfg, length - 2)
-    solves = len(layers) * (2 * hidden**3 + k * (prompt + 2 * hidden * hidden + 2 * hidden * width))
-    return int(moments + values + solves)
-
-
 def closed_form_outcomes(
     cfg: EditsConfig, method: str, bases: list[Base], edit_sets: list[edit.EditSet]
 ) -> list[Outcome]:
@@ -414,7 +309,12 @@ def closed_form_outcomes(
     if method in STORE_METHODS:
         kind = method.removeprefix("store-")
         return [store_outcome(b, e, kind) for b, e in zip(bases, edit_sets, strict=True)]
-    return [located_outcome(cfg, b, e, method) for b, e in zip(bases, edit_sets, strict=True)]
+    out = []
+    for base, edits in zip(bases, edit_sets, strict=True):
+        model = (base.graphdef, base.params, base.world)
+        args = (cfg.weights, cfg.rome_chunk, model, base.cfg.model_config(), edits, method)
+        out.append(weight_outcome(base, edits, *located_edit(*args)))
+    return out
 
 
 def edit_fields(
