@@ -10,7 +10,8 @@ measures and record fields (Cell). The engine
   3. trains each ensemble (train.train_models: checkpoints, resume, sharding; or the
      cells' own trainer);
   4. evaluates each model by its method (experiments/evaluate.py; a store built when the
-     method uses one) and the cell's measures, builds its record complete, once
+     method uses one; a base cell may skip this and take its model back) and the cell's
+     measures, builds its record complete, once
      (recording.py), and writes it atomically with its traces; then drops the ensemble's
      checkpoints.
 """
