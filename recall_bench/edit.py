@@ -28,7 +28,7 @@ from recall_bench.general import concat
 from recall_bench.metrics import sequence_stats
 from recall_bench.model import ModelConfig
 from recall_bench.tool import Store
-from recall_bench.train import Task, TrainConfig, TrainResult, train_models
+from recall_bench.train import Task
 from recall_bench.worlds import FactWorld
 
 GROUPS = ("same_entity", "neighbour", "other")
@@ -182,18 +182,6 @@ def finetune_task(
         copies = -(-sum(len(o.tokens) for o in old) // edits.k)
         train = concat([*old, *[edited] * copies])
     return Task(train, edited, bits)
-
-
-def finetune_edits(
-    model_cfg: ModelConfig,
-    cfg: TrainConfig,
-    tasks: list[Task],
-    seeds: list[int],
-    init_params: list,
-) -> TrainResult:
-    """Fine-tune every base model on its task (one vmapped ensemble), each stopping at its
-    first evaluation where all edited facts answer their new value (or at the budget)."""
-    return train_models(model_cfg, cfg, tasks, seeds, progress=False, init_params=init_params)
 
 
 def sequence_flops(cfg: ModelConfig, length: int) -> int:

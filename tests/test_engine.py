@@ -4,6 +4,7 @@ trainer, measures and record fields, and the identity a finished record must mat
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import numpy as np
@@ -110,3 +111,22 @@ def test_cells_of_other_configs_share_an_ensemble_and_a_model(tmp_path):
     assert "config" not in records[0] and "world" not in records[0]
     assert [r["world"]["spec"]["n_entities"] for r in records[1:]] == [16, 32]
     assert [r["train"]["late"] for r in records] == [0, 1, 1] and records[2]["train"]["steps"] == 0
+
+
+def test_a_base_cell_skips_the_method_evaluation_and_hands_back_its_model(monkeypatch):
+    monkeypatch.setattr(engine, "evaluate", lambda *args: pytest.fail("evaluated"))
+    monkeypatch.setattr(engine, "record_cost", lambda *args: pytest.fail("costed"))
+    start, models = init_model(TINY.model_config(), 7)[1], {}
+    cell = engine.Cell(
+        TINY,
+        init=lambda: start,
+        trainer=zero_steps,
+        measures=(lambda result, k, metrics: {"steps_seen": result.steps[k]},),
+        evaluate=False,
+        keep=functools.partial(engine.keep_model, models, "base"),
+    )
+    [record] = engine.run_cells([cell], progress=False)
+    assert record["metrics"] == {"steps_seen": 0} and "cost" not in record
+    graphdef, params = models["base"]
+    jax.tree.map(np.testing.assert_array_equal, params, start)
+    assert isinstance(graphdef, type(init_model(TINY.model_config(), 0)[0]))

@@ -2,8 +2,8 @@
 # Mutation testing with mutmut (`pip install -e '.[mutation]'`) of what the benchmark's numbers
 # rest on: the bits measure (metrics.py), the tool loop (decode.py; tool.py's call parsing and
 # serving, stores.py's memory-store lookup), the stopping rule (stopping.py plateaued,
-# late_gain) and degradation (the engine's fact_record, degrade.make_cell and general_measures,
-# divergences.divergence). Only the fast tests listed under
+# late_gain) and degradation (the engine's fact_record and method_evaluation, degrade.make_cell
+# and general_measures, divergences.divergence). Only the fast tests listed under
 # [tool.mutmut] in pyproject.toml run against each mutant. Not run in CI: it uses both cores
 # for up to MUTATION_MINUTES (default 25); then `mutmut results` lists the survivors and
 # `mutmut show NAME` shows one. README.md (Testing) says why each survivor is harmless.
@@ -29,6 +29,7 @@ targets=(
   "recall_bench.stopping.x_late_gain__*"
   "recall_bench.divergences.x_divergence__*"
   "recall_bench.experiments.engine.x_fact_record__*"
+  "recall_bench.experiments.engine.x_method_evaluation__*"
   "recall_bench.experiments.degrade.x_make_cell__*"
   "recall_bench.experiments.degrade.x_general_measures__*"
 )

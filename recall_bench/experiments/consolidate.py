@@ -14,6 +14,7 @@ the store, old facts kept, the tool on fresh pool entities, general ability kept
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 
@@ -28,14 +29,16 @@ from recall_bench.consolidate import (
     offline_phase,
     own_answers,
 )
+from recall_bench.experiments import engine
 from recall_bench.experiments.config import RunConfig
 from recall_bench.experiments.evaluate import evaluate
+from recall_bench.experiments.recording import world_block
 from recall_bench.formats import Sequences
 from recall_bench.model import ModelConfig, count_params
 from recall_bench.records import clean_json, new_record
 from recall_bench.tool import Store, build_store
-from recall_bench.train import Task, TrainConfig, take, train_models
-from recall_bench.worlds import FactWorld, make_fact_world, spec_fields, spec_hash
+from recall_bench.train import Task, TrainConfig, take
+from recall_bench.worlds import FactWorld, make_fact_world
 
 METHODS = ("own-answers", "true-facts")
 NEW_SEED, OLD_SEED = (
@@ -185,18 +188,32 @@ def rehearsal(cfg: ConsolidateConfig, s: Seeded, suite: general.Suite) -> list:
     ]
 
 
-def train_base(cfg: ConsolidateConfig, seeds: list[Seeded], suite, progress: bool):
-    """One base model per seed on the rehearsal mixture (shares renormalized without the new
-    facts), monitored on its old facts: the TrainResult."""
-    tasks = []
-    for s in seeds:
-        parts = [(seqs, share / (1 - cfg.new_share)) for seqs, share in rehearsal(cfg, s, suite)]
-        data = mixture(parts, cfg.rows, cfg.model_config().max_len, s.seed)
-        monitor = general.pad_to(formats.render_in_weight(s.old), cfg.model_config().max_len)
-        tasks.append(Task(data, monitor, s.old.fact_bits()))
-    return train_models(
-        cfg.model_config(), cfg.base_train_config(), tasks, [s.seed for s in seeds], progress
-    )
+def base_task(cfg: ConsolidateConfig, s: Seeded, suite: general.Suite, world=None) -> Task:
+    """A base's rows: the rehearsal mixture (shares renormalized without the new facts),
+    monitored on its old facts (`world`, the cell's run world, is not used)."""
+    parts = [(seqs, share / (1 - cfg.new_share)) for seqs, share in rehearsal(cfg, s, suite)]
+    data = mixture(parts, cfg.rows, cfg.model_config().max_len, s.seed)
+    monitor = general.pad_to(formats.render_in_weight(s.old), cfg.model_config().max_len)
+    return Task(data, monitor, s.old.fact_bits())
+
+
+def train_bases(cfg: ConsolidateConfig, seeds: list[Seeded], suite, progress: bool) -> dict:
+    """One base model per seed, trained by the cell engine as one ensemble (each the cell of
+    its seed's tool run, its record unwritten): {seed: (graphdef, params, record)}."""
+    models: dict[int, tuple] = {}
+    cells = [
+        engine.Cell(
+            cfg.tool_run(s.seed),
+            task=functools.partial(base_task, cfg, s, suite),
+            model=cfg.model_config(),
+            train=cfg.base_train_config(),
+            evaluate=False,
+            keep=functools.partial(engine.keep_model, models, s.seed),
+        )
+        for s in seeds
+    ]
+    records = engine.run_cells(cells, progress)
+    return {s.seed: (*models[s.seed], r) for s, r in zip(seeds, records, strict=True)}
 
 
 def measure(cfg: ConsolidateConfig, model: tuple, s: Seeded, world, store, suite) -> dict:
@@ -325,12 +342,7 @@ def cell_record(cfg: ConsolidateConfig, cell: Cell, trajectory: list[dict], base
         bits_per_fact=spec.bits_per_fact,
         seed=cell.seed.seed,
         config=clean_json(dataclasses.asdict(cfg)),
-        world={
-            "kind": "facts",
-            "spec": spec_fields(spec),
-            "hash": spec_hash(spec),
-            "entropy_bits": spec.entropy_bits,
-        },
+        world=world_block(spec),
         model=dataclasses.asdict(cfg.model_config()),
         params=base["params"],
         train={
@@ -354,15 +366,15 @@ def cell_record(cfg: ConsolidateConfig, cell: Cell, trajectory: list[dict], base
     )
 
 
-def base_info(cfg: ConsolidateConfig, result, k: int) -> dict:
-    """What a cell's record says of the base it started from."""
-    history = result.history[k]
+def base_info(cfg: ConsolidateConfig, record: dict) -> dict:
+    """What a cell's record says of the base it started from (the base's own record)."""
+    train = record["train"]
     return {
-        "steps": result.steps[k],
+        "steps": train["steps"],
         "lr": cfg.base_lr,
-        "wall_s": result.wall_s,
-        "final_loss": history[-1]["loss"],
-        "old_facts_monitor": history,
+        "wall_s": train["wall_s"],
+        "final_loss": train["final_loss"],
+        "old_facts_monitor": train["history"],
     }
 
 
@@ -373,19 +385,20 @@ def run_consolidation(cfg: ConsolidateConfig, progress: bool = True) -> list[dic
     suite = general.make_suite(cfg.suite, vocab)
     if progress:
         print(f"base models: seeds {cfg.seeds}, {cfg.base_steps} steps")
-    base = train_base(cfg, seeds, suite, progress)
-    bases = {s.seed: base.model(k) for k, s in enumerate(seeds)}
+    trained = train_bases(cfg, seeds, suite, progress)
+    graphdef = trained[seeds[0].seed][0]
+    bases = {seed: params for seed, (_, params, _) in trained.items()}
     cells = [
-        make_cell(cfg, method, n, s, (base.graphdef, bases[s.seed]), suite)
+        make_cell(cfg, method, n, s, (graphdef, bases[s.seed]), suite)
         for method in cfg.methods
         for n in cfg.fact_counts
         for s in seeds
     ]
     if progress:
         print(f"offline phase: {len(cells)} cells, {cfg.steps} steps, no store")
-    trajectories, wall_s = consolidate_cells(cfg, cells, base.graphdef, bases, suite, progress)
+    trajectories, wall_s = consolidate_cells(cfg, cells, graphdef, bases, suite, progress)
     params = count_params(bases[seeds[0].seed], cfg.model_config())
-    infos = {s.seed: base_info(cfg, base, k) for k, s in enumerate(seeds)}
+    infos = {seed: base_info(cfg, record) for seed, (_, _, record) in trained.items()}
     for s in seeds:
         s.pool_store.close()
     return [

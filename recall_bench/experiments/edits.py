@@ -6,6 +6,7 @@ record per (method, k, seed) with efficacy, generalization, specificity and cost
 from __future__ import annotations
 
 import dataclasses
+import functools
 import tempfile
 import time
 from pathlib import Path
@@ -15,23 +16,18 @@ import jax
 import numpy as np
 
 from recall_bench import edit, formats, streams
-from recall_bench.edit_weights import (
-    WeightEditConfig,
-    check_editable,
-    edit_layers,
-    key_moments,
-    memit_edit,
-    replace_kernels,
-    rome_edits,
-)
+from recall_bench.edit_weights import WeightEditConfig
 from recall_bench.experiments import edits_general
 from recall_bench.experiments.config import RunConfig
+from recall_bench.experiments.edits_located import located_edit
+from recall_bench.experiments.engine import Cell, keep_model, run_cells
+from recall_bench.experiments.joint import rows_of
 from recall_bench.general import Suite, SuiteConfig, concat
 from recall_bench.general import score as general_score
 from recall_bench.model import count_params
 from recall_bench.records import new_record, write_json_atomic
 from recall_bench.tool import build_store
-from recall_bench.train import Task, TrainConfig, train_models
+from recall_bench.train import Task, TrainConfig
 from recall_bench.worlds import FactWorld, make_fact_world, spec_fields, spec_hash
 
 STORE_METHODS = ("store-memory", "store-sqlite")
@@ -44,6 +40,7 @@ def method_mode(method: str) -> str:
     return "in-tool" if method in STORE_METHODS else "in-weight"
 
 
+TRAIN_INFO = ("steps", "stop_reason", "exposures_per_fact", "wall_s", "compile_s")  # of a base
 GENERAL_NOTE = "not measured: the base models learned facts only (no general suite to keep)"
 
 
@@ -149,10 +146,7 @@ def base_task(cfg: RunConfig, world: FactWorld) -> Task:
         return Task(train, monitor, np.tile(extra.fact_bits()[: len(monitor.tokens) // 2], 2))
     rows = streams.generator(cfg.seed, streams.MONITOR_ROWS).permutation(len(train.tokens))
     rows = np.sort(rows[: cfg.monitor_facts])
-    monitor = formats.Sequences(
-        train.tokens[rows], train.loss_mask[rows], train.value_mask[rows], train.prompt_length
-    )
-    return Task(train, monitor, np.tile(world.fact_bits(), 2)[rows])
+    return Task(train, rows_of(train, rows), np.tile(world.fact_bits(), 2)[rows])
 
 
 def answers(base_or_model, world: FactWorld, order: str, store=None) -> np.ndarray:
@@ -163,38 +157,53 @@ def answers(base_or_model, world: FactWorld, order: str, store=None) -> np.ndarr
     return edit.weight_answers(graphdef, params, world, order)
 
 
+def cell_task(cfg: RunConfig, suite: Suite | None, world: FactWorld) -> Task:
+    """A base's rows (base_task), mixed half and half with the general suite if it has one."""
+    task = base_task(cfg, world)
+    if suite is None:
+        return task
+    return edits_general.mixed_task(task, suite, cfg.model_config().max_len)
+
+
 def train_bases(cfg: EditsConfig, mode: str, progress: bool) -> list[Base]:
-    """One base model per seed, trained together as one ensemble on both phrasings."""
+    """One base model per seed, trained by the cell engine as one ensemble on both phrasings
+    (their records, unwritten, give what an edit record says of its base)."""
     fields = {"mode": mode}
     if mode == "in-tool":
         fields.update(steps=cfg.tool_steps, tool_train_entities=cfg.tool_train_entities)
     cfgs = [dataclasses.replace(cfg.base, seed=s, **fields) for s in cfg.seeds]
-    worlds = [make_fact_world(c.spec) for c in cfgs]
-    tasks = [base_task(c, w) for c, w in zip(cfgs, worlds, strict=True)]
     train_cfg, suite = cfgs[0].train_config(), None
     if cfg.suite is not None:
-        tasks, train_cfg, suite = edits_general.general_tasks(cfg.suite, cfgs[0], tasks)
-    result = train_models(cfgs[0].model_config(), train_cfg, tasks, list(cfg.seeds), progress)
+        train_cfg, suite = edits_general.general_training(cfg.suite, cfgs[0])
+    models: dict[int, tuple] = {}
+    cells = [
+        Cell(
+            c,
+            task=functools.partial(cell_task, c, suite),
+            train=train_cfg,
+            evaluate=False,
+            keep=functools.partial(keep_model, models, c.seed),
+        )
+        for c in cfgs
+    ]
+    records = run_cells(cells, progress)
     bases = []
-    for i, (c, w) in enumerate(zip(cfgs, worlds, strict=True)):
-        params = result.model(i)
-        store = build_store(w) if mode == "in-tool" else None
-        right = {o: answers((c, result.graphdef, params), w, o, store) for o in formats.ORDERS}
-        info = {
-            "source": "trained",
-            "mode": mode,
-            "orders": list(formats.ORDERS),
-            "steps": result.steps[i],
-            "stop_reason": result.stop_reason[i],
-            "exposures_per_fact": result.steps[i] * c.batch_size / len(tasks[i].train.tokens),
-            "wall_s": result.wall_s,
-            "compile_s": result.compile_s,
-            "recall": {o: float(r.mean()) for o, r in right.items()},
-        }
-        if suite is not None:
-            info["general"] = general_score(result.graphdef, params, suite)
-        bases.append(Base(c, w, result.graphdef, params, right["key-first"], info, suite))
+    for c, record in zip(cfgs, records, strict=True):
+        info = {"source": "trained", "orders": list(formats.ORDERS)}
+        info.update({name: record["train"][name] for name in TRAIN_INFO})
+        bases.append(make_base(c, make_fact_world(c.spec), *models[c.seed], info, suite))
     return bases
+
+
+def make_base(cfg: RunConfig, world, graphdef, params, info: dict, suite=None) -> Base:
+    """A base model with what it answers in both phrasings (through a store of its world if
+    in-tool); its record block `info` (where it came from) gains its recall and general scores."""
+    store = build_store(world) if cfg.mode == "in-tool" else None
+    right = {o: answers((cfg, graphdef, params), world, o, store) for o in formats.ORDERS}
+    info = {"mode": cfg.mode, **info, "recall": {o: float(r.mean()) for o, r in right.items()}}
+    if suite is not None:
+        info["general"] = general_score(graphdef, params, suite)
+    return Base(cfg, world, graphdef, params, right["key-first"], info, suite)
 
 
 def saved_base(run_dir: str | Path) -> Base:
@@ -205,15 +214,9 @@ def saved_base(run_dir: str | Path) -> Base:
     cfg, world, graphdef, params = load_run(run_dir)
     if cfg.mode == "side-memory":
         raise ValueError(f"{run_dir} is a side-memory run: edit an in-weight or in-tool run")
-    store = build_store(world) if cfg.mode == "in-tool" else None
-    right = {o: answers((cfg, graphdef, params), world, o, store) for o in formats.ORDERS}
-    info = {
-        "source": str(run_dir),
-        "mode": cfg.mode,
-        "orders": ["key-first"],
-        "recall": {o: float(r.mean()) for o, r in right.items()},
-    }
-    return Base(cfg, world, graphdef, params, right["key-first"], info)
+    return make_base(
+        cfg, world, graphdef, params, {"source": str(run_dir), "orders": ["key-first"]}
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,131 +261,67 @@ def weight_outcome(base: Base, edits: edit.EditSet, params, cost: dict, info: di
     return Outcome(params, right["key-first"], right["attribute-first"], cost, info)
 
 
-def finetune_outcomes(
-    cfg: EditsConfig, bases: list[Base], edit_sets: list[edit.EditSet], replay: bool
-) -> list[Outcome]:
-    """Fine-tune every seed's base on its edits (one ensemble), each stopped at its first
-    check where every edited fact answers its new value."""
-    tasks = [
-        edit.finetune_task(b.world, e, replay, b.suite and b.suite.train)
-        for b, e in zip(bases, edit_sets, strict=True)
-    ]
-    model_cfg, train_cfg = bases[0].cfg.model_config(), cfg.train_config()
-    result = edit.finetune_edits(
-        model_cfg, train_cfg, tasks, [b.cfg.seed for b in bases], [b.params for b in bases]
-    )
-    length = tasks[0].train.tokens.shape[1] - 1
-    out = []
-    for i, (base, edits) in enumerate(zip(bases, edit_sets, strict=True)):
-        steps = result.steps[i]
-        flops = 3 * steps * train_cfg.batch_size * edit.sequence_flops(model_cfg, length)
-        info = {
-            "steps": steps,
-            "stop_reason": result.stop_reason[i],
-            "passed": result.stop_reason[i] == "recall",
-            "history": result.history[i],
-        }
-        cost = {"wall_s": result.wall_s / len(bases), "flops": flops, "ensemble": len(bases)}
-        out.append(weight_outcome(base, edits, result.model(i), cost, info))
-    return out
+def finetune_cells(
+    cfg: EditsConfig, method: str, bases: list[Base], edit_sets: list[edit.EditSet]
+) -> list[dict]:
+    """Fine-tune every seed's base on its edits: engine cells trained as one ensemble, each
+    stopped at its first check where every edited fact answers its new value; their records."""
+    cells = []
+    for base, edits in zip(bases, edit_sets, strict=True):
+        general = base.suite and base.suite.train
+        task = edit.finetune_task(base.world, edits, method == "finetune-replay", general)
+        cells.append(
+            Cell(
+                base.cfg,
+                task=lambda world, task=task: task,  # made from the base's world above
+                train=cfg.train_config(),
+                init=lambda base=base: base.params,
+                fields=functools.partial(finetune_fields, cfg, method, base, edits, task),
+                evaluate=False,
+            )
+        )
+    return run_cells(cells, progress=False)
 
 
-def padded(seqs: formats.Sequences, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(tokens [size, L], valid [size]): rows past the real ones repeat row 0 and are invalid."""
-    n = len(seqs.tokens)
-    rows = np.concatenate([np.arange(n), np.zeros(size - n, np.int64)])
-    return seqs.tokens[rows], (np.arange(size) < n).astype(np.float32)
+def finetune_fields(
+    cfg: EditsConfig, method: str, base: Base, edits: edit.EditSet, task: Task, result, k: int
+) -> dict:
+    """The edit record's fields of fine-tuned model k (the engine adds its `train` block)."""
+    steps, model_cfg, train_cfg = result.steps[k], base.cfg.model_config(), cfg.train_config()
+    length = task.train.tokens.shape[1] - 1
+    flops = 3 * steps * train_cfg.batch_size * edit.sequence_flops(model_cfg, length)
+    info = {
+        "steps": steps,
+        "stop_reason": result.stop_reason[k],
+        "passed": result.stop_reason[k] == "recall",
+        "history": result.history[k],
+    }
+    n = len(result.steps)
+    cost = {"wall_s": result.wall_s / n, "flops": flops, "ensemble": n}
+    outcome = weight_outcome(base, edits, result.model(k), cost, info)
+    return edit_fields(cfg, base, method, edits, outcome)
 
 
-def located_outcome(cfg: EditsConfig, base: Base, edits: edit.EditSet, method: str) -> Outcome:
-    """ROME (sequential rank-one edits, in chunks) or MEMIT (one batched least-squares edit),
-    timed after a warm-up call that compiles it; the key moments come from every prompt of
-    the base world (key-first)."""
-    wcfg = cfg.weights
-    check_editable(base.graphdef, base.params, wcfg)
-    seqs = edit.edit_sequences(base.world, edits)
-    p, v = seqs.prompt_length, base.world.spec.value_length
-    # every fact's prompt and all but its last value token: keys at each value position
-    prompts = formats.render_in_weight(base.world).tokens[:, : p + v - 1]
-    rome_layer, layers = edit_layers(base.graphdef, base.params, wcfg)
-    if method == "rome":
-        layers = (rome_layer,)
-    key_moments(base.graphdef, base.params, prompts, layers, v)  # compile
-    t0 = time.perf_counter()
-    moments = jax.block_until_ready(key_moments(base.graphdef, base.params, prompts, layers, v))
-    moments_s = time.perf_counter() - t0
-    if method == "rome":
-        size = cfg.rome_chunk
-        tokens, valid = padded(seqs, -(-edits.k // size) * size)
-        run = rome_call(base, wcfg, p, v, rome_layer, moments[0], size)
-    else:
-        size = max(16, 1 << (edits.k - 1).bit_length())
-        tokens, valid = padded(seqs, size)
-        run = memit_call(base, wcfg, p, v, layers, moments)
-    jax.block_until_ready(jax.tree.leaves(run(tokens[:size], valid[:size] * 0)))  # compile
-    t0 = time.perf_counter()
-    params = run(tokens, valid)
-    jax.block_until_ready(jax.tree.leaves(params))
-    wall = time.perf_counter() - t0 + moments_s
-    flops = located_flops(base, edits.k, wcfg, layers, len(prompts), seqs.tokens.shape[1])
-    cost = {"wall_s": wall, "flops": flops, "moments_s": moments_s}
-    return weight_outcome(base, edits, params, cost, {"layers": list(layers)})
-
-
-def rome_call(base: Base, wcfg: WeightEditConfig, p: int, v: int, layer: int, moment, size: int):
-    """tokens, valid -> params after ROME on every row, `size` rows per compiled call."""
-
-    def run(tokens, valid):
-        params = base.params
-        for i in range(0, len(tokens), size):
-            w = rome_edits(
-                base.graphdef, params, tokens[i : i + size], valid[i : i + size], p, v, wcfg,
-                layer, moment,
-            )  # fmt: skip
-            params = replace_kernels(params, {layer: w})
-        return params
-
-    return run
-
-
-def memit_call(base: Base, wcfg: WeightEditConfig, p: int, v: int, layers, moments):
-    """tokens, valid -> params after one MEMIT edit of every valid row."""
-
-    def run(tokens, valid):
-        kernels = memit_edit(base.graphdef, base.params, tokens, valid, p, v, wcfg, layers, moments)
-        return replace_kernels(base.params, kernels)
-
-    return run
-
-
-def located_flops(base: Base, k: int, wcfg, layers, n_prompts: int, length: int) -> int:
-    """Matmul FLOPs of ROME / MEMIT: key moments over n_prompts prompts (once), value_steps
-    gradient steps per fact (3 forward passes each), keys and the solves per layer."""
-    mcfg = base.cfg.model_config()
-    hidden, width = mcfg.mlp_ratio * mcfg.width, mcfg.width
-    prompt = edit.sequence_flops(mcfg, length - 2)
-    moments = n_prompts * (prompt + 2 * hidden * hidden * len(layers))
-    values = k * wcfg.value_steps * 3 * edit.sequence_flops(mcfg, length - 2)
-    solves = len(layers) * (2 * hidden**3 + k * (prompt + 2 * hidden * hidden + 2 * hidden * width))
-    return int(moments + values + solves)
-
-
-def cell_outcomes(
+def closed_form_outcomes(
     cfg: EditsConfig, method: str, bases: list[Base], edit_sets: list[edit.EditSet]
 ) -> list[Outcome]:
-    """One method applied to every seed's base model."""
+    """A method that trains nothing (a store write, ROME, MEMIT) applied to every seed's base."""
     if method in STORE_METHODS:
         kind = method.removeprefix("store-")
         return [store_outcome(b, e, kind) for b, e in zip(bases, edit_sets, strict=True)]
-    if method.startswith("finetune"):
-        return finetune_outcomes(cfg, bases, edit_sets, method == "finetune-replay")
-    return [located_outcome(cfg, b, e, method) for b, e in zip(bases, edit_sets, strict=True)]
+    out = []
+    for base, edits in zip(bases, edit_sets, strict=True):
+        model = (base.graphdef, base.params, base.world)
+        args = (cfg.weights, cfg.rome_chunk, model, base.cfg.model_config(), edits, method)
+        out.append(weight_outcome(base, edits, *located_edit(*args)))
+    return out
 
 
-def make_edit_record(
+def edit_fields(
     cfg: EditsConfig, base: Base, method: str, edits: edit.EditSet, outcome: Outcome
 ) -> dict:
-    """The record of one (method, k, seed) cell, complete."""
+    """The fields of one (method, k, seed) cell's record: what was edited, how well, at what
+    cost, and from which base."""
     spec = base.world.spec
     edited = edit.edited_mask(base.world, edits)
     groups = edit.specificity_groups(base.world, edits)
@@ -392,7 +331,7 @@ def make_edit_record(
     per_edit["bytes_per_edit"] = outcome.cost["bytes_written"] / k
     config = dataclasses.asdict(cfg)
     config["base"] = dataclasses.asdict(base.cfg)
-    return new_record(
+    return dict(
         mode="edit",
         method=method,
         k=k,
@@ -435,11 +374,16 @@ def run_edits(
             bases[mode] = train_bases(cfg, mode, progress)
         for k in cfg.ks:
             edit_sets = [edit.choose_edits(b.world, k, b.cfg.seed) for b in bases[mode]]
-            outcomes = cell_outcomes(cfg, method, bases[mode], edit_sets)
-            for base, edits, outcome in zip(bases[mode], edit_sets, outcomes, strict=True):
-                record = make_edit_record(cfg, base, method, edits, outcome)
-                records.append(record)
-                if out_dir is not None:
-                    name = f"{method}_k{k}_seed{base.cfg.seed}.json"
-                    write_json_atomic(Path(out_dir) / "records" / name, record)
+            if method.startswith("finetune"):
+                made = finetune_cells(cfg, method, bases[mode], edit_sets)
+            else:
+                outcomes = closed_form_outcomes(cfg, method, bases[mode], edit_sets)
+                made = [
+                    new_record(**edit_fields(cfg, base, method, edits, outcome))
+                    for base, edits, outcome in zip(bases[mode], edit_sets, outcomes, strict=True)
+                ]
+            records += made
+            for record in made if out_dir is not None else ():
+                name = f"{method}_k{k}_seed{record['seed']}.json"
+                write_json_atomic(Path(out_dir) / "records" / name, record)
     return records

@@ -60,15 +60,11 @@ def mixed_task(task: Task, suite: general.Suite, width: int) -> Task:
     return Task(train, general.pad_to(task.monitor, width), task.monitor_bits)
 
 
-def general_tasks(
-    cfg: general.SuiteConfig, run: RunConfig, tasks: list[Task]
-) -> tuple[list[Task], TrainConfig, general.Suite]:
-    """(the base tasks mixed with the suite, the run's training for its whole budget (neither
-    the recall target nor the plateau stops it), the suite)."""
-    suite = make_suite(cfg, run)
-    width = run.model_config().max_len
+def general_training(cfg: general.SuiteConfig, run: RunConfig) -> tuple[TrainConfig, general.Suite]:
+    """(the run's training for its whole budget (neither the recall target nor the plateau
+    stops it), the suite the bases mix in)."""
     train = dataclasses.replace(run.train_config(), target_recall=np.inf, plateau_min_bits=np.inf)
-    return [mixed_task(t, suite, width) for t in tasks], train, suite
+    return train, make_suite(cfg, run)
 
 
 def general_block(suite: general.Suite, base_scores: dict, graphdef, params) -> dict:

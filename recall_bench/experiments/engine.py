@@ -12,8 +12,8 @@ ensemble of other configs, or share its model with cells of other configs (Cell)
      cells' own trainer);
   4. evaluates each model by its method (experiments/evaluate.py; a store built when the
      method uses one) and the cell's measures (or by its measures alone), builds its record
-     complete, once (recording.py), and writes it atomically with its traces; then drops the
-     ensemble's checkpoints.
+     complete, once (recording.py), and writes it atomically with its traces (a base cell may
+     also hand its model back); then drops the ensemble's checkpoints.
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ class Cell:
     # cells of an ensemble with equal seeds and a same tag are one model: trained once, a
     # record each (e.g. one model evaluated on worlds of several sizes)
     shares: Hashable = None
+    keep: Callable[[TrainResult, int], None] | None = None  # given model k (a base to build on)
 
     def model_config(self) -> ModelConfig:
         return self.model or self.cfg.model_config()
@@ -232,6 +233,11 @@ def run_ensemble(
     return records
 
 
+def keep_model(into: dict, key: Hashable, result: TrainResult, k: int) -> None:
+    """A Cell.keep (bound with functools.partial): model k's (graphdef, params) into into[key]."""
+    into[key] = (result.graphdef, result.model(k))
+
+
 def run_cells(
     cells: list[Cell],
     progress: bool = True,
@@ -289,6 +295,8 @@ def record_of(
     (and, with save_model, its parameters to out_dir/model, before the record that vouches
     for them)."""
     out_dir = cell.out_dir
+    if cell.keep is not None:
+        cell.keep(result, k)
     if isinstance(cell.cfg, TokenRunConfig):
         record, decoded = token_record(cell.cfg, task, result, k), None
     elif world is None or not cell.evaluate:
@@ -312,9 +320,18 @@ def fact_record(
     k: int,
     evaluation: Evaluation | None = None,
 ) -> tuple[dict, Any]:
-    """Model k's record and decoding traces: evaluated on its own world (a store of it in
-    out_dir when the method uses one) or on `evaluation`, with the cost per answer, then by
-    the cell's measures."""
+    """Model k's record and decoding traces: evaluated by its method, then by the cell's
+    measures."""
+    metrics, extra, decoded = method_evaluation(cell, world, result, k, evaluation)
+    info = None if evaluation is None else evaluation.info
+    return measured_record(cell, world, task, result, k, metrics, info, **extra), decoded
+
+
+def method_evaluation(
+    cell: Cell, world: FactWorld, result: TrainResult, k: int, evaluation: Evaluation | None
+) -> tuple[dict, dict, Any]:
+    """(metrics, record fields, decoding traces) of model k evaluated on its own world (a store
+    of it in out_dir when the method uses one) or on `evaluation`, with the cost per answer."""
     cfg, model_cfg, out_dir = cell.cfg, cell.model_config(), cell.out_dir
     graphdef, params, method = result.graphdef, result.model(k), cfg.method
     seen = (
@@ -349,8 +366,7 @@ def fact_record(
         )
         if store is not None:
             store.close()
-    info = None if evaluation is None else evaluation.info
-    return measured_record(cell, world, task, result, k, metrics, info, **extra), decoded
+    return metrics, extra, decoded
 
 
 def measured_record(

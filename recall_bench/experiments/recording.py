@@ -60,6 +60,7 @@ def make_record(
     metrics: dict,
     task: Task,
     evaluation: dict | None = None,
+    /,
     model_cfg: ModelConfig | None = None,
     train_cfg: TrainConfig | None = None,
     **extra: Any,
@@ -67,8 +68,9 @@ def make_record(
     """The record of model k of a training result, complete: `evaluation` (what was
     evaluated, when it is not the run's own world) joins the config; model_cfg and train_cfg
     (default: cfg's) say what model trained and how; `extra` adds fields such as the store
-    and the cost per answer, or replaces one (an experiment's own mode), and its `train`
-    adds to the train block. A run of no fact world (world None) has no config or world."""
+    and the cost per answer, or replaces one (an experiment's own mode; any name, `k` and
+    `metrics` too), and its `train` adds to the train block. A run of no fact world (world
+    None) has no config or world."""
     model_cfg = model_cfg or cfg.model_config()
     train = train_info(train_cfg or cfg.train_config(), result, k, task)
     spec = None if world is None else world.spec
