@@ -14,9 +14,10 @@ import recall_bench.cli.degrade as cli_degrade
 import recall_bench.cli.tool_base as cli_tool_base
 from recall_bench import formats, general
 from recall_bench.experiments.config import RunConfig
-from recall_bench.experiments.tool_base import ToolBaseConfig, first_pass, train_first_pass
+from recall_bench.experiments.tool_base import ToolBaseConfig
 from recall_bench.experiments.tool_base_run import finetune_cells, store_cells, train_bases
-from recall_bench.train import Task, stack
+from recall_bench.stopping import FirstPass
+from recall_bench.train import Task, train_models
 from recall_bench.worlds import make_fact_world
 
 TINY = ToolBaseConfig(
@@ -77,10 +78,11 @@ def test_store_write_changes_no_weight_and_answers_through_the_store(trained, tm
 
 
 def test_first_pass_stops_at_the_first_passing_evaluation(trained):
-    """Hand-made recalls that pass 0.99 first at the third evaluation (step 50), then fall and
-    pass again, stop there; recalls that never pass train to the budget (75 steps)."""
+    """train_models with a FirstPass rule: hand-made recalls that pass 0.99 first at the third
+    evaluation (step 50), then fall and pass again, stop there; recalls that never pass train
+    to the budget (75 steps)."""
     bases, _ = trained
-    graphdef, base = bases[0]["graphdef"], bases[0]["params"]
+    base = bases[0]["params"]
     world = make_fact_world(TINY.cell_config(16, 0, 1e-2).spec)
     facts = general.pad_to(formats.render(world, "in-weight"), TINY.model_config().max_len)
     task = Task(facts, facts, world.fact_bits())
@@ -93,17 +95,19 @@ def test_first_pass_stops_at_the_first_passing_evaluation(trained):
             seen[step] = leaves(params)
             return [{"recall": recalls[step // 25], "bits": 0.0}]
 
-        result = train_first_pass(graphdef, train_cfg, [task], [0], stack([base]), measure, 0.99)
+        stop = FirstPass(measure, 0.99)
+        model_cfg = TINY.model_config()
+        result = train_models(model_cfg, train_cfg, [task], [0], False, [base], first_pass=stop)
         results[name] = (result, seen)
     passed, seen = results["passes"]
     assert passed.stop_reason == ["recall"] and passed.steps == [50]
     assert [h["step"] for h in passed.history[0]] == [0, 25, 50]
-    assert first_pass(passed.history[0], 0.99)["step"] == 50
+    assert passed.history[0][0]["loss"] is None and passed.history[0][-1]["recall"] == 0.99
     for final, then in zip(leaves(passed.model(0)), seen[50], strict=True):
         np.testing.assert_array_equal(final, then[0])  # the parameters of that evaluation
     never, _ = results["never"]
     assert never.stop_reason == ["budget"] and never.steps == [75]
-    assert first_pass(never.history[0], 0.99) is None and len(never.history[0]) == 4
+    assert [h["step"] for h in never.history[0]] == [0, 25, 50, 75]
 
 
 def test_trajectory_starts_at_the_base(trained, tmp_path):

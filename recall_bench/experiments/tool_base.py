@@ -21,30 +21,19 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import time
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from recall_bench import general, streams
+from recall_bench import general
 from recall_bench.experiments import old_knowledge
 from recall_bench.experiments.config import RunConfig, make_task
 from recall_bench.experiments.joint import rows_of
 from recall_bench.formats import Sequences
 from recall_bench.metrics import bits_memorized, stats_from_logits
 from recall_bench.model import ModelConfig, apply
-from recall_bench.records import environment
-from recall_bench.train import (
-    Task,
-    TrainConfig,
-    TrainResult,
-    compiled_chunk,
-    device_data,
-    loss_columns,
-    make_optimizer,
-)
+from recall_bench.train import Task, TrainConfig
 from recall_bench.worlds import FactWorld
 
 STORE = "store-write"
@@ -293,61 +282,3 @@ def probe_measures(
         text = rows_of(probe.seqs, np.arange(probe.parts["text"].start, probe.parts["text"].stop))
         out["text_bits_per_byte"] = general.text_score(part["text"], text)["text_bits_per_byte"]
     return out
-
-
-def train_first_pass(
-    graphdef,
-    train_cfg: TrainConfig,
-    tasks: list[Task],
-    seeds: list[int],
-    init,
-    measure: Callable[[object, int], list[dict]],
-    target: float,
-) -> TrainResult:
-    """Fine-tune stacked models `init` (one per task) with train_cfg, calling measure(params,
-    step) at step 0 and every eval_every steps; each model stops at the first evaluation whose
-    "recall" reaches `target` (stop_reason "recall", its params those of that evaluation) or
-    at the budget. The history holds every evaluation a model ran to."""
-    k = len(tasks)
-    optimizer = make_optimizer(train_cfg)
-    rng = jnp.stack([jax.random.PRNGKey(s + streams.BATCH_OFFSET) for s in seeds])
-    init = jax.tree.map(jnp.copy, init)  # the compiled steps donate (consume) their inputs
-    state = [init, jax.vmap(optimizer.init)(init), rng]
-    masks = np.stack([t.train.loss_mask for t in tasks])
-    data = device_data(np.stack([t.train.tokens for t in tasks]), masks, None)
-    active = np.ones(k, bool)
-    t0 = time.perf_counter()
-    args = (*state, *data, jnp.asarray(active))
-    chunk = compiled_chunk(graphdef, optimizer, train_cfg, loss_columns(masks), None, *args)
-    compile_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    history, steps, reasons = [[] for _ in range(k)], [0] * k, ["budget"] * k
-    step, losses = 0, [None] * k
-    while True:
-        if step % train_cfg.eval_every == 0 or step >= train_cfg.budget:
-            for m, entry in enumerate(measure(state[0], step)):
-                if active[m]:
-                    history[m].append({"step": step, "loss": losses[m], **entry})
-                    steps[m] = step
-                    if passes(entry, target):
-                        reasons[m], active[m] = "recall", False
-        if not active.any() or step >= train_cfg.budget:
-            break
-        *state, out = chunk(*state, *data, jnp.asarray(active))
-        losses = [float(x) for x in np.asarray(out).mean(axis=1)]
-        step += train_cfg.steps_per_call
-    jax.block_until_ready(state[0])
-    wall = time.perf_counter() - t0
-    return TrainResult(
-        graphdef, state[0], steps, reasons, history, wall, compile_s, environment(), []
-    )
-
-
-def passes(entry: dict, target: float) -> bool:
-    """Whether an evaluation passes the recall target (the first one that does stops a cell)."""
-    return entry["recall"] >= target
-
-
-def first_pass(history: list[dict], target: float) -> dict | None:
-    """The first evaluation of a trajectory that passes the target (None: never)."""
-    return next((h for h in history if passes(h, target)), None)

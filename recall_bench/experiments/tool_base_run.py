@@ -24,13 +24,13 @@ from recall_bench.experiments.tool_base import (
     probe_measures,
     relative_change,
     replay_rows,
-    train_first_pass,
 )
 from recall_bench.identity import refuse_other
 from recall_bench.metrics import sequence_stats
 from recall_bench.model import init_model
 from recall_bench.progress import log
 from recall_bench.records import clean_json, environment, read_json, write_json_atomic
+from recall_bench.stopping import FirstPass
 from recall_bench.tool import build_store
 from recall_bench.train import Task, TrainResult, stack, train_models
 from recall_bench.worlds import make_fact_world
@@ -128,7 +128,7 @@ def make_cell(cfg: ToolBaseConfig, cell: tuple, bases: dict, suite, out: Path) -
     else:
         how = dict(
             task=functools.partial(new_facts_task, cfg, method, suite, old),
-            trainer=functools.partial(first_pass, cfg, (lr, n), suite, bases),
+            trainer=functools.partial(fine_tune, cfg, (lr, n), suite, bases),
             measures=(functools.partial(finetune_measures, cfg, base, suite, old),),
             group=(method, lr),
         )
@@ -235,11 +235,12 @@ def new_facts_task(cfg, method: str, suite, old, world) -> Task:
     return finetune_task(cfg, new, world.fact_bits(), replay)
 
 
-def first_pass(
+def fine_tune(
     cfg, cell: tuple, suite, bases, model_cfg, train_cfg, tasks, seeds, progress, init_params
 ):
-    """The seeds' bases fine-tuned as one ensemble, each evaluated on its probe at step 0 and
-    every eval_every steps and stopped at the first evaluation that passes the target."""
+    """The seeds' bases fine-tuned as one ensemble by train_models, each evaluated on its probe
+    at step 0 and every eval_every steps and stopped at the first evaluation that passes the
+    target (FirstPass)."""
     lr, n = cell
     probes, labels = [], []
     for seed in seeds:
@@ -259,8 +260,9 @@ def first_pass(
             for s, p, lab, d in zip(stats, probes, labels, dtheta, strict=True)
         ]
 
-    return train_first_pass(
-        graphdef, train_cfg, tasks, seeds, base_params, measure, cfg.target_recall
+    stop = FirstPass(measure, cfg.target_recall)
+    return train_models(
+        model_cfg, train_cfg, tasks, seeds, progress, init_params=init_params, first_pass=stop
     )
 
 
