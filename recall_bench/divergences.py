@@ -57,8 +57,28 @@ def continuation_divergence(
     own greedy continuations of the prompts (the published protocol's divergence), and
     greedy_tokens, how many continuation tokens they average over."""
     tokens, mask = greedy_continuations(base, prompts, lengths)
-    kl, tv = kl_tv(base(tokens[:, :-1]), new(tokens[:, :-1]), mask)
+    return reference_divergence((tokens, mask, base(tokens[:, :-1])), new)
+
+
+def reference_divergence(reference: tuple, new: Logits) -> dict[str, float]:
+    """continuation_divergence against a base's continuations computed once: reference =
+    (tokens, mask, the base's logits on them), for comparing many models with one base."""
+    tokens, mask, base_logits = reference
+    kl, tv = kl_tv(base_logits, new(tokens[:, :-1]), mask)
     return {"greedy_kl": kl, "greedy_tv": tv, "greedy_tokens": int(mask.sum())}
+
+
+def greedy_reference(base_graphdef: nnx.GraphDef, base_params: nnx.State, suite: Suite) -> tuple:
+    """The reference of reference_divergence: a base's greedy continuations of the suite's
+    fixed prompts, their mask and its logits on them."""
+    base = logits_of(base_graphdef, base_params)
+    tokens, mask = greedy_continuations(base, *continuation_prompts(suite))
+    return tokens, mask, base(tokens[:, :-1])
+
+
+def logits_of(graphdef: nnx.GraphDef, params: nnx.State) -> Logits:
+    """A model's next-token logits as a function of tokens."""
+    return functools.partial(_logits, graphdef, params)
 
 
 def divergence(
@@ -84,7 +104,6 @@ def divergence(
         out[f"{skill}_kl"], out[f"{skill}_tv"] = float(kl), float(tv)
     out["kl"] = float(np.mean([out[f"{s}_kl"] for s in suite.test]))
     out["tv"] = float(np.mean([out[f"{s}_tv"] for s in suite.test]))
-    base = functools.partial(_logits, base_graphdef, base_params)
-    new = functools.partial(_logits, graphdef, params)
+    base, new = logits_of(base_graphdef, base_params), logits_of(graphdef, params)
     out.update(continuation_divergence(base, new, *continuation_prompts(suite)))
     return out

@@ -11,7 +11,9 @@ decayed.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import dataclasses
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,6 +22,16 @@ from recall_bench.metrics import bits_memorized, sequence_stats
 if TYPE_CHECKING:
     from recall_bench.formats import Task
     from recall_bench.optimizer import TrainConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class FirstPass:
+    """First-pass stopping (docs/design.md §9): measure(stacked params, step) evaluates every
+    model of an ensemble at step 0 and at each check, in place of the monitor; a model stops at
+    the first evaluation whose "recall" reaches `target`, or at the budget (no plateau rule)."""
+
+    measure: Callable[[Any, int], list[dict]]  # -> one evaluation per model, with "recall"
+    target: float
 
 
 def late_gain(history: list[dict], window: float) -> float | None:

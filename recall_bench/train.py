@@ -35,7 +35,7 @@ from recall_bench.resume import (
     restore_or_start,
     training_identity,
 )
-from recall_bench.stopping import check_progress, plateaued, progress_fields
+from recall_bench.stopping import FirstPass, check_progress, plateaued, progress_fields
 
 STATE_KEYS = ("params", "opt_state", "rng")  # the loop state, in make_train_chunk's order
 
@@ -182,9 +182,12 @@ def train_models(
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     checkpoint_every_s: float = 30.0,
+    first_pass: FirstPass | None = None,
 ) -> TrainResult:
     """Train one model per task (same shapes), all in one vmapped compiled loop, starting
-    from init_params (one per task) or a fresh initialization from each seed.
+    from init_params (one per task) or a fresh initialization from each seed. Each model stops
+    on its monitor's recall target, a plateau or the budget, or, with first_pass, at its first
+    evaluation (step 0 included) that passes first_pass's target.
 
     With checkpoint_dir, the whole loop state is saved at progress checks (at most every
     checkpoint_every_s seconds) and when SIGINT or SIGTERM arrives; resume=True continues
@@ -228,7 +231,7 @@ def train_models(
             state, meta = restore_or_start(checkpoints, checkpoint_dir, state, meta, resume)
         return train_loop(
             graphdef, optimizer, cfg, tasks, state, meta, progress, checkpoints,
-            checkpoint_every_s, interrupts,
+            checkpoint_every_s, interrupts, first_pass,
         )  # fmt: skip
 
 
@@ -243,6 +246,7 @@ def train_loop(
     checkpoints: Checkpoints | None,
     checkpoint_every_s: float,
     interrupts: list[int],
+    first_pass: FirstPass | None = None,
 ) -> TrainResult:
     """Run compiled chunks until every model has stopped (stop_decisions), saving the loop
     state to `checkpoints` now and then, and before leaving on an interrupt."""
@@ -250,6 +254,13 @@ def train_loop(
     state, data, chunk, on_device, compile_s = compile_loop(
         graphdef, optimizer, cfg, tasks, state, active
     )
+
+    def decide(losses) -> None:
+        params = gathered(state["params"])
+        stop_decisions(graphdef, params, tasks, cfg, meta, losses, active, first_pass)
+
+    if first_pass is not None and meta["step"] == 0:
+        decide(None)  # the start is evaluated too
     bar = Progress(cfg.budget, meta["step"], "train", progress)
     t0 = time.perf_counter() - meta["wall_s"]
     last_save = time.perf_counter()
@@ -268,8 +279,7 @@ def train_loop(
         check_finite(losses[active], meta["step"], checkpoints)
         fields = None
         if meta["step"] % cfg.eval_every == 0 or meta["step"] >= cfg.budget:
-            params = gathered(state["params"])
-            stop_decisions(graphdef, params, tasks, cfg, meta, losses, active)
+            decide(losses)
             shown = int(np.flatnonzero(active)[0]) if active.any() else 0
             if progress:
                 fields = progress_fields(meta["history"][shown], cfg, tasks[shown])
@@ -343,19 +353,34 @@ def check_finite(losses: np.ndarray, step: int, checkpoints: Checkpoints | None)
 
 
 def stop_decisions(
-    graphdef, params, tasks: list[Task], cfg: TrainConfig, meta: dict, losses, active
+    graphdef,
+    params,
+    tasks: list[Task],
+    cfg: TrainConfig,
+    meta: dict,
+    losses,
+    active,
+    first_pass: FirstPass | None = None,
 ) -> None:
-    """A progress check of every active model: record it in meta's history and stop the
-    model (in `active`) on the recall target, a plateau, or the end of the budget."""
+    """A progress check of every active model (losses None: before the first step): record it
+    in meta's history and stop the model (in `active`) on the recall target, a plateau, or the
+    end of the budget; with first_pass, its evaluation and target, and no plateau rule."""
     step = meta["step"]
+    evaluations = None if first_pass is None else first_pass.measure(params, step)
+    target = cfg.target_recall if first_pass is None else first_pass.target
     for m in np.flatnonzero(active):
-        check = check_progress(graphdef, take(params, m), tasks[m])
-        check.update(step=step, loss=float(losses[m].mean()))
+        loss = None if losses is None else float(losses[m].mean())
+        if evaluations is None:
+            check = {**check_progress(graphdef, take(params, m), tasks[m]), "step": step}
+            check["loss"] = loss
+        else:
+            check = {"step": step, "loss": loss, **evaluations[m]}
         meta["history"][m].append(check)
         meta["steps"][m] = step
-        if check["recall"] >= cfg.target_recall:
+        entropy = float(tasks[m].monitor_bits.sum())
+        if check["recall"] >= target:
             meta["stop_reason"][m], active[m] = "recall", False
-        elif plateaued(meta["history"][m], cfg, float(tasks[m].monitor_bits.sum())):
+        elif first_pass is None and plateaued(meta["history"][m], cfg, entropy):
             meta["stop_reason"][m], active[m] = "plateau", False
         elif step >= cfg.budget:
             active[m] = False

@@ -79,7 +79,8 @@ def test_skill_accuracies_take_their_own_names_on_upgrade() -> None:
         assert new["metrics"][f"skill_{skill}_accuracy"] == raw["metrics"][f"{skill}_accuracy"]
         assert new_base[f"skill_{skill}_accuracy"] == base[f"{skill}_accuracy"]
         assert f"{skill}_accuracy" not in new["metrics"] and f"{skill}_loss" in new["metrics"]
-    path = RESULTS / "degradation_v2" / "tool_base" / "store-write-2048-s0" / "record.json"
+    # a tool-base store-write record as committed before its regeneration (schema 2)
+    path = Path(__file__).resolve().parent / "fixtures" / "record_v2_tool_base_store_write.json"
     raw, new = records.read_json(path), records.read_record(path)
     assert raw["schema"] == "recall_bench.record/2" and raw["train"]["steps"] == 0
     assert new["metrics"]["copy_accuracy"] == raw["metrics"]["copy_accuracy"]  # the tool's

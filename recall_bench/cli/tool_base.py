@@ -12,6 +12,7 @@ from recall_bench import general
 from recall_bench.cli.args import (
     command_of,
     memory_options,
+    non_negative_int,
     number_list,
     output_folder,
     positive_int,
@@ -30,6 +31,17 @@ def add_tool_base_arguments(p: argparse.ArgumentParser) -> None:
         "--lrs",
         type=number_list(float, None, "1e-4,3e-4,1e-3"),
         help=f"constant fine-tuning learning rates (default {d.lrs})",
+    )
+    group.add_argument(
+        "--in-tool-steps",
+        type=non_negative_int,
+        help="budget of an in-tool fine-tune on the new facts after the store write, at each "
+        f"--in-tool-lrs, first-pass stopped (default {d.in_tool_steps}: none)",
+    )
+    group.add_argument(
+        "--in-tool-lrs",
+        type=number_list(float, None, "3e-4,1e-3"),
+        help=f"constant learning rates of the in-tool fine-tune (default {d.in_tool_lrs})",
     )
     group.add_argument(
         "--old-facts",
@@ -62,6 +74,8 @@ def cmd_tool_base(args: argparse.Namespace) -> int:
         "target_recall": args.target_recall,
         "replay_fraction": args.replay_fraction,
         "seeds": args.seeds,
+        "in_tool_steps": args.in_tool_steps,
+        "in_tool_lrs": args.in_tool_lrs,
     }
     cfg = ToolBaseConfig(
         base=dataclasses.replace(d.base, **{k: v for k, v in base.items() if v is not None}),

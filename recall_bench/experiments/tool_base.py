@@ -9,7 +9,10 @@ disjoint from every evaluated world (RunConfig.protocol_pool), and its old facts
   store-write           the N new facts are written into the store: zero gradient steps,
                         recall measured by decoding with the store in the loop;
   in-weight (lr)        fine-tuning on the N new facts at a constant learning rate;
-  in-weight+replay (lr) the same, replay_fraction of the rows general data and old facts.
+  in-weight+replay (lr) the same, replay_fraction of the rows general data and old facts;
+  store-write+fine-tune (lr, optional: in_tool_steps > 0) the store write, then a short
+                        fine-tune on tool traces over the new facts' first entities (the
+                        rest held out), recall measured through the store.
 Fine-tuning is evaluated every eval_every steps, step 0 (the base) included, and stops at the
 first evaluation whose recall on the new facts passes the target, or at its budget. Each
 evaluation records the trajectory: recall and bits of the new facts, the general measures on a
@@ -21,33 +24,23 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import time
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from recall_bench import general, streams
+from recall_bench import general
 from recall_bench.experiments import old_knowledge
 from recall_bench.experiments.config import RunConfig, make_task
 from recall_bench.experiments.joint import rows_of
 from recall_bench.formats import Sequences
 from recall_bench.metrics import bits_memorized, stats_from_logits
 from recall_bench.model import ModelConfig, apply
-from recall_bench.records import environment
-from recall_bench.train import (
-    Task,
-    TrainConfig,
-    TrainResult,
-    compiled_chunk,
-    device_data,
-    loss_columns,
-    make_optimizer,
-)
+from recall_bench.train import Task, TrainConfig
 from recall_bench.worlds import FactWorld
 
 STORE = "store-write"
+TOOL_FT = "store-write+fine-tune"  # the store write, then in-tool fine-tuning on the new facts
 PROBE_BLOCK = 512  # probe rows scored at once per model
 
 
@@ -85,12 +78,14 @@ class ToolBaseConfig:
     steps: int = 300  # fine-tuning budget
     eval_every: int = 25  # steps between evaluations (a multiple of 25)
     target_recall: float = 0.99  # first-pass stop: recall on the new facts
+    in_tool_steps: int = 0  # budget of the store write's in-tool fine-tune (0: none)
+    in_tool_lrs: tuple[float, ...] = (3e-4, 1e-3)  # its constant learning rates
     replay_fraction: float = 0.5  # share of a replay mix's rows: general data and old facts
     probe_prompts: int = 32  # held-out prompts per skill scored at every evaluation
     probe_text: int = 256  # held-out text windows scored at every evaluation
 
     def __post_init__(self) -> None:
-        for name in ("fact_counts", "seeds", "lrs", "replay"):
+        for name in ("fact_counts", "seeds", "lrs", "replay", "in_tool_lrs"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.base.mode != "in-tool" or self.base.tool_train_entities < 1:
             raise ValueError(
@@ -119,6 +114,13 @@ class ToolBaseConfig:
             raise ValueError(f"seeds must be distinct and at least one, got {self.seeds}")
         if not self.lrs or min(self.lrs) <= 0:
             raise ValueError(f"learning rates must be > 0, got {self.lrs}")
+        if self.in_tool_steps < 0 or (self.in_tool_steps and not self.in_tool_lrs):
+            raise ValueError(
+                f"in_tool_steps must be >= 0 (0: no in-tool fine-tune), got {self.in_tool_steps}, "
+                "and needs at least one in-tool learning rate"
+            )
+        if self.in_tool_lrs and min(self.in_tool_lrs) <= 0:
+            raise ValueError(f"in-tool learning rates must be > 0, got {self.in_tool_lrs}")
         if self.eval_every % 25 or self.eval_every < 25:
             raise ValueError(f"eval_every must be a multiple of 25, got {self.eval_every}")
         self.cell_config(self.fact_counts[0], self.seeds[0], self.lrs[0])  # validates them
@@ -133,23 +135,28 @@ class ToolBaseConfig:
             self.base.train_config(), target_recall=math.inf, plateau_min_bits=math.inf
         )
 
-    def cell_config(self, n_facts: int, seed: int, lr: float | None) -> RunConfig:
-        """A cell's run: in-weight fine-tuning at a constant lr, or (lr None) the store-write
-        cell, in-tool through the base's protocol pool (every new fact unseen)."""
-        fine = dict(steps=self.steps, schedule="constant", warmup_steps=0)
+    def cell_config(
+        self, n_facts: int, seed: int, lr: float | None, method: str | None = None
+    ) -> RunConfig:
+        """A cell's run: fine-tuning at a constant lr (in-weight, or in-tool on the new facts'
+        first entities for TOOL_FT), or (lr None) the store-write cell, in-tool through the
+        base's protocol pool (every new fact unseen)."""
+        steps = self.in_tool_steps if method == TOOL_FT else self.steps
+        fine = dict(steps=steps, schedule="constant", warmup_steps=0)
         fine.update(eval_every=self.eval_every, n_facts=n_facts, seed=seed)
         if lr is None:
             return dataclasses.replace(self.base, **fine)
-        return dataclasses.replace(
-            self.base, mode="in-weight", tool_train_entities=0, lr=lr, **fine
-        )
+        mode = "in-tool" if method == TOOL_FT else "in-weight"
+        return dataclasses.replace(self.base, mode=mode, tool_train_entities=0, lr=lr, **fine)
 
     def methods(self) -> list[tuple[str, float | None]]:
-        """(method, lr) of every cell at a fact count: store-write, then in-weight by lr."""
+        """(method, lr) of every cell at a fact count: store-write, in-weight by lr, then the
+        store write's in-tool fine-tune by lr (with in_tool_steps)."""
         fine = [
             ("in-weight+replay" if r else "in-weight", lr) for lr in self.lrs for r in self.replay
         ]
-        return [(STORE, None), *fine]
+        tool = [(TOOL_FT, lr) for lr in self.in_tool_lrs] if self.in_tool_steps else []
+        return [(STORE, None), *fine, *tool]
 
 
 def base_task(cfg: ToolBaseConfig, seed: int, suite: general.Suite) -> Task:
@@ -293,61 +300,3 @@ def probe_measures(
         text = rows_of(probe.seqs, np.arange(probe.parts["text"].start, probe.parts["text"].stop))
         out["text_bits_per_byte"] = general.text_score(part["text"], text)["text_bits_per_byte"]
     return out
-
-
-def train_first_pass(
-    graphdef,
-    train_cfg: TrainConfig,
-    tasks: list[Task],
-    seeds: list[int],
-    init,
-    measure: Callable[[object, int], list[dict]],
-    target: float,
-) -> TrainResult:
-    """Fine-tune stacked models `init` (one per task) with train_cfg, calling measure(params,
-    step) at step 0 and every eval_every steps; each model stops at the first evaluation whose
-    "recall" reaches `target` (stop_reason "recall", its params those of that evaluation) or
-    at the budget. The history holds every evaluation a model ran to."""
-    k = len(tasks)
-    optimizer = make_optimizer(train_cfg)
-    rng = jnp.stack([jax.random.PRNGKey(s + streams.BATCH_OFFSET) for s in seeds])
-    init = jax.tree.map(jnp.copy, init)  # the compiled steps donate (consume) their inputs
-    state = [init, jax.vmap(optimizer.init)(init), rng]
-    masks = np.stack([t.train.loss_mask for t in tasks])
-    data = device_data(np.stack([t.train.tokens for t in tasks]), masks, None)
-    active = np.ones(k, bool)
-    t0 = time.perf_counter()
-    args = (*state, *data, jnp.asarray(active))
-    chunk = compiled_chunk(graphdef, optimizer, train_cfg, loss_columns(masks), None, *args)
-    compile_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    history, steps, reasons = [[] for _ in range(k)], [0] * k, ["budget"] * k
-    step, losses = 0, [None] * k
-    while True:
-        if step % train_cfg.eval_every == 0 or step >= train_cfg.budget:
-            for m, entry in enumerate(measure(state[0], step)):
-                if active[m]:
-                    history[m].append({"step": step, "loss": losses[m], **entry})
-                    steps[m] = step
-                    if passes(entry, target):
-                        reasons[m], active[m] = "recall", False
-        if not active.any() or step >= train_cfg.budget:
-            break
-        *state, out = chunk(*state, *data, jnp.asarray(active))
-        losses = [float(x) for x in np.asarray(out).mean(axis=1)]
-        step += train_cfg.steps_per_call
-    jax.block_until_ready(state[0])
-    wall = time.perf_counter() - t0
-    return TrainResult(
-        graphdef, state[0], steps, reasons, history, wall, compile_s, environment(), []
-    )
-
-
-def passes(entry: dict, target: float) -> bool:
-    """Whether an evaluation passes the recall target (the first one that does stops a cell)."""
-    return entry["recall"] >= target
-
-
-def first_pass(history: list[dict], target: float) -> dict | None:
-    """The first evaluation of a trajectory that passes the target (None: never)."""
-    return next((h for h in history if passes(h, target)), None)

@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 
 from recall_bench import general, tables
-from recall_bench.experiments.tool_base import STORE, ToolBaseConfig
+from recall_bench.experiments.tool_base import STORE, TOOL_FT, ToolBaseConfig
 from recall_bench.experiments.tool_base_run import sweep_cells
 from recall_bench.plots import plt, save
 from recall_bench.records import clean_json, environment, write_json_atomic
 
 SUMMARY_KEYS = (
     "recall",
+    "recall_unseen",
     "bits_memorized",
     "bits_delivered",
     "general_accuracy",
@@ -30,6 +31,8 @@ SUMMARY_KEYS = (
     "old_bits",
     "old_bits_kept",
     "dtheta_rel",
+    "greedy_tv",
+    "greedy_kl",
 )
 
 
@@ -89,10 +92,13 @@ def summary_rows(records: list[dict]) -> list[dict]:
 
 
 def style(method: str, lr: float | None, lrs: list) -> dict:
-    """Store-write black; in-weight one colour per lr, dashed with replay."""
+    """Store-write black; in-weight one colour per lr, dashed with replay; the store write's
+    in-tool fine-tune dotted, with triangles."""
     if method == STORE:
         return {"color": "k", "ls": "-", "marker": "s", "label": "store-write (0 steps)"}
     color = f"C{sorted(lrs).index(lr)}"
+    if method == TOOL_FT:
+        return {"color": color, "ls": ":", "marker": "^", "label": f"{method}, lr {lr:g}"}
     ls = "--" if method.endswith("+replay") else "-"
     return {"color": color, "ls": ls, "marker": "o", "label": f"{method}, lr {lr:g}"}
 
@@ -152,7 +158,7 @@ def plot_trajectories(cfg: ToolBaseConfig, records: list[dict], path: Path) -> P
     counts = sorted({r["n_facts"] for r in records})
     fig, axes = plt.subplots(3, len(counts), figsize=(4 * len(counts), 9), squeeze=False)
     chance = 1.0 / (cfg.suite.distractors + 1)
-    lrs = list(cfg.lrs)
+    lrs = sorted({*cfg.lrs, *cfg.in_tool_lrs})
     for r in records:
         tb = r["tool_base"]
         if tb["method"] == STORE:
@@ -193,6 +199,7 @@ COLUMNS = (  # of the summary table: (header, row field or function of the row, 
     ("oldrec", "old_recall_kept", ".3f"),
     ("oldbit", "old_bits_kept", ".3f"),
     ("dtheta", "dtheta_rel", ".3f"),
+    ("gtv", "greedy_tv", ".4f"),  # TV on the base's own greedy continuations
 )
 
 

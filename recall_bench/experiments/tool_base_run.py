@@ -1,6 +1,7 @@
 """The tool-base protocol's cells (tool_base.py): train or load the bases, then at each fact
 count write the facts into the store (zero steps) and fine-tune them in-weight under each
-learning rate, with and without replay, every seed of a method in one vmapped ensemble; one
+learning rate, with and without replay (and, optionally, in-tool after the store write),
+every seed of a method in one vmapped ensemble; one
 record per cell and seed, trained, evaluated and recorded by the cell engine (engine.py)."""
 
 from __future__ import annotations
@@ -11,11 +12,14 @@ from pathlib import Path
 
 from recall_bench import formats, general
 from recall_bench.checkpoint import load_params, save_params
+from recall_bench.divergences import divergence, greedy_reference, logits_of, reference_divergence
 from recall_bench.experiments import old_knowledge
+from recall_bench.experiments.config import make_task
 from recall_bench.experiments.engine import Cell, run_cells
 from recall_bench.experiments.evaluate import evaluate
 from recall_bench.experiments.tool_base import (
     STORE,
+    TOOL_FT,
     ToolBaseConfig,
     base_task,
     ensemble_stats,
@@ -24,15 +28,15 @@ from recall_bench.experiments.tool_base import (
     probe_measures,
     relative_change,
     replay_rows,
-    train_first_pass,
 )
 from recall_bench.identity import refuse_other
 from recall_bench.metrics import sequence_stats
 from recall_bench.model import init_model
 from recall_bench.progress import log
 from recall_bench.records import clean_json, environment, read_json, write_json_atomic
+from recall_bench.stopping import FirstPass
 from recall_bench.tool import build_store
-from recall_bench.train import Task, TrainResult, stack, train_models
+from recall_bench.train import Task, TrainResult, stack, take, train_models
 from recall_bench.worlds import make_fact_world
 
 
@@ -122,18 +126,18 @@ def make_cell(cfg: ToolBaseConfig, cell: tuple, bases: dict, suite, out: Path) -
     if method == STORE:
         how = dict(
             trainer=functools.partial(store_write, cfg, n, base["graphdef"]),
-            measures=(functools.partial(base_measures, cfg, base),),
+            measures=(functools.partial(base_measures, cfg, base, suite),),
             group=seed,
         )
     else:
         how = dict(
-            task=functools.partial(new_facts_task, cfg, method, suite, old),
-            trainer=functools.partial(first_pass, cfg, (lr, n), suite, bases),
+            task=functools.partial(new_facts_task, cfg, (method, lr, n), suite, old),
+            trainer=functools.partial(fine_tune, cfg, (method, lr, n), suite, bases),
             measures=(functools.partial(finetune_measures, cfg, base, suite, old),),
             group=(method, lr),
         )
     return Cell(
-        cfg.cell_config(n, seed, lr),
+        cfg.cell_config(n, seed, lr, method),
         cell_path(out, method, lr, n, seed),
         init=lambda: base["params"],
         fields=functools.partial(cell_fields, cfg, cell, base, old),
@@ -148,13 +152,14 @@ def cell_fields(cfg, cell, base, old, result: TrainResult, k: int) -> dict:
     first-pass step or None, base, config) and, in its config, how the cell trains."""
     method, lr, n, seed = cell
     reached = result.stop_reason[k] == "recall"
-    run = cfg.cell_config(n, seed, lr)
+    run = cfg.cell_config(n, seed, lr, method)
     if method == STORE:
         extra = {"general_from": "the base's scores: a store write leaves every weight unchanged"}
     else:
         share = 1.0 - cfg.replay_fraction if method.endswith("+replay") else 1.0
+        trained = run.trained_entities() * run.spec.n_attributes  # in-tool: some held out
         extra = {
-            "fact_exposures": result.steps[k] * run.batch_size * share / n,
+            "fact_exposures": result.steps[k] * run.batch_size * share / trained,
             "old_key_overlap": old_knowledge.key_overlap(old, make_fact_world(run.spec)),
             "probe": {"prompts_per_skill": cfg.probe_prompts, "text_windows": cfg.probe_text},
         }
@@ -163,7 +168,7 @@ def cell_fields(cfg, cell, base, old, result: TrainResult, k: int) -> dict:
         "lr": lr,
         "replay": method.endswith("+replay"),
         "gradient_steps": result.steps[k],
-        "budget": 0 if method == STORE else cfg.steps,
+        "budget": {STORE: 0, TOOL_FT: cfg.in_tool_steps}.get(method, cfg.steps),
         "target_recall": cfg.target_recall,
         "reached": reached,
         "first_pass_step": result.steps[k] if reached else None,
@@ -217,17 +222,31 @@ def store_write(cfg, n: int, graphdef, model_cfg, train_cfg, tasks, seeds, progr
     return TrainResult(graphdef, params, [0] * k, reasons, history, 0.0, 0.0, environment(), [])
 
 
-def base_measures(cfg, base: dict, result: TrainResult, k: int, metrics: dict) -> dict:
+def base_measures(cfg, base: dict, suite, result: TrainResult, k: int, metrics: dict) -> dict:
     """A store write's general ability and old knowledge: the base's scores (every weight is
-    the base's; the tool's copy_accuracy, answers = the store's values, stays the tool's)."""
+    the base's; the tool's copy_accuracy, answers = the store's values, stays the tool's), and
+    its divergence from the base (measured: zero)."""
     scores = base["info"]["scores"]
     out = {key: v for key, v in scores.items() if key not in metrics}
     out["dtheta_rel"] = result.history[k][-1]["dtheta_rel"]
+    out.update(divergence_from(base, result, k, suite))
     return {**out, **kept({**metrics, **out}, scores, 1.0 / (cfg.suite.distractors + 1))}
 
 
-def new_facts_task(cfg, method: str, suite, old, world) -> Task:
-    """A fine-tuning cell's rows: its new facts in-weight, with replay rows for +replay."""
+def divergence_from(base: dict, result: TrainResult, k: int, suite) -> dict[str, float]:
+    """KL and TV of model k from its base: at the suite's answer positions and on the base's
+    own greedy continuations of its fixed prompts (greedy_kl, greedy_tv)."""
+    return divergence(base["graphdef"], base["params"], result.graphdef, result.model(k), suite)
+
+
+def new_facts_task(cfg, cell: tuple, suite, old, world) -> Task:
+    """A fine-tuning cell's rows: its new facts in-weight, with replay rows for +replay; or the
+    in-tool traces of its new facts' trained entities (TOOL_FT)."""
+    method, lr, n = cell
+    if method == TOOL_FT:
+        task = make_task(cfg.cell_config(n, world.spec.seed, lr, method), world)
+        width = cfg.model_config().max_len
+        return Task(general.pad_to(task.train, width), task.monitor, task.monitor_bits)
     new = formats.render(world, "in-weight")
     replay = None
     if method.endswith("+replay"):
@@ -235,41 +254,50 @@ def new_facts_task(cfg, method: str, suite, old, world) -> Task:
     return finetune_task(cfg, new, world.fact_bits(), replay)
 
 
-def first_pass(
+def fine_tune(
     cfg, cell: tuple, suite, bases, model_cfg, train_cfg, tasks, seeds, progress, init_params
 ):
-    """The seeds' bases fine-tuned as one ensemble, each evaluated on its probe at step 0 and
-    every eval_every steps and stopped at the first evaluation that passes the target."""
-    lr, n = cell
-    probes, labels = [], []
+    """The seeds' bases fine-tuned as one ensemble by train_models, each evaluated on its probe
+    at step 0 and every eval_every steps and stopped at the first evaluation that passes the
+    target (FirstPass). The new facts are probed as trained: in-weight, or as in-tool traces
+    (TOOL_FT: teacher-forced, the store's answer in the row); greedy_tv and greedy_kl are
+    on each base's own greedy continuations of the suite's fixed prompts."""
+    method, lr, n = cell
+    probes, labels, references = [], [], []
     for seed in seeds:
         old = old_knowledge.old_world(dataclasses.replace(cfg.base, seed=seed), seed)
-        world = make_fact_world(cfg.cell_config(n, seed, lr).spec)
-        new = formats.render(world, "in-weight")
+        world = make_fact_world(cfg.cell_config(n, seed, lr, method).spec)
+        new = formats.render(world, "in-tool" if method == TOOL_FT else "in-weight")
         probes.append(make_probe(cfg, suite, old_knowledge.old_rows(old), new))
         labels.append({"old": old, "new_bits": world.fact_bits()})
+        references.append(greedy_reference(bases[seed]["graphdef"], bases[seed]["params"], suite))
     graphdef = bases[seeds[0]]["graphdef"]
     base_params = stack(init_params)
 
     def measure(params, step: int) -> list[dict]:
         stats = ensemble_stats(graphdef, params, probes)
         dtheta = relative_change(params, base_params)
-        return [
-            {**probe_measures(s, p, suite, lab), "dtheta_rel": float(d)}
-            for s, p, lab, d in zip(stats, probes, labels, dtheta, strict=True)
-        ]
+        out = []
+        for m, (s, p, lab, d) in enumerate(zip(stats, probes, labels, dtheta, strict=True)):
+            greedy = reference_divergence(references[m], logits_of(graphdef, take(params, m)))
+            greedy = {key: greedy[key] for key in ("greedy_tv", "greedy_kl")}
+            out.append({**probe_measures(s, p, suite, lab), "dtheta_rel": float(d), **greedy})
+        return out
 
-    return train_first_pass(
-        graphdef, train_cfg, tasks, seeds, base_params, measure, cfg.target_recall
+    stop = FirstPass(measure, cfg.target_recall)
+    return train_models(
+        model_cfg, train_cfg, tasks, seeds, progress, init_params=init_params, first_pass=stop
     )
 
 
 def finetune_measures(cfg, base: dict, suite, old, result: TrainResult, k: int, metrics) -> dict:
-    """A fine-tuned model's general ability, old knowledge and change from the base, and
-    what it kept of the base's."""
+    """A fine-tuned model's general ability, old knowledge, divergence and change from the
+    base, and what it kept of the base's (an in-tool model's copy_accuracy stays the tool's)."""
     graphdef, params = result.graphdef, result.model(k)
     out = {**general.score(graphdef, params, suite), **old_stats(graphdef, params, old)}
+    out = {key: v for key, v in out.items() if key not in metrics}
     out["dtheta_rel"] = result.history[k][-1]["dtheta_rel"]
+    out.update(divergence_from(base, result, k, suite))
     chance = 1.0 / (cfg.suite.distractors + 1)
     return {**out, **kept({**metrics, **out}, base["info"]["scores"], chance)}
 
@@ -277,7 +305,8 @@ def finetune_measures(cfg, base: dict, suite, old, result: TrainResult, k: int, 
 def cell_key(cfg: ToolBaseConfig | dict) -> dict:
     """What decides a cell: the config less its lists of cells (fact counts, lrs, replay)."""
     fields = clean_json(dataclasses.asdict(cfg) if isinstance(cfg, ToolBaseConfig) else cfg)
-    return {k: v for k, v in fields.items() if k not in ("fact_counts", "lrs", "replay")}
+    cells = ("fact_counts", "lrs", "replay", "in_tool_lrs")
+    return {k: v for k, v in fields.items() if k not in cells}
 
 
 def sweep_cells(cfg: ToolBaseConfig, out: Path, progress: bool, resume: bool):
