@@ -269,7 +269,8 @@ def delivered_names(metrics: dict[str, Any], names: dict[str, str] = IN_TOOL_NAM
 
 def upgrade_record(record: Record) -> Record:
     """A record as the current schema writes it: /1 as /2 (in-tool bits renamed), /2 as /3
-    (skill accuracies renamed: skill_names), and an in-tool quantization or probe record's
+    (skill accuracies renamed: skill_names), the base scores it carries with the /3 names, and
+    an in-tool quantization or probe record's
     rows with the in-tool names (they kept the held names until the rows were renamed, within
     /2). Anything else, malformed included, is returned as it is; upgrading twice changes
     nothing."""
@@ -283,6 +284,8 @@ def upgrade_record(record: Record) -> Record:
     if record.get("schema") in ("recall_bench.record/1", "recall_bench.record/2"):
         out = _skill_names_of(out)
         out["schema"] = RECORD_SCHEMA
+    for path in SKILL_SCORE_BLOCKS:  # a base saved before /3 lent its names to /3 records
+        out = _changed_at(out, path, skill_scores)
     kind = record.get("kind")
     for path in ROW_BLOCKS.get(kind, ()) if tool and isinstance(kind, str) else ():
         out = _renamed_at(out, path, IN_TOOL_ROW_NAMES)
@@ -300,16 +303,17 @@ def skill_names(holder: Any) -> Any:
     if not isinstance(holder, dict) or not isinstance(holder.get("metrics"), dict):
         return holder
     no_step = _at(holder, ("train", "steps")) == 0 and track(holder.get("mode")) == "in-tool-recall"
-    metrics = _skill_scores(holder["metrics"], keep_copy=no_step)
+    metrics = skill_scores(holder["metrics"], keep_copy=no_step)
     out = {**holder, "metrics": metrics}
     if isinstance(holder.get("better"), dict) and "copy_accuracy" not in metrics:
         out["better"] = {k: v for k, v in holder["better"].items() if k != "copy_accuracy"}
     return out
 
 
-def _skill_scores(scores: Any, keep_copy: bool = False) -> Any:
-    """Skill scores (metrics, or a base's scores) with OLD_SKILL_NAMES renamed where the suite
-    was scored; with keep_copy, copy_accuracy stays (it is the tool's)."""
+def skill_scores(scores: Any, keep_copy: bool = False) -> Any:
+    """Skill scores (metrics, or a base's scores, a saved base.json's included) with
+    OLD_SKILL_NAMES renamed where the suite was scored; with keep_copy, copy_accuracy stays (it
+    is the tool's)."""
     if not isinstance(scores, dict) or "general_accuracy" not in scores:
         return scores
     names = {k: v for k, v in OLD_SKILL_NAMES.items() if not (keep_copy and k == "copy_accuracy")}
@@ -322,7 +326,7 @@ def _skill_names_of(record: dict) -> dict:
     store write changes no weight)."""
     out = skill_names(record)
     for path in SKILL_SCORE_BLOCKS:
-        out = _changed_at(out, path, _skill_scores)
+        out = _changed_at(out, path, skill_scores)
     base, metrics = _at(out, ("tool_base", "base", "scores")), out.get("metrics")
     tools = isinstance(metrics, dict) and {"general_accuracy", "copy_accuracy"} <= set(metrics)
     if tools and isinstance(base, dict) and "skill_copy_accuracy" in base:

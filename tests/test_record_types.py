@@ -92,3 +92,18 @@ def test_skill_accuracies_take_their_own_names_on_upgrade() -> None:
     raw, new = records.read_json(path), records.read_record(path)
     assert new["metrics"]["copy_accuracy"] == raw["metrics"]["copy_accuracy"]
     assert "skill_copy_accuracy" not in new["metrics"]
+
+
+def test_a_base_saved_before_record_3_lends_todays_names() -> None:
+    """A record/3 carrying the scores of a base saved before /3 (its old skill names) reads
+    with today's names, and so does a loaded base's scores; upgrading twice changes nothing."""
+    old = {"general_accuracy": 0.5, "copy_accuracy": 0.9, "sort_accuracy": 0.2, "copy_loss": 1.0}
+    record = {"schema": records.RECORD_SCHEMA, "mode": "in-tool", "metrics": {"recall": 1.0},
+              "tool_base": {"base": {"scores": old}}}  # fmt: skip
+    new = records.upgrade_record(record)
+    assert new["tool_base"]["base"]["scores"] == {
+        "general_accuracy": 0.5, "skill_copy_accuracy": 0.9, "skill_sort_accuracy": 0.2,
+        "copy_loss": 1.0,
+    }  # fmt: skip
+    assert new["metrics"] == record["metrics"] and records.upgrade_record(new) == new
+    assert records.skill_scores({"copy_accuracy": 0.9}) == {"copy_accuracy": 0.9}  # no suite

@@ -37,7 +37,7 @@ from recall_bench.experiments.tool_cost import cost_splits, format_splits
 from recall_bench.identity import refuse_other
 from recall_bench.model import ModelConfig, add_side_memory, count_params, init_model
 from recall_bench.progress import log
-from recall_bench.records import clean_json, environment, read_json, write_json_atomic
+from recall_bench.records import clean_json, environment, read_json, skill_scores, write_json_atomic
 from recall_bench.train import Task, TrainConfig, TrainResult, train_models
 from recall_bench.worlds import FactWorld
 
@@ -187,9 +187,11 @@ def save_base(folder: str | Path, base: dict) -> None:
 def load_base(folder: str | Path, cfg: DegradeConfig, suite: general.Suite) -> dict:
     """The base model saved in folder (a ValueError if it was trained under another config).
     A base saved before the graded score existed gets it now, scored from its parameters on
-    `suite`, so that its cells' graded score kept (general.kept) is measured."""
+    `suite`, so that its cells' graded score kept (general.kept) is measured; one saved before
+    record/3 gets its skill accuracies under today's names."""
     folder = Path(folder)
     info = read_json(folder / "base.json")
+    info = {**info, "scores": skill_scores(info["scores"])}  # saved before record/3: today's names
     refuse_other(folder, "a base model", info["config"], cfg.base_key())
     graphdef, like = init_model(cfg.model_config(), cfg.seed)
     params = load_params(folder / "params", like)

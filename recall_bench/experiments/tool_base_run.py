@@ -33,7 +33,7 @@ from recall_bench.identity import refuse_other
 from recall_bench.metrics import sequence_stats
 from recall_bench.model import init_model
 from recall_bench.progress import log
-from recall_bench.records import clean_json, environment, read_json, write_json_atomic
+from recall_bench.records import clean_json, environment, read_json, skill_scores, write_json_atomic
 from recall_bench.stopping import FirstPass
 from recall_bench.tool import build_store
 from recall_bench.train import Task, TrainResult, stack, take, train_models
@@ -89,7 +89,8 @@ def bases_for(cfg: ToolBaseConfig, suite: general.Suite, out: Path, progress: bo
         graphdef, like = init_model(cfg.model_config(), 0)
         bases = {}
         for seed, folder in folders.items():
-            info = read_json(folder / "base.json")
+            info = read_json(folder / "base.json")  # saved before record/3: today's names
+            info = {**info, "scores": skill_scores(info["scores"])}
             refuse_other(folder, "a tool-base base model", info["key"], base_key(cfg))
             params = load_params(folder / "params", like)
             bases[seed] = {"graphdef": graphdef, "params": params, "info": info}
