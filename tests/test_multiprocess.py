@@ -67,6 +67,9 @@ def start(how: str, devices: int, extra: dict, out: Path) -> subprocess.Popen:
         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
         "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
     }
+    # No compilation cache (tests/conftest.py): the processes compile the same programs at the
+    # same moment, and one would read an entry the other is still writing.
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
     return subprocess.Popen(
         [sys.executable, "-c", SCRIPT, how],
         env=env,

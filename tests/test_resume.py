@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+import recall_bench.cli
+
 ARGS = [
     "--mode",
     "in-weight",
@@ -70,7 +72,7 @@ def test_sigint_saves_a_checkpoint_and_resumes_to_the_same_metrics(tmp_path, str
     assert comparable(json.loads((out / "record.json").read_text())) == comparable(straight)
 
 
-def test_killed_run_resumes_to_the_same_metrics(tmp_path, straight):
+def test_killed_run_resumes_to_the_same_metrics(tmp_path, straight, capsys):
     killed = tmp_path / "killed"
     proc = cli(killed, "--checkpoint-every", "0", wait=False)
     deadline = time.time() + 240
@@ -83,8 +85,9 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path, straight):
     proc.wait()
     assert not (killed / "record.json").exists(), "the run finished before it could be killed"
 
-    again = cli(killed)  # without --resume: refuses, names the flag
-    assert again.returncode == 2 and "--resume" in again.stderr
+    # without --resume: refuses, names the flag (in this process: it refuses before training)
+    assert recall_bench.cli.main(["run", *ARGS, "--out", str(killed)]) == 2
+    assert "--resume" in capsys.readouterr().err
 
     resumed = cli(killed, "--resume", "--checkpoint-every", "0")
     assert resumed.returncode == 0, resumed.stderr
