@@ -31,18 +31,19 @@ import numpy as np
 from recall_bench import formats, general, plots, tables
 from recall_bench.checkpoint import load_params, save_params
 from recall_bench.divergences import divergence
-from recall_bench.experiments.config import RunConfig, make_task
-from recall_bench.experiments.engine import Cell, finished, run_cells
+from recall_bench.experiments.config import BaseRunConfig, RunConfig, make_task
+from recall_bench.experiments.engine import Cell, finished, keep_model, run_cells
 from recall_bench.experiments.tool_cost import cost_splits, format_splits
 from recall_bench.identity import refuse_other
 from recall_bench.model import ModelConfig, add_side_memory, count_params, init_model
 from recall_bench.progress import log
 from recall_bench.records import clean_json, environment, read_json, skill_scores, write_json_atomic
-from recall_bench.train import Task, TrainConfig, TrainResult, train_models
+from recall_bench.train import Task, TrainConfig, TrainResult
 from recall_bench.worlds import FactWorld
 
 MODES = ("in-weight", "in-tool", "in-weight+replay", "in-tool+replay", "side-memory")
 FACT_COUNTS = (256, 1024, 4096, 16384)
+BASE_TRAIN = ("steps", "stop_reason", "final_loss", "wall_s", "compile_s")  # in base.json
 
 
 # the fact side of every cell: model shape, injection budget and lr, seed, side memory
@@ -157,24 +158,26 @@ def suite_task(suite: general.Suite, monitor_rows: int = 2048) -> Task:
 
 
 def train_base(cfg: DegradeConfig, suite: general.Suite, progress: bool = True) -> dict:
-    """Train the base model on the suite: {graphdef, params, info} (info: scores, training)."""
-    result = train_models(
-        cfg.model_config(), cfg.base_config(), [suite_task(suite)], [cfg.seed], progress
+    """Train the base model on the suite, a cell of the engine over no fact world (its record
+    unwritten: base.json is save_base's): {graphdef, params, info} (info: scores, training)."""
+    models: dict[int, tuple] = {}
+    cell = Cell(
+        BaseRunConfig(mode="base", n_facts=0, seed=cfg.seed),
+        task=lambda world: suite_task(suite),
+        model=cfg.model_config(),
+        train=cfg.base_config(),
+        evaluate=False,
+        keep=functools.partial(keep_model, models, cfg.seed),
     )
-    params = result.model(0)
+    [record] = run_cells([cell], progress)
+    graphdef, params = models[cfg.seed]
     info = {
         "config": cfg.base_key(),
         "params": count_params(params),
-        "scores": general.score(result.graphdef, params, suite),
-        "train": {
-            "steps": result.steps[0],
-            "stop_reason": result.stop_reason[0],
-            "final_loss": result.history[0][-1]["loss"],
-            "wall_s": result.wall_s,
-            "compile_s": result.compile_s,
-        },
+        "scores": general.score(graphdef, params, suite),
+        "train": {k: record["train"][k] for k in BASE_TRAIN},
     }
-    return {"graphdef": result.graphdef, "params": params, "info": info}
+    return {"graphdef": graphdef, "params": params, "info": info}
 
 
 def save_base(folder: str | Path, base: dict) -> None:

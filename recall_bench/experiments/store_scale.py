@@ -1,7 +1,7 @@
 """One in-tool model, trained once, evaluated against ever larger stores (10^4 to 10^6
 facts) on samples of entities it never saw. Tool use should make recall independent of how
 much the store holds: the model copies a key, it does not hold the facts. Each size is an
-evaluation of the one trained cell, recorded by the cell engine (engine.finish)."""
+evaluation of the one cell trained by the cell engine, recorded by it (engine.finish)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import numpy as np
 
 from recall_bench import streams, tables
 from recall_bench.experiments.config import RunConfig, make_task
-from recall_bench.experiments.engine import Evaluation, finish
+from recall_bench.experiments.engine import Cell, Evaluation, finish, run_cells
 from recall_bench.identity import refuse_other
 from recall_bench.records import read_json, write_json_atomic
-from recall_bench.train import train_models
+from recall_bench.train import TrainResult
 from recall_bench.worlds import make_fact_world
 
 SIZES = (10_000, 100_000, 1_000_000)
@@ -48,7 +48,10 @@ def run_store_scale(
             )
     world = make_fact_world(cfg.spec)
     task = make_task(cfg, world)
-    result = train_models(cfg.model_config(), cfg.train_config(), [task], [cfg.seed], progress)
+    trained: list[TrainResult] = []  # the one model, trained as a cell (its record unwritten)
+    cell = Cell(cfg, task=lambda w: task, evaluate=False, keep=lambda r, k: trained.append(r))
+    run_cells([cell], progress)
+    [result] = trained
     rows = []
     for size in sizes:
         evaluation = sample_unseen(cfg, size, sample, store_kind)

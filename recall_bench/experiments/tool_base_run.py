@@ -14,8 +14,8 @@ from recall_bench import formats, general
 from recall_bench.checkpoint import load_params, save_params
 from recall_bench.divergences import divergence, greedy_reference, logits_of, reference_divergence
 from recall_bench.experiments import old_knowledge
-from recall_bench.experiments.config import make_task
-from recall_bench.experiments.engine import Cell, run_cells
+from recall_bench.experiments.config import BaseRunConfig, make_task
+from recall_bench.experiments.engine import Cell, keep_model, run_cells
 from recall_bench.experiments.evaluate import evaluate
 from recall_bench.experiments.tool_base import (
     STORE,
@@ -53,32 +53,43 @@ def old_stats(graphdef, params, old) -> dict[str, float]:
 
 
 def train_bases(cfg: ToolBaseConfig, suite: general.Suite, progress: bool) -> dict[int, dict]:
-    """One base per seed, trained as one ensemble: {seed: {graphdef, params, info}}."""
-    tasks = [base_task(cfg, s, suite) for s in cfg.seeds]
-    model_cfg, train_cfg = cfg.model_config(), cfg.base_train_config()
-    result = train_models(model_cfg, train_cfg, tasks, list(cfg.seeds), progress)
+    """One base per seed, trained by the cell engine as one ensemble (cells over no fact world,
+    their records unwritten: base.json is bases_for's): {seed: {graphdef, params, info}}."""
+    models: dict[int, tuple] = {}
+    cells = [
+        Cell(
+            BaseRunConfig(mode="base", n_facts=0, seed=seed),
+            task=lambda world, seed=seed: base_task(cfg, seed, suite),
+            model=cfg.model_config(),
+            train=cfg.base_train_config(),
+            evaluate=False,
+            keep=functools.partial(keep_model, models, seed),
+        )
+        for seed in cfg.seeds
+    ]
     bases = {}
-    for k, seed in enumerate(cfg.seeds):
-        params = result.model(k)
+    for seed, record in zip(cfg.seeds, run_cells(cells, progress), strict=True):
+        graphdef, params = models[seed]
         old = old_knowledge.old_world(dataclasses.replace(cfg.base, seed=seed), seed)
+        train = record["train"]
         info = {
             "key": base_key(cfg),
             "seed": seed,
             "scores": {
-                **general.score(result.graphdef, params, suite),
-                **old_stats(result.graphdef, params, old),
+                **general.score(graphdef, params, suite),
+                **old_stats(graphdef, params, old),
             },
             "train": {
-                "steps": result.steps[k],
-                "final_loss": result.history[k][-1]["loss"],
-                "monitor_recall": result.history[k][-1]["recall"],
-                "wall_s": result.wall_s,
-                "compile_s": result.compile_s,
-                "ensemble_size": len(cfg.seeds),
-                "env": result.env,
+                "steps": train["steps"],
+                "final_loss": train["final_loss"],
+                "monitor_recall": train["history"][-1]["recall"],
+                "wall_s": train["wall_s"],
+                "compile_s": train["compile_s"],
+                "ensemble_size": train["ensemble_size"],
+                "env": record["env"],
             },
         }
-        bases[seed] = {"graphdef": result.graphdef, "params": params, "info": info}
+        bases[seed] = {"graphdef": graphdef, "params": params, "info": info}
     return bases
 
 
