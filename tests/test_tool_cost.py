@@ -32,3 +32,13 @@ def test_flat_damage_is_all_one_time_and_one_count_is_no_fit():
     assert split["per_1000_facts"] == pytest.approx(0.0, abs=1e-12)
     assert cost_split(rows("in-tool", lambda n: 0.1, (256,), (100,)), "in-tool") is None
     assert cost_split([], "in-tool") is None
+
+
+def test_rows_without_a_kept_ratio_are_left_out():
+    """A base that scored 0 leaves its cells no kept ratio (None): the fit skips them."""
+    made = rows("in-tool", lambda n: 0.2 + 1e-5 * n)
+    made.append({"mode": "in-tool", "n_facts": 8192, "general_accuracy_kept": None, "steps": 50})
+    split = cost_split(made, "in-tool")
+    assert split["fact_counts"] == [256, 1024, 4096] and split["one_time"] == pytest.approx(0.2)
+    none = [{**r, "general_accuracy_kept": None} for r in made]
+    assert cost_split(none, "in-tool") is None

@@ -15,9 +15,10 @@ TOOL_MODES = ("in-tool", "in-tool+replay")
 
 
 def cost_split(rows: list[dict], mode: str) -> dict | None:
-    """One mode's fit of damage against N (None with fewer than two fact counts): intercept
-    (one-time cost), slope per 1,000 facts, damage at the smallest N, the steps taken."""
-    mine = [r for r in rows if r["mode"] == mode]
+    """One mode's fit of damage against N (None with fewer than two fact counts kept, a row
+    whose base scored 0 having no kept ratio): intercept (one-time cost), slope per 1,000
+    facts, damage at the smallest N, the steps taken."""
+    mine = [r for r in rows if r["mode"] == mode and r.get("general_accuracy_kept") is not None]
     points = sorted((r["n_facts"], 1.0 - r["general_accuracy_kept"], r["steps"]) for r in mine)
     if len({p[0] for p in points}) < 2:
         return None
