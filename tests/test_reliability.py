@@ -12,6 +12,7 @@ import recall_bench.cli.degrade as cli_degrade
 import recall_bench.cli.sweep as cli_sweep
 import recall_bench.experiments.default as default
 import recall_bench.experiments.degrade as degrade
+import recall_bench.experiments.engine as engine
 import recall_bench.experiments.run as run_module
 import recall_bench.experiments.store_scale as store_scale
 import recall_bench.progress as progress_module
@@ -143,13 +144,13 @@ def test_negative_checkpoint_interval_is_refused(capsys):
 
 
 def test_store_scale_checks_sizes_before_training(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(store_scale, "train_models", lambda *a, **k: pytest.fail("trained"))
+    monkeypatch.setattr(engine, "train_models", lambda *a, **k: pytest.fail("trained"))
     assert main(["store-scale", "--sizes", "20000,5000", "--out", str(tmp_path)]) == 2
     one_line_error(capsys, "store size 5000", "above 10000")
 
 
 def test_degrade_refuses_a_cell_of_another_config_before_training(tmp_path, monkeypatch):
-    monkeypatch.setattr(degrade, "train_models", lambda *a, **k: pytest.fail("trained"))
+    monkeypatch.setattr(engine, "train_models", lambda *a, **k: pytest.fail("trained"))
     facts = dataclasses.replace(degrade.FACTS, layers=1, width=16)
     cfg = degrade.DegradeConfig(fact_counts=(64,), modes=("in-weight",), facts=facts)
     cell = tmp_path / "in-weight-64" / "record.json"
