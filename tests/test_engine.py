@@ -4,7 +4,6 @@ trainer, measures and record fields, and the identity a finished record must mat
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import numpy as np
@@ -116,17 +115,15 @@ def test_cells_of_other_configs_share_an_ensemble_and_a_model(tmp_path):
 def test_a_base_cell_skips_the_method_evaluation_and_hands_back_its_model(monkeypatch):
     monkeypatch.setattr(engine, "evaluate", lambda *args: pytest.fail("evaluated"))
     monkeypatch.setattr(engine, "record_cost", lambda *args: pytest.fail("costed"))
-    start, models = init_model(TINY.model_config(), 7)[1], {}
+    start = init_model(TINY.model_config(), 7)[1]
     cell = engine.Cell(
         TINY,
         init=lambda: start,
         trainer=zero_steps,
         measures=(lambda result, k, metrics: {"steps_seen": result.steps[k]},),
-        evaluate=False,
-        keep=functools.partial(engine.keep_model, models, "base"),
     )
-    [record] = engine.run_cells([cell], progress=False)
+    [(result, k, record)] = engine.trained_models([cell], progress=False)
     assert record["metrics"] == {"steps_seen": 0} and "cost" not in record
-    graphdef, params = models["base"]
+    graphdef, params = result.graphdef, result.model(k)
     jax.tree.map(np.testing.assert_array_equal, params, start)
     assert isinstance(graphdef, type(init_model(TINY.model_config(), 0)[0]))

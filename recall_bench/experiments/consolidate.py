@@ -200,20 +200,20 @@ def base_task(cfg: ConsolidateConfig, s: Seeded, suite: general.Suite, world=Non
 def train_bases(cfg: ConsolidateConfig, seeds: list[Seeded], suite, progress: bool) -> dict:
     """One base model per seed, trained by the cell engine as one ensemble (each the cell of
     its seed's tool run, its record unwritten): {seed: (graphdef, params, record)}."""
-    models: dict[int, tuple] = {}
     cells = [
         engine.Cell(
             cfg.tool_run(s.seed),
             task=functools.partial(base_task, cfg, s, suite),
             model=cfg.model_config(),
             train=cfg.base_train_config(),
-            evaluate=False,
-            keep=functools.partial(engine.keep_model, models, s.seed),
         )
         for s in seeds
     ]
-    records = engine.run_cells(cells, progress)
-    return {s.seed: (*models[s.seed], r) for s, r in zip(seeds, records, strict=True)}
+    models = engine.trained_models(cells, progress)
+    return {
+        s.seed: (result.graphdef, result.model(k), record)
+        for s, (result, k, record) in zip(seeds, models, strict=True)
+    }
 
 
 def measure(cfg: ConsolidateConfig, model: tuple, s: Seeded, world, store, suite) -> dict:

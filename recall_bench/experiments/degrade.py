@@ -32,7 +32,7 @@ from recall_bench import formats, general, plots, tables
 from recall_bench.checkpoint import load_params, save_params
 from recall_bench.divergences import divergence
 from recall_bench.experiments.config import BaseRunConfig, RunConfig, make_task
-from recall_bench.experiments.engine import Cell, finished, keep_model, run_cells
+from recall_bench.experiments.engine import Cell, finished, run_cells, trained_models
 from recall_bench.experiments.tool_cost import cost_splits, format_splits
 from recall_bench.identity import refuse_other
 from recall_bench.model import ModelConfig, add_side_memory, count_params, init_model
@@ -160,17 +160,14 @@ def suite_task(suite: general.Suite, monitor_rows: int = 2048) -> Task:
 def train_base(cfg: DegradeConfig, suite: general.Suite, progress: bool = True) -> dict:
     """Train the base model on the suite, a cell of the engine over no fact world (its record
     unwritten: base.json is save_base's): {graphdef, params, info} (info: scores, training)."""
-    models: dict[int, tuple] = {}
     cell = Cell(
         BaseRunConfig(mode="base", n_facts=0, seed=cfg.seed),
         task=lambda world: suite_task(suite),
         model=cfg.model_config(),
         train=cfg.base_config(),
-        evaluate=False,
-        keep=functools.partial(keep_model, models, cfg.seed),
     )
-    [record] = run_cells([cell], progress)
-    graphdef, params = models[cfg.seed]
+    [(result, k, record)] = trained_models([cell], progress)
+    graphdef, params = result.graphdef, result.model(k)
     info = {
         "config": cfg.base_key(),
         "params": count_params(params),

@@ -20,7 +20,7 @@ from recall_bench.edit_weights import WeightEditConfig
 from recall_bench.experiments import edits_general
 from recall_bench.experiments.config import RunConfig
 from recall_bench.experiments.edits_located import located_edit
-from recall_bench.experiments.engine import Cell, keep_model, run_cells
+from recall_bench.experiments.engine import Cell, run_cells, trained_models
 from recall_bench.experiments.joint import rows_of
 from recall_bench.general import Suite, SuiteConfig, concat
 from recall_bench.general import score as general_score
@@ -175,23 +175,13 @@ def train_bases(cfg: EditsConfig, mode: str, progress: bool) -> list[Base]:
     train_cfg, suite = cfgs[0].train_config(), None
     if cfg.suite is not None:
         train_cfg, suite = edits_general.general_training(cfg.suite, cfgs[0])
-    models: dict[int, tuple] = {}
-    cells = [
-        Cell(
-            c,
-            task=functools.partial(cell_task, c, suite),
-            train=train_cfg,
-            evaluate=False,
-            keep=functools.partial(keep_model, models, c.seed),
-        )
-        for c in cfgs
-    ]
-    records = run_cells(cells, progress)
+    cells = [Cell(c, task=functools.partial(cell_task, c, suite), train=train_cfg) for c in cfgs]
     bases = []
-    for c, record in zip(cfgs, records, strict=True):
+    for c, (result, k, record) in zip(cfgs, trained_models(cells, progress), strict=True):
         info = {"source": "trained", "orders": list(formats.ORDERS)}
         info.update({name: record["train"][name] for name in TRAIN_INFO})
-        bases.append(make_base(c, make_fact_world(c.spec), *models[c.seed], info, suite))
+        model = (result.graphdef, result.model(k))
+        bases.append(make_base(c, make_fact_world(c.spec), *model, info, suite))
     return bases
 
 

@@ -19,6 +19,7 @@ ensemble of other configs, or share its model with cells of other configs (Cell)
 from __future__ import annotations
 
 import dataclasses
+import functools
 import shutil
 import tempfile
 import time
@@ -233,9 +234,21 @@ def run_ensemble(
     return records
 
 
-def keep_model(into: dict, key: Hashable, result: TrainResult, k: int) -> None:
-    """A Cell.keep (bound with functools.partial): model k's (graphdef, params) into into[key]."""
-    into[key] = (result.graphdef, result.model(k))
+def trained_models(cells: list[Cell], progress: bool = True) -> list[tuple[TrainResult, int, dict]]:
+    """Cells trained for their models (a base later cells start from, a model recorded
+    elsewhere): scored by their measures alone, records unwritten; per cell, its ensemble's
+    result, its model's index there (result.model(k)) and its record."""
+    kept: dict[int, tuple[TrainResult, int]] = {}
+
+    def keep(i: int, result: TrainResult, k: int) -> None:
+        kept[i] = (result, k)
+
+    cells = [
+        dataclasses.replace(c, out_dir=None, evaluate=False, keep=functools.partial(keep, i))
+        for i, c in enumerate(cells)
+    ]
+    records = run_cells(cells, progress)
+    return [(*kept[i], record) for i, record in enumerate(records)]
 
 
 def run_cells(

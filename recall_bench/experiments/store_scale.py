@@ -12,10 +12,9 @@ import numpy as np
 
 from recall_bench import streams, tables
 from recall_bench.experiments.config import RunConfig, make_task
-from recall_bench.experiments.engine import Cell, Evaluation, finish, run_cells
+from recall_bench.experiments.engine import Cell, Evaluation, finish, trained_models
 from recall_bench.identity import refuse_other
 from recall_bench.records import read_json, write_json_atomic
-from recall_bench.train import TrainResult
 from recall_bench.worlds import make_fact_world
 
 SIZES = (10_000, 100_000, 1_000_000)
@@ -48,10 +47,8 @@ def run_store_scale(
             )
     world = make_fact_world(cfg.spec)
     task = make_task(cfg, world)
-    trained: list[TrainResult] = []  # the one model, trained as a cell (its record unwritten)
-    cell = Cell(cfg, task=lambda w: task, evaluate=False, keep=lambda r, k: trained.append(r))
-    run_cells([cell], progress)
-    [result] = trained
+    # the one model, trained as a cell (its record unwritten), then recorded at every size
+    [(result, _, _)] = trained_models([Cell(cfg, task=lambda w: task)], progress)
     rows = []
     for size in sizes:
         evaluation = sample_unseen(cfg, size, sample, store_kind)

@@ -15,7 +15,7 @@ from recall_bench.checkpoint import load_params, save_params
 from recall_bench.divergences import divergence, greedy_reference, logits_of, reference_divergence
 from recall_bench.experiments import old_knowledge
 from recall_bench.experiments.config import BaseRunConfig, make_task
-from recall_bench.experiments.engine import Cell, keep_model, run_cells
+from recall_bench.experiments.engine import Cell, run_cells, trained_models
 from recall_bench.experiments.evaluate import evaluate
 from recall_bench.experiments.tool_base import (
     STORE,
@@ -55,21 +55,18 @@ def old_stats(graphdef, params, old) -> dict[str, float]:
 def train_bases(cfg: ToolBaseConfig, suite: general.Suite, progress: bool) -> dict[int, dict]:
     """One base per seed, trained by the cell engine as one ensemble (cells over no fact world,
     their records unwritten: base.json is bases_for's): {seed: {graphdef, params, info}}."""
-    models: dict[int, tuple] = {}
     cells = [
         Cell(
             BaseRunConfig(mode="base", n_facts=0, seed=seed),
             task=lambda world, seed=seed: base_task(cfg, seed, suite),
             model=cfg.model_config(),
             train=cfg.base_train_config(),
-            evaluate=False,
-            keep=functools.partial(keep_model, models, seed),
         )
         for seed in cfg.seeds
     ]
     bases = {}
-    for seed, record in zip(cfg.seeds, run_cells(cells, progress), strict=True):
-        graphdef, params = models[seed]
+    for seed, (result, k, record) in zip(cfg.seeds, trained_models(cells, progress), strict=True):
+        graphdef, params = result.graphdef, result.model(k)
         old = old_knowledge.old_world(dataclasses.replace(cfg.base, seed=seed), seed)
         train = record["train"]
         info = {
