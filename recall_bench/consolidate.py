@@ -6,17 +6,12 @@ trained offline with no store and with rehearsal of what it already holds.
     consolidation sequence:      BOS key ATTR | a EOS         (a: the model's answer, loss on it)
 
 A fact whose answer is not a well-formed value (wrong length, or a non-value token) gives no
-sequence: there is nothing to write into the weights. The offline phase reuses train.py's
-compiled ensemble chunk, stopping at each evaluation step to let the caller measure the models.
+sequence: there is nothing to write into the weights. The offline phase itself is cells of
+the engine (experiments/consolidate.py).
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
-
-import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -25,15 +20,6 @@ from recall_bench.decode import Decoded, greedy_decode
 from recall_bench.experiments.joint import rows_of
 from recall_bench.formats import Sequences
 from recall_bench.tool import Store
-from recall_bench.train import (
-    STATE_KEYS,
-    TrainConfig,
-    compiled_chunk,
-    device_data,
-    loss_columns,
-    make_optimizer,
-    stack,
-)
 from recall_bench.worlds import FactWorld
 
 
@@ -82,59 +68,6 @@ def mixture(parts: list[tuple[Sequences, float]], rows: int, width: int, seed: i
             order = streams.generator(seed, streams.CONSOLIDATION_ORDER, i).permutation(n)
             drawn.append(rows_of(seqs, order[np.arange(count) % n]))
     return general.pad_to(general.concat(drawn), width)
-
-
-@dataclasses.dataclass(frozen=True)
-class Checked:
-    """What the offline phase hands the caller at an evaluation: the step, the stacked
-    parameters of every model, and the mean training loss of each over the last call (nan at
-    step 0)."""
-
-    step: int
-    params: nnx.State
-    loss: np.ndarray
-
-
-def offline_phase(
-    graphdef: nnx.GraphDef,
-    start: list[nnx.State],
-    data: list[Sequences],
-    cfg: TrainConfig,
-    checks: tuple[int, ...],
-    seeds: list[int],
-    on_check: Callable[[Checked], None],
-) -> nnx.State:
-    """Train model k from start[k] on data[k] (one vmapped ensemble, train.py's compiled
-    chunk, no store anywhere) until the last of `checks`, calling on_check at each of them
-    (multiples of cfg.steps_per_call; 0 checks the start); the final stacked parameters. With
-    checks == (0,) nothing trains and the start is returned unchanged, bit for bit."""
-    if any(c % cfg.steps_per_call for c in checks):
-        raise ValueError(f"evaluation steps {checks} must be multiples of {cfg.steps_per_call}")
-    params = stack(start)
-    k, last = len(start), max(checks)
-    if 0 in checks:
-        on_check(Checked(0, params, np.full(k, np.nan)))
-    if last == 0:
-        return params
-    optimizer = make_optimizer(cfg)
-    state = {
-        "params": params,
-        "opt_state": jax.vmap(optimizer.init)(params),
-        "rng": jnp.stack(
-            [jax.random.PRNGKey(s + streams.CONSOLIDATION_BATCH_OFFSET) for s in seeds]
-        ),
-    }
-    masks = np.stack([d.loss_mask for d in data])
-    arrays = device_data(np.stack([d.tokens for d in data]), masks, None)
-    active = jnp.ones(k, bool)
-    args = (*(state[n] for n in STATE_KEYS), *arrays, active)
-    chunk = compiled_chunk(graphdef, optimizer, cfg, loss_columns(masks), None, *args)
-    for step in range(cfg.steps_per_call, last + 1, cfg.steps_per_call):
-        *new, losses = chunk(*(state[n] for n in STATE_KEYS), *arrays, active)
-        state = dict(zip(STATE_KEYS, new, strict=True))
-        if step in checks:
-            on_check(Checked(step, state["params"], np.asarray(losses).mean(axis=1)))
-    return state["params"]
 
 
 def kept_share(now: float, base: float) -> float:

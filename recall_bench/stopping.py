@@ -26,21 +26,52 @@ if TYPE_CHECKING:
 
 @dataclasses.dataclass(frozen=True)
 class FirstPass:
-    """First-pass stopping (docs/design.md §9): measure(stacked params, step) evaluates every
-    model of an ensemble at step 0 and at each check, in place of the monitor; a model stops at
-    the first evaluation whose "recall" reaches `target`, or at the budget (no plateau rule)."""
+    """Evaluations in place of the monitor (docs/design.md §9): measure(stacked params, step)
+    evaluates every model of an ensemble at step 0 and at each check (every eval_every steps,
+    or the steps `at`, the last of which ends training); a model stops at the first evaluation
+    whose "recall" reaches `target` (None: none stops early, a trajectory), or at the end (no
+    plateau rule)."""
 
-    measure: Callable[[Any, int], list[dict]]  # -> one evaluation per model, with "recall"
-    target: float
+    measure: Callable[[Any, int], list[dict]]  # -> one evaluation per model (with "recall")
+    target: float | None
+    at: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.at is not None:
+            object.__setattr__(self, "at", tuple(sorted(set(self.at))))
+            if not self.at or self.at[0] < 0:
+                raise ValueError(f"evaluation steps must be >= 0 and at least one, got {self.at}")
+
+    def check_steps(self, cfg: TrainConfig) -> None:
+        """A ValueError unless the evaluation steps fall on compiled calls within the budget."""
+        at = self.at or ()
+        if any(s % cfg.steps_per_call for s in at) or max(at, default=0) > cfg.budget:
+            raise ValueError(
+                f"evaluation steps {at} must be multiples of {cfg.steps_per_call} and at most "
+                f"the budget ({cfg.budget})"
+            )
+
+
+def is_check(step: int, cfg: TrainConfig, first_pass: FirstPass | None = None) -> bool:
+    """Whether `step` is a progress check: every eval_every steps and the budget, or a first
+    pass's own evaluation steps."""
+    if first_pass is not None and first_pass.at is not None:
+        return step in first_pass.at
+    return step % cfg.eval_every == 0 or step >= cfg.budget
+
+
+def last_step(cfg: TrainConfig, first_pass: FirstPass | None = None) -> int:
+    """The step at which training ends at the latest: the budget, or the last evaluation."""
+    return cfg.budget if first_pass is None or first_pass.at is None else first_pass.at[-1]
 
 
 def late_gain(history: list[dict], window: float) -> float | None:
     """Monitored bits gained over the last `window` share of the steps run, relative to the
     bits held now (docs/design.md §7: how far from saturation); None before there is a
-    check that far back or while no bits are held."""
+    check that far back or while no bits are held (or measured: a trajectory without them)."""
     now = history[-1]
     earlier = [h for h in history if h["step"] <= now["step"] * (1 - window)]
-    if not earlier or now["bits"] <= 0:
+    if not earlier or now.get("bits", 0.0) <= 0:
         return None
     return (now["bits"] - earlier[-1]["bits"]) / now["bits"]
 
@@ -56,7 +87,8 @@ def plateaued(history: list[dict], cfg: TrainConfig, monitor_entropy: float) -> 
     cosine schedule has decayed (plateau_after of the budget): stalls at the peak learning
     rate ended GPU capacity runs 15-20% below seeds that trained on (results/capacity_gpu)."""
     now = history[-1]
-    if not rule_applies(now["step"], cfg) or now["bits"] < cfg.plateau_min_bits * monitor_entropy:
+    held = now.get("bits", 0.0)  # a trajectory of other measures holds none
+    if not rule_applies(now["step"], cfg) or held < cfg.plateau_min_bits * monitor_entropy:
         return False
     gain = late_gain(history, cfg.plateau_window)
     return gain is not None and gain < cfg.plateau_tol

@@ -35,7 +35,14 @@ from recall_bench.resume import (
     restore_or_start,
     training_identity,
 )
-from recall_bench.stopping import FirstPass, check_progress, plateaued, progress_fields
+from recall_bench.stopping import (
+    FirstPass,
+    check_progress,
+    is_check,
+    last_step,
+    plateaued,
+    progress_fields,
+)
 
 STATE_KEYS = ("params", "opt_state", "rng")  # the loop state, in make_train_chunk's order
 
@@ -183,11 +190,13 @@ def train_models(
     resume: bool = False,
     checkpoint_every_s: float = 30.0,
     first_pass: FirstPass | None = None,
+    batch_offset: int = streams.BATCH_OFFSET,
 ) -> TrainResult:
     """Train one model per task (same shapes), all in one vmapped compiled loop, starting
-    from init_params (one per task) or a fresh initialization from each seed. Each model stops
-    on its monitor's recall target, a plateau or the budget, or, with first_pass, at its first
-    evaluation (step 0 included) that passes first_pass's target.
+    from init_params (one per task) or a fresh initialization from each seed, on batches drawn
+    by PRNGKey(seed + batch_offset). Each model stops on its monitor's recall target, a
+    plateau or the budget, or, with first_pass, at its first evaluation (step 0 included) that
+    passes first_pass's target, or at its last evaluation.
 
     With checkpoint_dir, the whole loop state is saved at progress checks (at most every
     checkpoint_every_s seconds) and when SIGINT or SIGTERM arrives; resume=True continues
@@ -203,6 +212,8 @@ def train_models(
     shapes = {t.train.tokens.shape for t in tasks}
     if len(shapes) != 1:
         raise ValueError(f"ensemble tasks must share one data shape, got {sorted(shapes)}")
+    if first_pass is not None:
+        first_pass.check_steps(cfg)
     k = len(tasks)
     graphdef, _ = init_model(model_cfg, seeds[0])
     params = stack(init_params or [init_model(model_cfg, s)[1] for s in seeds])
@@ -210,8 +221,11 @@ def train_models(
     state = {
         "params": params,
         "opt_state": jax.vmap(optimizer.init)(params),
-        "rng": jnp.stack([jax.random.PRNGKey(s + streams.BATCH_OFFSET) for s in seeds]),
+        "rng": jnp.stack([jax.random.PRNGKey(s + batch_offset) for s in seeds]),
     }
+    identity = training_identity(model_cfg, cfg, tasks, seeds, init_params)
+    if batch_offset != streams.BATCH_OFFSET:  # another batch stream: a checkpoint of another run
+        identity["batch_offset"] = batch_offset
     meta = {
         "step": 0,
         "steps": [0] * k,
@@ -221,7 +235,7 @@ def train_models(
         "wall_s": 0.0,
         "env": environment(),
         "resumes": [],
-        "identity": training_identity(model_cfg, cfg, tasks, seeds, init_params),
+        "identity": identity,
     }
     with deferred_interrupts() as interrupts, contextlib.ExitStack() as stack_:
         checkpoints = None
@@ -259,9 +273,9 @@ def train_loop(
         params = gathered(state["params"])
         stop_decisions(graphdef, params, tasks, cfg, meta, losses, active, first_pass)
 
-    if first_pass is not None and meta["step"] == 0:
+    if first_pass is not None and meta["step"] == 0 and is_check(0, cfg, first_pass):
         decide(None)  # the start is evaluated too
-    bar = Progress(cfg.budget, meta["step"], "train", progress)
+    bar = Progress(last_step(cfg, first_pass), meta["step"], "train", progress)
     t0 = time.perf_counter() - meta["wall_s"]
     last_save = time.perf_counter()
 
@@ -278,7 +292,7 @@ def train_loop(
         losses = np.asarray(gathered(losses))
         check_finite(losses[active], meta["step"], checkpoints)
         fields = None
-        if meta["step"] % cfg.eval_every == 0 or meta["step"] >= cfg.budget:
+        if is_check(meta["step"], cfg, first_pass):
             decide(losses)
             shown = int(np.flatnonzero(active)[0]) if active.any() else 0
             if progress:
@@ -364,7 +378,8 @@ def stop_decisions(
 ) -> None:
     """A progress check of every active model (losses None: before the first step): record it
     in meta's history and stop the model (in `active`) on the recall target, a plateau, or the
-    end of the budget; with first_pass, its evaluation and target, and no plateau rule."""
+    end of the budget; with first_pass, its evaluation and target (if any) and last step, and
+    no plateau rule."""
     step = meta["step"]
     evaluations = None if first_pass is None else first_pass.measure(params, step)
     target = cfg.target_recall if first_pass is None else first_pass.target
@@ -378,9 +393,9 @@ def stop_decisions(
         meta["history"][m].append(check)
         meta["steps"][m] = step
         entropy = float(tasks[m].monitor_bits.sum())
-        if check["recall"] >= target:
+        if target is not None and check["recall"] >= target:
             meta["stop_reason"][m], active[m] = "recall", False
         elif first_pass is None and plateaued(meta["history"][m], cfg, entropy):
             meta["stop_reason"][m], active[m] = "plateau", False
-        elif step >= cfg.budget:
+        elif step >= last_step(cfg, first_pass):
             active[m] = False

@@ -7,21 +7,21 @@ import jax
 import numpy as np
 import pytest
 
-from recall_bench import formats
+from recall_bench import formats, streams
 from recall_bench.cli.main import main
 from recall_bench.consolidate import (
     answer_sequences,
     bits_moved,
     kept_share,
     mixture,
-    offline_phase,
     own_answers,
 )
 from recall_bench.decode import Decoded
-from recall_bench.experiments.consolidate import ConsolidateConfig, relative
+from recall_bench.experiments.consolidate import ConsolidateConfig, relative, run_consolidation
 from recall_bench.experiments.run import RunConfig, make_task
+from recall_bench.stopping import FirstPass
 from recall_bench.tool import MemoryStore, world_facts
-from recall_bench.train import take, train_models
+from recall_bench.train import Task, train_models
 from recall_bench.worlds import make_fact_world
 
 TOOL = RunConfig(
@@ -61,21 +61,60 @@ def test_consolidation_data_are_the_models_own_answers_through_the_store(tool_mo
 
 
 def test_zero_offline_steps_leave_the_weights_unchanged_bitwise(tool_model):
-    world, graphdef, params = tool_model
-    data = [mixture([(formats.render_in_weight(world), 1.0)], 256, 20, 0)]
+    """The offline phase's training: train_models with evaluation steps and no target. At (0,)
+    it measures the start and trains nothing, bit for bit; at (0, 25) it trains to step 25 on
+    the consolidation batch stream and measures there."""
+    world, _, params = tool_model
+    data = mixture([(formats.render_in_weight(world), 1.0)], 256, 20, 0)
+    task = Task(data, data, np.full(len(data.tokens), 12.0))
     cfg = ConsolidateConfig(steps=25, batch_size=8).train_config()
     seen = []
-    same = offline_phase(graphdef, [params], data, cfg, (0,), [0], seen.append)
-    assert [c.step for c in seen] == [0]
-    for a, b in zip(jax.tree.leaves(take(same, 0)), jax.tree.leaves(params), strict=True):
+
+    def measure(stacked, step: int) -> list[dict]:
+        seen.append(step)
+        return [{"step_seen": step}]
+
+    def train(at: tuple[int, ...]):
+        return train_models(
+            TOOL.model_config(), cfg, [task], [0], False, [params],
+            first_pass=FirstPass(measure, None, at),
+            batch_offset=streams.CONSOLIDATION_BATCH_OFFSET,
+        )  # fmt: skip
+
+    same = train((0,))
+    assert seen == [0] and same.steps == [0] and same.stop_reason == ["budget"]
+    for a, b in zip(jax.tree.leaves(same.model(0)), jax.tree.leaves(params), strict=True):
         assert np.array_equal(np.asarray(a), np.asarray(b))
-    moved = offline_phase(graphdef, [params], data, cfg, (0, 25), [0], seen.append)
-    assert [c.step for c in seen] == [0, 0, 25] and np.isfinite(seen[-1].loss).all()
+    moved = train((0, 25))
+    assert seen == [0, 0, 25] and moved.steps == [25]
+    assert [h["step_seen"] for h in moved.history[0]] == [0, 25]
+    assert moved.history[0][0]["loss"] is None and np.isfinite(moved.history[0][-1]["loss"])
     changed = [
         not np.array_equal(np.asarray(a), np.asarray(b))
-        for a, b in zip(jax.tree.leaves(take(moved, 0)), jax.tree.leaves(params), strict=True)
+        for a, b in zip(jax.tree.leaves(moved.model(0)), jax.tree.leaves(params), strict=True)
     ]
     assert any(changed)
+    with pytest.raises(ValueError, match="must be multiples of 25"):
+        train((0, 10))
+
+
+def test_offline_cells_train_from_the_base_and_measure_at_each_evaluation_step():
+    """A tiny sweep end to end (the true facts: a 25-step base answers nothing well formed; no
+    general data): the offline cell is measured at its evaluation steps, its first point is its
+    own base (nothing moved), and its metrics are its last point."""
+    cfg = ConsolidateConfig(
+        fact_counts=(8,), methods=("true-facts",), old_facts=8, tool_entities=40, width=8,
+        heads=2, base_steps=25, steps=25, eval_steps=(0, 25), batch_size=16, rows=256,
+        new_share=0.5, old_share=0.25, tool_share=0.25, general_share=0.0, seeds=(0,),
+    )  # fmt: skip
+    (record,) = run_consolidation(cfg, progress=False)
+    start, last = record["trajectory"]
+    assert (start["step"], last["step"]) == (0, 25) and "general_accuracy" not in last
+    assert start["loss"] is None and np.isfinite(last["loss"]) and start["bits_moved"] == 0
+    assert record["train"]["steps"] == 25 and record["train"]["stop_reason"] == "budget"
+    assert record["metrics"] == {
+        k: v for k, v in last.items() if k != "step" and v is not None and not np.isnan(v)
+    }
 
 
 def hand_decoded(answer: np.ndarray, length: np.ndarray) -> Decoded:
@@ -144,6 +183,7 @@ def test_mixture_gives_each_part_its_share():
         (["--shares", "1,0,0,0"], "give the new facts a share in (0, 1)"),
         (["--methods", "dream"], "methods must be a non-empty subset"),
         (["--steps", "100", "--eval-steps", "0,50"], "must be >= 0 and end at --steps 100"),
+        (["--steps", "100", "--eval-steps", "0,30,100"], "must be multiples of 25"),
     ],
 )
 def test_cli_bad_input_is_one_line(argv, message, capsys, tmp_path):

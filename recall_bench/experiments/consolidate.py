@@ -21,23 +21,17 @@ import time
 import numpy as np
 
 from recall_bench import formats, general, streams
-from recall_bench.consolidate import (
-    Checked,
-    bits_moved,
-    kept_share,
-    mixture,
-    offline_phase,
-    own_answers,
-)
+from recall_bench.consolidate import bits_moved, kept_share, mixture, own_answers
 from recall_bench.experiments import engine
-from recall_bench.experiments.config import RunConfig
+from recall_bench.experiments.config import BaseRunConfig, RunConfig
 from recall_bench.experiments.evaluate import evaluate
 from recall_bench.experiments.recording import world_block
 from recall_bench.formats import Sequences
 from recall_bench.model import ModelConfig, count_params
 from recall_bench.records import clean_json, new_record
+from recall_bench.stopping import FirstPass
 from recall_bench.tool import Store, build_store
-from recall_bench.train import Task, TrainConfig, take
+from recall_bench.train import Task, TrainConfig, TrainResult, take, train_models
 from recall_bench.worlds import FactWorld, make_fact_world
 
 METHODS = ("own-answers", "true-facts")
@@ -97,7 +91,9 @@ class ConsolidateConfig:
             )
         if self.old_facts < 1 or self.tool_entities < 1:
             raise ValueError("old facts and tool entities must be >= 1")
-        self.train_config()  # validates steps, batch, lr and the evaluation steps
+        per_call = self.train_config().steps_per_call  # validates steps, batch and lr
+        if any(s % per_call for s in self.eval_steps):
+            raise ValueError(f"evaluation steps {self.eval_steps} must be multiples of {per_call}")
         self.model_config()
 
     def tool_run(self, seed: int) -> RunConfig:
@@ -296,38 +292,73 @@ def make_cell(
     return Cell(method, n_facts, s, world, store, data, taught)
 
 
+def offline_task(cfg: ConsolidateConfig, cell: Cell, world=None) -> Task:
+    """A cell's offline rows, monitored on its new facts' truth (`world`, of its run of no fact
+    world, is None)."""
+    monitor = general.pad_to(formats.render_in_weight(cell.world), cfg.model_config().max_len)
+    return Task(cell.data, monitor, cell.world.fact_bits())
+
+
+def train_offline(
+    cfg: ConsolidateConfig,
+    cells: list[Cell],
+    graphdef,
+    suite,
+    model_cfg,
+    train_cfg,
+    tasks,
+    seeds,
+    progress,
+    init_params,
+) -> TrainResult:
+    """The cells' trainer (the engine hands it their ensemble in the order of `cells`):
+    train_models from their bases on the consolidation batch stream, no store anywhere, every
+    model measured at cfg.eval_steps relative to its first measurement, up to the last of them
+    whatever the measures do."""
+    chance = 1.0 / (cfg.suite.distractors + 1)
+    first: list[list[dict]] = []
+    t0 = time.perf_counter()
+
+    def measure_all(params, step: int) -> list[dict]:
+        points = [
+            measure(cfg, (graphdef, take(params, k)), c.seed, c.world, c.store, suite)
+            for k, c in enumerate(cells)
+        ]
+        if not first:
+            first.append(points)
+        if progress:
+            done = time.perf_counter() - t0
+            print(f"  step {step:>5}  evaluated {len(cells)} models  ({done:.0f} s)")
+        return [relative(p, base, chance) for p, base in zip(points, first[0], strict=True)]
+
+    return train_models(
+        model_cfg, train_cfg, tasks, seeds, False, init_params,
+        first_pass=FirstPass(measure_all, None, cfg.eval_steps),
+        batch_offset=streams.CONSOLIDATION_BATCH_OFFSET,
+    )  # fmt: skip
+
+
 def consolidate_cells(
     cfg: ConsolidateConfig, cells: list[Cell], graphdef, bases: dict, suite, progress: bool
 ) -> tuple[list[list[dict]], float]:
-    """Train every cell from its seed's base as one ensemble; the trajectory of each (one
-    measurement per evaluation step, relative to its own step 0) and the wall seconds."""
-    chance = 1.0 / (cfg.suite.distractors + 1)
-    trajectories: list[list[dict]] = [[] for _ in cells]
+    """Train every cell from its seed's base as one ensemble of the cell engine; the trajectory
+    of each (one measurement per evaluation step, relative to its first) and the wall seconds."""
+    trainer = functools.partial(train_offline, cfg, cells, graphdef, suite)
+    runs = [
+        engine.Cell(
+            BaseRunConfig(mode=f"consolidate-{c.method}", n_facts=c.n_facts, seed=c.seed.seed),
+            task=functools.partial(offline_task, cfg, c),
+            model=cfg.model_config(),
+            train=cfg.train_config(),
+            init=lambda seed=c.seed.seed: bases[seed],
+            trainer=trainer,
+            ensemble="consolidation",
+        )
+        for c in cells
+    ]
     t0 = time.perf_counter()
-
-    def on_check(checked: Checked) -> None:
-        for k, cell in enumerate(cells):
-            model = (graphdef, take(checked.params, k))
-            point = measure(cfg, model, cell.seed, cell.world, cell.store, suite)
-            base = trajectories[k][0] if trajectories[k] else point
-            loss = float(checked.loss[k])
-            trajectories[k].append(
-                {"step": checked.step, "loss": loss, **relative(point, base, chance)}
-            )
-        if progress:
-            done = time.perf_counter() - t0
-            print(f"  step {checked.step:>5}  evaluated {len(cells)} models  ({done:.0f} s)")
-
-    offline_phase(
-        graphdef,
-        [bases[c.seed.seed] for c in cells],
-        [c.data for c in cells],
-        cfg.train_config(),
-        cfg.eval_steps,
-        [c.seed.seed for c in cells],
-        on_check,
-    )
-    return trajectories, time.perf_counter() - t0
+    trained = engine.trained_models(runs, progress)
+    return [result.history[k] for result, k, _ in trained], time.perf_counter() - t0
 
 
 def cell_record(cfg: ConsolidateConfig, cell: Cell, trajectory: list[dict], base: dict) -> dict:
@@ -360,7 +391,9 @@ def cell_record(cfg: ConsolidateConfig, cell: Cell, trajectory: list[dict], base
         },
         consolidation={"method": cell.method, "data": cell.taught, "store": "none"},
         # the last evaluation; a share of nothing (nan: the base had none) only in the trajectory
-        metrics={k: v for k, v in final.items() if k != "step" and not math.isnan(v)},
+        metrics={
+            k: v for k, v in final.items() if k != "step" and v is not None and not math.isnan(v)
+        },
         trajectory=trajectory,
         base=base["info"],
     )
