@@ -17,7 +17,6 @@ from flax import nnx
 
 from recall_bench import formats, general, streams
 from recall_bench.decode import Decoded, greedy_decode
-from recall_bench.experiments.joint import rows_of
 from recall_bench.formats import Sequences
 from recall_bench.tool import Store
 from recall_bench.worlds import FactWorld
@@ -36,7 +35,7 @@ def answer_sequences(world: FactWorld, decoded: Decoded) -> tuple[Sequences, np.
     kept = (decoded.answer_length == v) & ((symbols >= 0) & (symbols < spec.value_alphabet)).all(1)
     tokens = seqs.tokens.copy()
     tokens[:, p : p + v] = np.where(kept[:, None], answer, tokens[:, p : p + v])
-    return rows_of(Sequences(tokens, seqs.loss_mask, seqs.value_mask, p), kept), kept
+    return general.rows_of(Sequences(tokens, seqs.loss_mask, seqs.value_mask, p), kept), kept
 
 
 def own_answers(
@@ -66,7 +65,7 @@ def mixture(parts: list[tuple[Sequences, float]], rows: int, width: int, seed: i
         n = len(seqs.tokens)
         if count > 0:
             order = streams.generator(seed, streams.CONSOLIDATION_ORDER, i).permutation(n)
-            drawn.append(rows_of(seqs, order[np.arange(count) % n]))
+            drawn.append(general.rows_of(seqs, order[np.arange(count) % n]))
     return general.pad_to(general.concat(drawn), width)
 
 

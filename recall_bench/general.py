@@ -352,6 +352,11 @@ def pad_to(seqs: Sequences, width: int) -> Sequences:
     return Sequences(*(np.pad(getattr(seqs, f), extra) for f in _ARRAYS), seqs.prompt_length)
 
 
+def rows_of(seqs: Sequences, idx: np.ndarray) -> Sequences:
+    """The rows `idx` of a sequence set (in that order, repeats kept)."""
+    return Sequences(*(getattr(seqs, f)[idx] for f in _ARRAYS), seqs.prompt_length)
+
+
 def concat(parts: list[Sequences]) -> Sequences:
     """Rows of several sequence sets, padded to the widest."""
     width = max(p.tokens.shape[1] for p in parts)

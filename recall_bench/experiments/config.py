@@ -16,6 +16,7 @@ import dataclasses
 import numpy as np
 
 from recall_bench import formats, methods, streams
+from recall_bench.general import rows_of
 from recall_bench.methods import MODES, Method
 from recall_bench.model import ModelConfig
 from recall_bench.train import Task, TrainConfig
@@ -195,7 +196,4 @@ def make_task(cfg: RunConfig, world: FactWorld) -> Task:
     limit = cfg.train_config().monitor_facts
     rows = streams.generator(cfg.seed, streams.MONITOR_ROWS).permutation(len(train.tokens))[:limit]
     rows.sort()
-    monitor = formats.Sequences(
-        train.tokens[rows], train.loss_mask[rows], train.value_mask[rows], train.prompt_length
-    )
-    return Task(train, monitor, world.fact_bits()[rows])
+    return Task(train, rows_of(train, rows), world.fact_bits()[rows])

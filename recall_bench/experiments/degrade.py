@@ -149,12 +149,8 @@ class DegradeConfig:
 def suite_task(suite: general.Suite, monitor_rows: int = 2048) -> Task:
     """The base model's task: the whole suite; progress is watched on its first training rows
     (teacher-forced exact match; no bits, so it trains to its budget or to 100%)."""
-    seqs = suite.train
-    rows = slice(0, monitor_rows)
-    monitor = formats.Sequences(
-        seqs.tokens[rows], seqs.loss_mask[rows], seqs.value_mask[rows], seqs.prompt_length
-    )
-    return Task(seqs, monitor, np.zeros(len(monitor.tokens)))
+    monitor = general.rows_of(suite.train, np.arange(min(monitor_rows, len(suite.train.tokens))))
+    return Task(suite.train, monitor, np.zeros(len(monitor.tokens)))
 
 
 def train_base(cfg: DegradeConfig, suite: general.Suite, progress: bool = True) -> dict:
@@ -211,10 +207,7 @@ def injection_task(cfg: DegradeConfig, mode: str, world: FactWorld, suite: gener
     ratio = cfg.replay_fraction / (1.0 - cfg.replay_fraction)
     n = len(task.train.tokens)
     k = max(1, math.ceil(cfg.replay_min / (ratio * n)))
-    rows = np.arange(round(ratio * k * n)) % len(suite.train.tokens)
-    replay = formats.Sequences(
-        suite.train.tokens[rows], suite.train.loss_mask[rows], suite.train.value_mask[rows], 0
-    )
+    replay = general.rows_of(suite.train, np.arange(round(ratio * k * n)) % len(suite.train.tokens))
     train = general.concat([task.train] * k + [replay])
     return Task(train, task.monitor, task.monitor_bits)
 

@@ -21,8 +21,7 @@ from recall_bench.experiments import edits_general
 from recall_bench.experiments.config import RunConfig
 from recall_bench.experiments.edits_located import located_edit
 from recall_bench.experiments.engine import Cell, run_cells, trained_models
-from recall_bench.experiments.joint import rows_of
-from recall_bench.general import Suite, SuiteConfig, concat
+from recall_bench.general import Suite, SuiteConfig, concat, rows_of
 from recall_bench.general import score as general_score
 from recall_bench.model import count_params
 from recall_bench.records import new_record, write_json_atomic

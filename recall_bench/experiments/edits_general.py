@@ -13,8 +13,8 @@ import numpy as np
 
 from recall_bench import general
 from recall_bench.experiments.config import RunConfig
-from recall_bench.experiments.joint import rows_of
 from recall_bench.formats import Vocab
+from recall_bench.general import rows_of
 from recall_bench.train import Task, TrainConfig
 
 SCORED_TEXT = 1024  # held-out text windows scored per model (the first ones)

@@ -42,7 +42,7 @@ from recall_bench.divergences import divergence
 from recall_bench.experiments.config import BaseRunConfig, RunConfig, make_task
 from recall_bench.experiments.engine import Cell, finished, run_cells
 from recall_bench.experiments.evaluate import evaluate
-from recall_bench.formats import Sequences
+from recall_bench.general import rows_of
 from recall_bench.model import ModelConfig, init_model
 from recall_bench.records import clean_json, read_record
 from recall_bench.stopping import late_gain
@@ -133,12 +133,6 @@ class JointConfig:
         """The cells trained at a fact count (in-tool is trained once, with the references)."""
         weights = ("in-weight",) if "in-weight" in self.modes else ()
         return weights + ((FACTS_ONLY,) if n_facts in self.capacity_counts else ())
-
-
-def rows_of(seqs: Sequences, idx: np.ndarray) -> Sequences:
-    return Sequences(
-        seqs.tokens[idx], seqs.loss_mask[idx], seqs.value_mask[idx], seqs.prompt_length
-    )
 
 
 def zipf_rows(n: int, total: int, exponent: float, seed: int) -> np.ndarray:

@@ -15,6 +15,7 @@ import numpy as np
 from recall_bench import formats, streams
 from recall_bench.experiments.config import BaseRunConfig
 from recall_bench.experiments.recording import train_info
+from recall_bench.general import rows_of
 from recall_bench.metrics import noise_floor, sequence_stats, summarize_in_weight
 from recall_bench.model import ModelConfig, count_params
 from recall_bench.records import new_record
@@ -55,10 +56,7 @@ def token_task(cfg: TokenRunConfig) -> Task:
     limit = cfg.train_config().monitor_facts
     rows = streams.generator(cfg.seed, streams.MONITOR_ROWS).permutation(cfg.n_facts)[:limit]
     rows = np.sort(rows)
-    monitor = formats.Sequences(
-        train.tokens[rows], train.loss_mask[rows], train.value_mask[rows], 1
-    )
-    return Task(train, monitor, np.full(len(rows), cfg.spec.bits_per_sequence))
+    return Task(train, rows_of(train, rows), np.full(len(rows), cfg.spec.bits_per_sequence))
 
 
 def token_record(cfg: TokenRunConfig, task: Task, result: TrainResult, k: int) -> dict:

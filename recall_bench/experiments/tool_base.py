@@ -32,8 +32,8 @@ import numpy as np
 from recall_bench import general
 from recall_bench.experiments import old_knowledge
 from recall_bench.experiments.config import RunConfig, make_task
-from recall_bench.experiments.joint import rows_of
 from recall_bench.formats import Sequences
+from recall_bench.general import rows_of
 from recall_bench.metrics import bits_memorized, stats_from_logits
 from recall_bench.model import ModelConfig, apply
 from recall_bench.train import Task, TrainConfig
