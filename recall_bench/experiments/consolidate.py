@@ -245,12 +245,7 @@ def relative(point: dict, base: dict, chance: float) -> dict:
         point["tool_recall_fresh"], base["tool_recall_fresh"]
     )
     if "general_accuracy" in point:
-        out["general_accuracy_kept"] = kept_share(
-            point["general_accuracy"], base["general_accuracy"]
-        )
-        out["general_mc_kept"] = general.above_chance(
-            point["general_mc_accuracy"], base["general_mc_accuracy"], chance
-        )
+        out.update(general.kept(point, base, chance))
     return out
 
 
@@ -340,9 +335,9 @@ def train_offline(
 
 def consolidate_cells(
     cfg: ConsolidateConfig, cells: list[Cell], graphdef, bases: dict, suite, progress: bool
-) -> tuple[list[list[dict]], float]:
-    """Train every cell from its seed's base as one ensemble of the cell engine; the trajectory
-    of each (one measurement per evaluation step, relative to its first) and the wall seconds."""
+) -> tuple[list[tuple[TrainResult, int, dict]], float]:
+    """Train every cell from its seed's base as one ensemble of the cell engine: per cell
+    engine.trained_models' (result, model index, record), and the wall seconds of it all."""
     trainer = functools.partial(train_offline, cfg, cells, graphdef, suite)
     runs = [
         engine.Cell(
@@ -358,14 +353,17 @@ def consolidate_cells(
     ]
     t0 = time.perf_counter()
     trained = engine.trained_models(runs, progress)
-    return [result.history[k] for result, k, _ in trained], time.perf_counter() - t0
+    return trained, time.perf_counter() - t0
 
 
-def cell_record(cfg: ConsolidateConfig, cell: Cell, trajectory: list[dict], base: dict) -> dict:
-    """The record of one cell, complete when built: the sweep's config, the new world, the
-    final measurement, the whole trajectory and the base it started from."""
-    spec = cell.world.spec
-    final = trajectory[-1]
+def cell_record(
+    cfg: ConsolidateConfig, cell: Cell, result: TrainResult, k: int, wall_s: float, base: dict
+) -> dict:
+    """The record of model k, one cell, complete when built: the sweep's config, the new world,
+    the final measurement, the whole trajectory (result.history[k]) and the base it started
+    from (`base`: the base's own record); wall_s: of the whole offline ensemble."""
+    spec, trajectory = cell.world.spec, result.history[k]
+    final, train = trajectory[-1], base["train"]
     return new_record(
         mode=f"consolidate-{cell.method}",
         protocol="consolidation",
@@ -375,7 +373,7 @@ def cell_record(cfg: ConsolidateConfig, cell: Cell, trajectory: list[dict], base
         config=clean_json(dataclasses.asdict(cfg)),
         world=world_block(spec),
         model=dataclasses.asdict(cfg.model_config()),
-        params=base["params"],
+        params=count_params(result.model(k), cfg.model_config()),
         train={
             "steps": cfg.steps,
             "budget": cfg.steps,
@@ -386,8 +384,8 @@ def cell_record(cfg: ConsolidateConfig, cell: Cell, trajectory: list[dict], base
             "exposures_per_fact": cfg.steps * cfg.batch_size * cfg.new_share / spec.n_facts,
             "stop_reason": "budget",
             "converged": False,  # the whole budget, whatever the measures do: no plateau claimed
-            "wall_s": base["offline_wall_s"],  # of the whole ensemble
-            "ensemble_size": base["ensemble_size"],
+            "wall_s": wall_s,
+            "ensemble_size": len(result.steps),
         },
         consolidation={"method": cell.method, "data": cell.taught, "store": "none"},
         # the last evaluation; a share of nothing (nan: the base had none) only in the trajectory
@@ -395,20 +393,14 @@ def cell_record(cfg: ConsolidateConfig, cell: Cell, trajectory: list[dict], base
             k: v for k, v in final.items() if k != "step" and v is not None and not math.isnan(v)
         },
         trajectory=trajectory,
-        base=base["info"],
+        base={
+            "steps": train["steps"],
+            "lr": cfg.base_lr,
+            "wall_s": train["wall_s"],
+            "final_loss": train["final_loss"],
+            "old_facts_monitor": train["history"],
+        },
     )
-
-
-def base_info(cfg: ConsolidateConfig, record: dict) -> dict:
-    """What a cell's record says of the base it started from (the base's own record)."""
-    train = record["train"]
-    return {
-        "steps": train["steps"],
-        "lr": cfg.base_lr,
-        "wall_s": train["wall_s"],
-        "final_loss": train["final_loss"],
-        "old_facts_monitor": train["history"],
-    }
 
 
 def run_consolidation(cfg: ConsolidateConfig, progress: bool = True) -> list[dict]:
@@ -429,22 +421,10 @@ def run_consolidation(cfg: ConsolidateConfig, progress: bool = True) -> list[dic
     ]
     if progress:
         print(f"offline phase: {len(cells)} cells, {cfg.steps} steps, no store")
-    trajectories, wall_s = consolidate_cells(cfg, cells, graphdef, bases, suite, progress)
-    params = count_params(bases[seeds[0].seed], cfg.model_config())
-    infos = {seed: base_info(cfg, record) for seed, (_, _, record) in trained.items()}
+    offline, wall_s = consolidate_cells(cfg, cells, graphdef, bases, suite, progress)
     for s in seeds:
         s.pool_store.close()
     return [
-        cell_record(
-            cfg,
-            cell,
-            trajectory,
-            {
-                "params": params,
-                "offline_wall_s": wall_s,
-                "ensemble_size": len(cells),
-                "info": infos[cell.seed.seed],
-            },
-        )
-        for cell, trajectory in zip(cells, trajectories, strict=True)
+        cell_record(cfg, cell, result, k, wall_s, trained[cell.seed.seed][2])
+        for cell, (result, k, _) in zip(cells, offline, strict=True)
     ]

@@ -33,11 +33,12 @@ from recall_bench.checkpoint import load_params, save_params
 from recall_bench.divergences import divergence
 from recall_bench.experiments.config import BaseRunConfig, RunConfig, make_task
 from recall_bench.experiments.engine import Cell, finished, run_cells, trained_models
+from recall_bench.experiments.recording import write_summary
 from recall_bench.experiments.tool_cost import cost_splits, format_splits
 from recall_bench.identity import refuse_other
 from recall_bench.model import ModelConfig, add_side_memory, count_params, init_model
 from recall_bench.progress import log
-from recall_bench.records import clean_json, environment, read_json, skill_scores, write_json_atomic
+from recall_bench.records import clean_json, read_json, skill_scores, write_json_atomic
 from recall_bench.train import Task, TrainConfig, TrainResult
 from recall_bench.worlds import FactWorld
 
@@ -340,21 +341,15 @@ def run_degrade(
             f"kl {r['kl']:.4f}, tv {r['tv']:.4f} ({r['steps']} steps)",
         )
     plot = plots.degradation(rows, base["info"]["scores"], out / "degradation.png")
-    summary = {
-        "experiment": "degradation",
-        "command": command,
-        "config": clean_json(dataclasses.asdict(cfg)),
-        "model": dataclasses.asdict(cfg.model_config()),
-        "params": base["info"]["params"],
-        "base": base["info"],
-        "rows": rows,
-        "tool_cost": cost_splits(rows),  # one-time vs per-fact cost of learning the tool
-        "plot": str(plot),
-        "env": environment(),
-        "wall_s": time.perf_counter() - t0,
-    }
-    write_json_atomic(out / "summary.json", summary)
-    return summary
+    return write_summary(
+        out, "degradation", cfg, command, time.perf_counter() - t0,
+        model=dataclasses.asdict(cfg.model_config()),
+        params=base["info"]["params"],
+        base=base["info"],
+        rows=rows,
+        tool_cost=cost_splits(rows),  # one-time vs per-fact cost of learning the tool
+        plot=str(plot),
+    )  # fmt: skip
 
 
 def format_table(summary: dict) -> str:

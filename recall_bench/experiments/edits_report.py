@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 
 from recall_bench import plots
-from recall_bench.records import read_json
 
 SHOWN = ("efficacy", "generalization", "specificity")
 GROUP_METRICS = (
@@ -27,14 +26,6 @@ def general_kept(record: dict, name: str) -> float | None:
     block = record["general_ability"]
     value = block["kept"][name] if isinstance(block, dict) else None
     return None if value is None or np.isnan(value) else value
-
-
-def read_records(folder: str | Path) -> list[dict]:
-    """Every edit record under folder/records, in name order."""
-    paths = sorted((Path(folder) / "records").glob("*.json"))
-    if not paths:
-        raise ValueError(f"{folder}/records holds no edit records: run `recall-bench edit` first")
-    return [read_json(p) for p in paths]
 
 
 def mean_of(values: list) -> float | None:

@@ -4,11 +4,8 @@ frontier and tables."""
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from pathlib import Path
-
-import numpy as np
 
 from recall_bench import formats, general, plots, tables
 from recall_bench.experiments.joint import (
@@ -19,6 +16,7 @@ from recall_bench.experiments.joint import (
     reused,
     train_cells,
 )
+from recall_bench.experiments.recording import seed_spread, write_summary
 from recall_bench.progress import log
 from recall_bench.records import clean_json, environment, read_json, write_json_atomic
 
@@ -99,11 +97,7 @@ def summary_rows(records: list[dict]) -> list[dict]:
         skills = tuple(
             name for s in general.SKILLS for name in (general.accuracy_name(s), f"{s}_mc_accuracy")
         )
-        for key in SUMMARY_KEYS + skills:
-            values = [r["metrics"].get(key) for r in group]
-            values = [v for v in values if v is not None and math.isfinite(v)]
-            if values:
-                row[key], row[f"{key}_range"] = float(np.mean(values)), [min(values), max(values)]
+        row.update(seed_spread(group, SUMMARY_KEYS + skills))
         for key in ("whole_loss_late_drop", "fact_bits_late_gain"):  # the least converged seed
             values = [r["train"].get(key) for r in group]
             row[key] = max((v for v in values if v is not None), default=None)
@@ -130,22 +124,16 @@ def summarize(
             r["general_mc_ratio"] = r["general_mc_accuracy"] / reference["general_mc_accuracy"]
     bits_per_fact = cfg.run_config("in-weight", 2, 0).spec.bits_per_fact
     plot = plots.joint_tradeoff(rows, capacity, bits_per_fact, out / "general_kept.png")
-    summary = {
-        "experiment": "degradation-joint",
-        "command": command,
-        "config": clean_json(dataclasses.asdict(cfg)),
-        "model": dataclasses.asdict(cfg.model_config()),
-        "params": records[0]["params"],
-        "bits_per_fact": bits_per_fact,
-        "capacity_bits": capacity,
-        "capacity_facts": None if capacity is None else capacity / bits_per_fact,
-        "rows": rows,
-        "plot": str(plot),
-        "env": environment(),
-        "wall_s": wall_s,
-    }
-    write_json_atomic(out / "summary.json", clean_json(summary))
-    return summary
+    return write_summary(
+        out, "degradation-joint", cfg, command, wall_s,
+        model=dataclasses.asdict(cfg.model_config()),
+        params=records[0]["params"],
+        bits_per_fact=bits_per_fact,
+        capacity_bits=capacity,
+        capacity_facts=None if capacity is None else capacity / bits_per_fact,
+        rows=rows,
+        plot=str(plot),
+    )  # fmt: skip
 
 
 def run_frontier(

@@ -1,9 +1,11 @@
 """Run records of trained cells, built complete in one call: the `train` block (budget,
-steps, exposures, why it stopped), a fact cell's record, and its per-fact decoding traces."""
+steps, exposures, why it stopped), a fact cell's record, and its per-fact decoding traces;
+and what an experiment's summary makes of records (their spread over seeds, summary.json)."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ import numpy as np
 from recall_bench.decode import Decoded
 from recall_bench.experiments.config import BaseRunConfig
 from recall_bench.model import ModelConfig, count_params
-from recall_bench.records import new_record
+from recall_bench.records import clean_json, environment, new_record, write_json_atomic
 from recall_bench.stopping import late_gain, plateaued
 from recall_bench.train import Task, TrainConfig, TrainResult
 from recall_bench.worlds import FactSpec, FactWorld, spec_fields, spec_hash
@@ -109,3 +111,27 @@ def save_traces(path: Path, decoded: Decoded) -> None:
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez_compressed(tmp, **arrays)
     tmp.replace(path)
+
+
+def seed_spread(records: list[dict], keys: tuple[str, ...]) -> dict:
+    """Each metric of `keys` over records (a cell's seeds): the mean of its finite values and
+    their [min, max] (`<key>_range`); a metric none of them holds finite is left out."""
+    row = {}
+    for key in keys:
+        values = [r["metrics"].get(key) for r in records]
+        values = [v for v in values if v is not None and math.isfinite(v)]
+        if values:
+            row[key], row[f"{key}_range"] = float(np.mean(values)), [min(values), max(values)]
+    return row
+
+
+def write_summary(
+    out: Path, experiment: str, cfg: Any, command: str | None, wall_s: float, **fields: Any
+) -> dict:
+    """An experiment's summary.json, written atomically, and returned: its name, the command
+    line (None from Python) and config that ran it, `fields`, the environment, wall seconds."""
+    config = clean_json(dataclasses.asdict(cfg))
+    summary = {"experiment": experiment, "command": command, "config": config, **fields}
+    summary.update(env=environment(), wall_s=wall_s)
+    write_json_atomic(Path(out) / "summary.json", summary)
+    return summary

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 
 from recall_bench import general, tables
+from recall_bench.experiments.recording import seed_spread, write_summary
 from recall_bench.experiments.tool_base import STORE, TOOL_FT, ToolBaseConfig
 from recall_bench.experiments.tool_base_run import sweep_cells
 from recall_bench.plots import plt, save
-from recall_bench.records import clean_json, environment, write_json_atomic
 
 SUMMARY_KEYS = (
     "recall",
@@ -51,21 +51,15 @@ def run_tool_base(
     plot = plot_kept(rows, out / "kept_vs_facts.png")
     paths = plot_trajectories(cfg, records, out / "trajectories.png")
     base_scores = {str(s): b["info"]["scores"] for s, b in bases.items()}
-    summary = {
-        "experiment": "degradation-tool-base",
-        "command": command,
-        "config": clean_json(dataclasses.asdict(cfg)),
-        "model": dataclasses.asdict(cfg.model_config()),
-        "params": records[0]["params"],
-        "base_scores": base_scores,
-        "base_train": {str(s): b["info"]["train"] for s, b in bases.items()},
-        "rows": rows,
-        "plots": [str(plot), str(paths)],
-        "env": environment(),
-        "wall_s": time.perf_counter() - t0,
-    }
-    write_json_atomic(out / "summary.json", clean_json(summary))
-    return summary
+    return write_summary(
+        out, "degradation-tool-base", cfg, command, time.perf_counter() - t0,
+        model=dataclasses.asdict(cfg.model_config()),
+        params=records[0]["params"],
+        base_scores=base_scores,
+        base_train={str(s): b["info"]["train"] for s, b in bases.items()},
+        rows=rows,
+        plots=[str(plot), str(paths)],
+    )  # fmt: skip
 
 
 def summary_rows(records: list[dict]) -> list[dict]:
@@ -78,11 +72,7 @@ def summary_rows(records: list[dict]) -> list[dict]:
     rows = []
     for (method, lr, n), group in groups.items():
         row = {"method": method, "lr": lr, "n_facts": n, "seeds": [r["seed"] for r in group]}
-        for key in SUMMARY_KEYS:
-            values = [r["metrics"].get(key) for r in group]
-            values = [v for v in values if v is not None and math.isfinite(v)]
-            if values:
-                row[key], row[f"{key}_range"] = float(np.mean(values)), [min(values), max(values)]
+        row.update(seed_spread(group, SUMMARY_KEYS))
         row["reached"] = sum(r["tool_base"]["reached"] for r in group)
         row["first_pass_steps"] = [r["tool_base"]["first_pass_step"] for r in group]
         row["gradient_steps"] = [r["tool_base"]["gradient_steps"] for r in group]
