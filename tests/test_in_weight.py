@@ -121,6 +121,10 @@ def test_late_gain_is_the_share_of_bits_gained_since_the_window_began():
     assert late_gain([{"step": 100, "bits": 0.0}, {"step": 1000, "bits": 0.0}], 0.3) is None
     small = [{"step": 100, "bits": 0.25}, {"step": 1000, "bits": 0.5}]  # under one bit held
     assert late_gain(small, 0.3) == 0.5
+    # a trajectory measuring no bits (consolidation's): no gain, and never a plateau
+    unmeasured = [{"step": 100, "loss": 1.0}, {"step": 3000, "loss": 1.0}]
+    assert late_gain(unmeasured, 0.3) is None
+    assert not plateaued(unmeasured, TrainConfig(steps=3000, plateau_min_bits=0.0), 0.0)
 
 
 @pytest.mark.parametrize(
