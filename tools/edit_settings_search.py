@@ -1,0 +1,100 @@
+"""A grid over the ROME and MEMIT settings on bases saved by `recall-bench edit --save-bases`:
+each setting is the `recall-bench edit --from BASES ...` line it prints (records and
+edits.json into OUT/<setting>/, no plot), run in one process so the bases load and the
+editors compile once; then OUT/summary.json and a markdown table, ranked by the criterion.
+
+Usage: python tools/edit_settings_search.py BASES OUT [--k 16,64,256] [--only NAME ...]
+A setting whose OUT/<setting>/edits.json exists is read back, not run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+from pathlib import Path
+
+from recall_bench.cli.edit import edits_config
+from recall_bench.cli.main import build_parser
+from recall_bench.experiments import edits, edits_report
+from recall_bench.records import read_json, write_json_atomic
+
+CRITERION_K = 64  # settings ranked by mean efficacy x specificity over seeds at this k
+
+
+def grid() -> dict[str, list[str]]:
+    """Setting name -> its edit flags: ROME's block, target steps and L2 penalty; MEMIT's
+    λ and blocks."""
+    settings = {}
+    for block, steps, decay in itertools.product((0, 1), (25, 100), (1e-3, 1e-2, 1e-1)):
+        flags = ["--rome-layer", str(block), "--value-steps", str(steps)]
+        settings[f"rome_b{block}_s{steps}_d{decay:g}"] = ["--methods", "rome", *flags,
+                                                         "--value-decay", f"{decay:g}"]  # fmt: skip
+    for blocks, weight in itertools.product(("0,1", "1"), (3, 10, 30, 100, 300)):
+        name = f"memit_b{blocks.replace(',', '')}_l{weight}"
+        flags = ["--memit-layers", blocks, "--memit-weight", str(weight)]
+        settings[name] = ["--methods", "memit", *flags]
+    return settings
+
+
+def run_setting(bases_dir: Path, bases: dict, ks: str, flags: list[str], out: Path) -> list:
+    """The summary rows of one setting, run (or read back if out/edits.json exists)."""
+    if (out / "edits.json").exists():
+        return read_json(out / "edits.json")["rows"]
+    argv = ["edit", "--from", str(bases_dir), "--k", ks, *flags, "--out", str(out)]
+    print("recall-bench " + " ".join(argv), flush=True)
+    cfg = edits_config(build_parser().parse_args(argv), bases)
+    rows = edits_report.summarize(edits.run_edits(cfg, out, False, bases))
+    write_json_atomic(out / "edits.json", {"config": dataclasses.asdict(cfg), "rows": rows})
+    return rows
+
+
+def score(row: dict) -> float:
+    """The criterion of one (setting, k) row: efficacy x specificity (means over seeds)."""
+    return row["efficacy"] * row["specificity"]
+
+
+def table(summary: list[dict]) -> str:
+    """Markdown: one line per (setting, k), settings in criterion order."""
+    head = (
+        "| setting | k | efficacy | specificity | efficacy x specificity | generalization "
+        "| general kept (graded) | general kept (exact) | text bits/byte change |"
+    )
+    lines = [head, "|" + "---|" * 9]
+    for s in summary:
+        for r in s["rows"]:
+            cells = [s["setting"], str(r["k"])]
+            cells += [edits_report.fmt(r[n]) for n in ("efficacy", "specificity")]
+            cells.append(edits_report.fmt(score(r)))
+            names = ("generalization", *edits_report.GENERAL)
+            cells += [edits_report.fmt(r[n]) for n in names]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("bases", type=Path, help="a folder written by `edit --save-bases`")
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--k", default="16,64,256")
+    parser.add_argument("--only", nargs="+", help="settings to run (default: the whole grid)")
+    args = parser.parse_args()
+    settings = grid()
+    unknown = sorted(set(args.only or ()) - set(settings))
+    if unknown:
+        raise SystemExit(f"unknown settings {unknown}: choose from {', '.join(settings)}")
+    bases = edits.bases_from(args.bases)
+    summary = []
+    for name in args.only or settings:
+        rows = run_setting(args.bases, bases, args.k, settings[name], args.out / name)
+        at = [score(r) for r in rows if r["k"] == CRITERION_K]
+        summary.append({"setting": name, "flags": settings[name], "score": at[0] if at else None,
+                        "rows": rows})  # fmt: skip
+    summary.sort(key=lambda s: (s["flags"][1], -1.0 if s["score"] is None else -s["score"]))
+    criterion = f"mean efficacy x specificity over seeds at k = {CRITERION_K}, per method"
+    write_json_atomic(args.out / "summary.json", {"criterion": criterion, "settings": summary})
+    print(table(summary))
+
+
+if __name__ == "__main__":
+    main()
