@@ -4,6 +4,7 @@ edits.json into OUT/<setting>/, no plot), run in one process so the bases load a
 editors compile once; then OUT/summary.json and a markdown table, ranked by the criterion.
 
 Usage: python tools/edit_settings_search.py BASES OUT [--k 16,64,256] [--only NAME ...]
+(--k must include CRITERION_K.)
 A setting whose OUT/<setting>/edits.json exists is read back, not run again.
 """
 
@@ -67,28 +68,33 @@ def score(row: dict) -> float:
 def setting_summary(name: str, flags: list[str], records: list[dict]) -> dict:
     """A setting's summary rows, its criterion and the criterion's range over seeds."""
     rows = edits_report.summarize(records)
-    at = [score(r) for r in rows if r["k"] == CRITERION_K]
+    (at,) = [score(r) for r in rows if r["k"] == CRITERION_K]
     seeds = [score(r["metrics"]) for r in records if r["k"] == CRITERION_K]
-    spread = {"score_min": min(seeds), "score_max": max(seeds)} if seeds else {}
-    return {"setting": name, "flags": flags, "score": at[0] if at else None, **spread,
-            "rows": rows}  # fmt: skip
+    return {"setting": name, "flags": flags, "score": at, "score_min": min(seeds),
+            "score_max": max(seeds), "rows": rows}  # fmt: skip
 
 
 def table(summary: list[dict]) -> str:
-    """Markdown: one line per (setting, k), settings in criterion order."""
-    head = (
-        "| setting | k | efficacy | specificity | efficacy x specificity | generalization "
-        "| general kept (graded) | general kept (exact) | text bits/byte change |"
-    )
-    lines = [head, "|" + "---|" * 9]
+    """Markdown: one line per setting, in criterion order: efficacy x specificity at every k
+    (at CRITERION_K with its range over seeds), then the triad and general ability kept
+    there."""
+    ks = [r["k"] for r in summary[0]["rows"]]
+    at = f"k = {CRITERION_K}: "
+    names = ("efficacy", "specificity", "generalization", *edits_report.GENERAL)
+    labels = ("efficacy", "specificity", "generalization", "general kept (graded)",
+              "general kept (exact)", "text bits/byte change")  # fmt: skip
+    head = ["setting", *(f"eff. x spec. k = {k}" for k in ks), *(at + n for n in labels)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in summary:
-        for r in s["rows"]:
-            cells = [s["setting"], str(r["k"])]
-            cells += [edits_report.fmt(r[n]) for n in ("efficacy", "specificity")]
-            cells.append(edits_report.fmt(score(r)))
-            names = ("generalization", *edits_report.GENERAL)
-            cells += [edits_report.fmt(r[n]) for n in names]
-            lines.append("| " + " | ".join(cells) + " |")
+        rows = {r["k"]: r for r in s["rows"]}
+        cells = [s["setting"]]
+        for k in ks:
+            cell = edits_report.fmt(score(rows[k]))
+            if k == CRITERION_K:
+                cell += f" ({s['score_min']:.2f}-{s['score_max']:.2f})"
+            cells.append(cell)
+        cells += [edits_report.fmt(rows[CRITERION_K][n]) for n in names]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -96,19 +102,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bases", type=Path, help="a folder written by `edit --save-bases`")
     parser.add_argument("out", type=Path)
-    parser.add_argument("--k", default="16,64,256")
+    parser.add_argument("--k", default=f"16,{CRITERION_K},256")
     parser.add_argument("--only", nargs="+", help="settings to run (default: the whole grid)")
     args = parser.parse_args()
     settings = grid()
     unknown = sorted(set(args.only or ()) - set(settings))
     if unknown:
         raise SystemExit(f"unknown settings {unknown}: choose from {', '.join(settings)}")
+    if str(CRITERION_K) not in args.k.split(","):
+        raise SystemExit(f"--k {args.k}: include {CRITERION_K}, the k the criterion is read at")
     bases = edits.bases_from(args.bases)
     summary = []
     for name in args.only or settings:
         records = run_setting(args.bases, bases, args.k, settings[name], args.out / name)
         summary.append(setting_summary(name, settings[name], records))
-    summary.sort(key=lambda s: (s["flags"][1], -1.0 if s["score"] is None else -s["score"]))
+    summary.sort(key=lambda s: (s["flags"][1], -s["score"]))
     criterion = f"mean efficacy x specificity over seeds at k = {CRITERION_K}, per method"
     write_json_atomic(args.out / "summary.json", {"criterion": criterion, "settings": summary})
     print(table(summary))
