@@ -136,3 +136,10 @@ def test_from_saved_bases_refuses_what_they_fix(trained, argv, message, capsys, 
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and message in err and "\n" not in err
     assert not (tmp_path / "x").exists()
+
+
+def test_save_bases_refuses_a_folder_that_holds_bases(trained, capsys, tmp_path):
+    argv = ["edit", "--save-bases", str(trained[2]), "--out", str(tmp_path / "x")]
+    assert main(argv) == 2
+    assert "already holds bases: choose another" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

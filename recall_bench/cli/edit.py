@@ -47,7 +47,7 @@ def add_edit_parser(subparsers) -> None:
         dest="runs",
         nargs="+",
         type=Path,
-        metavar="RUN_DIR",
+        metavar="DIR",
         help="edit the bases saved by `edit --save-bases`, or runs saved with "
         "`recall-bench run ... --save-model` (one per mode)",
     )
@@ -174,6 +174,8 @@ def cmd_edit(args: argparse.Namespace) -> int:
         raise ValueError(f"{out} already holds edits.json: choose another --out or delete it")
     if args.save_bases is not None and args.runs:
         raise ValueError("--save-bases saves the bases this command trains: drop --from")
+    if args.save_bases is not None and any(Path(args.save_bases).glob("*/base.json")):
+        raise ValueError(f"--save-bases {args.save_bases} already holds bases: choose another")
     bases: dict = {}
     for folder in args.runs or ():
         for mode, found in edits.bases_from(folder).items():
