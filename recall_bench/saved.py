@@ -43,11 +43,15 @@ def load_run(folder: str | Path) -> tuple[RunConfig, FactWorld, Any, Any]:
             "with --save-model"
         )
     cfg = RunConfig(**record["config"])
+    return cfg, make_fact_world(cfg.spec), *restore_model(cfg, folder / "model")
+
+
+def restore_model(cfg: RunConfig, path: str | Path) -> tuple[Any, Any]:
+    """(graphdef, params) of cfg's model, its parameters read from `path` (save_params)."""
     # shapes only: no initialization to compile and run before the restore
     abstract = nnx.eval_shape(lambda: GPT(cfg.model_config(), nnx.Rngs(cfg.seed)))
     graphdef, like = nnx.split(abstract)
-    params = load_params(folder / "model", like)
-    return cfg, make_fact_world(cfg.spec), graphdef, params
+    return graphdef, load_params(path, like)
 
 
 def evaluate_run(

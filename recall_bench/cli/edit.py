@@ -10,6 +10,7 @@ from pathlib import Path
 
 from recall_bench.cli.args import (
     int_list,
+    non_negative_float,
     output_folder,
     positive_float,
     positive_int,
@@ -19,6 +20,12 @@ from recall_bench.cli.args import (
 BASE_FLAGS = (
     "facts", "layers", "width", "heads", "steps", "batch_size", "lr", "value_length",
     "value_alphabet",
+)  # fmt: skip
+
+
+WEIGHT_FLAGS = (
+    "rome_layer", "memit_layers", "memit_weight", "value_steps", "value_lr", "value_decay",
+    "ridge",
 )  # fmt: skip
 
 
@@ -40,8 +47,16 @@ def add_edit_parser(subparsers) -> None:
         dest="runs",
         nargs="+",
         type=Path,
-        metavar="RUN_DIR",
-        help="edit runs saved with `recall-bench run ... --save-model` (one per mode)",
+        metavar="DIR",
+        help="edit the bases saved by `edit --save-bases`, or runs saved with "
+        "`recall-bench run ... --save-model` (one per mode)",
+    )
+    p.add_argument(
+        "--save-bases",
+        type=Path,
+        metavar="DIR",
+        help="save the bases this command trains to DIR, for later `edit --from DIR` (a search "
+        "over the edit settings then trains them once)",
     )
     p.add_argument("--k", type=int_list, help=f"edit counts (default {_csv(d.ks)})")
     p.add_argument("--methods", help=f"comma-separated, of {', '.join(METHODS)} (default all)")
@@ -71,9 +86,29 @@ def add_edit_parser(subparsers) -> None:
         type=positive_int,
         help=f"in-tool base: protocol-pool entities (default {d.tool_train_entities})",
     )
-    p.add_argument("--rome-layer", type=int, help=f"default {d.weights.rome_layer}")
+    p.add_argument("--rome-layer", type=int, help="block ROME edits (default: the last)")
     p.add_argument(
         "--memit-layers", type=seed_list, help="blocks MEMIT edits (default: every block)"
+    )
+    w = d.weights
+    p.add_argument(
+        "--memit-weight", type=positive_float, help=f"MEMIT's λ (default {w.memit_weight:g})"
+    )
+    p.add_argument(
+        "--value-steps",
+        type=positive_int,
+        help=f"Adam steps solving each fact's target (default {w.value_steps})",
+    )
+    p.add_argument("--value-lr", type=positive_float, help=f"their lr (default {w.value_lr:g})")
+    p.add_argument(
+        "--value-decay",
+        type=non_negative_float,
+        help=f"L2 penalty on the target change (default {w.value_decay:g})",
+    )
+    p.add_argument(
+        "--ridge",
+        type=positive_float,
+        help=f"added to the key moments' diagonal, relative to its mean (default {w.ridge:g})",
     )
     p.add_argument("--finetune-steps", type=positive_int, help=f"default {d.finetune_steps}")
     p.add_argument("--finetune-lr", type=positive_float, help=f"default {d.finetune_lr:g}")
@@ -95,34 +130,39 @@ def edits_config(args: argparse.Namespace, bases: dict):
     fields = {"n_facts" if k == "facts" else k: v for k, v in given.items()}
     d = EditsConfig()
     methods = tuple(args.methods.split(",")) if args.methods else d.methods
+    names = ("tool_steps", "tool_train_entities", "finetune_steps", "finetune_lr")
+    extra = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    extra["weights"] = weight_config(args, d.weights)
     if bases:
         if fields or args.seeds or args.general:
             raise ValueError(
-                "--from takes the base models' shape and seed from the saved runs "
-                "(and they learned no general suite: drop --general)"
+                "--from takes the base models' shape, seeds and general suite from what it "
+                "names: drop --seeds, --general and the base model's flags"
             )
         if not args.methods:
             methods = tuple(m for m in METHODS if method_mode(m) in bases)
         missing = [m for m in methods if m in METHODS and method_mode(m) not in bases]
         if missing:
-            raise ValueError(f"{missing} need a saved {method_mode(missing[0])} run in --from")
-        base = next(iter(bases.values()))[0].cfg
-        seeds = (base.seed,)
+            raise ValueError(f"{missing} need a saved {method_mode(missing[0])} base in --from")
+        first = next(iter(bases.values()))
+        base, seeds = first[0].cfg, tuple(b.cfg.seed for b in first)
+        if first[0].suite is not None:
+            extra["suite"] = first[0].suite.config
     else:
         base = dataclasses.replace(d.base, **fields)
         seeds = args.seeds or d.seeds
-    names = ("tool_steps", "tool_train_entities", "finetune_steps", "finetune_lr")
-    extra = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-    layers = {"rome_layer": args.rome_layer, "memit_layers": args.memit_layers}
-    extra["weights"] = dataclasses.replace(
-        d.weights, **{k: v for k, v in layers.items() if v is not None}
-    )
-    ks = args.k or tuple(k for k in d.ks if k < base.n_facts)
-    if args.general:
-        from recall_bench.experiments.edits_general import suite_config
+        if args.general:
+            from recall_bench.experiments.edits_general import suite_config
 
-        extra["suite"] = suite_config()
+            extra["suite"] = suite_config()
+    ks = args.k or tuple(k for k in d.ks if k < base.n_facts)
     return EditsConfig(base=base, ks=ks, methods=methods, seeds=tuple(seeds), **extra)
+
+
+def weight_config(args: argparse.Namespace, default):
+    """The WeightEditConfig of the command line: its flags given, the rest default."""
+    given = {name: getattr(args, name) for name in WEIGHT_FLAGS}
+    return dataclasses.replace(default, **{k: v for k, v in given.items() if v is not None})
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
@@ -132,13 +172,21 @@ def cmd_edit(args: argparse.Namespace) -> int:
     out = output_folder(args.out)
     if (out / "edits.json").exists():
         raise ValueError(f"{out} already holds edits.json: choose another --out or delete it")
+    if args.save_bases is not None and args.runs:
+        raise ValueError("--save-bases saves the bases this command trains: drop --from")
+    if args.save_bases is not None and any(Path(args.save_bases).glob("*/base.json")):
+        raise ValueError(f"--save-bases {args.save_bases} already holds bases: choose another")
     bases: dict = {}
-    for run_dir in args.runs or ():
-        base = edits.saved_base(run_dir)
-        if base.cfg.mode in bases:
-            raise ValueError(f"--from has two {base.cfg.mode} runs: give at most one per mode")
-        bases[base.cfg.mode] = [base]
+    for folder in args.runs or ():
+        for mode, found in edits.bases_from(folder).items():
+            if mode in bases:
+                raise ValueError(f"--from names two sets of {mode} bases: give one per mode")
+            bases[mode] = found
     cfg = edits_config(args, bases)
+    if args.save_bases is not None:
+        for mode in sorted({edits.method_mode(m) for m in cfg.methods}):
+            bases[mode] = edits.train_bases(cfg, mode, not (args.quiet or args.json))
+            edits.save_bases(bases[mode], output_folder(args.save_bases))
     records = edits.run_edits(cfg, out, not (args.quiet or args.json), bases)
     rows = edits_report.summarize(records)
     write_json_atomic(out / "edits.json", {"config": dataclasses.asdict(cfg), "rows": rows})

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ import jax
 import numpy as np
 
 from recall_bench import edit, formats, streams
+from recall_bench.checkpoint import save_params
 from recall_bench.edit_weights import WeightEditConfig
 from recall_bench.experiments import edits_general
 from recall_bench.experiments.config import RunConfig
@@ -25,6 +27,7 @@ from recall_bench.general import Suite, SuiteConfig, concat, rows_of
 from recall_bench.general import score as general_score
 from recall_bench.model import count_params
 from recall_bench.records import new_record, write_json_atomic
+from recall_bench.saved import restore_model
 from recall_bench.tool import build_store
 from recall_bench.train import Task, TrainConfig
 from recall_bench.worlds import FactWorld, make_fact_world, spec_fields, spec_hash
@@ -206,6 +209,43 @@ def saved_base(run_dir: str | Path) -> Base:
     return make_base(
         cfg, world, graphdef, params, {"source": str(run_dir), "orders": ["key-first"]}
     )
+
+
+def save_bases(bases: list[Base], folder: str | Path) -> None:
+    """Write each base to folder/<mode>-seed<s>/ (its parameters, config, record block and
+    suite), so that `edit --from folder` edits it again without training it."""
+    for base in bases:
+        path = Path(folder) / f"{base.cfg.mode}-seed{base.cfg.seed}"
+        save_params(path / "model", base.params)
+        suite = None if base.suite is None else dataclasses.asdict(base.suite.config)
+        saved = {"config": dataclasses.asdict(base.cfg), "info": base.info, "suite": suite}
+        write_json_atomic(path / "base.json", saved)
+
+
+def saved_bases(folder: str | Path) -> dict[str, list[Base]]:
+    """The bases save_bases wrote into `folder`, by mode, seeds ascending; what they answer
+    and their general scores measured again (make_base)."""
+    bases: dict[str, list[Base]] = {}
+    for path in sorted(Path(folder).glob("*/base.json")):
+        saved = json.loads(path.read_text())
+        cfg = RunConfig(**saved["config"])
+        suite = None
+        if saved["suite"] is not None:
+            init = {f.name for f in dataclasses.fields(SuiteConfig) if f.init}
+            config = SuiteConfig(**{k: v for k, v in saved["suite"].items() if k in init})
+            suite = edits_general.make_suite(config, cfg)
+        info = {**saved["info"], "saved_base": str(path.parent)}
+        model = restore_model(cfg, path.parent / "model")
+        bases.setdefault(cfg.mode, []).append(
+            make_base(cfg, make_fact_world(cfg.spec), *model, info, suite)
+        )
+    return {mode: sorted(found, key=lambda b: b.cfg.seed) for mode, found in bases.items()}
+
+
+def bases_from(folder: str | Path) -> dict[str, list[Base]]:
+    """The bases of a --from folder: those `edit --save-bases` wrote there, or else the one
+    model of a run saved with `run --save-model`."""
+    return saved_bases(folder) or {(base := saved_base(folder)).cfg.mode: [base]}
 
 
 @dataclasses.dataclass(frozen=True)
