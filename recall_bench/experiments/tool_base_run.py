@@ -197,16 +197,11 @@ def cell_fields(cfg, cell, base, old, result: TrainResult, k: int) -> dict:
     return {"config": config, "protocol": "tool-base", "tool_base": block}
 
 
-def store_cells(cfg, n: int, bases: dict, suite, out: Path, resume: bool = False) -> list[dict]:
-    """Write the N new facts of each seed's world into a store and decode with the base: zero
-    gradient steps; the base's parameters, general scores and old knowledge are unchanged."""
-    cells = [make_cell(cfg, (STORE, None, n, s), bases, suite, out) for s in bases]
-    return run_cells(cells, progress=False, resume=resume)
-
-
-def finetune_cells(cfg, method: str, lr: float, n: int, bases: dict, suite, out, resume=False):
-    """Fine-tune every seed's base on its N new facts in-weight (method: with or without
-    replay) as one ensemble, first-pass stopping; evaluate and record each."""
+def method_cells(cfg, method: str, lr, n: int, bases: dict, suite, out, resume=False) -> list:
+    """Every seed's cell of one method at N, run by the engine (with resume, finished ones
+    kept): a store write (the base decodes through a store of the N new facts; zero gradient
+    steps, its parameters, general scores and old knowledge unchanged), or fine-tuning on the
+    new facts (the seeds as one ensemble, first-pass stopping); their records."""
     cells = [make_cell(cfg, (method, lr, n, s), bases, suite, out) for s in bases]
     return run_cells(cells, progress=False, resume=resume)
 
@@ -235,17 +230,19 @@ def base_measures(cfg, base: dict, suite, result: TrainResult, k: int, metrics: 
     """A store write's general ability and old knowledge: the base's scores (every weight is
     the base's; the tool's copy_accuracy, answers = the store's values, stays the tool's), and
     its divergence from the base (measured: zero)."""
-    scores = base["info"]["scores"]
+    return changed(cfg, base, suite, result, k, metrics, base["info"]["scores"])
+
+
+def changed(cfg, base: dict, suite, result: TrainResult, k: int, metrics, scores: dict) -> dict:
+    """Model k's `scores` the metrics lack, its change from the base (dtheta_rel), its KL and
+    TV from the base (at the suite's answer positions and on the base's own greedy
+    continuations of its fixed prompts) and what it kept of the base's."""
     out = {key: v for key, v in scores.items() if key not in metrics}
     out["dtheta_rel"] = result.history[k][-1]["dtheta_rel"]
-    out.update(divergence_from(base, result, k, suite))
-    return {**out, **kept({**metrics, **out}, scores, 1.0 / (cfg.suite.distractors + 1))}
-
-
-def divergence_from(base: dict, result: TrainResult, k: int, suite) -> dict[str, float]:
-    """KL and TV of model k from its base: at the suite's answer positions and on the base's
-    own greedy continuations of its fixed prompts (greedy_kl, greedy_tv)."""
-    return divergence(base["graphdef"], base["params"], result.graphdef, result.model(k), suite)
+    model = (result.graphdef, result.model(k))
+    out.update(divergence(base["graphdef"], base["params"], *model, suite))
+    chance = 1.0 / (cfg.suite.distractors + 1)
+    return {**out, **kept({**metrics, **out}, base["info"]["scores"], chance)}
 
 
 def new_facts_task(cfg, cell: tuple, suite, old, world) -> Task:
@@ -303,12 +300,8 @@ def finetune_measures(cfg, base: dict, suite, old, result: TrainResult, k: int, 
     """A fine-tuned model's general ability, old knowledge, divergence and change from the
     base, and what it kept of the base's (an in-tool model's copy_accuracy stays the tool's)."""
     graphdef, params = result.graphdef, result.model(k)
-    out = {**general.score(graphdef, params, suite), **old_stats(graphdef, params, old)}
-    out = {key: v for key, v in out.items() if key not in metrics}
-    out["dtheta_rel"] = result.history[k][-1]["dtheta_rel"]
-    out.update(divergence_from(base, result, k, suite))
-    chance = 1.0 / (cfg.suite.distractors + 1)
-    return {**out, **kept({**metrics, **out}, base["info"]["scores"], chance)}
+    scores = {**general.score(graphdef, params, suite), **old_stats(graphdef, params, old)}
+    return changed(cfg, base, suite, result, k, metrics, scores)
 
 
 def cell_key(cfg: ToolBaseConfig | dict) -> dict:
@@ -328,8 +321,5 @@ def sweep_cells(cfg: ToolBaseConfig, out: Path, progress: bool, resume: bool):
     for n in cfg.fact_counts:
         for method, lr in cfg.methods():
             log(progress, f"{n} new facts: {method}" + ("" if lr is None else f", lr {lr:g}"))
-            if method == STORE:
-                records += store_cells(cfg, n, bases, suite, out, resume)
-            else:
-                records += finetune_cells(cfg, method, lr, n, bases, suite, out, resume)
+            records += method_cells(cfg, method, lr, n, bases, suite, out, resume)
     return bases, records
