@@ -11,12 +11,12 @@ import functools
 from pathlib import Path
 
 from recall_bench import formats, general
-from recall_bench.checkpoint import load_params, save_params
 from recall_bench.divergences import divergence, greedy_reference, logits_of, reference_divergence
 from recall_bench.experiments import old_knowledge
 from recall_bench.experiments.config import BaseRunConfig, make_task
 from recall_bench.experiments.engine import Cell, run_cells, trained_models
 from recall_bench.experiments.evaluate import evaluate
+from recall_bench.experiments.recording import load_base, save_base
 from recall_bench.experiments.tool_base import (
     STORE,
     TOOL_FT,
@@ -29,11 +29,9 @@ from recall_bench.experiments.tool_base import (
     relative_change,
     replay_rows,
 )
-from recall_bench.identity import refuse_other
 from recall_bench.metrics import sequence_stats
-from recall_bench.model import init_model
 from recall_bench.progress import log
-from recall_bench.records import clean_json, environment, read_json, skill_scores, write_json_atomic
+from recall_bench.records import clean_json, environment
 from recall_bench.stopping import FirstPass
 from recall_bench.tool import build_store
 from recall_bench.train import Task, TrainResult, stack, take, train_models
@@ -94,20 +92,13 @@ def bases_for(cfg: ToolBaseConfig, suite: general.Suite, out: Path, progress: bo
     """The bases saved in out/base-s*/ (of the same key), or freshly trained and saved."""
     folders = {s: out / f"base-s{s}" for s in cfg.seeds}
     if all((f / "base.json").exists() for f in folders.values()):
-        graphdef, like = init_model(cfg.model_config(), 0)
-        bases = {}
-        for seed, folder in folders.items():
-            info = read_json(folder / "base.json")  # saved before record/3: today's names
-            info = {**info, "scores": skill_scores(info["scores"])}
-            refuse_other(folder, "a tool-base base model", info["key"], base_key(cfg))
-            params = load_params(folder / "params", like)
-            bases[seed] = {"graphdef": graphdef, "params": params, "info": info}
-        return bases
+        key = ("key", base_key(cfg))
+        what = "a tool-base base model"
+        return {s: load_base(f, what, key, cfg.model_config()) for s, f in folders.items()}
     log(progress, f"training the bases (general + tool pool + old facts), seeds {cfg.seeds}")
     bases = train_bases(cfg, suite, progress)
     for seed, base in bases.items():
-        save_params(folders[seed] / "params", base["params"])
-        write_json_atomic(folders[seed] / "base.json", base["info"])
+        save_base(folders[seed], base)
     return bases
 
 
