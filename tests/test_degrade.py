@@ -15,7 +15,7 @@ from flax import nnx
 
 import recall_bench.cli.degrade as cli_degrade
 from recall_bench import divergences, general
-from recall_bench.experiments import degrade, engine
+from recall_bench.experiments import degrade, engine, recording
 from recall_bench.experiments.run import evaluate
 from recall_bench.model import init_model
 from recall_bench.records import environment, write_json_atomic
@@ -39,7 +39,7 @@ def tiny_suite(cfg: degrade.DegradeConfig = TINY) -> general.Suite:
 def test_base_scores_reproduce_from_checkpoint(tmp_path):
     suite = tiny_suite()
     base = degrade.train_base(TINY, suite, progress=False)
-    degrade.save_base(tmp_path, base)
+    recording.save_base(tmp_path, base)
     loaded = degrade.load_base(tmp_path, TINY, suite)
     jax.tree.map(np.testing.assert_array_equal, loaded["params"], base["params"])
     assert general.score(loaded["graphdef"], loaded["params"], suite) == base["info"]["scores"]

@@ -137,7 +137,6 @@ def test_resume_never_reruns_a_finished_cell(finished_sweep, monkeypatch):
         return []
 
     monkeypatch.setattr(sweep, "run_group", fake_runner)
-    monkeypatch.setattr(sweep, "run_token_group", fake_runner)
     with pytest.raises(ValueError, match="pass --resume"):
         sweep.run_sweep(s, out, progress=False)
     assert sweep.run_sweep(s, out, resume=True, progress=False)["ran"] == 0

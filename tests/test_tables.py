@@ -77,3 +77,36 @@ def test_markdown_rows_have_one_cell_per_column(rows: list[dict]) -> None:
     for line in lines:
         unescaped = line.replace("\\\\", "").replace("\\|", "")
         assert unescaped.count("|") == len(COLUMNS) + 1
+
+
+def test_consolidation_table_shows_the_base_and_the_last_step() -> None:
+    """Step 0 of the first method as `base`, the last step of every method, nothing between."""
+    from recall_bench.experiments import consolidate_report
+
+    point = {"recall_without_store": 0.5, "bits_moved": 1234.0, "recall_through_store": 0.9}
+    point |= {"old_recall_kept": 1.0, "tool_recall_fresh": 0.8}
+    rows = [
+        {**point, "method": m, "n_facts": 64, "step": s}
+        for m in ("own-answers", "true-facts")
+        for s in (0, 50, 100)
+    ]
+    summary = {"params": {"total": 1000}, "rows": rows, "plots": ["a.png"], "wall_s": 3.0}
+    lines = consolidate_report.format_table(summary).splitlines()
+    assert lines[0] == "consolidation: 1,000-parameter model"
+    assert lines[-1].startswith("plots: a.png")
+    shown = [line.split()[:3] for line in lines[3:-1]]
+    assert shown == [["base", "64", "0"], ["own-answers", "64", "100"], ["true-facts", "64", "100"]]
+    assert lines[3].split()[4] == "1,234" and lines[3].split()[-1] == "-"  # no general measured
+
+
+def test_edit_table_is_markdown_with_a_cell_per_column() -> None:
+    from recall_bench.experiments import edits_report
+
+    names = (*edits_report.SHOWN, *edits_report.GROUP_METRICS, *edits_report.GENERAL)
+    row = {"method": "rome", "k": 4, **dict.fromkeys(names, 0.25), "general_mc_kept": None}
+    row |= {"wall_s_per_edit": 0.0123, "flops_per_edit": 1.2e9, "bytes_per_edit": 4096.0}
+    head, rule, line = edits_report.format_table([row]).splitlines()
+    assert head.count("|") == rule.count("|") == line.count("|") == 16
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[:3] == ["rome", "4", "0.250"] and cells[-3:] == ["0.012", "1.2e+09", "4096"]
+    assert cells[-6] == "-"  # general_mc_kept not measured

@@ -16,8 +16,8 @@ import recall_bench.cli.degrade as cli_degrade
 import recall_bench.cli.tool_base as cli_tool_base
 from recall_bench import formats, general
 from recall_bench.experiments.config import RunConfig
-from recall_bench.experiments.tool_base import TOOL_FT, ToolBaseConfig
-from recall_bench.experiments.tool_base_run import finetune_cells, store_cells, train_bases
+from recall_bench.experiments.tool_base import STORE, TOOL_FT, ToolBaseConfig
+from recall_bench.experiments.tool_base_run import method_cells, train_bases
 from recall_bench.stopping import FirstPass
 from recall_bench.train import Task, train_models
 from recall_bench.worlds import make_fact_world
@@ -66,7 +66,7 @@ def leaves(params) -> list[np.ndarray]:
 def test_store_write_changes_no_weight_and_answers_through_the_store(trained, tmp_path):
     bases, suite = trained
     before = leaves(bases[0]["params"])
-    (record,) = store_cells(TINY, 16, bases, suite, tmp_path)
+    (record,) = method_cells(TINY, STORE, None, 16, bases, suite, tmp_path)
     for a, b in zip(before, leaves(bases[0]["params"]), strict=True):
         np.testing.assert_array_equal(a, b)  # bitwise
     m, tb = record["metrics"], record["tool_base"]
@@ -115,7 +115,7 @@ def test_first_pass_stops_at_the_first_passing_evaluation(trained):
 
 def test_trajectory_starts_at_the_base(trained, tmp_path):
     bases, suite = trained
-    (record,) = finetune_cells(TINY, "in-weight", 1e-2, 16, bases, suite, tmp_path)
+    (record,) = method_cells(TINY, "in-weight", 1e-2, 16, bases, suite, tmp_path)
     history = record["train"]["history"]
     assert [h["step"] for h in history][:2] == [0, 25]
     assert history[0]["dtheta_rel"] == 0.0 and history[0]["recall"] == 0.0
@@ -126,7 +126,7 @@ def test_trajectory_starts_at_the_base(trained, tmp_path):
     m = record["metrics"]
     assert m["dtheta_rel"] == history[-1]["dtheta_rel"] and "old_bits_kept" in m
     assert m["greedy_tv"] == history[-1]["greedy_tv"] > 0.0  # at the stop, on the full set
-    (replayed,) = finetune_cells(TINY, "in-weight+replay", 1e-2, 16, bases, suite, tmp_path)
+    (replayed,) = method_cells(TINY, "in-weight+replay", 1e-2, 16, bases, suite, tmp_path)
     assert replayed["config_hash"] != record["config_hash"]  # two cells, two identities
     assert replayed["config"]["evaluation"]["method"] == "in-weight+replay"
 
@@ -137,7 +137,7 @@ def test_in_tool_fine_tune_is_recorded_through_the_store(trained, tmp_path):
     bases, suite = trained
     cfg = dataclasses.replace(TINY, in_tool_steps=25, in_tool_lrs=(1e-2,))
     assert cfg.methods()[-1] == (TOOL_FT, 1e-2) and TINY.methods()[-1][0] != TOOL_FT
-    (record,) = finetune_cells(cfg, TOOL_FT, 1e-2, 16, bases, suite, tmp_path)
+    (record,) = method_cells(cfg, TOOL_FT, 1e-2, 16, bases, suite, tmp_path)
     m, tb, history = record["metrics"], record["tool_base"], record["train"]["history"]
     assert record["mode"] == "in-tool" and tb["method"] == TOOL_FT and tb["budget"] == 25
     assert tb["gradient_steps"] == history[-1]["step"] <= 25 and history[0]["step"] == 0

@@ -31,7 +31,7 @@ def main() -> None:
     cfg = degrade.DegradeConfig(fact_counts=(args.facts,), facts=facts)
     vocab = formats.Vocab.of(cfg.run_config("in-weight", args.facts).spec)
     suite = general.make_suite(cfg.suite, vocab)
-    base = degrade.load_base(args.base, cfg)
+    base = degrade.load_base(args.base, cfg, suite)
     for mode in ("in-tool", "in-weight"):
         world = make_fact_world(cfg.run_config(mode, args.facts).spec)
         task = degrade.injection_task(cfg, mode, world, suite)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from recall_bench import tables
 from recall_bench.experiments.consolidate import ConsolidateConfig, run_consolidation
 from recall_bench.plots import plt, save
 from recall_bench.records import clean_json, environment, write_json_atomic
@@ -107,24 +108,31 @@ def trajectory_plot(rows: list[dict], x_key: str, path: Path) -> Path:
     return save(fig, path)
 
 
+COLUMNS = (  # of the table: (header, row field or function of the row, format)
+    ("data", lambda r: "base" if r["step"] == 0 else r["method"]),
+    ("facts", "n_facts"),
+    ("step", "step"),
+    ("alone", "recall_without_store", ".3f"),
+    ("bits moved", "bits_moved", ",.0f"),
+    ("through", "recall_through_store", ".3f"),
+    ("old kept", "old_recall_kept", ".3f"),
+    ("tool", "tool_recall_fresh", ".3f"),
+    ("gen kept", "general_accuracy_kept", ".3f"),
+)
+
+
 def format_table(summary: dict) -> str:
     """The base (step 0) and the last evaluation of every method and N."""
-    head = (
-        f"{'data':<12}{'facts':>6}{'step':>6}  {'alone':>6}{'bits moved':>11}{'through':>8}"
-        f"{'old kept':>9}{'tool':>6}{'gen kept':>9}"
-    )
-    lines = [f"consolidation: {summary['params']['total']:,}-parameter model", head]
     last = max(r["step"] for r in summary["rows"])
     first = summary["rows"][0]["method"]  # whose step 0 shows the base
-    for r in summary["rows"]:
-        if r["step"] not in (0, last) or (r["step"] == 0 and r["method"] != first):
-            continue
-        label = "base" if r["step"] == 0 else r["method"]
-        gen = f"{r['general_accuracy_kept']:>9.3f}" if "general_accuracy_kept" in r else f"{'-':>9}"
-        lines.append(
-            f"{label:<12}{r['n_facts']:>6}{r['step']:>6}  {r['recall_without_store']:>6.3f}"
-            f"{r['bits_moved']:>11,.0f}{r['recall_through_store']:>8.3f}"
-            f"{r['old_recall_kept']:>9.3f}{r['tool_recall_fresh']:>6.3f}{gen}"
-        )
-    lines.append(f"plots: {', '.join(summary['plots'])}   total {summary['wall_s']:.0f} s")
+    shown = [
+        r
+        for r in summary["rows"]
+        if (r["step"] == 0 and r["method"] == first) or r["step"] == last > 0
+    ]
+    lines = [
+        f"consolidation: {summary['params']['total']:,}-parameter model",
+        tables.format_table(shown, COLUMNS),
+        f"plots: {', '.join(summary['plots'])}   total {summary['wall_s']:.0f} s",
+    ]
     return "\n".join(lines)

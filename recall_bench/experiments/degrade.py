@@ -29,16 +29,15 @@ from pathlib import Path
 import numpy as np
 
 from recall_bench import formats, general, plots, tables
-from recall_bench.checkpoint import load_params, save_params
 from recall_bench.divergences import divergence
+from recall_bench.experiments import recording
 from recall_bench.experiments.config import BaseRunConfig, RunConfig, make_task
 from recall_bench.experiments.engine import Cell, finished, run_cells, trained_models
 from recall_bench.experiments.recording import write_summary
 from recall_bench.experiments.tool_cost import cost_splits, format_splits
-from recall_bench.identity import refuse_other
-from recall_bench.model import ModelConfig, add_side_memory, count_params, init_model
+from recall_bench.model import ModelConfig, add_side_memory, count_params
 from recall_bench.progress import log
-from recall_bench.records import clean_json, read_json, skill_scores, write_json_atomic
+from recall_bench.records import clean_json
 from recall_bench.train import Task, TrainConfig, TrainResult
 from recall_bench.worlds import FactWorld
 
@@ -156,7 +155,8 @@ def suite_task(suite: general.Suite, monitor_rows: int = 2048) -> Task:
 
 def train_base(cfg: DegradeConfig, suite: general.Suite, progress: bool = True) -> dict:
     """Train the base model on the suite, a cell of the engine over no fact world (its record
-    unwritten: base.json is save_base's): {graphdef, params, info} (info: scores, training)."""
+    unwritten: base.json is recording.save_base's): {graphdef, params, info} (info: scores,
+    training)."""
     cell = Cell(
         BaseRunConfig(mode="base", n_facts=0, seed=cfg.seed),
         task=lambda world: suite_task(suite),
@@ -174,29 +174,17 @@ def train_base(cfg: DegradeConfig, suite: general.Suite, progress: bool = True) 
     return {"graphdef": graphdef, "params": params, "info": info}
 
 
-def save_base(folder: str | Path, base: dict) -> None:
-    """Parameters (orbax) then base.json; base.json present means the save completed."""
-    folder = Path(folder)
-    save_params(folder / "params", base["params"])
-    write_json_atomic(folder / "base.json", base["info"])
-
-
 def load_base(folder: str | Path, cfg: DegradeConfig, suite: general.Suite) -> dict:
     """The base model saved in folder (a ValueError if it was trained under another config).
     A base saved before the graded score existed gets it now, scored from its parameters on
-    `suite`, so that its cells' graded score kept (general.kept) is measured; one saved before
-    record/3 gets its skill accuracies under today's names."""
-    folder = Path(folder)
-    info = read_json(folder / "base.json")
-    info = {**info, "scores": skill_scores(info["scores"])}  # saved before record/3: today's names
-    refuse_other(folder, "a base model", info["config"], cfg.base_key())
-    graphdef, like = init_model(cfg.model_config(), cfg.seed)
-    params = load_params(folder / "params", like)
-    if "general_mc_accuracy" not in info["scores"]:
-        fresh = general.score(graphdef, params, suite).items()
+    `suite`, so that its cells' graded score kept (general.kept) is measured."""
+    key = ("config", cfg.base_key())
+    base = recording.load_base(folder, "a base model", key, cfg.model_config())
+    if "general_mc_accuracy" not in base["info"]["scores"]:
+        fresh = general.score(base["graphdef"], base["params"], suite).items()
         graded = {k: v for k, v in fresh if k.endswith("_mc_accuracy")}
-        info = {**info, "scores": {**info["scores"], **graded}}
-    return {"graphdef": graphdef, "params": params, "info": info}
+        base["info"]["scores"] = {**base["info"]["scores"], **graded}
+    return base
 
 
 def injection_task(cfg: DegradeConfig, mode: str, world: FactWorld, suite: general.Suite) -> Task:
@@ -327,7 +315,7 @@ def run_degrade(
     else:
         log(progress, "training the base model on the general suite")
         base = train_base(cfg, suite, progress)
-        save_base(out / "base", base)
+        recording.save_base(out / "base", base)
     log(progress, f"base: {json.dumps(base['info']['scores'])}")
     rows = []
     for i, (mode, n) in enumerate(cells, 1):

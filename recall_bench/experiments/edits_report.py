@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recall_bench import plots
+from recall_bench import plots, tables
 
 SHOWN = ("efficacy", "generalization", "specificity")
 GROUP_METRICS = (
@@ -61,26 +61,24 @@ def summarize(records: list[dict]) -> list[dict]:
     return rows
 
 
-def fmt(value: float | None, spec: str = ".3f") -> str:
-    return "-" if value is None else format(value, spec)
+HEADERS = (
+    "efficacy", "generalization", "specificity", "efficacy (known)", "same entity", "neighbour",
+    "other", "general kept (graded)", "general kept (exact)", "text bits/byte change",
+)  # fmt: skip
+COLUMNS = (  # of the summary table: (header, row field, format)
+    ("method", "method"),
+    ("k", "k"),
+    *((h, n, ".3f") for h, n in zip(HEADERS, (*SHOWN, *GROUP_METRICS, *GENERAL), strict=True)),
+    ("s/edit", "wall_s_per_edit", ".2g"),
+    ("FLOPs/edit", "flops_per_edit", ".2g"),
+    ("bytes/edit", "bytes_per_edit", ".0f"),
+)
 
 
 def format_table(rows: list[dict]) -> str:
     """A markdown table of the summary rows (general ability kept: graded above chance,
     exact, and the text's change in bits per byte)."""
-    head = (
-        "| method | k | efficacy | generalization | specificity | efficacy (known) "
-        "| same entity | neighbour | other | general kept (graded) | general kept (exact) "
-        "| text bits/byte change | s/edit | FLOPs/edit | bytes/edit |"
-    )
-    lines = [head, "|" + "---|" * 15]
-    for r in rows:
-        cells = [r["method"], str(r["k"])]
-        cells += [fmt(r[n]) for n in (*SHOWN, *GROUP_METRICS, *GENERAL)]
-        cells += [fmt(r["wall_s_per_edit"], ".2g"), fmt(r["flops_per_edit"], ".2g")]
-        cells.append(fmt(r["bytes_per_edit"], ".0f"))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return tables.format_table(rows, COLUMNS, markdown=True)
 
 
 def plot(rows: list[dict], path: str | Path) -> Path:

@@ -1,6 +1,7 @@
 """Run records of trained cells, built complete in one call: the `train` block (budget,
 steps, exposures, why it stopped), a fact cell's record, and its per-fact decoding traces;
-and what an experiment's summary makes of records (their spread over seeds, summary.json)."""
+what an experiment's summary makes of records (their spread over seeds, summary.json); and
+the base models experiments build on, saved and read back."""
 
 from __future__ import annotations
 
@@ -11,10 +12,19 @@ from typing import Any
 
 import numpy as np
 
+from recall_bench.checkpoint import load_params, save_params
 from recall_bench.decode import Decoded
 from recall_bench.experiments.config import BaseRunConfig
-from recall_bench.model import ModelConfig, count_params
-from recall_bench.records import clean_json, environment, new_record, write_json_atomic
+from recall_bench.identity import refuse_other
+from recall_bench.model import ModelConfig, count_params, init_model
+from recall_bench.records import (
+    clean_json,
+    environment,
+    new_record,
+    read_json,
+    skill_scores,
+    write_json_atomic,
+)
 from recall_bench.stopping import late_gain, plateaued
 from recall_bench.train import Task, TrainConfig, TrainResult
 from recall_bench.worlds import FactSpec, FactWorld, spec_fields, spec_hash
@@ -135,3 +145,22 @@ def write_summary(
     summary.update(env=environment(), wall_s=wall_s)
     write_json_atomic(Path(out) / "summary.json", summary)
     return summary
+
+
+def save_base(folder: str | Path, base: dict) -> None:
+    """A base model ({graphdef, params, info}): parameters (orbax), then base.json (its info);
+    base.json present means the save completed."""
+    save_params(Path(folder) / "params", base["params"])
+    write_json_atomic(Path(folder) / "base.json", base["info"])
+
+
+def load_base(folder: str | Path, what: str, key: tuple[str, dict], model_cfg: ModelConfig) -> dict:
+    """The base model save_base wrote in folder, {graphdef, params, info}, its skill scores
+    under today's names (one saved before record/3 has older ones); refused (a ValueError
+    naming `what`) unless its info's key[0] field is key[1], the settings that shape it."""
+    folder = Path(folder)
+    info = read_json(folder / "base.json")
+    info = {**info, "scores": skill_scores(info["scores"])}
+    refuse_other(folder, what, info[key[0]], key[1])
+    graphdef, like = init_model(model_cfg, 0)
+    return {"graphdef": graphdef, "params": load_params(folder / "params", like), "info": info}

@@ -47,7 +47,6 @@ from recall_bench.train import padded_rows
 from recall_bench.worlds import SpecError
 
 CONFIGS = {**dict.fromkeys(MODES, RunConfig), TOKENS: TokenRunConfig}
-run_token_group = run_group  # the engine runs random-token groups too (the old name stays)
 TOP_KEYS = ("name", "out", "defaults", "grid")
 TYPES = {  # field annotation -> (check, words for the error message)
     "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),

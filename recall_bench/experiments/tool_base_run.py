@@ -11,12 +11,12 @@ import functools
 from pathlib import Path
 
 from recall_bench import formats, general
-from recall_bench.checkpoint import load_params, save_params
 from recall_bench.divergences import divergence, greedy_reference, logits_of, reference_divergence
 from recall_bench.experiments import old_knowledge
 from recall_bench.experiments.config import BaseRunConfig, make_task
 from recall_bench.experiments.engine import Cell, run_cells, trained_models
 from recall_bench.experiments.evaluate import evaluate
+from recall_bench.experiments.recording import load_base, save_base
 from recall_bench.experiments.tool_base import (
     STORE,
     TOOL_FT,
@@ -29,11 +29,9 @@ from recall_bench.experiments.tool_base import (
     relative_change,
     replay_rows,
 )
-from recall_bench.identity import refuse_other
 from recall_bench.metrics import sequence_stats
-from recall_bench.model import init_model
 from recall_bench.progress import log
-from recall_bench.records import clean_json, environment, read_json, skill_scores, write_json_atomic
+from recall_bench.records import clean_json, environment
 from recall_bench.stopping import FirstPass
 from recall_bench.tool import build_store
 from recall_bench.train import Task, TrainResult, stack, take, train_models
@@ -94,20 +92,13 @@ def bases_for(cfg: ToolBaseConfig, suite: general.Suite, out: Path, progress: bo
     """The bases saved in out/base-s*/ (of the same key), or freshly trained and saved."""
     folders = {s: out / f"base-s{s}" for s in cfg.seeds}
     if all((f / "base.json").exists() for f in folders.values()):
-        graphdef, like = init_model(cfg.model_config(), 0)
-        bases = {}
-        for seed, folder in folders.items():
-            info = read_json(folder / "base.json")  # saved before record/3: today's names
-            info = {**info, "scores": skill_scores(info["scores"])}
-            refuse_other(folder, "a tool-base base model", info["key"], base_key(cfg))
-            params = load_params(folder / "params", like)
-            bases[seed] = {"graphdef": graphdef, "params": params, "info": info}
-        return bases
+        key = ("key", base_key(cfg))
+        what = "a tool-base base model"
+        return {s: load_base(f, what, key, cfg.model_config()) for s, f in folders.items()}
     log(progress, f"training the bases (general + tool pool + old facts), seeds {cfg.seeds}")
     bases = train_bases(cfg, suite, progress)
     for seed, base in bases.items():
-        save_params(folders[seed] / "params", base["params"])
-        write_json_atomic(folders[seed] / "base.json", base["info"])
+        save_base(folders[seed], base)
     return bases
 
 
@@ -197,16 +188,11 @@ def cell_fields(cfg, cell, base, old, result: TrainResult, k: int) -> dict:
     return {"config": config, "protocol": "tool-base", "tool_base": block}
 
 
-def store_cells(cfg, n: int, bases: dict, suite, out: Path, resume: bool = False) -> list[dict]:
-    """Write the N new facts of each seed's world into a store and decode with the base: zero
-    gradient steps; the base's parameters, general scores and old knowledge are unchanged."""
-    cells = [make_cell(cfg, (STORE, None, n, s), bases, suite, out) for s in bases]
-    return run_cells(cells, progress=False, resume=resume)
-
-
-def finetune_cells(cfg, method: str, lr: float, n: int, bases: dict, suite, out, resume=False):
-    """Fine-tune every seed's base on its N new facts in-weight (method: with or without
-    replay) as one ensemble, first-pass stopping; evaluate and record each."""
+def method_cells(cfg, method: str, lr, n: int, bases: dict, suite, out, resume=False) -> list:
+    """Every seed's cell of one method at N, run by the engine (with resume, finished ones
+    kept): a store write (the base decodes through a store of the N new facts; zero gradient
+    steps, its parameters, general scores and old knowledge unchanged), or fine-tuning on the
+    new facts (the seeds as one ensemble, first-pass stopping); their records."""
     cells = [make_cell(cfg, (method, lr, n, s), bases, suite, out) for s in bases]
     return run_cells(cells, progress=False, resume=resume)
 
@@ -235,17 +221,19 @@ def base_measures(cfg, base: dict, suite, result: TrainResult, k: int, metrics: 
     """A store write's general ability and old knowledge: the base's scores (every weight is
     the base's; the tool's copy_accuracy, answers = the store's values, stays the tool's), and
     its divergence from the base (measured: zero)."""
-    scores = base["info"]["scores"]
+    return changed(cfg, base, suite, result, k, metrics, base["info"]["scores"])
+
+
+def changed(cfg, base: dict, suite, result: TrainResult, k: int, metrics, scores: dict) -> dict:
+    """Model k's `scores` the metrics lack, its change from the base (dtheta_rel), its KL and
+    TV from the base (at the suite's answer positions and on the base's own greedy
+    continuations of its fixed prompts) and what it kept of the base's."""
     out = {key: v for key, v in scores.items() if key not in metrics}
     out["dtheta_rel"] = result.history[k][-1]["dtheta_rel"]
-    out.update(divergence_from(base, result, k, suite))
-    return {**out, **kept({**metrics, **out}, scores, 1.0 / (cfg.suite.distractors + 1))}
-
-
-def divergence_from(base: dict, result: TrainResult, k: int, suite) -> dict[str, float]:
-    """KL and TV of model k from its base: at the suite's answer positions and on the base's
-    own greedy continuations of its fixed prompts (greedy_kl, greedy_tv)."""
-    return divergence(base["graphdef"], base["params"], result.graphdef, result.model(k), suite)
+    model = (result.graphdef, result.model(k))
+    out.update(divergence(base["graphdef"], base["params"], *model, suite))
+    chance = 1.0 / (cfg.suite.distractors + 1)
+    return {**out, **kept({**metrics, **out}, base["info"]["scores"], chance)}
 
 
 def new_facts_task(cfg, cell: tuple, suite, old, world) -> Task:
@@ -303,12 +291,8 @@ def finetune_measures(cfg, base: dict, suite, old, result: TrainResult, k: int, 
     """A fine-tuned model's general ability, old knowledge, divergence and change from the
     base, and what it kept of the base's (an in-tool model's copy_accuracy stays the tool's)."""
     graphdef, params = result.graphdef, result.model(k)
-    out = {**general.score(graphdef, params, suite), **old_stats(graphdef, params, old)}
-    out = {key: v for key, v in out.items() if key not in metrics}
-    out["dtheta_rel"] = result.history[k][-1]["dtheta_rel"]
-    out.update(divergence_from(base, result, k, suite))
-    chance = 1.0 / (cfg.suite.distractors + 1)
-    return {**out, **kept({**metrics, **out}, base["info"]["scores"], chance)}
+    scores = {**general.score(graphdef, params, suite), **old_stats(graphdef, params, old)}
+    return changed(cfg, base, suite, result, k, metrics, scores)
 
 
 def cell_key(cfg: ToolBaseConfig | dict) -> dict:
@@ -328,8 +312,5 @@ def sweep_cells(cfg: ToolBaseConfig, out: Path, progress: bool, resume: bool):
     for n in cfg.fact_counts:
         for method, lr in cfg.methods():
             log(progress, f"{n} new facts: {method}" + ("" if lr is None else f", lr {lr:g}"))
-            if method == STORE:
-                records += store_cells(cfg, n, bases, suite, out, resume)
-            else:
-                records += finetune_cells(cfg, method, lr, n, bases, suite, out, resume)
+            records += method_cells(cfg, method, lr, n, bases, suite, out, resume)
     return bases, records
