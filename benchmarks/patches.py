@@ -31,15 +31,16 @@ def _bwd_small_t(res, dy):
 _matmul_small_t.defvjp(_fwd, _bwd_small_t)
 
 
-def _matmul_flat(x, w):
-    """Tokens flattened to one axis before the product (and back after)."""
-    return model._ORIGINAL_MATMUL(x.reshape(-1, x.shape[-1]), w).reshape(*x.shape[:-1], -1)
+def flat(matmul):
+    """matmul with the tokens flattened to one axis before the product (and back after)."""
+    return lambda x, w: matmul(x.reshape(-1, x.shape[-1]), w).reshape(*x.shape[:-1], -1)
 
 
 PATCHES = {
     "xla_t": lambda x, w: x @ w,  # XLA's own transpose rule for the weight gradient
     "small_t": _matmul_small_t,
-    "flat": _matmul_flat,
+    "flat": flat(model._matmul),
+    "flat_small_t": flat(_matmul_small_t),
 }
 
 
@@ -47,5 +48,4 @@ def apply(name: str) -> None:
     """Route the model's Linear layers through PATCHES[name] in this process."""
     if name not in PATCHES:
         raise ValueError(f"unknown patch {name!r}: one of {sorted(PATCHES)}")
-    model._ORIGINAL_MATMUL = getattr(model, "_ORIGINAL_MATMUL", model._matmul)
     model._matmul = PATCHES[name]
