@@ -31,6 +31,24 @@ def _bwd_small_t(res, dy):
 _matmul_small_t.defvjp(_fwd, _bwd_small_t)
 
 
+@jax.custom_vjp
+def _matmul_barrier_t(x, w):
+    return x @ w
+
+
+def _bwd_barrier_t(res, dy):
+    """model._matmul_bwd with a second barrier before the transpose, so that XLA transposes
+    the stored input alone instead of fusing it with the ops that produced it (same values,
+    same product)."""
+    x, w = res
+    x2 = jax.lax.optimization_barrier(x.reshape(-1, x.shape[-1]))
+    x2t = jax.lax.optimization_barrier(x2.T)
+    return dy @ w.T.astype(dy.dtype), (x2t @ dy.reshape(-1, dy.shape[-1])).astype(w.dtype)
+
+
+_matmul_barrier_t.defvjp(_fwd, _bwd_barrier_t)
+
+
 def flat(matmul):
     """matmul with the tokens flattened to one axis before the product (and back after)."""
     return lambda x, w: matmul(x.reshape(-1, x.shape[-1]), w).reshape(*x.shape[:-1], -1)
@@ -41,6 +59,7 @@ PATCHES = {
     "small_t": _matmul_small_t,
     "flat": flat(model._matmul),
     "flat_small_t": flat(_matmul_small_t),
+    "barrier_t": _matmul_barrier_t,
 }
 
 
