@@ -86,7 +86,9 @@ def train_flops_per_step(w: Workload, model, seq_len: int, non_embedding: int) -
 class JaxSetup:
     """recall_bench's own compiled training chunk (as train_models builds it) over K models."""
 
-    def __init__(self, w: Workload, k: int, steps_per_call: int):
+    def __init__(
+        self, w: Workload, k: int, steps_per_call: int, dtype: str = "float32", patch: str = ""
+    ):
         import jax
         import jax.numpy as jnp
         import numpy as np
@@ -94,8 +96,12 @@ class JaxSetup:
         from recall_bench import devices, streams, train
         from recall_bench.model import count_params, init_model
 
+        if patch:
+            import patches
+
+            patches.apply(patch)
         data = load_data(w)
-        mc = data["model"]
+        mc = dataclasses.replace(data["model"], dtype=dtype)
         cfg = train.TrainConfig(
             steps=3000,
             batch_size=w.batch,
@@ -228,7 +234,13 @@ def worker_main() -> None:
             if cmd == "setup":
                 w = Workload(**msg["workload"])
                 if msg["impl"] == "jax":
-                    setup = JaxSetup(w, msg.get("k", 1), msg.get("steps_per_call", 25))
+                    setup = JaxSetup(
+                        w,
+                        msg.get("k", 1),
+                        msg.get("steps_per_call", 25),
+                        msg.get("dtype", "float32"),
+                        msg.get("patch", ""),
+                    )
                 else:
                     setup = TorchSetup(w, msg.get("threads", 1), msg.get("fused", True))
                 setups[msg["id"]] = setup

@@ -36,6 +36,14 @@ def agreed(value: int) -> int:
     return int(multihost_utils.broadcast_one_to_all(np.int64(value)))
 
 
+def any_process(flag: bool) -> bool:
+    """Whether `flag` holds on any process (itself in one process): a signal that reached
+    only some processes must stop them all at the same step."""
+    if jax.process_count() == 1:
+        return flag
+    return bool(multihost_utils.process_allgather(np.array([flag])).any())
+
+
 def barrier(name: str) -> None:
     """Wait until every process reaches the barrier called `name` (nothing in one process)."""
     if jax.process_count() > 1:

@@ -23,7 +23,7 @@ from flax import nnx
 
 from recall_bench import streams
 from recall_bench.checkpoint import Checkpoints
-from recall_bench.devices import gathered, place, placement
+from recall_bench.devices import agreed, any_process, gathered, place, placement
 from recall_bench.formats import Task
 from recall_bench.model import ModelConfig, apply, init_model
 from recall_bench.optimizer import TrainConfig, make_optimizer
@@ -200,15 +200,11 @@ def train_models(
 
     With checkpoint_dir, the whole loop state is saved at progress checks (at most every
     checkpoint_every_s seconds) and when SIGINT or SIGTERM arrives; resume=True continues
-    from the latest one (of the same identity) and ends exactly as an uninterrupted run.
+    from the latest one (of the same identity) and ends exactly as an uninterrupted run. Under
+    jax.distributed every process saves and restores its own shards (one orbax checkpoint).
     """
     if len(tasks) != len(seeds):
         raise ValueError("one seed per task")
-    if checkpoint_dir is not None and jax.process_count() > 1:
-        raise ValueError(
-            "checkpoints are not written across processes (jax.distributed) yet: run without "
-            "an output folder's checkpoints, or as independent jobs with --shard i/n"
-        )
     shapes = {t.train.tokens.shape for t in tasks}
     if len(shapes) != 1:
         raise ValueError(f"ensemble tasks must share one data shape, got {sorted(shapes)}")
@@ -223,6 +219,7 @@ def train_models(
         "opt_state": jax.vmap(optimizer.init)(params),
         "rng": jnp.stack([jax.random.PRNGKey(s + batch_offset) for s in seeds]),
     }
+    state = place(state, placement(k, cfg.batch_size)[0])  # a checkpoint restores into it
     identity = training_identity(model_cfg, cfg, tasks, seeds, init_params)
     if batch_offset != streams.BATCH_OFFSET:  # another batch stream: a checkpoint of another run
         identity["batch_offset"] = batch_offset
@@ -265,9 +262,7 @@ def train_loop(
     """Run compiled chunks until every model has stopped (stop_decisions), saving the loop
     state to `checkpoints` now and then, and before leaving on an interrupt."""
     active = np.array(meta["active"], bool)
-    state, data, chunk, on_device, compile_s = compile_loop(
-        graphdef, optimizer, cfg, tasks, state, active
-    )
+    data, chunk, on_device, compile_s = compile_loop(graphdef, optimizer, cfg, tasks, state, active)
 
     def decide(losses) -> None:
         params = gathered(state["params"])
@@ -297,11 +292,12 @@ def train_loop(
             shown = int(np.flatnonzero(active)[0]) if active.any() else 0
             if progress:
                 fields = progress_fields(meta["history"][shown], cfg, tasks[shown])
-            if checkpoints is not None and time.perf_counter() - last_save >= checkpoint_every_s:
+            due = time.perf_counter() - last_save >= checkpoint_every_s
+            if checkpoints is not None and agreed(int(due)):  # all save or none
                 save()
                 last_save = time.perf_counter()
         bar.update(cfg.steps_per_call, fields)
-        if interrupts and active.any():
+        if any_process(bool(interrupts)) and active.any():  # a signal to one stops all
             bar.close()
             raise interrupted(meta["step"], checkpoints, save)
     bar.close()
@@ -320,11 +316,10 @@ def train_loop(
 
 
 def compile_loop(graphdef, optimizer, cfg: TrainConfig, tasks: list[Task], state, active):
-    """(state, data, chunk, on_device, compile_s): the loop state and the stacked training data
-    (tokens, loss_mask, n_rows) placed on the devices, the compiled chunk, the function that
-    places the active flags like the state, and the seconds compiling took."""
+    """(data, chunk, on_device, compile_s): the stacked training data (tokens, loss_mask,
+    n_rows) placed like the state (already placed by train_models), the compiled chunk, the
+    function that places the active flags like the state, and the seconds compiling took."""
     state_sharding, batch_sharding = placement(len(tasks), cfg.batch_size)
-    state = place(state, state_sharding)
     masks = np.stack([t.train.loss_mask for t in tasks])
     data = device_data(np.stack([t.train.tokens for t in tasks]), masks, state_sharding)
     on_device = functools.partial(place, sharding=state_sharding)
@@ -339,7 +334,7 @@ def compile_loop(graphdef, optimizer, cfg: TrainConfig, tasks: list[Task], state
         *data,
         on_device(jnp.asarray(active)),
     )
-    return state, data, chunk, on_device, time.perf_counter() - t0
+    return data, chunk, on_device, time.perf_counter() - t0
 
 
 def interrupted(step: int, checkpoints: Checkpoints | None, save: Callable) -> Interrupted:

@@ -31,6 +31,7 @@ import numpy as np
 
 from recall_bench.checkpoint import save_params
 from recall_bench.cost import record_cost
+from recall_bench.devices import is_lead
 from recall_bench.experiments.config import BaseRunConfig, RunConfig, make_task
 from recall_bench.experiments.evaluate import evaluate, held_out_metrics, noise_floor_metrics
 from recall_bench.experiments.recording import make_record, save_traces
@@ -229,7 +230,7 @@ def run_ensemble(
         record_of(cell, worlds[i], tasks[slot[i]], result, slot[i], save_model)
         for i, cell in enumerate(cells)
     ]
-    if checkpoint_dir is not None:
+    if checkpoint_dir is not None and is_lead():  # the one that wrote the records
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return records
 

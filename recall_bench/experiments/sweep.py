@@ -259,10 +259,9 @@ def run_sweep(
 ) -> dict:
     """Run this shard's missing cells (an ensemble per group), then write and return the
     summary of all its cells (`command`: the command line that ran it, None from Python).
-    Under jax.distributed every process runs every group together
-    (the ensemble split over all their devices, no checkpoints) and process 0 writes."""
+    Under jax.distributed every process runs every group together (the ensemble split over
+    all their devices, each saving its shards of the checkpoints) and process 0 writes."""
     out, t0 = Path(out), time.perf_counter()
-    alone = jax.process_count() == 1
     mine = shard_groups(sweep.cells, shard)
     cells = [[Cell(cfg, out / cell_name(cfg)) for cfg in group] for group in mine]
     todo = [[c.cfg for c in g] for g in pending(cells, resume, fitting_ensemble)]
@@ -271,13 +270,13 @@ def run_sweep(
         seeds = [c.seed for c in group]
         if progress:
             print(f"[{j}/{len(todo)}] {name}, seeds {seeds}", file=sys.stderr)
-        ckpt = out / "checkpoints" / f"{name}-s{'-'.join(map(str, seeds))}" if alone else None
+        ckpt = out / "checkpoints" / f"{name}-s{'-'.join(map(str, seeds))}"
         dirs = [out / cell_name(c) if is_lead() else None for c in group]
         for r in run_group(group, dirs, progress, ckpt, resume):
             if progress:
                 print(f"    {cell_summary(r)}", file=sys.stderr)
     barrier("sweep records written")
-    if (out / "checkpoints").is_dir() and not any((out / "checkpoints").iterdir()):
+    if is_lead() and (out / "checkpoints").is_dir() and not any((out / "checkpoints").iterdir()):
         (out / "checkpoints").rmdir()  # every group's checkpoints go once its records exist
     records = [read_record(out / cell_name(c) / "record.json") for g in mine for c in g]
     summary = sweep_summary(records, sweep.name, shard, command)
