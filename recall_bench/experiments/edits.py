@@ -17,12 +17,12 @@ import jax
 import numpy as np
 
 from recall_bench import edit, formats, streams
-from recall_bench.checkpoint import save_params
 from recall_bench.edit_weights import WeightEditConfig
 from recall_bench.experiments import edits_general
 from recall_bench.experiments.config import RunConfig
 from recall_bench.experiments.edits_located import located_edit
 from recall_bench.experiments.engine import Cell, run_cells, trained_models
+from recall_bench.experiments.recording import save_base
 from recall_bench.general import Suite, SuiteConfig, concat, rows_of
 from recall_bench.general import score as general_score
 from recall_bench.model import count_params
@@ -215,11 +215,10 @@ def save_bases(bases: list[Base], folder: str | Path) -> None:
     """Write each base to folder/<mode>-seed<s>/ (its parameters, config, record block and
     suite), so that `edit --from folder` edits it again without training it."""
     for base in bases:
-        path = Path(folder) / f"{base.cfg.mode}-seed{base.cfg.seed}"
-        save_params(path / "model", base.params)
         suite = None if base.suite is None else dataclasses.asdict(base.suite.config)
         saved = {"config": dataclasses.asdict(base.cfg), "info": base.info, "suite": suite}
-        write_json_atomic(path / "base.json", saved)
+        path = Path(folder) / f"{base.cfg.mode}-seed{base.cfg.seed}"
+        save_base(path, {"params": base.params, "info": saved})
 
 
 def saved_bases(folder: str | Path) -> dict[str, list[Base]]:
@@ -235,7 +234,7 @@ def saved_bases(folder: str | Path) -> dict[str, list[Base]]:
             config = SuiteConfig(**{k: v for k, v in saved["suite"].items() if k in init})
             suite = edits_general.make_suite(config, cfg)
         info = {**saved["info"], "saved_base": str(path.parent)}
-        model = restore_model(cfg, path.parent / "model")
+        model = restore_model(cfg, path.parent / "params")
         bases.setdefault(cfg.mode, []).append(
             make_base(cfg, make_fact_world(cfg.spec), *model, info, suite)
         )
