@@ -43,13 +43,17 @@ class FirstPass:
                 raise ValueError(f"evaluation steps must be >= 0 and at least one, got {self.at}")
 
     def check_steps(self, cfg: TrainConfig) -> None:
-        """A ValueError unless the evaluation steps fall on compiled calls within the budget."""
-        at = self.at or ()
-        if any(s % cfg.steps_per_call for s in at) or max(at, default=0) > cfg.budget:
-            raise ValueError(
-                f"evaluation steps {at} must be multiples of {cfg.steps_per_call} and at most "
-                f"the budget ({cfg.budget})"
-            )
+        """check_eval_steps of this first pass's own evaluation steps."""
+        check_eval_steps(self.at or (), cfg)
+
+
+def check_eval_steps(at: tuple[int, ...], cfg: TrainConfig) -> None:
+    """A ValueError unless the evaluation steps `at` fall on compiled calls within the budget."""
+    if any(s % cfg.steps_per_call for s in at) or max(at, default=0) > cfg.budget:
+        raise ValueError(
+            f"evaluation steps {at} must be multiples of {cfg.steps_per_call} and at most "
+            f"the budget ({cfg.budget})"
+        )
 
 
 def is_check(step: int, cfg: TrainConfig, first_pass: FirstPass | None = None) -> bool:

@@ -29,7 +29,7 @@ from recall_bench.experiments.recording import world_block
 from recall_bench.formats import Sequences
 from recall_bench.model import ModelConfig, count_params
 from recall_bench.records import clean_json, new_record
-from recall_bench.stopping import FirstPass
+from recall_bench.stopping import FirstPass, check_eval_steps
 from recall_bench.tool import Store, build_store
 from recall_bench.train import Task, TrainConfig, TrainResult, take, train_models
 from recall_bench.worlds import FactWorld, make_fact_world
@@ -91,9 +91,8 @@ class ConsolidateConfig:
             )
         if self.old_facts < 1 or self.tool_entities < 1:
             raise ValueError("old facts and tool entities must be >= 1")
-        per_call = self.train_config().steps_per_call  # validates steps, batch and lr
-        if any(s % per_call for s in self.eval_steps):
-            raise ValueError(f"evaluation steps {self.eval_steps} must be multiples of {per_call}")
+        # the trainer's own check, before any base trains (train_config validates steps, lr)
+        check_eval_steps(tuple(self.eval_steps), self.train_config())
         self.model_config()
 
     def tool_run(self, seed: int) -> RunConfig:
