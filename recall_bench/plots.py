@@ -171,10 +171,16 @@ def capacity_vs_params(groups: list[dict], path: str | Path) -> Path:
     return save(fig, path)
 
 
-def params_for_recall(rows: list[dict], path: str | Path) -> Path:
+def params_for_recall(
+    rows: list[dict], path: str | Path, published: dict[int, int] | None = None
+) -> Path:
     """Smallest model reaching the recall target against fact count, per mode; a fact
-    count no model of the sweep passed is marked at the top, above the largest tried."""
+    count no model of the sweep passed is marked at the top, above the largest tried;
+    `published` in-weight points (facts: params) in grey."""
     fig, ax = plt.subplots(figsize=(6, 4))
+    if published:
+        n, params = zip(*sorted(published.items()), strict=True)
+        ax.plot(n, params, "s--", color="0.6", label="in-weight, published")
     top = max(r["largest_params_tried"] for r in rows) * 2
     for mode in sorted({r["mode"] for r in rows}):
         pts = [r for r in rows if r["mode"] == mode]

@@ -112,6 +112,14 @@ def test_capacity_summary_and_params_for_recall_from_records():
         ("in-weight", 256): 4_000,
         ("in-weight", 1024): None,
     }
+    by_count = {r["n_facts"]: r for r in params_for_recall(records) if r["mode"] == "in-weight"}
+    bracketed = by_count[256]  # d16 passes, the next smaller d8 holds 2,000 of 3,072 bits
+    assert bracketed["params_per_fact"] == 4_000 / 256
+    assert bracketed["params_per_bit"] == pytest.approx(4_000 / (12 * 256))
+    assert bracketed["below"]["model"] == "L1-d8"
+    assert bracketed["below"]["recall"] == pytest.approx(2_000 / 3_072)
+    assert by_count[64]["below"] is None  # the smallest model tried passes: not bracketed
+    assert by_count[1024]["params_per_bit"] is None and by_count[1024]["below"] is None
 
 
 def test_a_data_capped_cell_is_never_a_models_maximum():

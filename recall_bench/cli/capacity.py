@@ -9,6 +9,8 @@ from typing import Any
 
 from recall_bench.cli.args import command_of
 from recall_bench.experiments.capacity import (
+    PUBLISHED_BITS_PER_FACT,
+    PUBLISHED_PARAMS_FOR_RECALL,
     RECALL_TARGET,
     capacity_summary,
     format_capacity,
@@ -65,7 +67,15 @@ def cmd_capacity(args: argparse.Namespace) -> int:
     if args.plots is not None:
         summary["plots"] = write_plots(cap, rows, args.plots)
     if args.params_for_recall is not None:
-        table = {"target_recall": RECALL_TARGET, "dtype": "float32", "rows": rows}
+        table = {
+            "target_recall": RECALL_TARGET,
+            "dtype": "float32",
+            "rows": rows,
+            "published_in_weight": {  # Houliston et al. 2025: params at N facts
+                "params": PUBLISHED_PARAMS_FOR_RECALL,
+                "bits_per_fact": PUBLISHED_BITS_PER_FACT,
+            },
+        }
         write_json_atomic(args.params_for_recall, {**table, "provenance": provenance})
     if args.out is not None:
         write_json_atomic(args.out, summary)

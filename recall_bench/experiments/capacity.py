@@ -19,6 +19,10 @@ from recall_bench.tables import format_table
 
 PUBLISHED = {"facts": 2.0, TOKENS: 3.6}  # bits/param: Allen-Zhu & Li; Morris et al.
 RECALL_TARGET = 0.95
+# Houliston et al. 2025: in-weight params for >= 95% recall at N facts (2 layers, 100k steps),
+# their facts carrying about 7.8 bits each (docs/published.md)
+PUBLISHED_PARAMS_FOR_RECALL = {1024: 27_000, 16384: 115_000, 65536: 569_000}
+PUBLISHED_BITS_PER_FACT = 7.8
 
 
 def load_records(folders: list[str | Path]) -> list[Record]:
@@ -224,31 +228,54 @@ def params_for_recall(
     records: list[Record], target: float = RECALL_TARGET, dtype: str = "float32"
 ) -> list[dict]:
     """For each mode and fact count, the smallest model (total params) whose recall, mean
-    over its seeds, reaches `target`; params None where no model of the sweep did."""
+    over its seeds, reaches `target`, per fact and per bit of the world's entropy, with the
+    next smaller model tried (`below`: None when the passing model is the smallest tried, so
+    the count is not bracketed); params None where no model of the sweep passed."""
     cells = defaultdict(list)
     for r in records:
         if r["model"]["dtype"] == dtype and r["mode"] != TOKENS:
             cells[(r["mode"], r["n_facts"], json.dumps(r["model"]))].append(r)
     tried = defaultdict(list)
     for (mode, n, _), rs in cells.items():
-        recall = float(np.mean([r["metrics"]["recall"] for r in rs]))
-        tried[(mode, n)].append((rs[0]["params"]["total"], model_name(rs[0]["model"]), recall))
+        tried[(mode, n)].append(
+            {
+                "params": rs[0]["params"]["total"],
+                "model": model_name(rs[0]["model"]),
+                "recall": float(np.mean([r["metrics"]["recall"] for r in rs])),
+                "seeds": len(rs),
+                "bits_per_fact": float(np.mean([r["world"]["entropy_bits"] for r in rs])) / n,
+            }
+        )
     rows = []
     for (mode, n), models in sorted(tried.items()):
-        passing = sorted(m for m in models if m[2] >= target)
-        params, name, recall = passing[0] if passing else (None, None, None)
+        models.sort(key=lambda m: m["params"])
+        passing = [m for m in models if m["recall"] >= target]
+        smaller = [m for m in models if passing and m["params"] < passing[0]["params"]]
+        bits = n * models[0]["bits_per_fact"]
         rows.append(
             {
                 "n_facts": n,
                 "mode": mode,
-                "params": params,
-                "model": name,
-                "recall": recall,
-                "best_recall": max(m[2] for m in models),
-                "largest_params_tried": max(m[0] for m in models),
+                **(passed(passing[0], n, bits) if passing else dict.fromkeys(PASSED_FIELDS)),
+                "bits_per_fact": models[0]["bits_per_fact"],
+                "below": smaller[-1] if smaller else None,
+                "best_recall": max(m["recall"] for m in models),
+                "largest_params_tried": models[-1]["params"],
             }
         )
     return rows
+
+
+PASSED_FIELDS = ("params", "model", "recall", "seeds", "params_per_fact", "params_per_bit")
+
+
+def passed(model: dict, n_facts: int, bits: float) -> dict:
+    """The PASSED_FIELDS of a params-for-recall row from its smallest passing model."""
+    return {
+        **{k: model[k] for k in PASSED_FIELDS[:4]},
+        "params_per_fact": model["params"] / n_facts,
+        "params_per_bit": model["params"] / bits,
+    }
 
 
 def format_capacity(groups: list[dict]) -> str:
@@ -315,6 +342,9 @@ RECALL_COLUMNS = (  # a count no model reached: params None, the best recall of 
     ("params", "params", ","),
     ("model", "model"),
     ("recall", lambda r: r["best_recall"] if r["params"] is None else r["recall"], ".3f"),
+    ("params/fact", "params_per_fact", ".2f"),
+    ("params/bit", "params_per_bit", ".2f"),
+    ("next smaller", lambda r: r["below"] and f"{r['below']['model']} {r['below']['recall']:.3f}"),
     (
         "largest tried",
         lambda r: r.get("largest_params_tried") if r["params"] is None else None,
@@ -342,5 +372,6 @@ def write_plots(cap: list[dict], rows: list[dict], folder: str | Path) -> list[s
             name = f"held_out_loss_{g['world']}_{g['dtype']}.png"
             paths.append(plots.held_out_loss_vs_data(curves, folder / name))
     if rows:
-        paths.append(plots.params_for_recall(rows, folder / "params_for_recall.png"))
+        path = folder / "params_for_recall.png"
+        paths.append(plots.params_for_recall(rows, path, PUBLISHED_PARAMS_FOR_RECALL))
     return [str(p) for p in paths]
