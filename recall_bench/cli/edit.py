@@ -86,36 +86,41 @@ def add_edit_parser(subparsers) -> None:
         type=positive_int,
         help=f"in-tool base: protocol-pool entities (default {d.tool_train_entities})",
     )
-    p.add_argument("--rome-layer", type=int, help="block ROME edits (default: the last)")
-    p.add_argument(
-        "--memit-layers", type=seed_list, help="blocks MEMIT edits (default: every block)"
-    )
-    w = d.weights
-    p.add_argument(
-        "--memit-weight", type=positive_float, help=f"MEMIT's λ (default {w.memit_weight:g})"
-    )
-    p.add_argument(
-        "--value-steps",
-        type=positive_int,
-        help=f"Adam steps solving each fact's target (default {w.value_steps})",
-    )
-    p.add_argument("--value-lr", type=positive_float, help=f"their lr (default {w.value_lr:g})")
-    p.add_argument(
-        "--value-decay",
-        type=non_negative_float,
-        help=f"L2 penalty on the target change (default {w.value_decay:g})",
-    )
-    p.add_argument(
-        "--ridge",
-        type=positive_float,
-        help=f"added to the key moments' diagonal, relative to its mean (default {w.ridge:g})",
-    )
+    add_weight_flags(p, d.weights)
     p.add_argument("--finetune-steps", type=positive_int, help=f"default {d.finetune_steps}")
     p.add_argument("--finetune-lr", type=positive_float, help=f"default {d.finetune_lr:g}")
     p.add_argument("--out", type=Path, default=Path("recall_bench_out/edits"))
     p.add_argument("--json", action="store_true", help="print the summary rows as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_edit)
+
+
+def add_weight_flags(p: argparse.ArgumentParser, w) -> None:
+    """The flags of ROME's and MEMIT's solve (WEIGHT_FLAGS), defaults from `w`."""
+    g = p.add_argument_group("ROME and MEMIT")
+    g.add_argument("--rome-layer", type=int, help="block ROME edits (default: the last)")
+    g.add_argument(
+        "--memit-layers", type=seed_list, help="blocks MEMIT edits (default: every block)"
+    )
+    g.add_argument(
+        "--memit-weight", type=positive_float, help=f"MEMIT's λ (default {w.memit_weight:g})"
+    )
+    g.add_argument(
+        "--value-steps",
+        type=positive_int,
+        help=f"Adam steps solving each fact's target (default {w.value_steps})",
+    )
+    g.add_argument("--value-lr", type=positive_float, help=f"their lr (default {w.value_lr:g})")
+    g.add_argument(
+        "--value-decay",
+        type=non_negative_float,
+        help=f"L2 penalty on the target change (default {w.value_decay:g})",
+    )
+    g.add_argument(
+        "--ridge",
+        type=positive_float,
+        help=f"added to the key moments' diagonal, relative to its mean (default {w.ridge:g})",
+    )
 
 
 def _csv(values) -> str:
