@@ -190,8 +190,8 @@ def environment() -> Env:
 
 
 # Config and model fields added after runs without them were recorded, with the value those
-# runs had: left out of config_hash and of leaderboard entry ids while at that value, so an
-# older config rerun keeps its identity.
+# runs had: left out of config_hash, leaderboard entry ids and identity checks (checkpoints,
+# finished records) while at that value, so an older config rerun or resumed keeps its identity.
 ADDED_FIELDS = {"grad_transpose": "input"}
 
 

@@ -20,6 +20,7 @@ from recall_bench.cli import build_parser
 from recall_bench.cli.run import run_config
 from recall_bench.experiments import sweep
 from recall_bench.experiments.config import RunConfig
+from recall_bench.identity import refuse_other
 from recall_bench.leaderboard.ids import entry_id
 from recall_bench.model import GRAD_TRANSPOSES, ModelConfig, init_model
 from recall_bench.records import config_hash
@@ -143,3 +144,14 @@ def test_the_default_keeps_the_identity_of_records_made_before_the_setting():
     other = entry(dataclasses.replace(cfg, grad_transpose="narrower"))
     assert entry_id(other) != entry_id(now)
     assert config_hash(other["config"]) != config_hash(now["config"])
+
+
+def test_a_checkpoint_or_record_from_before_the_setting_is_the_same_run():
+    """Resuming a checkpoint (or a sweep's finished cell) saved without the field works at the
+    default and is refused under the other setting, naming the field."""
+    now = {"model": dataclasses.asdict(shape("input")), "facts": dataclasses.asdict(RunConfig())}
+    old = {k: {f: v for f, v in d.items() if f != "grad_transpose"} for k, d in now.items()}
+    refuse_other("ckpt", "a checkpoint", old, now)
+    other = {**now, "model": dataclasses.asdict(shape("narrower"))}
+    with pytest.raises(ValueError, match=r"model\.grad_transpose: '\(absent\)' -> 'narrower'"):
+        refuse_other("ckpt", "a checkpoint", old, other)
