@@ -67,7 +67,7 @@ def linear_dot_general(
 
 
 @functools.cache
-def dot_general_for(grad_transpose: str):
+def dot_general_for(grad_transpose: str) -> functools.partial:
     """linear_dot_general with a grad_transpose setting, one object per setting, so that
     models of equal configs keep equal graphdefs (and share a compiled training chunk)."""
     return functools.partial(linear_dot_general, grad_transpose=grad_transpose)
