@@ -6,7 +6,7 @@ times them in alternating windows (jax K=1, torch, jax K=8, matmul, then the nex
 rotated order) and reports medians, so a loaded machine slows all of them alike.
 
 Usage: python benchmarks/bench_train.py [--quick] [--out benchmarks/train.json]
-       [--variant 'name;spc=50;k=8;dtype=bfloat16-mixed;patch=small_t;ENV=value;...']
+       [--variant 'name;spc=50;k=8;dtype=bfloat16-mixed;grad_transpose=narrower;patch=flat;...']
        (extra JAX configurations, timed alongside: benchmarks/patches.py holds the patches)
 
 tokens/s counts every token of the sampled sequences (batch x sequence length) per model;
@@ -55,7 +55,7 @@ class Variant:
                 options["steps_per_call"] = int(value)
             elif key == "k":
                 options["k"] = int(value)
-            elif key in ("dtype", "patch"):  # a model dtype; a patches.PATCHES name
+            elif key in ("dtype", "patch", "grad_transpose"):  # model settings; a patch name
                 options[key] = value
             elif key == "cpus":
                 cpus = value
@@ -243,7 +243,7 @@ def main() -> None:
         "--variant",
         action="append",
         default=[],
-        help="extra JAX config 'name;spc=N;k=K;dtype=D;patch=P;cpus=0;ENV=VALUE...'",
+        help="extra JAX config 'name;spc=N;k=K;dtype=D;grad_transpose=G;patch=P;cpus=0;ENV=V...'",
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/train.json"))
     args = parser.parse_args()

@@ -1,5 +1,7 @@
 """Alternative JAX formulations of the model's matmuls, applied in a benchmark worker before it
-compiles (bench_train.py --variant 'name;patch=NAME'), to time them beside the package."""
+compiles (bench_train.py --variant 'name;patch=NAME'), to time them beside the package. The
+package's own opt-in formulation is a model setting, not a patch: 'grad_transpose=narrower'
+(ModelConfig.grad_transpose)."""
 
 from __future__ import annotations
 
@@ -9,31 +11,12 @@ from recall_bench import model
 
 
 @jax.custom_vjp
-def _matmul_small_t(x, w):
+def _matmul_barrier_t(x, w):
     return x @ w
 
 
 def _fwd(x, w):
     return x @ w, (x, w)
-
-
-def _bwd_small_t(res, dy):
-    """As model._matmul_bwd, but the explicit transpose is of the narrower of the input and
-    the output gradient (tokens x min(in, out)); a wider input gets (dy^T x)^T."""
-    x, w = res
-    x2, dy2 = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
-    dx = dy @ w.T.astype(dy.dtype)
-    if x2.shape[1] <= dy2.shape[1]:
-        return dx, (jax.lax.optimization_barrier(x2.T) @ dy2).astype(w.dtype)
-    return dx, (jax.lax.optimization_barrier(dy2.T) @ x2).T.astype(w.dtype)
-
-
-_matmul_small_t.defvjp(_fwd, _bwd_small_t)
-
-
-@jax.custom_vjp
-def _matmul_barrier_t(x, w):
-    return x @ w
 
 
 def _bwd_barrier_t(res, dy):
@@ -50,16 +33,17 @@ _matmul_barrier_t.defvjp(_fwd, _bwd_barrier_t)
 
 
 def flat(matmul):
-    """matmul with the tokens flattened to one axis before the product (and back after)."""
-    return lambda x, w: matmul(x.reshape(-1, x.shape[-1]), w).reshape(*x.shape[:-1], -1)
+    """matmul with the tokens flattened to one axis before the product (and back after);
+    with the package's _matmul it keeps the model's grad_transpose setting."""
+    return lambda x, w, grad_transpose: matmul(
+        x.reshape(-1, x.shape[-1]), w, grad_transpose
+    ).reshape(*x.shape[:-1], -1)
 
 
-PATCHES = {
-    "xla_t": lambda x, w: x @ w,  # XLA's own transpose rule for the weight gradient
-    "small_t": _matmul_small_t,
+PATCHES = {  # each takes model._matmul's arguments (x, w, grad_transpose)
+    "xla_t": lambda x, w, _: x @ w,  # XLA's own transpose rule for the weight gradient
     "flat": flat(model._matmul),
-    "flat_small_t": flat(_matmul_small_t),
-    "barrier_t": _matmul_barrier_t,
+    "barrier_t": lambda x, w, _: _matmul_barrier_t(x, w),
 }
 
 

@@ -3,7 +3,7 @@ the compiled chunk (benchmarks/workers.JaxSetup, as train_models builds it), eac
 time summed by kind, the kinds read from the optimized HLO (which fusions hold a dot).
 
 Usage: python benchmarks/profile_chunk.py [--widths 64,128] [--seconds 3] [--dtype D]
-       [--patch P] [--out benchmarks/profile.json]
+       [--grad-transpose G] [--patch P] [--out benchmarks/profile.json]
 XLA flags (XLA_FLAGS) apply as set in the environment: run it once per setting.
 """
 
@@ -72,9 +72,10 @@ def op_times(setup: JaxSetup, seconds: float) -> tuple[collections.Counter, floa
     return times, wall, window["steps"]
 
 
-def profile(width: int, seconds: float, dtype: str, patch: str) -> dict:
+def profile(width: int, seconds: float, dtype: str, patch: str, grad_transpose: str) -> dict:
     """One width's op time by kind (ms per step, share) and its ten slowest ops."""
-    setup = JaxSetup(Workload(f"facts d{width} L2", width=width), 1, 25, dtype, patch)
+    workload = Workload(f"facts d{width} L2", width=width)
+    setup = JaxSetup(workload, 1, 25, dtype, patch, grad_transpose)
     kinds = fusion_kinds(setup.chunk.as_text())
     setup.window(1.0)  # warm
     times, wall, steps = op_times(setup, seconds)
@@ -101,9 +102,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--dtype", default="float32", help="the model's dtype")
     parser.add_argument("--patch", default="", help="a benchmarks/patches.py PATCHES name")
+    parser.add_argument("--grad-transpose", default="input", help="ModelConfig.grad_transpose")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/profile.json"))
     args = parser.parse_args()
-    rows = [profile(int(w), args.seconds, args.dtype, args.patch) for w in args.widths.split(",")]
+    rows = [
+        profile(int(w), args.seconds, args.dtype, args.patch, args.grad_transpose)
+        for w in args.widths.split(",")
+    ]
     for r in rows:
         shares = ", ".join(f"{k} {v:.0%}" for k, v in sorted(r["share"].items()))
         print(f"d={r['width']}: {r['wall_ms_per_step']:.2f} ms/step wall; op time: {shares}")
@@ -113,6 +118,7 @@ def main() -> None:
         "rows": rows,
         "dtype": args.dtype,
         "patch": args.patch,
+        "grad_transpose": args.grad_transpose,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "environment": environment(),
     }

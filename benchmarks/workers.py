@@ -87,7 +87,13 @@ class JaxSetup:
     """recall_bench's own compiled training chunk (as train_models builds it) over K models."""
 
     def __init__(
-        self, w: Workload, k: int, steps_per_call: int, dtype: str = "float32", patch: str = ""
+        self,
+        w: Workload,
+        k: int,
+        steps_per_call: int,
+        dtype: str = "float32",
+        patch: str = "",
+        grad_transpose: str = "input",
     ):
         import jax
         import jax.numpy as jnp
@@ -101,7 +107,7 @@ class JaxSetup:
 
             patches.apply(patch)
         data = load_data(w)
-        mc = dataclasses.replace(data["model"], dtype=dtype)
+        mc = dataclasses.replace(data["model"], dtype=dtype, grad_transpose=grad_transpose)
         cfg = train.TrainConfig(
             steps=3000,
             batch_size=w.batch,
@@ -240,6 +246,7 @@ def worker_main() -> None:
                         msg.get("steps_per_call", 25),
                         msg.get("dtype", "float32"),
                         msg.get("patch", ""),
+                        msg.get("grad_transpose", "input"),
                     )
                 else:
                     setup = TorchSetup(w, msg.get("threads", 1), msg.get("fused", True))

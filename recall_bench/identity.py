@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from recall_bench.records import clean_json, read_record
+from recall_bench.records import clean_json, read_record, without_added_defaults
 
 SHOWN = 6  # differing fields named in one message
 
@@ -30,8 +30,11 @@ def differences(old: Any, new: Any, path: str = "") -> list[str]:
 
 
 def refuse_other(where: str | Path, what: str, old: dict, new: dict) -> None:
-    """A ValueError naming the differing fields, if `old` (held in `where`) is not `new`."""
-    diff = differences(old, new)
+    """A ValueError naming the differing fields, if `old` (held in `where`) is not `new`; a
+    field added since `old` was saved counts as its old value (records.ADDED_FIELDS)."""
+    diff = differences(
+        without_added_defaults(clean_json(old)), without_added_defaults(clean_json(new))
+    )
     if not diff:
         return
     more = f" and {len(diff) - SHOWN} more" if len(diff) > SHOWN else ""

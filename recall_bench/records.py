@@ -189,9 +189,31 @@ def environment() -> Env:
     return env
 
 
+# Config and model fields added after runs without them were recorded, with the value those
+# runs had: left out of config_hash, leaderboard entry ids and identity checks (checkpoints,
+# finished records) while at that value, so an older config rerun or resumed keeps its identity.
+ADDED_FIELDS = {"grad_transpose": "input"}
+
+
+def without_added_defaults(value: Any) -> Any:
+    """`value` with every ADDED_FIELDS key that holds its old value dropped, at any depth."""
+    if isinstance(value, dict):
+        return {
+            k: without_added_defaults(v)
+            for k, v in value.items()
+            if k not in ADDED_FIELDS or ADDED_FIELDS[k] != v
+        }
+    if isinstance(value, list):
+        return [without_added_defaults(v) for v in value]
+    return value
+
+
 def config_hash(config: dict) -> str:
-    """A short, stable hash of a resolved config (key order and numpy types do not matter)."""
-    text = json.dumps(clean_json(config), sort_keys=True, separators=(",", ":"))
+    """A short, stable hash of a resolved config (key order and numpy types do not matter,
+    nor an ADDED_FIELDS key at its old value)."""
+    text = json.dumps(
+        without_added_defaults(clean_json(config)), sort_keys=True, separators=(",", ":")
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

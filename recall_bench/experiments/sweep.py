@@ -203,13 +203,15 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
 
 def group_name(cfg: Config) -> str:
     """The folder name of a cell without its seed; a side memory of other than the default
-    size adds -m<rows>."""
+    size adds -m<rows>, a grad_transpose other than the default -g<setting>."""
     prefix = f"{TOKENS}-V{cfg.vocab}-S{cfg.length}" if cfg.mode == TOKENS else cfg.mode
     alpha = getattr(cfg, "rule_alpha", None)
     rule = "" if alpha is None else f"-a{alpha:g}"
     rows = getattr(cfg, "memory_size", None)
     if isinstance(cfg, RunConfig) and cfg.method.side_memory and rows != RunConfig.memory_size:
         rule += f"-m{rows}"
+    if cfg.grad_transpose != RunConfig.grad_transpose:
+        rule += f"-g{cfg.grad_transpose}"
     return f"{prefix}{rule}-n{cfg.n_facts}-L{cfg.layers}-d{cfg.width}-{cfg.dtype}"
 
 

@@ -7,6 +7,8 @@ import hashlib
 import json
 from typing import Any
 
+from recall_bench.records import without_added_defaults
+
 # Config keys that say where output goes or how chatty a run is, not what was run; they are
 # left out of the entry id (at any depth of the config).
 VOLATILE_CONFIG_KEYS = frozenset(
@@ -48,15 +50,17 @@ def _get(obj: Any, key: str) -> Any:
 
 def what_ran(entry: Any) -> dict[str, Any]:
     """Mode, world hash, model architecture, config (minus output paths and logging knobs) and
-    seed of an entry: schema_version 1's whole id. Safe on malformed entries."""
+    seed of an entry: schema_version 1's whole id. Fields added since at the value older runs
+    had (records.ADDED_FIELDS) are left out, so such a rerun keeps its id. Safe on malformed
+    entries."""
     model = _get(entry, "model")
     if isinstance(model, dict):
         model = {k: v for k, v in model.items() if k != "params"}
     return {
         "mode": _get(entry, "mode"),
         "world_hash": _get(_get(entry, "world"), "hash"),
-        "model": model,
-        "config": _strip_volatile(_get(entry, "config")),
+        "model": without_added_defaults(model),
+        "config": without_added_defaults(_strip_volatile(_get(entry, "config"))),
         "seed": _get(entry, "seed"),
     }
 
