@@ -249,14 +249,14 @@ def params_for_recall(
     rows = []
     for (mode, n), models in sorted(tried.items()):
         models.sort(key=lambda m: m["params"])
-        passing = [m for m in models if m["recall"] >= target]
-        smaller = [m for m in models if passing and m["params"] < passing[0]["params"]]
+        best = next((m for m in models if m["recall"] >= target), None)
+        smaller = [m for m in models if best and m["params"] < best["params"]]
         bits = n * models[0]["bits_per_fact"]
         rows.append(
             {
                 "n_facts": n,
                 "mode": mode,
-                **(passed(passing[0], n, bits) if passing else dict.fromkeys(PASSED_FIELDS)),
+                **(passed(best, n, bits) if best else dict.fromkeys(PASSED_FIELDS)),
                 "bits_per_fact": models[0]["bits_per_fact"],
                 "below": smaller[-1] if smaller else None,
                 "best_recall": max(m["recall"] for m in models),
@@ -272,7 +272,10 @@ PASSED_FIELDS = ("params", "model", "recall", "seeds", "params_per_fact", "param
 def passed(model: dict, n_facts: int, bits: float) -> dict:
     """The PASSED_FIELDS of a params-for-recall row from its smallest passing model."""
     return {
-        **{k: model[k] for k in PASSED_FIELDS[:4]},
+        "params": model["params"],
+        "model": model["model"],
+        "recall": model["recall"],
+        "seeds": model["seeds"],
         "params_per_fact": model["params"] / n_facts,
         "params_per_bit": model["params"] / bits,
     }
