@@ -16,14 +16,14 @@ from typing import Any
 import jax
 import numpy as np
 
-from recall_bench import edit, formats, streams
+from recall_bench import edit, formats
 from recall_bench.edit_weights import WeightEditConfig
 from recall_bench.experiments import edits_general
-from recall_bench.experiments.config import RunConfig
+from recall_bench.experiments.config import RunConfig, make_task
 from recall_bench.experiments.edits_located import located_edit
 from recall_bench.experiments.engine import Cell, run_cells, trained_models
 from recall_bench.experiments.recording import save_base
-from recall_bench.general import Suite, SuiteConfig, concat, rows_of
+from recall_bench.general import Suite, SuiteConfig
 from recall_bench.general import score as general_score
 from recall_bench.model import count_params
 from recall_bench.records import new_record, write_json_atomic
@@ -125,32 +125,6 @@ class Base:
     suite: Suite | None = None  # the general suite it also learned (info["general"]: scores)
 
 
-def both_orders(world: FactWorld, mode: str, entities: np.ndarray) -> formats.Sequences:
-    """The facts of `entities` in both phrasings."""
-    return concat([formats.render(world, mode, entities, order) for order in formats.ORDERS])
-
-
-def base_task(cfg: RunConfig, world: FactWorld) -> Task:
-    """experiments.config.make_task's data, every sequence also attribute-first: in-weight
-    trains on all facts; in-tool on its trained entities (or a protocol pool's), watching
-    validation entities."""
-    spec = world.spec
-    if cfg.tool_train_entities:
-        pool, k = cfg.protocol_pool(), cfg.tool_train_entities
-        train = both_orders(pool, cfg.mode, np.arange(k))
-        monitor = both_orders(pool, cfg.mode, np.arange(k, pool.spec.n_entities))
-        return Task(train, monitor, np.tile(pool.fact_bits()[k * spec.n_attributes :], 2))
-    trained = np.arange(cfg.trained_entities())
-    train = both_orders(world, cfg.mode, trained)
-    if cfg.mode == "in-tool":
-        extra = make_fact_world(spec.with_entities(spec.n_entities + cfg.validation_entities))
-        monitor = both_orders(extra, cfg.mode, np.arange(spec.n_entities, extra.spec.n_entities))
-        return Task(train, monitor, np.tile(extra.fact_bits()[: len(monitor.tokens) // 2], 2))
-    rows = streams.generator(cfg.seed, streams.MONITOR_ROWS).permutation(len(train.tokens))
-    rows = np.sort(rows[: cfg.monitor_facts])
-    return Task(train, rows_of(train, rows), np.tile(world.fact_bits(), 2)[rows])
-
-
 def answers(base_or_model, world: FactWorld, order: str, store=None) -> np.ndarray:
     """[n_facts] right answers of (cfg, graphdef, params) against `world`'s values."""
     cfg, graphdef, params = base_or_model
@@ -160,8 +134,9 @@ def answers(base_or_model, world: FactWorld, order: str, store=None) -> np.ndarr
 
 
 def cell_task(cfg: RunConfig, suite: Suite | None, world: FactWorld) -> Task:
-    """A base's rows (base_task), mixed half and half with the general suite if it has one."""
-    task = base_task(cfg, world)
+    """A base's rows (make_task's, every fact in both phrasings), mixed half and half with the
+    general suite if it has one."""
+    task = make_task(cfg, world, formats.ORDERS)
     if suite is None:
         return task
     return edits_general.mixed_task(task, suite, cfg.model_config().max_len)
