@@ -34,7 +34,7 @@ from recall_bench.cost import record_cost
 from recall_bench.devices import is_lead
 from recall_bench.experiments.config import BaseRunConfig, RunConfig, make_task
 from recall_bench.experiments.evaluate import evaluate, held_out_metrics, noise_floor_metrics
-from recall_bench.experiments.recording import make_record, save_traces
+from recall_bench.experiments.recording import grouped, make_record, save_traces
 from recall_bench.experiments.tokens import TokenRunConfig, token_record, token_task
 from recall_bench.identity import finished_record
 from recall_bench.model import ModelConfig, count_params
@@ -112,10 +112,7 @@ def cell_key(cell: Cell) -> tuple:
 
 def group_cells(cells: list[Cell]) -> list[list[Cell]]:
     """Cells differing only in seed, as ensembles in order of first appearance."""
-    by_key: dict[tuple, list[Cell]] = {}
-    for cell in cells:
-        by_key.setdefault(cell_key(cell), []).append(cell)
-    return list(by_key.values())
+    return list(grouped(cells, cell_key).values())
 
 
 def finished(cell: Cell, resume: bool) -> dict | None:
@@ -191,20 +188,6 @@ def model_slots(cells: list[Cell]) -> list[int]:
     return [slots.setdefault(key(c), len(slots)) for c in cells]
 
 
-def run_group(
-    cfgs: list[Config],
-    out_dirs: list[str | Path | None],
-    progress: bool = True,
-    checkpoint_dir: str | Path | None = None,
-    resume: bool = False,
-    checkpoint_every_s: float = 30.0,
-    save_model: bool = False,
-) -> list[dict[str, Any]]:
-    """Train plain runs differing only in seed as one ensemble (run_ensemble)."""
-    cells = [Cell(c, None if d is None else Path(d)) for c, d in zip(cfgs, out_dirs, strict=True)]
-    return run_ensemble(cells, progress, checkpoint_dir, resume, checkpoint_every_s, save_model)
-
-
 def run_ensemble(
     cells: list[Cell],
     progress: bool = True,
@@ -250,6 +233,27 @@ def trained_models(cells: list[Cell], progress: bool = True) -> list[tuple[Train
     ]
     records = run_cells(cells, progress)
     return [(*kept[i], record) for i, record in enumerate(records)]
+
+
+def base_models(
+    seeds: list[int],
+    task: Callable[[int], Task],
+    model: ModelConfig,
+    train: TrainConfig,
+    progress: bool = True,
+) -> list[tuple[Any, Any, dict]]:
+    """Base models of no fact world, one per seed, trained from scratch on task(seed) as one
+    ensemble (trained_models: records unwritten): (graphdef, params, record) of each seed."""
+    cells = [
+        Cell(
+            BaseRunConfig(mode="base", n_facts=0, seed=s),
+            task=lambda w, s=s: task(s),
+            model=model,
+            train=train,
+        )
+        for s in seeds
+    ]
+    return [(r.graphdef, r.model(k), record) for r, k, record in trained_models(cells, progress)]
 
 
 def run_cells(
