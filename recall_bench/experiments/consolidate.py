@@ -195,12 +195,8 @@ def base_task(cfg: ConsolidateConfig, s: Seeded, suite: general.Suite) -> Task:
 def train_bases(cfg: ConsolidateConfig, seeds: list[Seeded], suite, progress: bool) -> dict:
     """One base model per seed, trained by the cell engine as one ensemble (engine.base_models,
     records unwritten): {seed: (graphdef, params, record)}."""
-    by_seed = {s.seed: s for s in seeds}
-    task = lambda seed: base_task(cfg, by_seed[seed], suite)  # noqa: E731
-    made = engine.base_models(
-        list(by_seed), task, cfg.model_config(), cfg.base_train_config(), progress
-    )
-    return dict(zip(by_seed, made, strict=True))
+    tasks = {s.seed: functools.partial(base_task, cfg, s, suite) for s in seeds}
+    return engine.base_models(tasks, cfg.model_config(), cfg.base_train_config(), progress)
 
 
 def measure(cfg: ConsolidateConfig, model: tuple, s: Seeded, world, store, suite) -> dict:

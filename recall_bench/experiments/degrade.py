@@ -157,9 +157,10 @@ def train_base(cfg: DegradeConfig, suite: general.Suite, progress: bool = True) 
     """Train the base model on the suite, a cell of the engine over no fact world (its record
     unwritten: base.json is recording.save_base's): {graphdef, params, info} (info: scores,
     training)."""
+    tasks = {cfg.seed: lambda: suite_task(suite)}
     [(graphdef, params, record)] = base_models(
-        [cfg.seed], lambda seed: suite_task(suite), cfg.model_config(), cfg.base_config(), progress
-    )
+        tasks, cfg.model_config(), cfg.base_config(), progress
+    ).values()
     info = {
         "config": cfg.base_key(),
         "params": count_params(params),

@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from recall_bench import edit, formats
+from recall_bench import edit, formats, general
 from recall_bench.edit_weights import WeightEditConfig
 from recall_bench.experiments import edits_general
 from recall_bench.experiments.config import RunConfig, make_task
@@ -24,7 +24,6 @@ from recall_bench.experiments.edits_located import located_edit
 from recall_bench.experiments.engine import Cell, run_cells, trained_models
 from recall_bench.experiments.recording import save_base
 from recall_bench.general import Suite, SuiteConfig
-from recall_bench.general import score as general_score
 from recall_bench.model import count_params
 from recall_bench.records import new_record, write_json_atomic
 from recall_bench.saved import restore_model
@@ -169,7 +168,7 @@ def make_base(cfg: RunConfig, world, graphdef, params, info: dict, suite=None) -
     right = {o: answers((cfg, graphdef, params), world, o, store) for o in formats.ORDERS}
     info = {"mode": cfg.mode, **info, "recall": {o: float(r.mean()) for o, r in right.items()}}
     if suite is not None:
-        info["general"] = general_score(graphdef, params, suite)
+        info["general"] = general.score(graphdef, params, suite)
     return Base(cfg, world, graphdef, params, right["key-first"], info, suite)
 
 
@@ -271,8 +270,8 @@ def finetune_cells(
     stopped at its first check where every edited fact answers its new value; their records."""
     cells = []
     for base, edits in zip(bases, edit_sets, strict=True):
-        general = base.suite and base.suite.train
-        task = edit.finetune_task(base.world, edits, method == "finetune-replay", general)
+        suite_rows = base.suite and base.suite.train
+        task = edit.finetune_task(base.world, edits, method == "finetune-replay", suite_rows)
         cells.append(
             Cell(
                 base.cfg,
@@ -354,11 +353,13 @@ def edit_fields(
 
 
 def general_ability(base: Base, outcome: Outcome) -> dict | str:
-    """The general measures after the edit and what they kept of the base's (or a note)."""
+    """The general measures after the edit and what they kept of the base's (graded above
+    chance), or a note when the base learned no general suite."""
     if base.suite is None:
         return GENERAL_NOTE
-    args = (base.suite, base.info["general"], base.graphdef, outcome.params)
-    return edits_general.general_block(*args)
+    scores = general.score(base.graphdef, outcome.params, base.suite)
+    chance = 1.0 / (base.suite.config.distractors + 1)
+    return {"scores": scores, "kept": general.kept(scores, base.info["general"], chance)}
 
 
 def run_edits(

@@ -110,11 +110,6 @@ def cell_key(cell: Cell) -> tuple:
     return (runs, cell.model_config(), cell.train_config(), cell.group, cell.ensemble)
 
 
-def group_cells(cells: list[Cell]) -> list[list[Cell]]:
-    """Cells differing only in seed, as ensembles in order of first appearance."""
-    return list(grouped(cells, cell_key).values())
-
-
 def finished(cell: Cell, resume: bool) -> dict | None:
     """The cell's record if its folder holds this config's finished record (and resume);
     None if it has not run; refused if it holds another config, or this one without resume."""
@@ -236,24 +231,27 @@ def trained_models(cells: list[Cell], progress: bool = True) -> list[tuple[Train
 
 
 def base_models(
-    seeds: list[int],
-    task: Callable[[int], Task],
+    tasks: dict[int, Callable[[], Task]],
     model: ModelConfig,
     train: TrainConfig,
     progress: bool = True,
-) -> list[tuple[Any, Any, dict]]:
-    """Base models of no fact world, one per seed, trained from scratch on task(seed) as one
-    ensemble (trained_models: records unwritten): (graphdef, params, record) of each seed."""
+) -> dict[int, tuple[Any, Any, dict]]:
+    """Base models of no fact world, one per seed, trained from scratch on tasks[seed]() as one
+    ensemble (trained_models: records unwritten): {seed: (graphdef, params, record)}."""
     cells = [
         Cell(
             BaseRunConfig(mode="base", n_facts=0, seed=s),
-            task=lambda w, s=s: task(s),
+            task=lambda w, t=t: t(),
             model=model,
             train=train,
         )
-        for s in seeds
+        for s, t in tasks.items()
     ]
-    return [(r.graphdef, r.model(k), record) for r, k, record in trained_models(cells, progress)]
+    made = trained_models(cells, progress)
+    return {
+        c.cfg.seed: (r.graphdef, r.model(k), rec)
+        for c, (r, k, rec) in zip(cells, made, strict=True)
+    }
 
 
 def run_cells(
@@ -269,7 +267,7 @@ def run_cells(
     if save_model:
         check_saved(cells, resume)
     ran: dict[int, dict] = {}
-    for group in pending(group_cells(cells), resume):
+    for group in pending(list(grouped(cells, cell_key).values()), resume):
         args = (progress, checkpoints(group), resume, checkpoint_every_s, save_model)
         ran.update(zip(map(id, group), run_ensemble(group, *args), strict=True))
     return [ran[id(c)] if id(c) in ran else finished(c, resume) for c in cells]

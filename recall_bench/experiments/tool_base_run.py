@@ -51,10 +51,10 @@ def old_stats(graphdef, params, old) -> dict[str, float]:
 def train_bases(cfg: ToolBaseConfig, suite: general.Suite, progress: bool) -> dict[int, dict]:
     """One base per seed, trained by the cell engine as one ensemble (cells over no fact world,
     their records unwritten: base.json is bases_for's): {seed: {graphdef, params, info}}."""
-    task = functools.partial(base_task, cfg, suite=suite)
-    made = base_models(cfg.seeds, task, cfg.model_config(), cfg.base_train_config(), progress)
+    tasks = {seed: functools.partial(base_task, cfg, seed, suite) for seed in cfg.seeds}
+    made = base_models(tasks, cfg.model_config(), cfg.base_train_config(), progress)
     bases = {}
-    for seed, (graphdef, params, record) in zip(cfg.seeds, made, strict=True):
+    for seed, (graphdef, params, record) in made.items():
         old = old_knowledge.old_world(dataclasses.replace(cfg.base, seed=seed), seed)
         train = record["train"]
         info = {
