@@ -86,6 +86,47 @@ def sequence_stats(
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
+ENSEMBLE_BLOCK = 512  # rows scored at once per model of an ensemble
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _ensemble_stats(graphdef, params, tokens, loss_mask, value_mask):
+    """Teacher-forced stats of K stacked models, each on its own [M, L] rows."""
+
+    def one(p, t, lm, vm):
+        return stats_from_logits(apply(graphdef, p, t[:, :-1]), t, lm, vm)
+
+    return jax.vmap(one)(params, tokens, loss_mask, value_mask)
+
+
+def ensemble_stats(graphdef, params, seqs: list) -> list[dict[str, np.ndarray]]:
+    """Per model k, sequence_stats of the sequences seqs[k] (formats.Sequences, one length)
+    under model k of stacked params, in blocks of ENSEMBLE_BLOCK rows (the last one padded:
+    one compiled shape whatever their number)."""
+    arrays = [
+        np.stack([getattr(q, f) for q in seqs]) for f in ("tokens", "loss_mask", "value_mask")
+    ]
+    n, parts = arrays[0].shape[1], []
+    for start in range(0, n, ENSEMBLE_BLOCK):
+        block = [a[:, start : start + ENSEMBLE_BLOCK] for a in arrays]
+        pad = ((0, 0), (0, ENSEMBLE_BLOCK - block[0].shape[1]), (0, 0))
+        out = _ensemble_stats(graphdef, params, *(np.pad(a, pad) for a in block))
+        parts.append({k: np.asarray(v)[:, : n - start] for k, v in out.items()})
+    return [
+        {k: np.concatenate([p[k][m] for p in parts]) for k in parts[0]} for m in range(len(seqs))
+    ]
+
+
+@jax.jit
+def relative_change(params, base) -> jax.Array:
+    """[K] ||theta_k - base_k|| / ||base_k|| of stacked models (all parameters as one vector)."""
+
+    def total(tree) -> jax.Array:
+        return sum(jnp.sum(jnp.square(x).reshape(len(x), -1), 1) for x in jax.tree.leaves(tree))
+
+    return jnp.sqrt(total(jax.tree.map(jnp.subtract, params, base)) / total(base))
+
+
 def summarize_in_weight(
     stats: dict[str, np.ndarray],
     value_mask: np.ndarray,

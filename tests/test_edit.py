@@ -13,7 +13,7 @@ from recall_bench.cli import main
 from recall_bench.edit_weights import WeightEditConfig, key_moments, replace_kernels, rome_edits
 from recall_bench.experiments import edits as protocol
 from recall_bench.experiments import edits_general
-from recall_bench.experiments.config import RunConfig
+from recall_bench.experiments.config import RunConfig, make_task
 from recall_bench.model import apply, init_model
 from recall_bench.tool import build_store, world_facts
 from recall_bench.worlds import FactSpec, FactWorld, make_fact_world
@@ -225,7 +225,7 @@ def test_the_general_suite_needs_rows_the_model_holds_and_fills_half_the_base_ro
     run = dataclasses.replace(tiny_cfg(), value_length=2)
     suite = tiny_suite(run)
     assert len(suite.text.tokens) == edits_general.SCORED_TEXT
-    task = protocol.base_task(run, make_fact_world(run.spec))
+    task = make_task(run, make_fact_world(run.spec), formats.ORDERS)
     mixed = edits_general.mixed_task(task, suite, run.model_config().max_len)
     (facts, width), rows = task.train.tokens.shape, len(suite.train.tokens)
     assert mixed.train.tokens.shape == (2 * facts, 20) and rows < facts  # more facts here

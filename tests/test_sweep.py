@@ -130,13 +130,13 @@ def test_resume_never_reruns_a_finished_cell(finished_sweep, monkeypatch):
     s, out, _ = finished_sweep
     calls = []
 
-    def fake_runner(cfgs, out_dirs, *args):
-        calls.append([sweep.cell_name(c) for c in cfgs])
-        for d in out_dirs:  # put back the record this test removed
-            (d / "record.json").write_text(saved)
+    def fake_runner(cells, *args):
+        calls.append([sweep.cell_name(c.cfg) for c in cells])
+        for c in cells:  # put back the record this test removed
+            (c.out_dir / "record.json").write_text(saved)
         return []
 
-    monkeypatch.setattr(sweep, "run_group", fake_runner)
+    monkeypatch.setattr(sweep, "run_ensemble", fake_runner)
     with pytest.raises(ValueError, match="pass --resume"):
         sweep.run_sweep(s, out, progress=False)
     assert sweep.run_sweep(s, out, resume=True, progress=False)["ran"] == 0

@@ -16,7 +16,7 @@ import dataclasses
 import numpy as np
 
 from recall_bench import formats, methods, streams
-from recall_bench.general import rows_of
+from recall_bench.general import concat, rows_of
 from recall_bench.methods import MODES, Method
 from recall_bench.model import ModelConfig
 from recall_bench.train import Task, TrainConfig
@@ -180,22 +180,31 @@ class RunConfig(BaseRunConfig):
         return self.spec.n_entities - self.unseen_entities()
 
 
-def make_task(cfg: RunConfig, world: FactWorld) -> Task:
-    """Training sequences and the monitored facts of a run."""
-    spec, render = world.spec, cfg.method.render
+def make_task(cfg: RunConfig, world: FactWorld, orders: tuple[str, ...] = ()) -> Task:
+    """Training sequences and the monitored facts of a run: rendered by its method, or with
+    `orders` by its mode's format in each of those phrasings (formats.ORDERS), one phrasing's
+    rows after another's."""
+    spec, copies = world.spec, max(1, len(orders))
+
+    def render(w: FactWorld, entities: np.ndarray) -> formats.Sequences:
+        if not orders:
+            return cfg.method.render(w, entities)
+        return concat([formats.render(w, cfg.mode, entities, order) for order in orders])
+
     if cfg.tool_train_entities:
         pool, k = cfg.protocol_pool(), cfg.tool_train_entities
         train = render(pool, np.arange(k))
         monitor = render(pool, np.arange(k, pool.spec.n_entities))
-        return Task(train, monitor, pool.fact_bits()[k * spec.n_attributes :])
+        return Task(train, monitor, np.tile(pool.fact_bits()[k * spec.n_attributes :], copies))
     trained = np.arange(cfg.trained_entities())
     train = render(world, trained)
     if cfg.method.holds_out:
         extra = make_fact_world(spec.with_entities(spec.n_entities + cfg.validation_entities))
         watched = np.arange(spec.n_entities, extra.spec.n_entities)
         monitor = render(extra, watched)
-        return Task(train, monitor, extra.fact_bits()[: len(monitor.tokens)])
+        bits = extra.fact_bits()[: len(monitor.tokens) // copies]
+        return Task(train, monitor, np.tile(bits, copies))
     limit = cfg.train_config().monitor_facts
     rows = streams.generator(cfg.seed, streams.MONITOR_ROWS).permutation(len(train.tokens))[:limit]
     rows.sort()
-    return Task(train, rows_of(train, rows), world.fact_bits()[rows])
+    return Task(train, rows_of(train, rows), np.tile(world.fact_bits(), copies)[rows])

@@ -183,9 +183,9 @@ def rehearsal(cfg: ConsolidateConfig, s: Seeded, suite: general.Suite) -> list:
     ]
 
 
-def base_task(cfg: ConsolidateConfig, s: Seeded, suite: general.Suite, world=None) -> Task:
+def base_task(cfg: ConsolidateConfig, s: Seeded, suite: general.Suite) -> Task:
     """A base's rows: the rehearsal mixture (shares renormalized without the new facts),
-    monitored on its old facts (`world`, the cell's run world, is not used)."""
+    monitored on its old facts."""
     parts = [(seqs, share / (1 - cfg.new_share)) for seqs, share in rehearsal(cfg, s, suite)]
     data = mixture(parts, cfg.rows, cfg.model_config().max_len, s.seed)
     monitor = general.pad_to(formats.render_in_weight(s.old), cfg.model_config().max_len)
@@ -193,22 +193,10 @@ def base_task(cfg: ConsolidateConfig, s: Seeded, suite: general.Suite, world=Non
 
 
 def train_bases(cfg: ConsolidateConfig, seeds: list[Seeded], suite, progress: bool) -> dict:
-    """One base model per seed, trained by the cell engine as one ensemble (each the cell of
-    its seed's tool run, its record unwritten): {seed: (graphdef, params, record)}."""
-    cells = [
-        engine.Cell(
-            cfg.tool_run(s.seed),
-            task=functools.partial(base_task, cfg, s, suite),
-            model=cfg.model_config(),
-            train=cfg.base_train_config(),
-        )
-        for s in seeds
-    ]
-    models = engine.trained_models(cells, progress)
-    return {
-        s.seed: (result.graphdef, result.model(k), record)
-        for s, (result, k, record) in zip(seeds, models, strict=True)
-    }
+    """One base model per seed, trained by the cell engine as one ensemble (engine.base_models,
+    records unwritten): {seed: (graphdef, params, record)}."""
+    tasks = {s.seed: functools.partial(base_task, cfg, s, suite) for s in seeds}
+    return engine.base_models(tasks, cfg.model_config(), cfg.base_train_config(), progress)
 
 
 def measure(cfg: ConsolidateConfig, model: tuple, s: Seeded, world, store, suite) -> dict:

@@ -11,6 +11,7 @@ import numpy as np
 
 from recall_bench import tables
 from recall_bench.experiments.consolidate import ConsolidateConfig, run_consolidation
+from recall_bench.experiments.recording import grouped
 from recall_bench.plots import plt, save
 from recall_bench.records import clean_json, environment, write_json_atomic
 
@@ -45,9 +46,7 @@ def run_consolidate(
 def summary_rows(records: list[dict]) -> list[dict]:
     """One row per (method, N, evaluation step): the mean over seeds of each measure and its
     [min, max] (measures that are None on some seed are left out)."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in records:
-        groups.setdefault((r["consolidation"]["method"], r["n_facts"]), []).append(r)
+    groups = grouped(records, lambda r: (r["consolidation"]["method"], r["n_facts"]))
     rows = []
     for (method, n), group in sorted(groups.items()):
         for i, first in enumerate(group[0]["trajectory"]):

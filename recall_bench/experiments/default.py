@@ -6,7 +6,6 @@ seed, a short budget). Each cell's record is kept, so a killed run resumes."""
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from recall_bench.experiments.config import RunConfig
 from recall_bench.experiments.joint import JointConfig
 from recall_bench.experiments.joint_report import run_joint
 from recall_bench.experiments.run import run
+from recall_bench.progress import log
 from recall_bench.records import write_json_atomic
 
 FACT_COUNTS = (256, 1024, 2048, 4096, 8192, 16384)
@@ -80,15 +80,11 @@ def run_default(
     rows = []
     todo = cells() if todo is None else todo
     for i, cfg in enumerate(todo, 1):
-        if progress:
-            print(f"[{i}/{len(todo)}] {cfg.mode}, {cfg.n_facts} facts", file=sys.stderr)
+        log(progress, f"[{i}/{len(todo)}] {cfg.mode}, {cfg.n_facts} facts")
         record = run(cfg, out / f"{cfg.mode}-{cfg.n_facts}", progress=progress, resume=resume)
         rows.append(summary_row(record))
-        if progress:
-            r = rows[-1]
-            print(f"    recall {r['recall']:.3f} after {r['steps']} steps", file=sys.stderr)
-    if progress:
-        print("general ability kept (shared capacity)", file=sys.stderr)
+        log(progress, f"    recall {rows[-1]['recall']:.3f} after {rows[-1]['steps']} steps")
+    log(progress, "general ability kept (shared capacity)")
     both = run_joint(joint, out / "general", progress, resume, command=command)
     general = {
         "params": both["params"]["total"],

@@ -31,8 +31,8 @@ import numpy as np
 from recall_bench import formats, general, plots, tables
 from recall_bench.divergences import divergence
 from recall_bench.experiments import recording
-from recall_bench.experiments.config import BaseRunConfig, RunConfig, make_task
-from recall_bench.experiments.engine import Cell, finished, run_cells, trained_models
+from recall_bench.experiments.config import RunConfig, make_task
+from recall_bench.experiments.engine import Cell, base_models, finished, run_cells
 from recall_bench.experiments.recording import write_summary
 from recall_bench.experiments.tool_cost import cost_splits, format_splits
 from recall_bench.model import ModelConfig, add_side_memory, count_params
@@ -157,14 +157,10 @@ def train_base(cfg: DegradeConfig, suite: general.Suite, progress: bool = True) 
     """Train the base model on the suite, a cell of the engine over no fact world (its record
     unwritten: base.json is recording.save_base's): {graphdef, params, info} (info: scores,
     training)."""
-    cell = Cell(
-        BaseRunConfig(mode="base", n_facts=0, seed=cfg.seed),
-        task=lambda world: suite_task(suite),
-        model=cfg.model_config(),
-        train=cfg.base_config(),
-    )
-    [(result, k, record)] = trained_models([cell], progress)
-    graphdef, params = result.graphdef, result.model(k)
+    tasks = {cfg.seed: lambda: suite_task(suite)}
+    [(graphdef, params, record)] = base_models(
+        tasks, cfg.model_config(), cfg.base_config(), progress
+    ).values()
     info = {
         "config": cfg.base_key(),
         "params": count_params(params),

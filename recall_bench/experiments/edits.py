@@ -16,15 +16,14 @@ from typing import Any
 import jax
 import numpy as np
 
-from recall_bench import edit, formats, streams
+from recall_bench import edit, formats, general
 from recall_bench.edit_weights import WeightEditConfig
 from recall_bench.experiments import edits_general
-from recall_bench.experiments.config import RunConfig
+from recall_bench.experiments.config import RunConfig, make_task
 from recall_bench.experiments.edits_located import located_edit
 from recall_bench.experiments.engine import Cell, run_cells, trained_models
 from recall_bench.experiments.recording import save_base
-from recall_bench.general import Suite, SuiteConfig, concat, rows_of
-from recall_bench.general import score as general_score
+from recall_bench.general import Suite, SuiteConfig
 from recall_bench.model import count_params
 from recall_bench.records import new_record, write_json_atomic
 from recall_bench.saved import restore_model
@@ -125,32 +124,6 @@ class Base:
     suite: Suite | None = None  # the general suite it also learned (info["general"]: scores)
 
 
-def both_orders(world: FactWorld, mode: str, entities: np.ndarray) -> formats.Sequences:
-    """The facts of `entities` in both phrasings."""
-    return concat([formats.render(world, mode, entities, order) for order in formats.ORDERS])
-
-
-def base_task(cfg: RunConfig, world: FactWorld) -> Task:
-    """experiments.config.make_task's data, every sequence also attribute-first: in-weight
-    trains on all facts; in-tool on its trained entities (or a protocol pool's), watching
-    validation entities."""
-    spec = world.spec
-    if cfg.tool_train_entities:
-        pool, k = cfg.protocol_pool(), cfg.tool_train_entities
-        train = both_orders(pool, cfg.mode, np.arange(k))
-        monitor = both_orders(pool, cfg.mode, np.arange(k, pool.spec.n_entities))
-        return Task(train, monitor, np.tile(pool.fact_bits()[k * spec.n_attributes :], 2))
-    trained = np.arange(cfg.trained_entities())
-    train = both_orders(world, cfg.mode, trained)
-    if cfg.mode == "in-tool":
-        extra = make_fact_world(spec.with_entities(spec.n_entities + cfg.validation_entities))
-        monitor = both_orders(extra, cfg.mode, np.arange(spec.n_entities, extra.spec.n_entities))
-        return Task(train, monitor, np.tile(extra.fact_bits()[: len(monitor.tokens) // 2], 2))
-    rows = streams.generator(cfg.seed, streams.MONITOR_ROWS).permutation(len(train.tokens))
-    rows = np.sort(rows[: cfg.monitor_facts])
-    return Task(train, rows_of(train, rows), np.tile(world.fact_bits(), 2)[rows])
-
-
 def answers(base_or_model, world: FactWorld, order: str, store=None) -> np.ndarray:
     """[n_facts] right answers of (cfg, graphdef, params) against `world`'s values."""
     cfg, graphdef, params = base_or_model
@@ -160,8 +133,9 @@ def answers(base_or_model, world: FactWorld, order: str, store=None) -> np.ndarr
 
 
 def cell_task(cfg: RunConfig, suite: Suite | None, world: FactWorld) -> Task:
-    """A base's rows (base_task), mixed half and half with the general suite if it has one."""
-    task = base_task(cfg, world)
+    """A base's rows (make_task's, every fact in both phrasings), mixed half and half with the
+    general suite if it has one."""
+    task = make_task(cfg, world, formats.ORDERS)
     if suite is None:
         return task
     return edits_general.mixed_task(task, suite, cfg.model_config().max_len)
@@ -194,7 +168,7 @@ def make_base(cfg: RunConfig, world, graphdef, params, info: dict, suite=None) -
     right = {o: answers((cfg, graphdef, params), world, o, store) for o in formats.ORDERS}
     info = {"mode": cfg.mode, **info, "recall": {o: float(r.mean()) for o, r in right.items()}}
     if suite is not None:
-        info["general"] = general_score(graphdef, params, suite)
+        info["general"] = general.score(graphdef, params, suite)
     return Base(cfg, world, graphdef, params, right["key-first"], info, suite)
 
 
@@ -296,8 +270,8 @@ def finetune_cells(
     stopped at its first check where every edited fact answers its new value; their records."""
     cells = []
     for base, edits in zip(bases, edit_sets, strict=True):
-        general = base.suite and base.suite.train
-        task = edit.finetune_task(base.world, edits, method == "finetune-replay", general)
+        suite_rows = base.suite and base.suite.train
+        task = edit.finetune_task(base.world, edits, method == "finetune-replay", suite_rows)
         cells.append(
             Cell(
                 base.cfg,
@@ -379,11 +353,13 @@ def edit_fields(
 
 
 def general_ability(base: Base, outcome: Outcome) -> dict | str:
-    """The general measures after the edit and what they kept of the base's (or a note)."""
+    """The general measures after the edit and what they kept of the base's (graded above
+    chance), or a note when the base learned no general suite."""
     if base.suite is None:
         return GENERAL_NOTE
-    args = (base.suite, base.info["general"], base.graphdef, outcome.params)
-    return edits_general.general_block(*args)
+    scores = general.score(base.graphdef, outcome.params, base.suite)
+    chance = 1.0 / (base.suite.config.distractors + 1)
+    return {"scores": scores, "kept": general.kept(scores, base.info["general"], chance)}
 
 
 def run_edits(

@@ -65,10 +65,3 @@ def general_training(cfg: general.SuiteConfig, run: RunConfig) -> tuple[TrainCon
     stops it), the suite the bases mix in)."""
     train = dataclasses.replace(run.train_config(), target_recall=np.inf, plateau_min_bits=np.inf)
     return train, make_suite(cfg, run)
-
-
-def general_block(suite: general.Suite, base_scores: dict, graphdef, params) -> dict:
-    """The general measures of edited parameters and what they kept of the base's."""
-    scores = general.score(graphdef, params, suite)
-    chance = 1.0 / (suite.config.distractors + 1)
-    return {"scores": scores, "kept": general.kept(scores, base_scores, chance)}

@@ -34,7 +34,7 @@ from recall_bench.cost import record_cost
 from recall_bench.devices import is_lead
 from recall_bench.experiments.config import BaseRunConfig, RunConfig, make_task
 from recall_bench.experiments.evaluate import evaluate, held_out_metrics, noise_floor_metrics
-from recall_bench.experiments.recording import make_record, save_traces
+from recall_bench.experiments.recording import grouped, make_record, save_traces
 from recall_bench.experiments.tokens import TokenRunConfig, token_record, token_task
 from recall_bench.identity import finished_record
 from recall_bench.model import ModelConfig, count_params
@@ -110,14 +110,6 @@ def cell_key(cell: Cell) -> tuple:
     return (runs, cell.model_config(), cell.train_config(), cell.group, cell.ensemble)
 
 
-def group_cells(cells: list[Cell]) -> list[list[Cell]]:
-    """Cells differing only in seed, as ensembles in order of first appearance."""
-    by_key: dict[tuple, list[Cell]] = {}
-    for cell in cells:
-        by_key.setdefault(cell_key(cell), []).append(cell)
-    return list(by_key.values())
-
-
 def finished(cell: Cell, resume: bool) -> dict | None:
     """The cell's record if its folder holds this config's finished record (and resume);
     None if it has not run; refused if it holds another config, or this one without resume."""
@@ -191,20 +183,6 @@ def model_slots(cells: list[Cell]) -> list[int]:
     return [slots.setdefault(key(c), len(slots)) for c in cells]
 
 
-def run_group(
-    cfgs: list[Config],
-    out_dirs: list[str | Path | None],
-    progress: bool = True,
-    checkpoint_dir: str | Path | None = None,
-    resume: bool = False,
-    checkpoint_every_s: float = 30.0,
-    save_model: bool = False,
-) -> list[dict[str, Any]]:
-    """Train plain runs differing only in seed as one ensemble (run_ensemble)."""
-    cells = [Cell(c, None if d is None else Path(d)) for c, d in zip(cfgs, out_dirs, strict=True)]
-    return run_ensemble(cells, progress, checkpoint_dir, resume, checkpoint_every_s, save_model)
-
-
 def run_ensemble(
     cells: list[Cell],
     progress: bool = True,
@@ -252,6 +230,30 @@ def trained_models(cells: list[Cell], progress: bool = True) -> list[tuple[Train
     return [(*kept[i], record) for i, record in enumerate(records)]
 
 
+def base_models(
+    tasks: dict[int, Callable[[], Task]],
+    model: ModelConfig,
+    train: TrainConfig,
+    progress: bool = True,
+) -> dict[int, tuple[Any, Any, dict]]:
+    """Base models of no fact world, one per seed, trained from scratch on tasks[seed]() as one
+    ensemble (trained_models: records unwritten): {seed: (graphdef, params, record)}."""
+    cells = [
+        Cell(
+            BaseRunConfig(mode="base", n_facts=0, seed=s),
+            task=lambda w, t=t: t(),
+            model=model,
+            train=train,
+        )
+        for s, t in tasks.items()
+    ]
+    made = trained_models(cells, progress)
+    return {
+        c.cfg.seed: (r.graphdef, r.model(k), rec)
+        for c, (r, k, rec) in zip(cells, made, strict=True)
+    }
+
+
 def run_cells(
     cells: list[Cell],
     progress: bool = True,
@@ -265,7 +267,7 @@ def run_cells(
     if save_model:
         check_saved(cells, resume)
     ran: dict[int, dict] = {}
-    for group in pending(group_cells(cells), resume):
+    for group in pending(list(grouped(cells, cell_key).values()), resume):
         args = (progress, checkpoints(group), resume, checkpoint_every_s, save_model)
         ran.update(zip(map(id, group), run_ensemble(group, *args), strict=True))
     return [ran[id(c)] if id(c) in ran else finished(c, resume) for c in cells]

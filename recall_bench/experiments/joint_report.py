@@ -16,7 +16,7 @@ from recall_bench.experiments.joint import (
     reused,
     train_cells,
 )
-from recall_bench.experiments.recording import seed_spread, write_summary
+from recall_bench.experiments.recording import grouped, seed_spread, write_summary
 from recall_bench.progress import log
 from recall_bench.records import clean_json, environment, read_json, write_json_atomic
 
@@ -88,9 +88,7 @@ SUMMARY_KEYS = (
 
 def summary_rows(records: list[dict]) -> list[dict]:
     """One row per (mode, N): the mean over seeds of each measure, and its [min, max]."""
-    groups: dict[tuple[str, int], list[dict]] = {}
-    for r in records:
-        groups.setdefault((r["mode"], r["n_facts"]), []).append(r)
+    groups = grouped(records, lambda r: (r["mode"], r["n_facts"]))
     rows = []
     for (mode, n), group in sorted(groups.items(), key=lambda g: (g[0][1], g[0][0])):
         row = {"mode": mode, "n_facts": n, "seeds": [r["seed"] for r in group]}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Hashable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,7 @@ def make_record(
     (default: cfg's) say what model trained and how; `extra` adds fields such as the store
     and the cost per answer, or replaces one (an experiment's own mode; any name, `k` and
     `metrics` too), and its `train` adds to the train block. A run of no fact world (world
-    None) has no config or world."""
+    None) has no bits_per_fact, config or world unless `extra` gives them."""
     model_cfg = model_cfg or cfg.model_config()
     train = train_info(train_cfg or cfg.train_config(), result, k, task)
     spec = None if world is None else world.spec
@@ -100,7 +101,8 @@ def make_record(
         env=result.env,
     )
     if spec is None:  # a run of no fact world: its data is the experiment's to describe
-        fields = {k: v for k, v in fields.items() if k not in ("bits_per_fact", "config", "world")}
+        unknown = {"bits_per_fact", "config", "world"} - set(extra)
+        fields = {k: v for k, v in fields.items() if k not in unknown}
     return new_record(**{**fields, **extra})
 
 
@@ -121,6 +123,14 @@ def save_traces(path: Path, decoded: Decoded) -> None:
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez_compressed(tmp, **arrays)
     tmp.replace(path)
+
+
+def grouped(items: Iterable[Any], key: Callable[[Any], Hashable]) -> dict[Hashable, list]:
+    """Items by key(item): the keys, and the items of each, in order of first appearance."""
+    groups: dict[Hashable, list] = {}
+    for item in items:
+        groups.setdefault(key(item), []).append(item)
+    return groups
 
 
 def seed_spread(records: list[dict], keys: tuple[str, ...]) -> dict:

@@ -3,7 +3,7 @@ recorded by the cell engine (engine.py); a finished record of the same config is
 one of another config refused (recall_bench/identity.py).
 
 The engine's entry points are also importable from here under the names experiments and
-tests have always used (run_group, train_group, finish, make_record, ...).
+tests have always used (train_group, finish, make_record, ...).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from recall_bench.experiments.engine import (
     finish,
     group_key,
     run_cells,
-    run_group,
     train_group,
 )
 from recall_bench.experiments.evaluate import evaluate
@@ -33,7 +32,6 @@ __all__ = [
     "make_record",
     "make_task",
     "run",
-    "run_group",
     "train_group",
     "train_info",
 ]

@@ -36,7 +36,8 @@ from recall_bench.devices import agreed, barrier, ensemble_size, free_memory, is
 from recall_bench.experiments import capacity
 from recall_bench.experiments.config import RunConfig
 from recall_bench.experiments.default import summary_row
-from recall_bench.experiments.engine import Cell, group_key, pending, run_group
+from recall_bench.experiments.engine import Cell, group_key, pending, run_ensemble
+from recall_bench.experiments.recording import grouped
 from recall_bench.experiments.tokens import TOKENS, TokenRunConfig
 from recall_bench.methods import MODES
 from recall_bench.model import count_params, init_model
@@ -222,9 +223,7 @@ def cell_name(cfg: Config) -> str:
 def groups(cells: tuple[Config, ...] | list[Config]) -> list[list[Config]]:
     """Cells differing only in seed, as ensembles in order of first appearance; a
     ValueError if two different ensembles would share a folder name."""
-    by_key: dict[Config, list[Config]] = {}
-    for cfg in cells:
-        by_key.setdefault(group_key(cfg), []).append(cfg)
+    by_key = grouped(cells, group_key)
     names: dict[str, Config] = {}
     for key in by_key:
         if names.setdefault(group_name(key), key) != key:
@@ -266,15 +265,14 @@ def run_sweep(
     out, t0 = Path(out), time.perf_counter()
     mine = shard_groups(sweep.cells, shard)
     cells = [[Cell(cfg, out / cell_name(cfg)) for cfg in group] for group in mine]
-    todo = [[c.cfg for c in g] for g in pending(cells, resume, fitting_ensemble)]
+    todo = pending(cells, resume, fitting_ensemble)
     for j, group in enumerate(todo, 1):
-        name = group_name(group[0])
-        seeds = [c.seed for c in group]
+        name, seeds = group_name(group[0].cfg), [c.cfg.seed for c in group]
         if progress:
             print(f"[{j}/{len(todo)}] {name}, seeds {seeds}", file=sys.stderr)
         ckpt = out / "checkpoints" / f"{name}-s{'-'.join(map(str, seeds))}"
-        dirs = [out / cell_name(c) if is_lead() else None for c in group]
-        for r in run_group(group, dirs, progress, ckpt, resume):
+        writing = group if is_lead() else [dataclasses.replace(c, out_dir=None) for c in group]
+        for r in run_ensemble(writing, progress, ckpt, resume):
             if progress:
                 print(f"    {cell_summary(r)}", file=sys.stderr)
     barrier("sweep records written")

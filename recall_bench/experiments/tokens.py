@@ -14,11 +14,10 @@ import numpy as np
 
 from recall_bench import formats, streams
 from recall_bench.experiments.config import BaseRunConfig
-from recall_bench.experiments.recording import train_info
+from recall_bench.experiments.recording import make_record
 from recall_bench.general import rows_of
 from recall_bench.metrics import noise_floor, sequence_stats, summarize_in_weight
 from recall_bench.model import ModelConfig, count_params
-from recall_bench.records import new_record
 from recall_bench.train import Task, TrainResult
 from recall_bench.worlds import TokenSpec, make_token_world, spec_hash
 
@@ -61,7 +60,7 @@ def token_task(cfg: TokenRunConfig) -> Task:
 
 def token_record(cfg: TokenRunConfig, task: Task, result: TrainResult, k: int) -> dict:
     """Bits memorized on the training sequences and loss on held-out ones, as a run record."""
-    params, spec, train_cfg = result.model(k), cfg.spec, cfg.train_config()
+    params, spec = result.model(k), cfg.spec
     n_params = count_params(params)
     seqs = task.train
     stats = sequence_stats(result.graphdef, params, seqs.tokens, seqs.loss_mask, seqs.value_mask)
@@ -93,21 +92,9 @@ def token_record(cfg: TokenRunConfig, task: Task, result: TrainResult, k: int) -
         held_out_loss=float(held_stats["loss_sum"].sum() / held.loss_mask[:, 1:].sum()),
         uniform_loss=math.log(cfg.vocab),
     )
-    return new_record(
-        mode=TOKENS,
-        n_facts=spec.n_sequences,
-        bits_per_fact=spec.bits_per_sequence,
-        seed=cfg.seed,
-        config=dataclasses.asdict(cfg),
-        world={
-            "kind": TOKENS,
-            "spec": dataclasses.asdict(spec),
-            "hash": spec_hash(spec),
-            "entropy_bits": spec.entropy_bits,
-        },
-        model=dataclasses.asdict(cfg.model_config()),
-        params=n_params,
-        train=train_info(train_cfg, result, k, task),
-        metrics=metrics,
-        env=result.env,
-    )
+    world = {"kind": TOKENS, "spec": dataclasses.asdict(spec), "hash": spec_hash(spec)}
+    world["entropy_bits"] = spec.entropy_bits
+    return make_record(
+        cfg, None, result, k, metrics, task,
+        bits_per_fact=spec.bits_per_sequence, config=dataclasses.asdict(cfg), world=world,
+    )  # fmt: skip

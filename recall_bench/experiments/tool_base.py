@@ -22,11 +22,8 @@ fixed probe of held-out prompts, the old facts' recall and bits, and ||dtheta|| 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from recall_bench import general
@@ -34,14 +31,13 @@ from recall_bench.experiments import old_knowledge
 from recall_bench.experiments.config import RunConfig, make_task
 from recall_bench.formats import Sequences
 from recall_bench.general import rows_of
-from recall_bench.metrics import bits_memorized, stats_from_logits
-from recall_bench.model import ModelConfig, apply
+from recall_bench.metrics import bits_memorized
+from recall_bench.model import ModelConfig
 from recall_bench.train import Task, TrainConfig
 from recall_bench.worlds import FactWorld
 
 STORE = "store-write"
 TOOL_FT = "store-write+fine-tune"  # the store write, then in-tool fine-tuning on the new facts
-PROBE_BLOCK = 512  # probe rows scored at once per model
 
 
 def default_base() -> RunConfig:
@@ -236,44 +232,6 @@ def make_probe(cfg: ToolBaseConfig, suite: general.Suite, old: Sequences, new: S
         start += len(seqs.tokens)
     width = cfg.model_config().max_len
     return Probe(general.pad_to(general.concat([s for _, s in named]), width), parts)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _ensemble_stats(graphdef, params, tokens, loss_mask, value_mask):
-    """Teacher-forced stats of K stacked models, each on its own [M, L] rows."""
-
-    def one(p, t, lm, vm):
-        return stats_from_logits(apply(graphdef, p, t[:, :-1]), t, lm, vm)
-
-    return jax.vmap(one)(params, tokens, loss_mask, value_mask)
-
-
-def ensemble_stats(graphdef, params, probes: list[Probe]) -> list[dict[str, np.ndarray]]:
-    """Per model k, the stats of probes[k] under model k (stacked params), in blocks of
-    PROBE_BLOCK rows (the last one padded: one compiled shape whatever the probe's size)."""
-    arrays = [
-        np.stack([getattr(p.seqs, f) for p in probes])
-        for f in ("tokens", "loss_mask", "value_mask")
-    ]
-    n, parts = arrays[0].shape[1], []
-    for start in range(0, n, PROBE_BLOCK):
-        block = [a[:, start : start + PROBE_BLOCK] for a in arrays]
-        pad = ((0, 0), (0, PROBE_BLOCK - block[0].shape[1]), (0, 0))
-        out = _ensemble_stats(graphdef, params, *(np.pad(a, pad) for a in block))
-        parts.append({k: np.asarray(v)[:, : n - start] for k, v in out.items()})
-    return [
-        {k: np.concatenate([p[k][m] for p in parts]) for k in parts[0]} for m in range(len(probes))
-    ]
-
-
-@jax.jit
-def relative_change(params, base) -> jax.Array:
-    """[K] ||theta_k - base_k|| / ||base_k|| of stacked models (all parameters as one vector)."""
-
-    def total(tree) -> jax.Array:
-        return sum(jnp.sum(jnp.square(x).reshape(len(x), -1), 1) for x in jax.tree.leaves(tree))
-
-    return jnp.sqrt(total(jax.tree.map(jnp.subtract, params, base)) / total(base))
 
 
 def probe_measures(

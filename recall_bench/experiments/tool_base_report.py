@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from recall_bench import general, tables
-from recall_bench.experiments.recording import seed_spread, write_summary
+from recall_bench.experiments.recording import grouped, seed_spread, write_summary
 from recall_bench.experiments.tool_base import STORE, TOOL_FT, ToolBaseConfig
 from recall_bench.experiments.tool_base_run import sweep_cells
 from recall_bench.plots import plt, save
@@ -65,10 +65,9 @@ def run_tool_base(
 def summary_rows(records: list[dict]) -> list[dict]:
     """One row per (method, lr, N): the mean over seeds of each measure and its [min, max],
     how many seeds reached the target, and at which steps."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in records:
-        tb = r["tool_base"]
-        groups.setdefault((tb["method"], tb["lr"], r["n_facts"]), []).append(r)
+    groups = grouped(
+        records, lambda r: (r["tool_base"]["method"], r["tool_base"]["lr"], r["n_facts"])
+    )
     rows = []
     for (method, lr, n), group in groups.items():
         row = {"method": method, "lr": lr, "n_facts": n, "seeds": [r["seed"] for r in group]}

@@ -13,8 +13,8 @@ from pathlib import Path
 from recall_bench import formats, general
 from recall_bench.divergences import divergence, greedy_reference, logits_of, reference_divergence
 from recall_bench.experiments import old_knowledge
-from recall_bench.experiments.config import BaseRunConfig, make_task
-from recall_bench.experiments.engine import Cell, run_cells, trained_models
+from recall_bench.experiments.config import make_task
+from recall_bench.experiments.engine import Cell, base_models, run_cells
 from recall_bench.experiments.evaluate import evaluate
 from recall_bench.experiments.recording import load_base, save_base
 from recall_bench.experiments.tool_base import (
@@ -22,14 +22,12 @@ from recall_bench.experiments.tool_base import (
     TOOL_FT,
     ToolBaseConfig,
     base_task,
-    ensemble_stats,
     finetune_task,
     make_probe,
     probe_measures,
-    relative_change,
     replay_rows,
 )
-from recall_bench.metrics import sequence_stats
+from recall_bench.metrics import ensemble_stats, relative_change, sequence_stats
 from recall_bench.progress import log
 from recall_bench.records import clean_json, environment
 from recall_bench.stopping import FirstPass
@@ -53,18 +51,10 @@ def old_stats(graphdef, params, old) -> dict[str, float]:
 def train_bases(cfg: ToolBaseConfig, suite: general.Suite, progress: bool) -> dict[int, dict]:
     """One base per seed, trained by the cell engine as one ensemble (cells over no fact world,
     their records unwritten: base.json is bases_for's): {seed: {graphdef, params, info}}."""
-    cells = [
-        Cell(
-            BaseRunConfig(mode="base", n_facts=0, seed=seed),
-            task=lambda world, seed=seed: base_task(cfg, seed, suite),
-            model=cfg.model_config(),
-            train=cfg.base_train_config(),
-        )
-        for seed in cfg.seeds
-    ]
+    tasks = {seed: functools.partial(base_task, cfg, seed, suite) for seed in cfg.seeds}
+    made = base_models(tasks, cfg.model_config(), cfg.base_train_config(), progress)
     bases = {}
-    for seed, (result, k, record) in zip(cfg.seeds, trained_models(cells, progress), strict=True):
-        graphdef, params = result.graphdef, result.model(k)
+    for seed, (graphdef, params, record) in made.items():
         old = old_knowledge.old_world(dataclasses.replace(cfg.base, seed=seed), seed)
         train = record["train"]
         info = {
@@ -126,7 +116,10 @@ def make_cell(cfg: ToolBaseConfig, cell: tuple, bases: dict, suite, out: Path) -
     if method == STORE:
         how = dict(
             trainer=functools.partial(store_write, cfg, n, base["graphdef"]),
-            measures=(functools.partial(base_measures, cfg, base, suite),),
+            # its general ability and old knowledge: the base's scores (every weight is the
+            # base's; the tool's copy_accuracy, answers = the store's values, stays the tool's),
+            # and its divergence from the base (measured: zero)
+            measures=(functools.partial(changed, cfg, base, suite, scores=base["info"]["scores"]),),
             group=seed,
         )
     else:
@@ -217,13 +210,6 @@ def store_write(cfg, n: int, graphdef, model_cfg, train_cfg, tasks, seeds, progr
     return TrainResult(graphdef, params, [0] * k, reasons, history, 0.0, 0.0, environment(), [])
 
 
-def base_measures(cfg, base: dict, suite, result: TrainResult, k: int, metrics: dict) -> dict:
-    """A store write's general ability and old knowledge: the base's scores (every weight is
-    the base's; the tool's copy_accuracy, answers = the store's values, stays the tool's), and
-    its divergence from the base (measured: zero)."""
-    return changed(cfg, base, suite, result, k, metrics, base["info"]["scores"])
-
-
 def changed(cfg, base: dict, suite, result: TrainResult, k: int, metrics, scores: dict) -> dict:
     """Model k's `scores` the metrics lack, its change from the base (dtheta_rel), its KL and
     TV from the base (at the suite's answer positions and on the base's own greedy
@@ -272,7 +258,7 @@ def fine_tune(
     base_params = stack(init_params)
 
     def measure(params, step: int) -> list[dict]:
-        stats = ensemble_stats(graphdef, params, probes)
+        stats = ensemble_stats(graphdef, params, [p.seqs for p in probes])
         dtheta = relative_change(params, base_params)
         out = []
         for m, (s, p, lab, d) in enumerate(zip(stats, probes, labels, dtheta, strict=True)):
