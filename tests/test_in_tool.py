@@ -50,7 +50,8 @@ def test_in_tool_recalls_unseen_entities_where_in_weight_cannot(trained):
     assert metrics["recall"] >= 0.99
     assert metrics["call_valid"] >= 0.99 and metrics["copy_accuracy"] >= 0.99
     assert decoded.call_made.all()
-    weights = dataclasses.replace(TOOL, mode="in-weight", steps=300, batch_size=256)  # as run()
+    # in-weight given 300 steps of 256 rows, trained and evaluated as run() does it
+    weights = dataclasses.replace(TOOL, mode="in-weight", steps=300, batch_size=256)
     weights_world = make_fact_world(weights.spec)
     task = make_task(weights, weights_world)
     result = train_models(weights.model_config(), weights.train_config(), [task], [0], False)
