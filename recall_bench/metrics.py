@@ -52,11 +52,18 @@ def stats_from_logits(logits, tokens, loss_mask, value_mask) -> dict[str, jax.Ar
 LOGITS_PER_BLOCK = 1 << 25  # logits computed at once (128 MiB in float32)
 
 
+_ROW_LOGITS: dict = {}  # (graphdef, parameter shapes, sequence length) -> logits per row
+
+
 def rows_per_block(graphdef: nnx.GraphDef, params: nnx.State, tokens: np.ndarray) -> int:
     """Rows whose logits fit LOGITS_PER_BLOCK (at most 4096): 4,096 sequences of 64 tokens
-    over 2,048 symbols would be 2 GiB of logits at once."""
-    row = jax.eval_shape(lambda p, t: apply(graphdef, p, t), params, tokens[:1, :-1])
-    return int(np.clip(LOGITS_PER_BLOCK // math.prod(row.shape), 1, 4096))
+    over 2,048 symbols would be 2 GiB of logits at once. The model is traced once per shape."""
+    shapes = tuple((x.shape, x.dtype) for x in jax.tree.leaves(params))
+    key = (graphdef, shapes, tokens.shape[1])
+    if key not in _ROW_LOGITS:
+        row = jax.eval_shape(lambda p, t: apply(graphdef, p, t), params, tokens[:1, :-1])
+        _ROW_LOGITS[key] = math.prod(row.shape)
+    return int(np.clip(LOGITS_PER_BLOCK // _ROW_LOGITS[key], 1, 4096))
 
 
 def sequence_stats(

@@ -25,17 +25,18 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "recall_bench"))
 
-# The files that take longest (measured on the 2-core CI machine), longest first: the two
-# xdist workers take whole files in collection order, so these start first and the workers
-# finish together. Order inside a file, and every test, are unchanged.
+# The files that take longest (each file alone on one core of the 2-core machine), longest
+# first: the two xdist workers take whole files in collection order, so these start first and
+# the workers finish together. Order inside a file, and every test, are unchanged.
 LONGEST_FIRST = (
-    "test_resume.py",
-    "test_multiprocess.py",
-    "test_sharding.py",
-    "test_joint.py",
-    "test_pkm.py",
-    "test_in_tool.py",
     "test_degrade.py",
+    "test_pkm.py",
+    "test_probe.py",
+    "test_joint.py",
+    "test_in_tool.py",
+    "test_multiprocess.py",
+    "test_resume.py",
+    "test_sharding.py",
     "test_sweep.py",
     "test_golden.py",
 )

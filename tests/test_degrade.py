@@ -36,9 +36,8 @@ def tiny_suite(cfg: degrade.DegradeConfig = TINY) -> general.Suite:
     return general.make_suite(cfg.suite, general.Vocab.of(cfg.run_config("in-weight", 2).spec))
 
 
-def test_base_scores_reproduce_from_checkpoint(tmp_path):
-    suite = tiny_suite()
-    base = degrade.train_base(TINY, suite, progress=False)
+def test_base_scores_reproduce_from_checkpoint(tmp_path, base_model):
+    suite, base = base_model  # degrade.train_base(TINY, tiny_suite())
     recording.save_base(tmp_path, base)
     loaded = degrade.load_base(tmp_path, TINY, suite)
     jax.tree.map(np.testing.assert_array_equal, loaded["params"], base["params"])
@@ -95,7 +94,7 @@ def test_cli_rejects_bad_input(argv, match):
 
 @pytest.fixture(scope="module")
 def base_model() -> tuple[general.Suite, dict]:
-    """The tiny suite and a base model trained on it (25 steps), shared by the cell tests."""
+    """The tiny suite and a base model trained on it (25 steps), trained once for the tests."""
     suite = tiny_suite()
     return suite, degrade.train_base(TINY, suite, progress=False)
 

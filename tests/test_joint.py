@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -76,12 +77,20 @@ def test_in_tool_cell_carries_the_tools_copy_accuracy_and_the_copy_skills(monkey
     assert skill != 0.3  # k / 16 held-out prompts: never 0.3, so neither was written over
 
 
-def test_tiny_joint_sweep(tmp_path, monkeypatch):
-    summary = joint_report.run_joint(TINY, tmp_path, progress=False)
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory) -> tuple[Path, dict]:
+    """The TINY joint sweep, run once: its folder and summary (the default benchmark's general
+    part is this same sweep)."""
+    folder = tmp_path_factory.mktemp("joint")
+    return folder, joint_report.run_joint(TINY, folder, progress=False)
+
+
+def test_tiny_joint_sweep(tiny_sweep, tmp_path, monkeypatch):
+    sweep_dir, summary = tiny_sweep
     kinds = {(r["mode"], r["n_facts"]) for r in summary["rows"]}
     assert kinds == {("general-only", 0), ("in-weight", 8), ("in-tool", 8), ("facts-only", 8)}
     for kind, n, seed in [("in-weight", 8, 0), ("in-tool", 8, 1), ("facts-only", 8, 0)]:
-        record = read_json(joint.cell_path(tmp_path, kind, n, seed) / "record.json")
+        record = read_json(joint.cell_path(sweep_dir, kind, n, seed) / "record.json")
         m, t = record["metrics"], record["train"]
         assert record["protocol"] == "joint" and record["mode"] == kind
         bits = "bits_delivered" if kind == "in-tool" else "bits_memorized"  # store's help
@@ -93,7 +102,7 @@ def test_tiny_joint_sweep(tmp_path, monkeypatch):
         # whole-budget training: recall never stops a cell
         assert t["stop_reason"] == "budget" and t["steps"] == TINY.facts.steps
         assert 0.0 <= m["greedy_tv"] <= 1.0 and m["greedy_tokens"] > 0
-    facts_only = read_json(joint.cell_path(tmp_path, "facts-only", 8, 0) / "record.json")
+    facts_only = read_json(joint.cell_path(sweep_dir, "facts-only", 8, 0) / "record.json")
     recalls = [h["recall"] for h in facts_only["train"]["history"]]
     assert recalls[0] == 1.0 and len(recalls) == 2  # all recalled at the first check, trained on
     bits = [h["bits"] for h in facts_only["train"]["history"]]
@@ -103,15 +112,15 @@ def test_tiny_joint_sweep(tmp_path, monkeypatch):
     ref_row = summary["rows"][0]
     assert ref_row["mode"] == "general-only" and ref_row["general_mc_ratio"] == 1.0
     assert "skill_add_accuracy" in ref_row and "add_mc_accuracy" in ref_row
-    ref = read_json(joint.cell_path(tmp_path, "general-only", 0, 0) / "record.json")
+    ref = read_json(joint.cell_path(sweep_dir, "general-only", 0, 0) / "record.json")
     assert ref["metrics"]["general_accuracy_kept"] == 1.0 and ref["metrics"]["kl"] == 0.0
     assert ref["train"]["fact_bits_late_gain"] is None and ref_row["fact_bits_late_gain"] is None
-    assert (tmp_path / "general_kept.png").exists()
+    assert (sweep_dir / "general_kept.png").exists()
     assert summary["command"] is None  # run from Python, not from a command line
     assert "facts-only" in joint_report.format_table(summary)
     with pytest.raises(ValueError, match="--resume"):
-        joint_report.run_joint(TINY, tmp_path, progress=False)
-    again = joint_report.run_joint(TINY, tmp_path, progress=False, resume=True)  # all kept
+        joint_report.run_joint(TINY, sweep_dir, progress=False)
+    again = joint_report.run_joint(TINY, sweep_dir, progress=False, resume=True)  # all kept
     assert again["rows"] == summary["rows"]
     # the frontier reuses the sweep's references: only the new fraction's cells train, in-tool
     # (on the protocol pool, trained once) and in-weight (at the largest N)
@@ -120,7 +129,7 @@ def test_tiny_joint_sweep(tmp_path, monkeypatch):
         joint_report, "train_cells", lambda c, cells, *_: trained.append((c, cells)) or []
     )
     frontier = joint_report.run_frontier(
-        TINY, (0.25,), tmp_path / "f", tmp_path, progress=False, command="recall-bench x"
+        TINY, (0.25,), tmp_path / "f", sweep_dir, progress=False, command="recall-bench x"
     )
     (tool_cfg, tool_cells), (cfg, cells) = trained
     assert tool_cells == [("in-tool", 0, 0), ("in-tool", 0, 1)]
@@ -201,14 +210,19 @@ def test_joint_cli_rejects_bad_input(argv, match):
         args.func(args)
 
 
-def test_default_benchmark_shows_recall_and_general_ability(tmp_path):
+def test_default_benchmark_shows_recall_and_general_ability(tiny_sweep, tmp_path):
     """The default run, at tiny sizes: recall cells, then general ability kept against N for
-    both modes (the joint protocol), in its summary, table and plot."""
+    both modes (the joint protocol), in its summary, table and plot. Its general part is the
+    TINY sweep, whose finished cells a resumed run keeps (trained once, for both tests)."""
     from recall_bench.experiments import default
 
+    sweep_dir, _ = tiny_sweep
+    shutil.copytree(sweep_dir, tmp_path / "general")  # its cells, not its summary and plot
+    (tmp_path / "general" / "summary.json").unlink()
+    (tmp_path / "general" / "general_kept.png").unlink()
     base = RunConfig(layers=1, width=16, steps=50, batch_size=32, eval_every=50)
     todo = default.cells(base, (16,))[:1]
-    summary = default.run_default(tmp_path, False, todo=todo, joint=TINY)  # compiled as above
+    summary = default.run_default(tmp_path, False, resume=True, todo=todo, joint=TINY)
     assert [(r["mode"], r["n_facts"]) for r in summary["rows"]] == [("in-weight", 16)]
     general = summary["general"]
     kinds = {(r["mode"], r["n_facts"]) for r in general["rows"]}
