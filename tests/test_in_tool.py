@@ -33,12 +33,17 @@ TOOL = RunConfig(
 )
 
 
+def train_one(cfg: RunConfig):
+    """One model of cfg trained (seed 0) as run() trains it: (world, task, result)."""
+    world = make_fact_world(cfg.spec)
+    task = make_task(cfg, world)
+    result = train_models(cfg.model_config(), cfg.train_config(), [task], [0], progress=False)
+    return world, task, result
+
+
 @pytest.fixture(scope="module")
 def trained():
-    world = make_fact_world(TOOL.spec)
-    result = train_models(
-        TOOL.model_config(), TOOL.train_config(), [make_task(TOOL, world)], [0], progress=False
-    )
+    world, _, result = train_one(TOOL)
     return world, result.graphdef, result.model(0)
 
 
@@ -52,9 +57,7 @@ def test_in_tool_recalls_unseen_entities_where_in_weight_cannot(trained):
     assert decoded.call_made.all()
     # in-weight given 300 steps of 256 rows, trained and evaluated as run() does it
     weights = dataclasses.replace(TOOL, mode="in-weight", steps=300, batch_size=256)
-    weights_world = make_fact_world(weights.spec)
-    task = make_task(weights, weights_world)
-    result = train_models(weights.model_config(), weights.train_config(), [task], [0], False)
+    weights_world, _, result = train_one(weights)
     in_weight, _ = evaluate(weights, weights_world, result.graphdef, result.model(0))
     assert in_weight["recall"] < 0.2
 
@@ -173,10 +176,7 @@ SMALL = RunConfig(
 @pytest.fixture(scope="module")
 def small():
     """A small in-tool model, trained once: (world, task, result)."""
-    world = make_fact_world(SMALL.spec)
-    task = make_task(SMALL, world)
-    result = train_models(SMALL.model_config(), SMALL.train_config(), [task], [0], progress=False)
-    return world, task, result
+    return train_one(SMALL)
 
 
 def test_in_tool_run_through_sqlite_end_to_end(small, tmp_path):

@@ -92,9 +92,11 @@ def token_record(cfg: TokenRunConfig, task: Task, result: TrainResult, k: int) -
         held_out_loss=float(held_stats["loss_sum"].sum() / held.loss_mask[:, 1:].sum()),
         uniform_loss=math.log(cfg.vocab),
     )
-    world = {"kind": TOKENS, "spec": dataclasses.asdict(spec), "hash": spec_hash(spec)}
-    world["entropy_bits"] = spec.entropy_bits
-    return make_record(
-        cfg, None, result, k, metrics, task,
-        bits_per_fact=spec.bits_per_sequence, config=dataclasses.asdict(cfg), world=world,
-    )  # fmt: skip
+    world = {
+        "kind": TOKENS,
+        "spec": dataclasses.asdict(spec),
+        "hash": spec_hash(spec),
+        "entropy_bits": spec.entropy_bits,
+    }
+    extra = {"bits_per_fact": spec.bits_per_sequence, "config": dataclasses.asdict(cfg)}
+    return make_record(cfg, None, result, k, metrics, task, **extra, world=world)
