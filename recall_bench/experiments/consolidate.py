@@ -119,13 +119,8 @@ class ConsolidateConfig:
 
     def base_train_config(self) -> TrainConfig:
         """The base's whole budget (no recall or plateau stop)."""
-        return TrainConfig(
-            steps=self.base_steps,
-            batch_size=self.batch_size,
-            lr=self.base_lr,
-            target_recall=math.inf,
-            plateau_min_bits=math.inf,
-        )
+        train = TrainConfig(steps=self.base_steps, batch_size=self.batch_size, lr=self.base_lr)
+        return train.whole_budget()
 
     def train_config(self) -> TrainConfig:
         """The offline phase: a constant learning rate after a short warmup."""
