@@ -158,14 +158,21 @@ def seed_spread(records: list[dict], keys: tuple[str, ...]) -> dict:
 
 
 def write_summary(
-    out: Path, experiment: str, cfg: Any, command: str | None, wall_s: float, **fields: Any
+    out: Path,
+    experiment: str,
+    cfg: Any,
+    command: str | None,
+    wall_s: float,
+    file: str = "summary.json",
+    **fields: Any,
 ) -> dict:
-    """An experiment's summary.json, written atomically, and returned: its name, the command
-    line (None from Python) and config that ran it, `fields`, the environment, wall seconds."""
+    """An experiment's summary (out/`file`), written atomically, and returned: its name, the
+    command line (None from Python) and config that ran it, `fields`, the environment, wall
+    seconds."""
     config = clean_json(dataclasses.asdict(cfg))
     summary = {"experiment": experiment, "command": command, "config": config, **fields}
     summary.update(env=environment(), wall_s=wall_s)
-    write_json_atomic(Path(out) / "summary.json", summary)
+    write_json_atomic(Path(out) / file, summary)
     return summary
 
 
