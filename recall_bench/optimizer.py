@@ -4,6 +4,7 @@ thresholds) and the optimizer it defines."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import optax
@@ -66,6 +67,11 @@ class TrainConfig:
     @property
     def budget(self) -> int:
         return -(-self.steps // self.steps_per_call) * self.steps_per_call
+
+    def whole_budget(self) -> TrainConfig:
+        """This training run to its whole budget: neither the recall target nor the plateau
+        stops it (a base model, or a mix whose every part has to converge: docs/design.md §9)."""
+        return dataclasses.replace(self, target_recall=math.inf, plateau_min_bits=math.inf)
 
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:

@@ -101,17 +101,21 @@ def test_zero_offline_steps_leave_the_weights_unchanged_bitwise(tool_model):
 def test_offline_cells_train_from_the_base_and_measure_at_each_evaluation_step():
     """A tiny sweep end to end (the true facts: a 25-step base answers nothing well formed; no
     general data): the offline cell is measured at its evaluation steps, its first point is its
-    own base (nothing moved), and its metrics are its last point."""
+    own base (nothing moved), its metrics are its last point, and its record (the cell engine's,
+    complete when built) holds the trajectory as its train block's history."""
     cfg = ConsolidateConfig(
         fact_counts=(8,), methods=("true-facts",), old_facts=8, tool_entities=40, width=8,
         heads=2, base_steps=25, steps=25, eval_steps=(0, 25), batch_size=16, rows=256,
         new_share=0.5, old_share=0.25, tool_share=0.25, general_share=0.0, seeds=(0,),
     )  # fmt: skip
     (record,) = run_consolidation(cfg, progress=False)
-    start, last = record["trajectory"]
+    start, last = record["train"]["history"]
     assert (start["step"], last["step"]) == (0, 25) and "general_accuracy" not in last
     assert start["loss"] is None and np.isfinite(last["loss"]) and start["bits_moved"] == 0
     assert record["train"]["steps"] == 25 and record["train"]["stop_reason"] == "budget"
+    assert record["train"]["exposures_per_fact"] == 25 * 16 * 0.5 / 8  # of the new facts
+    assert not record["train"]["converged"] and "trajectory" not in record
+    assert record["mode"] == "consolidate-true-facts" and record["config"]["rows"] == 256
     assert record["metrics"] == {
         k: v for k, v in last.items() if k != "step" and v is not None and not np.isnan(v)
     }

@@ -27,8 +27,8 @@ from recall_bench.experiments.config import BaseRunConfig, RunConfig
 from recall_bench.experiments.evaluate import evaluate
 from recall_bench.experiments.recording import world_block
 from recall_bench.formats import Sequences
-from recall_bench.model import ModelConfig, count_params
-from recall_bench.records import clean_json, new_record
+from recall_bench.model import ModelConfig
+from recall_bench.records import clean_json
 from recall_bench.stopping import FirstPass, check_eval_steps
 from recall_bench.tool import Store, build_store
 from recall_bench.train import Task, TrainConfig, TrainResult, take, train_models
@@ -119,13 +119,8 @@ class ConsolidateConfig:
 
     def base_train_config(self) -> TrainConfig:
         """The base's whole budget (no recall or plateau stop)."""
-        return TrainConfig(
-            steps=self.base_steps,
-            batch_size=self.batch_size,
-            lr=self.base_lr,
-            target_recall=math.inf,
-            plateau_min_bits=math.inf,
-        )
+        train = TrainConfig(steps=self.base_steps, batch_size=self.batch_size, lr=self.base_lr)
+        return train.whole_budget()
 
     def train_config(self) -> TrainConfig:
         """The offline phase: a constant learning rate after a short warmup."""
@@ -321,10 +316,11 @@ def train_offline(
 
 
 def consolidate_cells(
-    cfg: ConsolidateConfig, cells: list[Cell], graphdef, bases: dict, suite, progress: bool
-) -> tuple[list[tuple[TrainResult, int, dict]], float]:
-    """Train every cell from its seed's base as one ensemble of the cell engine: per cell
-    engine.trained_models' (result, model index, record), and the wall seconds of it all."""
+    cfg: ConsolidateConfig, cells: list[Cell], graphdef, trained: dict, suite, progress: bool
+) -> list[dict]:
+    """Train every cell from its seed's base (`trained`: engine.base_models' {seed: (graphdef,
+    params, record)}) as one ensemble of the cell engine: one record per cell, complete when
+    built (engine.trained_models)."""
     trainer = functools.partial(train_offline, cfg, cells, graphdef, suite)
     runs = [
         engine.Cell(
@@ -332,54 +328,42 @@ def consolidate_cells(
             task=functools.partial(offline_task, cfg, c),
             model=cfg.model_config(),
             train=cfg.train_config(),
-            init=lambda seed=c.seed.seed: bases[seed],
+            init=lambda seed=c.seed.seed: trained[seed][1],
             trainer=trainer,
+            measures=(last_measurement,),
+            fields=functools.partial(cell_fields, cfg, c, trained[c.seed.seed][2]),
             ensemble="consolidation",
         )
         for c in cells
     ]
-    t0 = time.perf_counter()
-    trained = engine.trained_models(runs, progress)
-    return trained, time.perf_counter() - t0
+    return [record for _, _, record in engine.trained_models(runs, progress)]
 
 
-def cell_record(
-    cfg: ConsolidateConfig, cell: Cell, result: TrainResult, k: int, wall_s: float, base: dict
+def last_measurement(result: TrainResult, k: int, metrics: dict) -> dict:
+    """A cell's metrics: its last evaluation; a share of nothing (nan: the base had none) only
+    in the trajectory (the train block's history)."""
+    final = result.history[k][-1]
+    return {
+        key: v for key, v in final.items() if key != "step" and v is not None and not math.isnan(v)
+    }
+
+
+def cell_fields(
+    cfg: ConsolidateConfig, cell: Cell, base: dict, result: TrainResult, k: int
 ) -> dict:
-    """The record of model k, one cell, complete when built: the sweep's config, the new world,
-    the final measurement, the whole trajectory (result.history[k]) and the base it started
-    from (`base`: the base's own record); wall_s: of the whole offline ensemble."""
-    spec, trajectory = cell.world.spec, result.history[k]
-    final, train = trajectory[-1], base["train"]
-    return new_record(
-        mode=f"consolidate-{cell.method}",
+    """What a cell's record adds to the engine's: the sweep's config, the new world, the data
+    it was taught, its new facts' exposures and the base it started from (`base`: the base's
+    own record). Its train block (the whole budget, whatever the measures do: no plateau
+    claimed) holds the whole trajectory as its history."""
+    spec, train = cell.world.spec, base["train"]
+    exposures = result.steps[k] * cfg.batch_size * cfg.new_share / spec.n_facts
+    return dict(
         protocol="consolidation",
-        n_facts=spec.n_facts,
         bits_per_fact=spec.bits_per_fact,
-        seed=cell.seed.seed,
         config=clean_json(dataclasses.asdict(cfg)),
         world=world_block(spec),
-        model=dataclasses.asdict(cfg.model_config()),
-        params=count_params(result.model(k), cfg.model_config()),
-        train={
-            "steps": cfg.steps,
-            "budget": cfg.steps,
-            "batch_size": cfg.batch_size,
-            "lr": cfg.lr,
-            "schedule": "constant",
-            "rows": cfg.rows,
-            "exposures_per_fact": cfg.steps * cfg.batch_size * cfg.new_share / spec.n_facts,
-            "stop_reason": "budget",
-            "converged": False,  # the whole budget, whatever the measures do: no plateau claimed
-            "wall_s": wall_s,
-            "ensemble_size": len(result.steps),
-        },
+        train={"schedule": "constant", "rows": cfg.rows, "exposures_per_fact": exposures},
         consolidation={"method": cell.method, "data": cell.taught, "store": "none"},
-        # the last evaluation; a share of nothing (nan: the base had none) only in the trajectory
-        metrics={
-            k: v for k, v in final.items() if k != "step" and v is not None and not math.isnan(v)
-        },
-        trajectory=trajectory,
         base={
             "steps": train["steps"],
             "lr": cfg.base_lr,
@@ -399,19 +383,15 @@ def run_consolidation(cfg: ConsolidateConfig, progress: bool = True) -> list[dic
         print(f"base models: seeds {cfg.seeds}, {cfg.base_steps} steps")
     trained = train_bases(cfg, seeds, suite, progress)
     graphdef = trained[seeds[0].seed][0]
-    bases = {seed: params for seed, (_, params, _) in trained.items()}
     cells = [
-        make_cell(cfg, method, n, s, (graphdef, bases[s.seed]), suite)
+        make_cell(cfg, method, n, s, (graphdef, trained[s.seed][1]), suite)
         for method in cfg.methods
         for n in cfg.fact_counts
         for s in seeds
     ]
     if progress:
         print(f"offline phase: {len(cells)} cells, {cfg.steps} steps, no store")
-    offline, wall_s = consolidate_cells(cfg, cells, graphdef, bases, suite, progress)
+    records = consolidate_cells(cfg, cells, graphdef, trained, suite, progress)
     for s in seeds:
         s.pool_store.close()
-    return [
-        cell_record(cfg, cell, result, k, wall_s, trained[cell.seed.seed][2])
-        for cell, (result, k, _) in zip(cells, offline, strict=True)
-    ]
+    return records

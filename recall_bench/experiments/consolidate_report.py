@@ -3,7 +3,6 @@ over seeds of every measure at every evaluation step), a table and the trajector
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 
@@ -11,9 +10,9 @@ import numpy as np
 
 from recall_bench import tables
 from recall_bench.experiments.consolidate import ConsolidateConfig, run_consolidation
-from recall_bench.experiments.recording import grouped
+from recall_bench.experiments.recording import grouped, write_summary
 from recall_bench.plots import plt, save
-from recall_bench.records import clean_json, environment, write_json_atomic
+from recall_bench.records import write_json_atomic
 
 PANELS = (
     ("recall_without_store", "new facts recalled without the store"),
@@ -43,14 +42,20 @@ def run_consolidate(
     return summarize(cfg, records, out, time.perf_counter() - t0, command)
 
 
+def trajectory(record: dict) -> list[dict]:
+    """A cell's measurements at each evaluation step: its train block's history (a record
+    made before it was built by the cell engine: its `trajectory`)."""
+    return record["trajectory"] if "trajectory" in record else record["train"]["history"]
+
+
 def summary_rows(records: list[dict]) -> list[dict]:
     """One row per (method, N, evaluation step): the mean over seeds of each measure and its
     [min, max] (measures that are None on some seed are left out)."""
     groups = grouped(records, lambda r: (r["consolidation"]["method"], r["n_facts"]))
     rows = []
     for (method, n), group in sorted(groups.items()):
-        for i, first in enumerate(group[0]["trajectory"]):
-            points = [r["trajectory"][i] for r in group]
+        for i, first in enumerate(trajectory(group[0])):
+            points = [trajectory(r)[i] for r in group]
             row = {"method": method, "n_facts": n, "step": first["step"], "seeds": len(group)}
             for key in first:
                 values = [p[key] for p in points]
@@ -69,20 +74,14 @@ def summarize(
     cfg: ConsolidateConfig, records: list[dict], out: Path, wall_s: float, command: str | None
 ) -> dict:
     rows = summary_rows(records)
-    summary = {
-        "config": clean_json(dataclasses.asdict(cfg)),
-        "command": command,
-        "params": records[0]["params"],
-        "wall_s": wall_s,
-        "env": environment(),
-        "rows": rows,
-    }
-    summary["plots"] = [
+    plots = [
         str(trajectory_plot(rows, "step", out / "consolidation_vs_steps.png")),
         str(trajectory_plot(rows, "bits_moved", out / "consolidation_vs_bits.png")),
     ]
-    write_json_atomic(out / "summary.json", summary)
-    return clean_json(summary)
+    params = records[0]["params"]
+    return write_summary(
+        out, "consolidation", cfg, command, wall_s, params=params, rows=rows, plots=plots
+    )
 
 
 def trajectory_plot(rows: list[dict], x_key: str, path: Path) -> Path:

@@ -248,20 +248,17 @@ def general_measures(
     return {**out, **general.kept(out, base["info"]["scores"], chance)}
 
 
+# a row's metrics; greedy_kl and greedy_tv: on the base's greedy continuations (newer records)
+ROW_METRICS = ("recall", "recall_unseen", "general_accuracy", "general_accuracy_kept")
+ROW_METRICS += ("general_loss", "kl", "tv", "greedy_kl", "greedy_tv")
+
+
 def summary_row(record: dict) -> dict:
     m, t = record["metrics"], record["train"]
     row = {
         "n_facts": record["n_facts"],
         "mode": record["mode"],
-        "recall": m["recall"],
-        "recall_unseen": m.get("recall_unseen"),
-        "general_accuracy": m["general_accuracy"],
-        "general_accuracy_kept": m["general_accuracy_kept"],
-        "general_loss": m["general_loss"],
-        "kl": m["kl"],
-        "tv": m["tv"],
-        "greedy_kl": m.get("greedy_kl"),  # on the base's greedy continuations (newer records)
-        "greedy_tv": m.get("greedy_tv"),
+        **{k: m.get(k) for k in ROW_METRICS},
         "steps": t["steps"],
         "stop_reason": t["stop_reason"],
         "train_s": t["wall_s"],

@@ -22,14 +22,13 @@ from recall_bench.experiments import edits_general
 from recall_bench.experiments.config import RunConfig, make_task
 from recall_bench.experiments.edits_located import located_edit
 from recall_bench.experiments.engine import Cell, run_cells, trained_models
-from recall_bench.experiments.recording import save_base
+from recall_bench.experiments.recording import run_fields, save_base
 from recall_bench.general import Suite, SuiteConfig
-from recall_bench.model import count_params
 from recall_bench.records import new_record, write_json_atomic
 from recall_bench.saved import restore_model
 from recall_bench.tool import build_store
 from recall_bench.train import Task, TrainConfig
-from recall_bench.worlds import FactWorld, make_fact_world, spec_fields, spec_hash
+from recall_bench.worlds import FactWorld, make_fact_world
 
 STORE_METHODS = ("store-memory", "store-sqlite")
 WEIGHT_METHODS = ("finetune", "finetune-replay", "rome", "memit")
@@ -322,9 +321,8 @@ def closed_form_outcomes(
 def edit_fields(
     cfg: EditsConfig, base: Base, method: str, edits: edit.EditSet, outcome: Outcome
 ) -> dict:
-    """The fields of one (method, k, seed) cell's record: what was edited, how well, at what
-    cost, and from which base."""
-    spec = base.world.spec
+    """What one (method, k, seed) cell's record adds to its base run's (recording.run_fields):
+    what was edited, how well, at what cost, and from which base."""
     edited = edit.edited_mask(base.world, edits)
     groups = edit.specificity_groups(base.world, edits)
     metrics = edit.edit_metrics(outcome.right, outcome.right_second, base.right, edited, groups)
@@ -337,19 +335,21 @@ def edit_fields(
         mode="edit",
         method=method,
         k=k,
-        n_facts=spec.n_facts,
-        bits_per_fact=spec.bits_per_fact,
-        seed=base.cfg.seed,
         config=config,
-        world={"spec": spec_fields(spec), "hash": spec_hash(spec)},
-        model=dataclasses.asdict(base.cfg.model_config()),
-        params=count_params(base.params, base.cfg.model_config()),
         base=base.info,
         metrics={**metrics, "weights_unchanged": outcome.cost["params_changed"] == 0},
         general_ability=general_ability(base, outcome),
         cost={**outcome.cost, **per_edit},
         method_info=outcome.info,
     )
+
+
+def closed_form_record(
+    cfg: EditsConfig, base: Base, method: str, edits: edit.EditSet, outcome: Outcome
+) -> dict:
+    """The record of an edit that trained nothing: its base run's fields, then the edit's."""
+    run = run_fields(base.cfg, base.world, base.params)
+    return new_record(**{**run, **edit_fields(cfg, base, method, edits, outcome)})
 
 
 def general_ability(base: Base, outcome: Outcome) -> dict | str:
@@ -383,7 +383,7 @@ def run_edits(
             else:
                 outcomes = closed_form_outcomes(cfg, method, bases[mode], edit_sets)
                 made = [
-                    new_record(**edit_fields(cfg, base, method, edits, outcome))
+                    closed_form_record(cfg, base, method, edits, outcome)
                     for base, edits, outcome in zip(bases[mode], edit_sets, outcomes, strict=True)
                 ]
             records += made

@@ -63,5 +63,4 @@ def mixed_task(task: Task, suite: general.Suite, width: int) -> Task:
 def general_training(cfg: general.SuiteConfig, run: RunConfig) -> tuple[TrainConfig, general.Suite]:
     """(the run's training for its whole budget (neither the recall target nor the plateau
     stops it), the suite the bases mix in)."""
-    train = dataclasses.replace(run.train_config(), target_recall=np.inf, plateau_min_bits=np.inf)
-    return train, make_suite(cfg, run)
+    return run.train_config().whole_budget(), make_suite(cfg, run)

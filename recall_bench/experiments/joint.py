@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -125,9 +124,7 @@ class JointConfig:
 
     def train_config(self) -> TrainConfig:
         """The whole budget, whatever the recall or the fact bits (never a recall stop)."""
-        return dataclasses.replace(
-            self.facts.train_config(), target_recall=math.inf, plateau_min_bits=math.inf
-        )
+        return self.facts.train_config().whole_budget()
 
     def kinds(self, n_facts: int) -> tuple[str, ...]:
         """The cells trained at a fact count (in-tool is trained once, with the references)."""

@@ -18,7 +18,7 @@ from recall_bench.experiments.joint import (
 )
 from recall_bench.experiments.recording import grouped, seed_spread, write_summary
 from recall_bench.progress import log
-from recall_bench.records import clean_json, environment, read_json, write_json_atomic
+from recall_bench.records import read_json
 
 
 def run_joint(
@@ -146,9 +146,10 @@ def run_frontier(
     """The trade-off frontier at the largest N: cells of each of cfg's modes (in-weight,
     in-tool) at each general fraction (one sweep each, in out/general-fraction-F, against
     ref_dir's general-only references), with ref_dir's own cells of those modes and its
-    facts-only cells at that N and its reference; frontier.json and frontier.png (general
-    ability kept against the fact bits held, one series per mode)."""
-    out, ref_dir = Path(out), Path(ref_dir)
+    facts-only cells at that N and its reference; frontier.json (with the config its
+    sweeps share but for the general fraction) and frontier.png (general ability kept against
+    the fact bits held, one series per mode)."""
+    out, ref_dir, t0 = Path(out), Path(ref_dir), time.perf_counter()
     base = read_json(ref_dir / "summary.json")
     n = max(cfg.fact_counts)
     cfg = dataclasses.replace(cfg, fact_counts=(n,), capacity_counts=())
@@ -167,18 +168,15 @@ def run_frontier(
     points = [p for mode in cfg.modes for p in frontier_points(base, rows, n, mode)]
     bits_per_fact = cfg.run_config("in-weight", 2, 0).spec.bits_per_fact
     plot = plots.joint_frontier(points, base["capacity_bits"], n, out / "frontier.png")
-    frontier = {
-        "experiment": "degradation-joint-frontier",
-        "command": command,
-        "n_facts": n,
-        "capacity_bits": base["capacity_bits"],
-        "capacity_facts": base["capacity_bits"] / bits_per_fact,
-        "points": points,
-        "plot": str(plot),
-        "env": environment(),
-    }
-    write_json_atomic(out / "frontier.json", clean_json(frontier))
-    return frontier
+    return write_summary(
+        out, "degradation-joint-frontier", cfg, command, time.perf_counter() - t0,
+        file="frontier.json",
+        n_facts=n,
+        capacity_bits=base["capacity_bits"],
+        capacity_facts=base["capacity_bits"] / bits_per_fact,
+        points=points,
+        plot=str(plot),
+    )  # fmt: skip
 
 
 def frontier_points(base: dict, rows: dict[float, list[dict]], n: int, mode: str) -> list[dict]:

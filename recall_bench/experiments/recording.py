@@ -78,16 +78,35 @@ def make_record(
     train_cfg: TrainConfig | None = None,
     **extra: Any,
 ) -> dict:
-    """The record of model k of a training result, complete: `evaluation` (what was
-    evaluated, when it is not the run's own world) joins the config; model_cfg and train_cfg
-    (default: cfg's) say what model trained and how; `extra` adds fields such as the store
-    and the cost per answer, or replaces one (an experiment's own mode; any name, `k` and
-    `metrics` too), and its `train` adds to the train block. A run of no fact world (world
-    None) has no bits_per_fact, config or world unless `extra` gives them."""
-    model_cfg = model_cfg or cfg.model_config()
+    """The record of model k of a training result, complete: what ran (run_fields), its
+    `train` block, metrics and environment; train_cfg (default: cfg's) says how it trained;
+    `extra` adds fields such as the store and the cost per answer, or replaces one (an
+    experiment's own mode; any name, `k` and `metrics` too), and its `train` adds to the train
+    block. A run of no fact world (world None) has no bits_per_fact, config or world unless
+    `extra` gives them."""
     train = train_info(train_cfg or cfg.train_config(), result, k, task)
+    fields = run_fields(cfg, world, result.model(k), model_cfg, evaluation)
+    fields.update(train={**train, **extra.pop("train", {})}, metrics=metrics, env=result.env)
+    if world is None:  # a run of no fact world: its data is the experiment's to describe
+        unknown = {"bits_per_fact", "config", "world"} - set(extra)
+        fields = {k: v for k, v in fields.items() if k not in unknown}
+    return new_record(**{**fields, **extra})
+
+
+def run_fields(
+    cfg: BaseRunConfig,
+    world: FactWorld | None,
+    params: Any,
+    model_cfg: ModelConfig | None = None,
+    evaluation: dict | None = None,
+) -> dict:
+    """What a record says ran: the run's mode, fact count, seed and config (`evaluation`: what
+    was evaluated, when it is not the run's own world, joins it), its fact world and the model
+    (default: cfg's) with its parameter counts; also the record of a model that trained
+    nothing (an edit in closed form)."""
+    model_cfg = model_cfg or cfg.model_config()
     spec = None if world is None else world.spec
-    fields = dict(
+    return dict(
         mode=cfg.mode,
         n_facts=cfg.n_facts if spec is None else spec.n_facts,
         bits_per_fact=None if spec is None else spec.bits_per_fact,
@@ -95,15 +114,8 @@ def make_record(
         config={**dataclasses.asdict(cfg), **({"evaluation": evaluation} if evaluation else {})},
         world=None if spec is None else world_block(spec),
         model=dataclasses.asdict(model_cfg),
-        params=count_params(result.model(k), model_cfg),
-        train={**train, **extra.pop("train", {})},
-        metrics=metrics,
-        env=result.env,
+        params=count_params(params, model_cfg),
     )
-    if spec is None:  # a run of no fact world: its data is the experiment's to describe
-        unknown = {"bits_per_fact", "config", "world"} - set(extra)
-        fields = {k: v for k, v in fields.items() if k not in unknown}
-    return new_record(**{**fields, **extra})
 
 
 def world_block(spec: FactSpec) -> dict:
@@ -146,14 +158,21 @@ def seed_spread(records: list[dict], keys: tuple[str, ...]) -> dict:
 
 
 def write_summary(
-    out: Path, experiment: str, cfg: Any, command: str | None, wall_s: float, **fields: Any
+    out: Path,
+    experiment: str,
+    cfg: Any,
+    command: str | None,
+    wall_s: float,
+    file: str = "summary.json",
+    **fields: Any,
 ) -> dict:
-    """An experiment's summary.json, written atomically, and returned: its name, the command
-    line (None from Python) and config that ran it, `fields`, the environment, wall seconds."""
+    """An experiment's summary (out/`file`), written atomically, and returned: its name, the
+    command line (None from Python) and config that ran it, `fields`, the environment, wall
+    seconds."""
     config = clean_json(dataclasses.asdict(cfg))
     summary = {"experiment": experiment, "command": command, "config": config, **fields}
     summary.update(env=environment(), wall_s=wall_s)
-    write_json_atomic(Path(out) / "summary.json", summary)
+    write_json_atomic(Path(out) / file, summary)
     return summary
 
 

@@ -6,6 +6,7 @@ evaluation of the one cell trained by the cell engine, recorded by it (engine.fi
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,9 @@ import numpy as np
 from recall_bench import streams, tables
 from recall_bench.experiments.config import RunConfig, make_task
 from recall_bench.experiments.engine import Cell, Evaluation, finish, trained_models
+from recall_bench.experiments.recording import write_summary
 from recall_bench.identity import refuse_other
-from recall_bench.records import read_json, write_json_atomic
+from recall_bench.records import read_json
 from recall_bench.worlds import make_fact_world
 
 SIZES = (10_000, 100_000, 1_000_000)
@@ -31,8 +33,9 @@ def run_store_scale(
     resume: bool = False,
 ) -> dict:
     """Train cfg once; for each store size, evaluate `sample` unseen entities' facts through
-    a store holding that many facts. Writes one record per size and summary.json."""
-    out = Path(out)
+    a store holding that many facts. Writes one record per size and summary.json (no command
+    line: the command does not pass one)."""
+    out, t0 = Path(out), time.perf_counter()
     identity = {"config": dataclasses.asdict(cfg), "sizes": list(sizes), "sample": sample}
     identity["store"] = store_kind
     done = finished_summary(out, identity, resume)
@@ -59,19 +62,15 @@ def run_store_scale(
         rows.append({"store_facts": size, **{k: metrics[k] for k in keys}, **record["store"]})
         if progress:
             print(f"store of {size:,} facts: recall on unseen {metrics['recall_unseen']:.4f}")
-    summary = {
-        "experiment": "store_scale",
-        "identity": identity,
-        "config": dataclasses.asdict(cfg),
-        "train": {
-            "steps": result.steps[0],
-            "stop_reason": result.stop_reason[0],
-            "wall_s": result.wall_s,
-        },
-        "rows": rows,
+    train = {
+        "steps": result.steps[0],
+        "stop_reason": result.stop_reason[0],
+        "wall_s": result.wall_s,
     }
-    write_json_atomic(out / "summary.json", summary)
-    return summary
+    wall_s = time.perf_counter() - t0
+    return write_summary(
+        out, "store_scale", cfg, None, wall_s, identity=identity, train=train, rows=rows
+    )
 
 
 def sample_unseen(cfg: RunConfig, size: int, sample: int, store_kind: str) -> Evaluation:

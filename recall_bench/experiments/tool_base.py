@@ -22,7 +22,6 @@ fixed probe of held-out prompts, the old facts' recall and bits, and ||dtheta|| 
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 
@@ -127,9 +126,7 @@ class ToolBaseConfig:
 
     def base_train_config(self) -> TrainConfig:
         """The base trains its whole budget (no recall or plateau stop)."""
-        return dataclasses.replace(
-            self.base.train_config(), target_recall=math.inf, plateau_min_bits=math.inf
-        )
+        return self.base.train_config().whole_budget()
 
     def cell_config(
         self, n_facts: int, seed: int, lr: float | None, method: str | None = None
