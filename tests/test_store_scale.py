@@ -12,8 +12,9 @@ from recall_bench.experiments.store_scale import run_store_scale
 def test_store_scale_records_cost_and_refuses_to_redo(tmp_path):
     cfg = RunConfig(mode="in-tool", n_facts=256, layers=1, width=16, heads=2, steps=100)
     args = (tmp_path, (600, 1200), 40, "sqlite", cfg)
-    summary = run_store_scale(*args, progress=False)
+    summary = run_store_scale(*args, progress=False, command="recall-bench store-scale")
     assert [r["store_facts"] for r in summary["rows"]] == [600, 1200]
+    assert summary["command"] == "recall-bench store-scale"  # kept to rerun it
     for size in (600, 1200):
         record = json.loads((tmp_path / f"store-{size}" / "record.json").read_text())
         assert record["config"]["evaluation"]["store_facts"] == size

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from recall_bench.cli.args import int_list, output_folder, positive_int
+from recall_bench.cli.args import command_of, int_list, output_folder, positive_int
 
 
 def add_store_scale_parser(subparsers) -> None:
@@ -35,6 +35,7 @@ def cmd_store_scale(args: argparse.Namespace) -> int:
         args.store,
         progress=not args.json,
         resume=args.resume,
+        command=command_of(args),
     )
     print(json.dumps(summary, indent=2) if args.json else store_scale.format_table(summary))
     return 0

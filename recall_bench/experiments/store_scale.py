@@ -31,10 +31,11 @@ def run_store_scale(
     cfg: RunConfig = CONFIG,
     progress: bool = True,
     resume: bool = False,
+    command: str | None = None,
 ) -> dict:
     """Train cfg once; for each store size, evaluate `sample` unseen entities' facts through
-    a store holding that many facts. Writes one record per size and summary.json (no command
-    line: the command does not pass one)."""
+    a store holding that many facts. Writes one record per size and summary.json (with
+    `command`, the command line that ran it; None from Python)."""
     out, t0 = Path(out), time.perf_counter()
     identity = {"config": dataclasses.asdict(cfg), "sizes": list(sizes), "sample": sample}
     identity["store"] = store_kind
@@ -69,7 +70,7 @@ def run_store_scale(
     }
     wall_s = time.perf_counter() - t0
     return write_summary(
-        out, "store_scale", cfg, None, wall_s, identity=identity, train=train, rows=rows
+        out, "store_scale", cfg, command, wall_s, identity=identity, train=train, rows=rows
     )
 
 
